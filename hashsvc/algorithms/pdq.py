@@ -1,0 +1,53 @@
+"""Meta's PDQ: 256 bits with a 0–100 quality score, via the reference C++ code (`pdqhash`).
+
+PDQ is the interchange format of GIFCT, StopNCII, NCMEC and the Tech Coalition, so the hash must be
+bit-compatible with theirs: we feed the reference code the same RGB array python-threatexchange does.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import pdqhash
+
+from hashsvc.algorithms.base import HashValue, HexCodec
+from hashsvc.imaging import Upload
+
+# Below this quality a PDQ hash is dominated by flat regions and matches unrelated images;
+# ThreatExchange recommends ignoring such hashes, so scans report them instead of matching.
+QUALITY_FLOOR = 50
+
+# The order `pdqhash.compute_dihedral` returns its 8 hashes in: the hash of the image after
+# each of these transforms (shared/data/pdq-reference/images/dih shows them).
+DIHEDRAL_TRANSFORMS: tuple[str, ...] = (
+    "identity",
+    "rotate_90",
+    "rotate_180",
+    "rotate_270",
+    "flip_x",
+    "flip_y",
+    "flip_plus_1",
+    "flip_minus_1",
+)
+
+
+def _pack(bit_vector: npt.NDArray[np.integer]) -> bytes:
+    return np.packbits(bit_vector.astype(np.uint8)).tobytes()
+
+
+class Pdq(HexCodec):
+    name: ClassVar[str] = "pdq"
+    bits: ClassVar[int] = 256
+    exact: ClassVar[bool] = False
+    default_threshold: ClassVar[int] = 31
+
+    def compute(self, upload: Upload) -> HashValue:
+        vector, quality = pdqhash.compute(upload.decoded.rgb)
+        return HashValue(self.name, _pack(vector), int(quality))
+
+    def compute_dihedral(self, upload: Upload) -> list[HashValue]:
+        """The 8 dihedral hashes, in `DIHEDRAL_TRANSFORMS` order, for the cost of about one."""
+        vectors, quality = pdqhash.compute_dihedral(upload.decoded.rgb)
+        return [HashValue(self.name, _pack(v), int(quality)) for v in vectors]

@@ -1,0 +1,108 @@
+"""Errors as values with a code and a human message.
+
+The codes are named after gRPC status codes on purpose: the server maps an error to a status in one
+line, the CLI maps it to an exit code in one table, and nobody has to invent a third vocabulary.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.Enum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DATA_LOSS = "DATA_LOSS"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class HashsvcError(Exception):
+    """Base of every error hashsvc raises on purpose; `str(err)` is the message a person reads."""
+
+    code: ErrorCode = ErrorCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidHashError(HashsvcError):
+    """A hash string that is not the right length or not hex, or an unknown algorithm."""
+
+
+class ImageError(HashsvcError):
+    """Base for every reason an image cannot be hashed; the subclass says which."""
+
+    reason = "invalid_image"
+
+
+class UnsupportedFormatError(ImageError):
+    reason = "unsupported_format"
+
+
+class TruncatedImageError(ImageError):
+    reason = "truncated"
+
+
+class ImageTooLargeError(ImageError):
+    reason = "too_large"
+
+
+class ImageTooSmallError(ImageError):
+    reason = "too_small"
+
+
+class CorruptImageError(ImageError):
+    reason = "corrupt"
+
+
+class NotFoundError(HashsvcError):
+    code = ErrorCode.NOT_FOUND
+
+
+class AlreadyExistsError(HashsvcError):
+    code = ErrorCode.ALREADY_EXISTS
+
+
+class SnapshotError(HashsvcError):
+    """A snapshot that is missing, unreadable or fails its checksums; never half-loaded."""
+
+    code = ErrorCode.DATA_LOSS
+
+
+class NoSnapshotError(SnapshotError):
+    code = ErrorCode.FAILED_PRECONDITION
+
+
+class ImportFileError(HashsvcError):
+    """A hash-list file with bad lines; nothing from it was stored."""
+
+    def __init__(self, path: str, problems: list[LineProblem]) -> None:
+        shown = "\n".join(f"  {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(
+            f"{path}: {len(problems)} invalid line(s), nothing from this file was stored "
+            f"(use --skip-invalid to import the valid lines):\n{shown}{more}"
+        )
+        self.path = path
+        self.problems = problems
+
+
+class LineProblem:
+    """One rejected line of a hash list: where, and why."""
+
+    __slots__ = ("line", "path", "reason")
+
+    def __init__(self, path: str, line: int, reason: str) -> None:
+        self.path = path
+        self.line = line
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"LineProblem({self.path!r}, {self.line}, {self.reason!r})"

@@ -1,0 +1,204 @@
+"""Bytes in, RGB pixels out: the one place hashsvc decodes images, with every limit in it.
+
+Why one place: every decoder quirk (EXIF orientation, palette transparency, 16-bit grey, CMYK,
+animation frames) and every defence (byte caps, decompression bombs, formats we refuse to parse)
+must apply identically to the server, the indexer and the evaluation tools, or their hashes drift.
+
+The pixel conversion mirrors python-threatexchange (Pillow `convert("RGB")`), because that is the
+pipeline that produced Meta's bit-exact PDQ reference vectors; we only add the cases where a plain
+`convert` warns or fails.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from hashsvc.errors import (
+    CorruptImageError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    TruncatedImageError,
+    UnsupportedFormatError,
+)
+
+try:  # HEIC/HEIF is optional: a missing plugin narrows the formats, it does not break decoding.
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    _HEIF_FORMATS: tuple[str, ...] = ("HEIF",)
+except ImportError:  # pragma: no cover - depends on the install
+    _HEIF_FORMATS = ()
+
+# Formats a platform upload may be in. Everything else (EPS via Ghostscript, PSD, ICO, …) is
+# refused before a decoder runs: each extra decoder is attack surface for no detection benefit.
+SUPPORTED_FORMATS: tuple[str, ...] = (
+    "JPEG",
+    "PNG",
+    "GIF",
+    "WEBP",
+    "BMP",
+    "TIFF",
+    "AVIF",
+    *_HEIF_FORMATS,
+)
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated upload is an error, not a grey half-image
+
+RGBArray = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Limits a platform would choose for uploads; all checked before the full decode."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    max_side: int = 30_000
+    min_side: int = 8
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+@dataclass
+class DecodedImage:
+    """A decoded upload: RGB pixels plus what we learnt about the file."""
+
+    image: Image.Image
+    format: str
+    width: int
+    height: int
+    source_bytes: int
+
+    @cached_property
+    def rgb(self) -> RGBArray:
+        """H×W×3 uint8 array, made once and shared by every algorithm."""
+        return np.asarray(self.image, dtype=np.uint8)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def decode(
+    data: bytes,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    *,
+    apply_orientation: bool = True,
+    name: str = "image",
+) -> DecodedImage:
+    """Decode `data` to RGB, or raise an `ImageError` subclass whose message says what and why.
+
+    `apply_orientation=False` hashes the stored pixels, as Meta's reference tools do; scans apply
+    EXIF orientation so a photo is hashed the way people see it.
+    """
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(
+            f"{name}: {len(data):,} bytes exceeds the limit of {limits.max_bytes:,} bytes"
+        )
+    if not data:
+        raise CorruptImageError(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (DecompressionBombWarning) before it errors; we decide ourselves below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except UnidentifiedImageError:
+        raise UnsupportedFormatError(
+            f"{name}: not a supported image format "
+            f"(supported: {', '.join(f.lower() for f in SUPPORTED_FORMATS)})"
+        ) from None
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"{name}: {err}") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise CorruptImageError(f"{name}: cannot read image header: {err}") from None
+
+    fmt = image.format or "unknown"
+    width, height = image.size
+    _check_dimensions(name, width, height, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+            if apply_orientation:
+                image = ImageOps.exif_transpose(image)
+            rgb = to_rgb(image)
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"{name}: {err}") from None
+    except OSError as err:
+        if "truncated" in str(err) or "broken data stream" in str(err):
+            raise TruncatedImageError(f"{name}: truncated {fmt} file: {err}") from None
+        raise CorruptImageError(f"{name}: corrupt {fmt} data: {err}") from None
+    except (SyntaxError, ValueError, EOFError) as err:
+        raise CorruptImageError(f"{name}: corrupt {fmt} data: {err}") from None
+    return DecodedImage(image=rgb, format=fmt, width=rgb.width, height=rgb.height,
+                        source_bytes=len(data))
+
+
+def _check_dimensions(name: str, width: int, height: int, limits: DecodeLimits) -> None:
+    if width * height > limits.max_pixels or max(width, height) > limits.max_side:
+        raise ImageTooLargeError(
+            f"{name}: {width}×{height} ({width * height:,} pixels) exceeds the limit of "
+            f"{limits.max_pixels:,} pixels / {limits.max_side:,} per side "
+            "(refused before decoding: possible decompression bomb)"
+        )
+    if min(width, height) < limits.min_side:
+        raise ImageTooSmallError(
+            f"{name}: {width}×{height} is smaller than the minimum of "
+            f"{limits.min_side} pixels per side"
+        )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB exactly as the PDQ reference pipeline does.
+
+    Plain `convert("RGB")` is kept because the golden vectors depend on it (16-bit grey and
+    grey+alpha included); the few modes it cannot take directly (e.g. `La`) go through RGBA.
+    Pillow's palette-transparency warning is silenced: the conversion it recommends is the same.
+    """
+    if image.mode == "RGB":
+        return image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return image.convert("RGB")
+        except ValueError:
+            return image.convert("RGBA").convert("RGB")
+
+
+class Upload:
+    """The bytes of one image, decoded at most once and only if a perceptual hash asks for it.
+
+    Exact kinds (MD5, SHA-256) read `data`; a scan that wants only them never runs a decoder.
+    """
+
+    __slots__ = ("_decoded", "apply_orientation", "data", "limits", "name")
+
+    def __init__(
+        self,
+        data: bytes,
+        *,
+        name: str = "image",
+        limits: DecodeLimits = DEFAULT_LIMITS,
+        apply_orientation: bool = True,
+    ) -> None:
+        self.data = data
+        self.name = name
+        self.limits = limits
+        self.apply_orientation = apply_orientation
+        self._decoded: DecodedImage | None = None
+
+    @property
+    def decoded(self) -> DecodedImage:
+        if self._decoded is None:
+            self._decoded = decode(
+                self.data, self.limits, apply_orientation=self.apply_orientation, name=self.name
+            )
+        return self._decoded

@@ -1,0 +1,183 @@
+"""Query hashes in, every known entry within threshold out. Pure, in memory, thread-safe.
+
+Why range search and not k-NN: a hash can sit in several banks and near many list entries; a
+platform must learn of every one within threshold, not the nearest few. We search once per
+algorithm at the largest threshold any bank uses, then apply each bank's own threshold.
+
+Allowlist banks hold known-benign hashes (confirmed false positives, stock imagery). A query hash
+that matches an allowlist entry suppresses every match of the same algorithm for that scan; the
+suppressed matches are returned separately so the result can say why nothing was reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hashsvc.algorithms import HashValue, get_algorithm
+from hashsvc.errors import NotFoundError
+from hashsvc.snapshot import HashTable, Snapshot
+
+IDENTITY = "identity"
+
+
+@dataclass(frozen=True)
+class Query:
+    """One hash to look up; `transform` names the dihedral variant of the upload it came from."""
+
+    hash: HashValue
+    transform: str = IDENTITY
+
+
+@dataclass(frozen=True)
+class Match:
+    bank: str
+    bank_kind: str
+    entry_id: int
+    external_id: str | None
+    algorithm: str
+    distance: int
+    threshold: int
+    query_transform: str
+    tags: tuple[str, ...]
+    metadata: dict[str, Any] | None
+
+
+@dataclass
+class MatchOutcome:
+    matches: list[Match] = field(default_factory=list)
+    allowlisted: list[Match] = field(default_factory=list)  # the allowlist entries that hit
+    suppressed: list[Match] = field(default_factory=list)  # match-bank hits they cancelled
+
+
+@dataclass(frozen=True)
+class _Hit:
+    row: int
+    distance: int
+    transform: str
+
+
+class Matcher:
+    """Searches one loaded snapshot. Build one per snapshot; share it between threads."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self._bank_index = {bank.name: i for i, bank in enumerate(snapshot.banks)}
+        self._is_allowlist = np.array(
+            [bank.kind == "allowlist" for bank in snapshot.banks], dtype=bool
+        )
+        # thresholds[algorithm][bank index]: each bank's threshold, so filtering is one lookup.
+        self._thresholds: dict[str, npt.NDArray[np.int32]] = {
+            name: np.array([bank.threshold(name) for bank in snapshot.banks], dtype=np.int32)
+            for name in snapshot.tables
+        }
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        return tuple(self.snapshot.tables)
+
+    def search_radius(self, algorithm: str) -> int:
+        thresholds = self._thresholds.get(algorithm)
+        return int(thresholds.max()) if thresholds is not None and len(thresholds) else 0
+
+    def match(
+        self, queries: Sequence[Query], banks: Collection[str] | None = None
+    ) -> MatchOutcome:
+        """Every entry within its bank's threshold of any query, best variant per entry."""
+        wanted = self._bank_filter(banks)
+        by_algorithm: dict[str, list[Query]] = {}
+        for query in queries:
+            by_algorithm.setdefault(query.hash.algorithm, []).append(query)
+
+        outcome = MatchOutcome()
+        for algorithm, group in by_algorithm.items():
+            table = self.snapshot.tables.get(algorithm)
+            if table is None:
+                continue
+            hits = self._search(table, group)
+            matches = [self._to_match(algorithm, hit) for hit in hits.values()]
+            allowed = [m for m in matches if m.bank_kind == "allowlist"]
+            found = [m for m in matches if m.bank_kind != "allowlist"
+                     and (wanted is None or self._bank_index[m.bank] in wanted)]
+            if allowed:
+                outcome.allowlisted.extend(allowed)
+                outcome.suppressed.extend(found)
+            else:
+                outcome.matches.extend(found)
+        for matches in (outcome.matches, outcome.allowlisted, outcome.suppressed):
+            matches.sort(key=lambda m: (m.distance, m.bank, m.entry_id))
+        return outcome
+
+    def _bank_filter(self, banks: Collection[str] | None) -> set[int] | None:
+        if not banks:
+            return None
+        unknown = [name for name in banks if name not in self._bank_index]
+        if unknown:
+            raise NotFoundError(
+                f"bank(s) {', '.join(map(repr, unknown))} not in snapshot "
+                f"{self.snapshot.version} (unknown, disabled, or not yet published)"
+            )
+        return {self._bank_index[name] for name in banks}
+
+    def _search(self, table: HashTable, queries: list[Query]) -> dict[int, _Hit]:
+        """Hits keyed by entry row, keeping each entry's smallest distance (identity on ties)."""
+        hits: dict[int, _Hit] = {}
+        for query, code_indices, distances in self._candidates(table, queries):
+            for code_index, distance in zip(code_indices, distances, strict=True):
+                for row in table.entry_rows(int(code_index)).tolist():
+                    bank = int(self.snapshot.entry_banks[row])
+                    if distance > self._thresholds[table.algorithm][bank]:
+                        continue
+                    best = hits.get(row)
+                    if best is None or distance < best.distance:
+                        hits[row] = _Hit(row, int(distance), query.transform)
+        return hits
+
+    def _candidates(
+        self, table: HashTable, queries: list[Query]
+    ) -> list[tuple[Query, npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+        # Identity first, so that on equal distance the identity variant is the one reported.
+        queries = sorted(queries, key=lambda q: q.transform != IDENTITY)
+        if table.codes is not None:
+            return [(q, *_exact_lookup(table.codes, q.hash.value)) for q in queries]
+        kind = get_algorithm(table.algorithm)
+        codes = np.frombuffer(b"".join(q.hash.value for q in queries), dtype=np.uint8)
+        radius = self.search_radius(table.algorithm)
+        # FAISS's binary range search is strict (distance < radius): ask for one more bit.
+        limits, distances, labels = table.index.range_search(
+            codes.reshape(len(queries), kind.bits // 8), radius + 1
+        )
+        return [
+            (q, labels[limits[i] : limits[i + 1]], distances[limits[i] : limits[i + 1]])
+            for i, q in enumerate(queries)
+        ]
+
+    def _to_match(self, algorithm: str, hit: _Hit) -> Match:
+        snapshot = self.snapshot
+        bank = snapshot.banks[int(snapshot.entry_banks[hit.row])]
+        return Match(
+            bank=bank.name,
+            bank_kind=bank.kind,
+            entry_id=int(snapshot.entry_ids[hit.row]),
+            external_id=snapshot.external_ids.get(hit.row),
+            algorithm=algorithm,
+            distance=hit.distance,
+            threshold=bank.threshold(algorithm),
+            query_transform=hit.transform,
+            tags=bank.tags,
+            metadata=snapshot.entry_metadata(hit.row),
+        )
+
+
+def _exact_lookup(
+    codes: npt.NDArray[Any], value: bytes
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    key = np.array(value, dtype=codes.dtype)
+    position = int(np.searchsorted(codes, key))
+    if position < len(codes) and codes[position] == key:
+        return np.array([position], dtype=np.int64), np.zeros(1, dtype=np.int64)
+    return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)

@@ -1,0 +1,169 @@
+"""The scan use case, with no transport in it: bytes or hashes in, an explained result out.
+
+The gRPC server, `indexer match` and the evaluation tools all call this, so what they report is
+what the product does. The loaded snapshot is held in one attribute and replaced by one reference
+assignment (`swap`); each scan reads it once, so a reload never mixes two snapshots in one answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from hashsvc.algorithms import (
+    ALGORITHMS,
+    DIHEDRAL_TRANSFORMS,
+    PDQ,
+    QUALITY_FLOOR,
+    HashValue,
+    get_algorithm,
+)
+from hashsvc.errors import NoSnapshotError
+from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
+from hashsvc.matcher import Match, Matcher, MatchOutcome, Query
+from hashsvc.snapshot import Snapshot
+
+ALWAYS_COMPUTED = ("pdq",)  # reported even when no bank holds PDQ hashes: it is the lingua franca
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    algorithms: tuple[str, ...] = ()  # empty: every algorithm the snapshot indexes, plus PDQ
+    banks: tuple[str, ...] = ()  # empty: every match bank
+    dihedral: bool = True  # also query PDQ's 7 rotated/flipped variants of the upload
+    match_low_quality: bool = False  # match PDQ hashes whose quality is below the floor
+
+
+@dataclass(frozen=True)
+class ComputedHash:
+    hash: HashValue
+
+    @property
+    def low_quality(self) -> bool:
+        """Below PDQ's quality floor; a hash supplied without a quality is taken as it is."""
+        quality = self.hash.quality
+        return self.hash.algorithm == PDQ.name and quality is not None and quality < QUALITY_FLOOR
+
+
+@dataclass
+class Timings:
+    decode_seconds: float = 0.0
+    hash_seconds: float = 0.0
+    match_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+
+@dataclass
+class ScanResult:
+    snapshot_version: str
+    hashes: list[ComputedHash]
+    matches: list[Match]
+    allowlisted: list[Match] = field(default_factory=list)
+    suppressed: list[Match] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def matched(self) -> bool:
+        return bool(self.matches)
+
+
+class Scanner:
+    def __init__(
+        self, snapshot: Snapshot | None = None, limits: DecodeLimits = DEFAULT_LIMITS
+    ) -> None:
+        self.limits = limits
+        self._matcher: Matcher | None = Matcher(snapshot) if snapshot is not None else None
+
+    def swap(self, snapshot: Snapshot) -> None:
+        """Serve `snapshot` from now on; scans already running finish on the old one."""
+        self._matcher = Matcher(snapshot)
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        matcher = self._matcher
+        return matcher.snapshot if matcher is not None else None
+
+    def _current(self) -> Matcher:
+        matcher = self._matcher
+        if matcher is None:
+            raise NoSnapshotError("no snapshot is loaded yet")
+        return matcher
+
+    def hash_upload(
+        self, upload: Upload, algorithms: Sequence[str], *, dihedral: bool = False
+    ) -> tuple[list[HashValue], list[Query], Timings]:
+        """Compute `algorithms` over an upload; with `dihedral`, PDQ yields 8 queries."""
+        timings = Timings()
+        kinds = [get_algorithm(name) for name in algorithms]
+        if any(not kind.exact for kind in kinds):
+            started = time.perf_counter()
+            _ = upload.decoded  # decode once, timed on its own
+            timings.decode_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        hashes: list[HashValue] = []
+        queries: list[Query] = []
+        for kind in kinds:
+            if kind.name == PDQ.name and dihedral:
+                variants = PDQ.compute_dihedral(upload)
+                hashes.append(variants[0])
+                queries.extend(Query(v, t) for v, t in zip(variants, DIHEDRAL_TRANSFORMS,
+                                                           strict=True))
+            else:
+                value = kind.compute(upload)
+                hashes.append(value)
+                queries.append(Query(value))
+        timings.hash_seconds = time.perf_counter() - started
+        return hashes, queries, timings
+
+    def scan_image(
+        self, data: bytes, options: ScanOptions = ScanOptions(), *, name: str = "image"
+    ) -> ScanResult:
+        started = time.perf_counter()
+        matcher = self._current()
+        algorithms = options.algorithms or _default_algorithms(matcher)
+        upload = Upload(data, name=name, limits=self.limits)
+        hashes, queries, timings = self.hash_upload(upload, algorithms, dihedral=options.dihedral)
+        result = self._match(matcher, hashes, queries, options, timings)
+        result.timings.total_seconds = time.perf_counter() - started
+        return result
+
+    def scan_hashes(
+        self, hashes: Sequence[HashValue], options: ScanOptions = ScanOptions()
+    ) -> ScanResult:
+        """The privacy-preserving path: the platform hashed the image itself."""
+        started = time.perf_counter()
+        matcher = self._current()
+        result = self._match(matcher, list(hashes), [Query(h) for h in hashes], options,
+                             Timings())
+        result.timings.total_seconds = time.perf_counter() - started
+        return result
+
+    def _match(
+        self,
+        matcher: Matcher,
+        hashes: list[HashValue],
+        queries: list[Query],
+        options: ScanOptions,
+        timings: Timings,
+    ) -> ScanResult:
+        computed = [ComputedHash(h) for h in hashes]
+        skip_low_quality = not options.match_low_quality and any(c.low_quality for c in computed)
+        if skip_low_quality:
+            queries = [q for q in queries if not ComputedHash(q.hash).low_quality]
+        started = time.perf_counter()
+        outcome = matcher.match(queries, options.banks) if queries else MatchOutcome()
+        timings.match_seconds = time.perf_counter() - started
+        return ScanResult(
+            snapshot_version=matcher.snapshot.version,
+            hashes=computed,
+            matches=outcome.matches,
+            allowlisted=outcome.allowlisted,
+            suppressed=outcome.suppressed,
+            timings=timings,
+        )
+
+
+def _default_algorithms(matcher: Matcher) -> tuple[str, ...]:
+    wanted = set(matcher.algorithms) | set(ALWAYS_COMPUTED)
+    return tuple(name for name in ALGORITHMS if name in wanted)

@@ -1,0 +1,458 @@
+"""The source of truth: banks of known hashes, in SQLite (WAL mode).
+
+Why SQLite: the embedded default must run with no server, survive a SIGKILL at any instant, and
+import millions of rows quickly. Every write below is one transaction, so a failed or killed import
+changes nothing. A `revision` counter, bumped by every write, lets the snapshot builder know whether
+anything changed since the snapshot it last published.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hashsvc.algorithms import get_algorithm
+from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
+
+BankKind = Literal["match", "allowlist"]
+BANK_KINDS: tuple[BankKind, ...] = ("match", "allowlist")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS banks (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL DEFAULT '',
+    kind        TEXT NOT NULL CHECK (kind IN ('match', 'allowlist')),
+    enabled     INTEGER NOT NULL DEFAULT 1,
+    tags        TEXT NOT NULL DEFAULT '[]',
+    thresholds  TEXT NOT NULL DEFAULT '{}',
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    id              INTEGER PRIMARY KEY,
+    bank_id         INTEGER NOT NULL REFERENCES banks (id) ON DELETE CASCADE,
+    algorithm       TEXT NOT NULL,
+    hash            BLOB NOT NULL,
+    external_id     TEXT,
+    metadata        TEXT,
+    added_at        REAL NOT NULL,
+    disabled        INTEGER NOT NULL DEFAULT 0,
+    disabled_reason TEXT,
+    UNIQUE (bank_id, algorithm, hash)
+);
+CREATE INDEX IF NOT EXISTS entries_by_external_id ON entries (bank_id, external_id);
+"""
+
+
+@dataclass(frozen=True)
+class Bank:
+    id: int
+    name: str
+    description: str
+    kind: BankKind
+    enabled: bool
+    tags: tuple[str, ...]
+    thresholds: dict[str, int]
+    created_at: float
+    updated_at: float
+    entry_count: int = 0
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """An entry as a hash list or an image folder supplies it, before it has an id."""
+
+    algorithm: str
+    hash: bytes
+    external_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    bank: str
+    algorithm: str
+    hash: bytes
+    external_id: str | None
+    metadata: dict[str, Any] | None
+    added_at: float
+    disabled: bool
+    disabled_reason: str | None
+
+
+@dataclass
+class AddResult:
+    added: int = 0
+    duplicates: int = 0
+
+    def __iadd__(self, other: AddResult) -> AddResult:
+        self.added += other.added
+        self.duplicates += other.duplicates
+        return self
+
+
+@dataclass(frozen=True)
+class EntrySelector:
+    """Which entries of a bank an operation touches: by id, by external id, or by hash."""
+
+    ids: Sequence[int] = ()
+    external_ids: Sequence[str] = ()
+    hashes: Sequence[tuple[str, bytes]] = ()
+
+    def is_empty(self) -> bool:
+        return not (self.ids or self.external_ids or self.hashes)
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    revision: int
+    banks: int
+    entries: int
+    disabled: int
+    by_bank_algorithm: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def validate_name(name: str, what: str = "bank name") -> str:
+    if not _NAME.match(name):
+        raise HashsvcError(
+            f"invalid {what} {name!r}: use 1–64 letters, digits, '_', '.', ':' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def validate_thresholds(thresholds: dict[str, int]) -> dict[str, int]:
+    clean: dict[str, int] = {}
+    for name, value in thresholds.items():
+        algorithm = get_algorithm(name)
+        if algorithm.exact:
+            raise HashsvcError(f"{algorithm.name} is an exact hash: it has no threshold")
+        if not isinstance(value, int) or not 0 <= value <= algorithm.bits:
+            raise HashsvcError(
+                f"invalid {algorithm.name} threshold {value!r}: must be 0..{algorithm.bits}"
+            )
+        clean[algorithm.name] = value
+    return clean
+
+
+def _validate_kind(kind: str) -> BankKind:
+    if kind not in BANK_KINDS:
+        raise HashsvcError(f"invalid bank kind {kind!r}: must be one of {', '.join(BANK_KINDS)}")
+    return kind  # type: ignore[return-value]
+
+
+class Store:
+    """Banks and entries in one SQLite file. Thread-safe: one connection behind a lock."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL is atomic
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?), ('revision', '0')",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise HashsvcError(
+                    f"{self.path}: store schema {row[0]} is newer than this hashsvc "
+                    f"understands ({SCHEMA_VERSION}); upgrade hashsvc"
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction that bumps the revision; rolled back on any exception."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute(
+                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'"
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def revision(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+        return int(row[0])
+
+    # ---- banks -------------------------------------------------------------------------------
+
+    def create_bank(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        kind: str = "match",
+        tags: Iterable[str] = (),
+        thresholds: dict[str, int] | None = None,
+        enabled: bool = True,
+    ) -> Bank:
+        validate_name(name)
+        tag_list = sorted({validate_name(t, "tag") for t in tags})
+        clean_thresholds = validate_thresholds(thresholds or {})
+        now = time.time()
+        try:
+            with self._write() as db:
+                db.execute(
+                    "INSERT INTO banks (name, description, kind, enabled, tags, thresholds,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, description, _validate_kind(kind), int(enabled),
+                     json.dumps(tag_list), json.dumps(clean_thresholds), now, now),
+                )
+        except sqlite3.IntegrityError:
+            raise AlreadyExistsError(f"bank {name!r} already exists") from None
+        return self.get_bank(name)
+
+    def get_bank(self, name: str) -> Bank:
+        banks = self._query_banks("WHERE b.name = ?", (name,))
+        if not banks:
+            raise NotFoundError(f"no bank named {name!r}")
+        return banks[0]
+
+    def list_banks(self) -> list[Bank]:
+        return self._query_banks("", ())
+
+    def _query_banks(self, where: str, args: tuple[Any, ...]) -> list[Bank]:
+        sql = (
+            "SELECT b.id, b.name, b.description, b.kind, b.enabled, b.tags, b.thresholds,"
+            " b.created_at, b.updated_at,"
+            " (SELECT COUNT(*) FROM entries e WHERE e.bank_id = b.id)"
+            f" FROM banks b {where} ORDER BY b.name"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [
+            Bank(id=r[0], name=r[1], description=r[2], kind=r[3], enabled=bool(r[4]),
+                 tags=tuple(json.loads(r[5])), thresholds=json.loads(r[6]),
+                 created_at=r[7], updated_at=r[8], entry_count=r[9])
+            for r in rows
+        ]
+
+    def update_bank(
+        self,
+        name: str,
+        *,
+        new_name: str | None = None,
+        description: str | None = None,
+        kind: str | None = None,
+        enabled: bool | None = None,
+        tags: Iterable[str] | None = None,
+        thresholds: dict[str, int] | None = None,
+    ) -> Bank:
+        """Change only the fields given; `thresholds` replaces the whole override map."""
+        bank = self.get_bank(name)
+        changes: dict[str, Any] = {}
+        if new_name is not None and new_name != name:
+            changes["name"] = validate_name(new_name)
+        if description is not None:
+            changes["description"] = description
+        if kind is not None:
+            changes["kind"] = _validate_kind(kind)
+        if enabled is not None:
+            changes["enabled"] = int(enabled)
+        if tags is not None:
+            changes["tags"] = json.dumps(sorted({validate_name(t, "tag") for t in tags}))
+        if thresholds is not None:
+            changes["thresholds"] = json.dumps(validate_thresholds(thresholds))
+        if not changes:
+            return bank
+        changes["updated_at"] = time.time()
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        try:
+            with self._write() as db:
+                db.execute(
+                    f"UPDATE banks SET {assignments} WHERE id = ?", (*changes.values(), bank.id)
+                )
+        except sqlite3.IntegrityError:
+            raise AlreadyExistsError(f"bank {new_name!r} already exists") from None
+        return self.get_bank(changes.get("name", name))
+
+    def delete_bank(self, name: str) -> int:
+        """Delete a bank and all its entries; returns how many entries went with it."""
+        bank = self.get_bank(name)
+        with self._write() as db:
+            db.execute("DELETE FROM entries WHERE bank_id = ?", (bank.id,))
+            db.execute("DELETE FROM banks WHERE id = ?", (bank.id,))
+        return bank.entry_count
+
+    # ---- entries -----------------------------------------------------------------------------
+
+    @contextmanager
+    def bulk_add(self, bank_name: str) -> Iterator[BulkAdder]:
+        """Add many entries in one transaction: all of them land, or (on any error) none do."""
+        bank = self.get_bank(bank_name)
+        with self._write() as db:
+            adder = BulkAdder(db, bank.id)
+            yield adder
+
+    def add_entries(self, bank_name: str, entries: Iterable[NewEntry]) -> AddResult:
+        with self.bulk_add(bank_name) as adder:
+            adder.add(entries)
+        return adder.result
+
+    def get_entry(self, entry_id: int) -> Entry:
+        entries = self._query_entries("WHERE e.id = ?", (entry_id,))
+        if not entries:
+            raise NotFoundError(f"no entry with id {entry_id}")
+        return entries[0]
+
+    def find_entries(self, bank_name: str, selector: EntrySelector) -> list[Entry]:
+        bank = self.get_bank(bank_name)
+        where, args = _selector_sql(bank.id, selector)
+        return self._query_entries(where, args)
+
+    def _query_entries(self, where: str, args: tuple[Any, ...]) -> list[Entry]:
+        sql = (
+            "SELECT e.id, b.name, e.algorithm, e.hash, e.external_id, e.metadata, e.added_at,"
+            " e.disabled, e.disabled_reason FROM entries e JOIN banks b ON b.id = e.bank_id"
+            f" {where} ORDER BY e.id"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [
+            Entry(id=r[0], bank=r[1], algorithm=r[2], hash=r[3], external_id=r[4],
+                  metadata=json.loads(r[5]) if r[5] else None, added_at=r[6],
+                  disabled=bool(r[7]), disabled_reason=r[8])
+            for r in rows
+        ]
+
+    def set_disabled(
+        self, bank_name: str, selector: EntrySelector, disabled: bool, reason: str | None = None
+    ) -> int:
+        """Disable (e.g. a confirmed false positive) or re-enable entries; returns how many."""
+        bank = self.get_bank(bank_name)
+        where, args = _selector_sql(bank.id, selector, alias="")
+        with self._write() as db:
+            cursor = db.execute(
+                f"UPDATE entries SET disabled = ?, disabled_reason = ? {where}",
+                (int(disabled), reason if disabled else None, *args),
+            )
+        return cursor.rowcount
+
+    def remove_entries(self, bank_name: str, selector: EntrySelector) -> int:
+        bank = self.get_bank(bank_name)
+        where, args = _selector_sql(bank.id, selector, alias="")
+        with self._write() as db:
+            cursor = db.execute(f"DELETE FROM entries {where}", args)
+        return cursor.rowcount
+
+    def iter_active_entries(self, batch: int = 100_000) -> Iterator[list[tuple[Any, ...]]]:
+        """Every entry a snapshot should contain, in batches:
+        (id, bank_id, algorithm, hash, external_id, metadata), enabled banks only.
+
+        Runs inside one read transaction, so the batches are one consistent view of the store.
+        """
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                cursor = self._db.execute(
+                    "SELECT e.id, e.bank_id, e.algorithm, e.hash, e.external_id, e.metadata"
+                    " FROM entries e JOIN banks b ON b.id = e.bank_id"
+                    " WHERE e.disabled = 0 AND b.enabled = 1 ORDER BY e.id"
+                )
+                while rows := cursor.fetchmany(batch):
+                    yield rows
+            finally:
+                self._db.execute("COMMIT")
+
+    def stats(self) -> StoreStats:
+        with self._lock:
+            totals = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(disabled), 0) FROM entries"
+            ).fetchone()
+            bank_count = self._db.execute("SELECT COUNT(*) FROM banks").fetchone()[0]
+            grouped = self._db.execute(
+                "SELECT b.name, e.algorithm, COUNT(*) FROM entries e"
+                " JOIN banks b ON b.id = e.bank_id GROUP BY b.name, e.algorithm"
+            ).fetchall()
+        by_bank: dict[str, dict[str, int]] = {}
+        for bank, algorithm, count in grouped:
+            by_bank.setdefault(bank, {})[algorithm] = count
+        return StoreStats(revision=self.revision(), banks=bank_count, entries=totals[0],
+                          disabled=totals[1], by_bank_algorithm=by_bank)
+
+
+class BulkAdder:
+    """Adds entries inside an open transaction (see `Store.bulk_add`), counting duplicates."""
+
+    def __init__(self, db: sqlite3.Connection, bank_id: int) -> None:
+        self._db = db
+        self._bank_id = bank_id
+        self._now = time.time()
+        self.result = AddResult()
+
+    def add(self, entries: Iterable[NewEntry]) -> AddResult:
+        rows = [
+            (self._bank_id, e.algorithm, e.hash, e.external_id,
+             json.dumps(e.metadata, sort_keys=True) if e.metadata else None, self._now)
+            for e in entries
+        ]
+        before = self._db.total_changes
+        self._db.executemany(
+            "INSERT OR IGNORE INTO entries (bank_id, algorithm, hash, external_id, metadata,"
+            " added_at) VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        added = self._db.total_changes - before
+        batch = AddResult(added=added, duplicates=len(rows) - added)
+        self.result += batch
+        return batch
+
+
+def _selector_sql(
+    bank_id: int, selector: EntrySelector, alias: str = "e."
+) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause for `selector`; `alias` is "" where SQLite allows no table alias."""
+    if selector.is_empty():
+        raise HashsvcError("select entries by id, external id or hash")
+    clauses: list[str] = []
+    args: list[Any] = [bank_id]
+    if selector.ids:
+        clauses.append(f"{alias}id IN ({', '.join('?' * len(selector.ids))})")
+        args.extend(selector.ids)
+    if selector.external_ids:
+        clauses.append(f"{alias}external_id IN ({', '.join('?' * len(selector.external_ids))})")
+        args.extend(selector.external_ids)
+    for algorithm, value in selector.hashes:
+        clauses.append(f"({alias}algorithm = ? AND {alias}hash = ?)")
+        args.extend((algorithm, value))
+    return f"WHERE {alias}bank_id = ? AND ({' OR '.join(clauses)})", tuple(args)
