@@ -50,6 +50,10 @@ SUPPORTED_FORMATS: tuple[str, ...] = (
 )
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated upload is an error, not a grey half-image
+# Pillow's own bomb check (a process-wide pixel cap) would fire inside `Image.open` with a vaguer
+# message and a fixed limit; `decode` checks the header's dimensions against `DecodeLimits`
+# before any pixel is decoded, so the global check is switched off in favour of that one.
+Image.MAX_IMAGE_PIXELS = None
 
 RGBArray = npt.NDArray[np.uint8]
 
@@ -106,17 +110,12 @@ def decode(
     if not data:
         raise CorruptImageError(f"{name}: empty file")
     try:
-        with warnings.catch_warnings():
-            # Pillow warns (DecompressionBombWarning) before it errors; we decide ourselves below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         raise UnsupportedFormatError(
             f"{name}: not a supported image format "
             f"(supported: {', '.join(f.lower() for f in SUPPORTED_FORMATS)})"
         ) from None
-    except Image.DecompressionBombError as err:
-        raise ImageTooLargeError(f"{name}: {err}") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise CorruptImageError(f"{name}: cannot read image header: {err}") from None
 
@@ -124,14 +123,10 @@ def decode(
     width, height = image.size
     _check_dimensions(name, width, height, limits)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image.load()
-            if apply_orientation:
-                image = ImageOps.exif_transpose(image)
-            rgb = to_rgb(image)
-    except Image.DecompressionBombError as err:
-        raise ImageTooLargeError(f"{name}: {err}") from None
+        image.load()
+        if apply_orientation:
+            image = ImageOps.exif_transpose(image)
+        rgb = to_rgb(image)
     except OSError as err:
         if "truncated" in str(err) or "broken data stream" in str(err):
             raise TruncatedImageError(f"{name}: truncated {fmt} file: {err}") from None

@@ -20,7 +20,8 @@ from hashsvc.imaging import Upload
 QUALITY_FLOOR = 50
 
 # The order `pdqhash.compute_dihedral` returns its 8 hashes in: the hash of the image after
-# each of these transforms (shared/data/pdq-reference/images/dih shows them).
+# each of these transforms (shared/data/pdq-reference/images/dih shows them). Rotations are
+# counter-clockwise (EXIF orientation 8 is undone by rotate_90); flip_plus_1 is the transpose.
 DIHEDRAL_TRANSFORMS: tuple[str, ...] = (
     "identity",
     "rotate_90",

@@ -1,0 +1,1 @@
+"""The indexer: loads hash lists and image folders into the store and publishes snapshots."""

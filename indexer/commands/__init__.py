@@ -1,0 +1,18 @@
+"""One module per verb; each exposes `register(subcommands)` and sets `run` on its parser."""
+
+from types import ModuleType
+
+from indexer.commands import (
+    add_images,
+    bank,
+    entries,
+    hash_files,
+    import_list,
+    match,
+    publish,
+    stats,
+)
+
+COMMANDS: tuple[ModuleType, ...] = (
+    bank, import_list, add_images, entries, publish, stats, hash_files, match,
+)

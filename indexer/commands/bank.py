@@ -1,0 +1,127 @@
+"""`indexer bank create|list|update|delete`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from typing import Any
+
+from hashsvc.errors import HashsvcError
+from hashsvc.store import BANK_KINDS, Bank
+from indexer.commands.common import add_command, emit, open_store, say
+
+
+def register(subcommands: Any) -> None:
+    group = subcommands.add_parser("bank", help="create, list, update and delete banks")
+    verbs = group.add_subparsers(title="bank commands", metavar="VERB", required=True)
+
+    create = add_command(
+        verbs, "create", "Create a bank of known hashes.",
+        "indexer bank create ncmec --description 'NCMEC hash list' --tag csam "
+        "--threshold pdq=31", _create,
+    )
+    create.add_argument("name")
+    _bank_fields(create)
+
+    listing = add_command(verbs, "list", "List banks with entry counts.",
+                          "indexer bank list --json", _list)
+    listing.add_argument("--json", action="store_true", help="one JSON object per bank")
+
+    update = add_command(
+        verbs, "update", "Change a bank's fields (only those given).",
+        "indexer bank update ncmec --threshold pdq=24 --disable", _update,
+    )
+    update.add_argument("name")
+    update.add_argument("--rename", metavar="NEW_NAME")
+    _bank_fields(update)
+    state = update.add_mutually_exclusive_group()
+    state.add_argument("--enable", dest="enabled", action="store_const", const=True)
+    state.add_argument("--disable", dest="enabled", action="store_const", const=False,
+                       help="keep the bank but leave it out of the next snapshot")
+
+    delete = add_command(verbs, "delete", "Delete a bank and all its entries.",
+                         "indexer bank delete old-list --yes", _delete)
+    delete.add_argument("name")
+    delete.add_argument("--yes", action="store_true", help="required: deleting cannot be undone")
+
+
+def _bank_fields(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--description")
+    parser.add_argument("--kind", choices=BANK_KINDS,
+                        help="match (report hits) or allowlist (suppress hits); default match")
+    parser.add_argument("--tag", action="append", dest="tags", metavar="TAG",
+                        help="label reported with every match (repeatable)")
+    parser.add_argument("--threshold", action="append", dest="thresholds", metavar="ALGO=BITS",
+                        help="per-algorithm distance threshold override (repeatable)")
+
+
+def _thresholds(values: list[str] | None) -> dict[str, int] | None:
+    if values is None:
+        return None
+    result: dict[str, int] = {}
+    for value in values:
+        name, sep, bits = value.partition("=")
+        if not sep or not bits.strip().isdigit():
+            raise HashsvcError(f"invalid --threshold {value!r}: expected ALGORITHM=BITS, e.g. pdq=31")
+        result[name.strip()] = int(bits)
+    return result
+
+
+def _create(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        bank = store.create_bank(
+            args.name, description=args.description or "", kind=args.kind or "match",
+            tags=args.tags or (), thresholds=_thresholds(args.thresholds),
+        )
+    say(f"created {bank.kind} bank {bank.name!r}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        banks = store.list_banks()
+    if args.json:
+        for bank in banks:
+            emit(bank_to_dict(bank))
+        return 0
+    if not banks:
+        say("no banks yet: create one with `indexer bank create NAME`")
+        return 0
+    print(f"{'NAME':24} {'KIND':9} {'ENABLED':7} {'ENTRIES':>10}  TAGS / THRESHOLDS")
+    for bank in banks:
+        thresholds = " ".join(f"{k}={v}" for k, v in sorted(bank.thresholds.items()))
+        print(f"{bank.name:24} {bank.kind:9} {'yes' if bank.enabled else 'no':7} "
+              f"{bank.entry_count:>10,}  {','.join(bank.tags)} {thresholds}".rstrip())
+    return 0
+
+
+def _update(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        bank = store.update_bank(
+            args.name, new_name=args.rename, description=args.description, kind=args.kind,
+            enabled=args.enabled, tags=args.tags, thresholds=_thresholds(args.thresholds),
+        )
+    say(f"updated bank {bank.name!r}")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise HashsvcError(f"deleting bank {args.name!r} removes all its entries: add --yes")
+    with open_store(args) as store:
+        removed = store.delete_bank(args.name)
+    say(f"deleted bank {args.name!r} and its {removed:,} entries")
+    return 0
+
+
+def bank_to_dict(bank: Bank) -> dict[str, Any]:
+    return {
+        "name": bank.name, "kind": bank.kind, "enabled": bank.enabled,
+        "description": bank.description, "tags": list(bank.tags),
+        "thresholds": bank.thresholds, "entries": bank.entry_count,
+        "created_at": _iso(bank.created_at), "updated_at": _iso(bank.updated_at),
+    }
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,51 @@
+"""What the verbs share: opening the data home, building sub-parsers, writing output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hashsvc.home import DataHome
+from hashsvc.store import Store
+
+Runner = Callable[[argparse.Namespace], int]
+
+
+def add_command(
+    subcommands: Any, name: str, summary: str, example: str, run: Runner
+) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with a worked example."""
+    parser: argparse.ArgumentParser = subcommands.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def home(args: argparse.Namespace) -> DataHome:
+    return DataHome.resolve(args.home)
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    return Store(home(args).store_path)
+
+
+def emit(record: dict[str, Any]) -> None:
+    """One JSON object per line on stdout, for pipes and `jq`."""
+    sys.stdout.write(json.dumps(record, sort_keys=False, ensure_ascii=False) + "\n")
+
+
+def say(message: str) -> None:
+    """Human-readable progress and summaries go to stderr, keeping stdout for data."""
+    print(message, file=sys.stderr)
+
+
+def show_progress() -> bool:
+    return sys.stderr.isatty()

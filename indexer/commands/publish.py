@@ -1,0 +1,36 @@
+"""`indexer publish`: build a snapshot from the store and make it current."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from hashsvc.snapshot import publish
+from indexer.commands.common import add_command, emit, home, open_store, say
+
+
+def register(subcommands: Any) -> None:
+    parser = add_command(
+        subcommands, "publish",
+        "Build a snapshot of every enabled bank and switch `current` to it atomically. "
+        "Servers watching the snapshot directory pick it up without a restart. "
+        "Does nothing if the store has not changed since the current snapshot.",
+        "indexer publish --keep 5", _run,
+    )
+    parser.add_argument("--force", action="store_true", help="build even if nothing changed")
+    parser.add_argument("--keep", type=int, default=3,
+                        help="snapshot versions to keep on disk (default 3, minimum 2)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        result = publish(store, home(args).snapshots_dir, force=args.force, keep=args.keep)
+    counts = result.manifest["counts"]
+    if result.published:
+        say(f"published snapshot {result.version}: {counts['entries']:,} entries "
+            f"in {result.seconds:.2f}s")
+    else:
+        say(f"store unchanged: snapshot {result.version} is still current (use --force)")
+    emit({"version": result.version, "published": result.published, "counts": counts,
+          "seconds": round(result.seconds, 3)})
+    return 0

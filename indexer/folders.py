@@ -1,0 +1,89 @@
+"""Hashing many image files in parallel, for `hash` and `add-images`.
+
+Decoding and hashing are CPU-bound and hold the GIL, so the work goes to a process pool, one worker
+per core. Workers return hashes or an error message, never raise, so one unreadable file is
+reported and skipped without stopping the other thousands.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from hashsvc.algorithms import HashValue, get_algorithm
+from hashsvc.errors import HashsvcError, ImageError
+from hashsvc.imaging import Upload
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+
+
+@dataclass(frozen=True)
+class FileHashes:
+    path: Path
+    hashes: tuple[HashValue, ...] = ()
+    error: str | None = None
+    reason: str | None = None
+
+
+def find_images(paths: Iterable[Path], recursive: bool = True) -> list[Path]:
+    """Files named directly are kept whatever their name; folders contribute image files."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found.extend(
+                p for p in sorted(path.glob(pattern))
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                and not p.name.startswith(".")
+            )
+        else:
+            found.append(path)
+    return found
+
+
+def hash_file(path: Path, algorithms: Sequence[str]) -> FileHashes:
+    try:
+        upload = Upload(path.read_bytes(), name=str(path), apply_orientation=True)
+        return FileHashes(path, tuple(get_algorithm(a).compute(upload) for a in algorithms))
+    except ImageError as err:
+        return FileHashes(path, error=err.message, reason=err.reason)
+    except HashsvcError as err:
+        return FileHashes(path, error=err.message, reason="error")
+    except OSError as err:
+        return FileHashes(path, error=f"{path}: cannot read: {err.strerror}", reason="unreadable")
+
+
+def _hash_file_star(job: tuple[Path, tuple[str, ...]]) -> FileHashes:
+    return hash_file(*job)
+
+
+def hash_files(
+    paths: Sequence[Path],
+    algorithms: Sequence[str],
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Iterator[FileHashes]:
+    """Hash `paths` over `workers` processes (default: every core), in input order."""
+    workers = workers or os.cpu_count() or 1
+    jobs = [(path, tuple(algorithms)) for path in paths]
+    with tqdm(total=len(jobs), unit=" images", disable=not progress, leave=False) as bar:
+        if workers == 1 or len(jobs) < 4:
+            for job in jobs:
+                yield _hash_file_star(job)
+                bar.update()
+            return
+        # forkserver: workers never inherit the parent's threads (FAISS/OpenMP) or locks.
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for result in pool.map(_hash_file_star, jobs, chunksize=4):
+                yield result
+                bar.update()

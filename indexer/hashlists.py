@@ -1,0 +1,220 @@
+"""Reading hash lists: CSV/TSV with a header, JSON lines, and plain one-hash-per-line text.
+
+Each reader yields, line by line, either a parsed entry or a `LineProblem` naming the file, the
+line and the reason, and never stops at the first bad line, so one pass shows everything wrong.
+Whether a problem aborts the import is the caller's choice (`--skip-invalid`).
+
+Columns (CSV/TSV header or JSON keys): `hash` (required), `algorithm` (or `--algorithm`),
+`external_id` (alias `id`), `metadata` (a JSON object). Any other column is kept in the entry's
+metadata, so a list's own fields (source, category, quality…) survive the import.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from hashsvc.algorithms import get_algorithm
+from hashsvc.errors import HashsvcError, LineProblem
+from hashsvc.store import NewEntry
+
+Format = Literal["csv", "tsv", "jsonl", "txt"]
+FORMATS: tuple[Format, ...] = ("csv", "tsv", "jsonl", "txt")
+_EXTENSIONS: dict[str, Format] = {
+    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+    ".json": "jsonl", ".txt": "txt", ".lst": "txt",
+}
+_ALIASES = {"id": "external_id", "externalid": "external_id", "external id": "external_id",
+            "signal_type": "algorithm", "type": "algorithm", "signal": "hash"}
+_KNOWN = {"hash", "algorithm", "external_id", "metadata"}
+_MAX_EXTERNAL_ID = 512
+
+
+@dataclass(frozen=True)
+class ParsedLine:
+    line: int
+    entry: NewEntry
+
+
+Parsed = ParsedLine | LineProblem
+
+
+def detect_format(path: Path, explicit: str | None = None) -> Format:
+    if explicit:
+        if explicit not in FORMATS:
+            raise HashsvcError(f"unknown format {explicit!r} (known: {', '.join(FORMATS)})")
+        return explicit  # type: ignore[return-value]
+    fmt = _EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise HashsvcError(
+            f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+            f"pass --format ({', '.join(FORMATS)})"
+        )
+    return fmt
+
+
+def read_hash_list(
+    path: Path, fmt: Format, default_algorithm: str | None = None
+) -> Iterator[Parsed]:
+    """Parse `path`, yielding one item per data line."""
+    if default_algorithm is not None:
+        default_algorithm = get_algorithm(default_algorithm).name
+    lines = _decoded_lines(path)
+    if fmt == "txt":
+        return _read_text(path, lines, default_algorithm)
+    if fmt == "jsonl":
+        return _read_jsonl(path, lines, default_algorithm)
+    return _read_delimited(path, lines, default_algorithm, "\t" if fmt == "tsv" else ",")
+
+
+class _LineSource:
+    """Yields a file's lines as text, remembering which (1-based) physical line was read last;
+    a line that is not UTF-8 becomes a problem instead of aborting the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.number = 0
+        self.bad: dict[int, str] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        with self.path.open("rb") as handle:
+            for raw in handle:
+                self.number += 1
+                if self.number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # spreadsheet programs write a UTF-8 byte-order mark
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    self.bad[self.number] = f"not valid UTF-8 ({err.reason} at byte {err.start})"
+                    yield "\n"
+
+
+def _decoded_lines(path: Path) -> _LineSource:
+    if not path.is_file():
+        raise HashsvcError(f"{path}: no such file")
+    return _LineSource(path)
+
+
+def _read_text(path: Path, lines: _LineSource, algorithm: str | None) -> Iterator[Parsed]:
+    if algorithm is None:
+        raise HashsvcError(f"{path}: a plain-text list has no algorithm column; pass --algorithm")
+    for text in lines:
+        number = lines.number
+        if number in lines.bad:
+            yield LineProblem(str(path), number, lines.bad.pop(number))
+            continue
+        value = text.strip()
+        if not value or value.startswith("#"):
+            continue
+        yield _make_entry(path, number, {"hash": value}, algorithm)
+
+
+def _read_jsonl(path: Path, lines: _LineSource, algorithm: str | None) -> Iterator[Parsed]:
+    for text in lines:
+        number = lines.number
+        if number in lines.bad:
+            yield LineProblem(str(path), number, lines.bad.pop(number))
+            continue
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            yield LineProblem(str(path), number, f"not valid JSON: {err.msg} (column {err.colno})")
+            continue
+        if not isinstance(record, dict):
+            yield LineProblem(str(path), number, "expected a JSON object per line")
+            continue
+        yield _make_entry(path, number, {_column(k): v for k, v in record.items()}, algorithm)
+
+
+def _read_delimited(
+    path: Path, lines: _LineSource, algorithm: str | None, delimiter: str
+) -> Iterator[Parsed]:
+    reader = csv.reader(iter(lines), delimiter=delimiter, strict=True)
+    try:
+        header = [_column(name) for name in next(reader)]
+    except StopIteration:
+        return
+    except csv.Error as err:
+        raise HashsvcError(f"{path}:1: unreadable header: {err}") from None
+    if "hash" not in header:
+        raise HashsvcError(
+            f"{path}:1: the header has no 'hash' column (found: {', '.join(header) or 'nothing'})"
+        )
+    if algorithm is None and "algorithm" not in header:
+        raise HashsvcError(f"{path}:1: no 'algorithm' column; add one or pass --algorithm")
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            yield LineProblem(str(path), lines.number, f"malformed {_name(delimiter)}: {err}")
+            continue
+        number = lines.number
+        if number in lines.bad:
+            yield LineProblem(str(path), number, lines.bad.pop(number))
+            continue
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            yield LineProblem(
+                str(path), number, f"expected {len(header)} columns, found {len(row)}"
+            )
+            continue
+        yield _make_entry(path, number, dict(zip(header, row, strict=True)), algorithm)
+
+
+def _make_entry(
+    path: Path, line: int, record: dict[str, Any], default_algorithm: str | None
+) -> Parsed:
+    try:
+        value = record.get("hash")
+        if not isinstance(value, str) or not value.strip():
+            raise HashsvcError("missing hash")
+        name = record.get("algorithm") or default_algorithm
+        if not isinstance(name, str):
+            raise HashsvcError("missing algorithm (add an 'algorithm' field or pass --algorithm)")
+        algorithm = get_algorithm(name.strip())
+        hash_bytes = algorithm.parse(value.strip())
+        external_id = record.get("external_id")
+        if external_id is not None:
+            external_id = str(external_id).strip() or None
+        if external_id is not None and len(external_id) > _MAX_EXTERNAL_ID:
+            raise HashsvcError(f"external id longer than {_MAX_EXTERNAL_ID} characters")
+        metadata = _metadata(record)
+    except HashsvcError as err:
+        return LineProblem(str(path), line, err.message)
+    return ParsedLine(line, NewEntry(algorithm.name, hash_bytes, external_id, metadata))
+
+
+def _metadata(record: dict[str, Any]) -> dict[str, Any] | None:
+    metadata: dict[str, Any] = {}
+    raw = record.get("metadata")
+    if isinstance(raw, str) and raw.strip():
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise HashsvcError(f"metadata is not valid JSON: {err.msg}") from None
+    if isinstance(raw, dict):
+        metadata.update(raw)
+    elif raw not in (None, ""):
+        raise HashsvcError("metadata must be a JSON object")
+    for key, value in record.items():
+        if key not in _KNOWN and value not in (None, ""):
+            metadata[key] = value
+    return metadata or None
+
+
+def _column(name: str) -> str:
+    key = name.strip().lower()
+    return _ALIASES.get(key, key.replace(" ", "_").replace("-", "_"))
+
+
+def _name(delimiter: str) -> str:
+    return "TSV" if delimiter == "\t" else "CSV"

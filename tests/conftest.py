@@ -1,0 +1,70 @@
+"""Shared fixtures: the read-only test data in ../shared/data and fresh data homes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hashsvc.home import DataHome
+from hashsvc.store import Store
+
+DATA = Path(
+    os.environ.get("HASHSVC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+REFERENCE = DATA / "pdq-reference"
+IMAGES = REFERENCE / "images"
+PHOTOS = DATA / "photos-cc0" / "images"
+BRIDGE_ORIGINAL = IMAGES / "bridge-mods" / "aaa-orig.jpg"
+
+if not REFERENCE.is_dir():  # fail loudly: a suite that silently skips its data proves nothing
+    raise RuntimeError(f"test data not found at {DATA}; set HASHSVC_SHARED_DATA")
+
+
+@dataclass(frozen=True)
+class GoldenRow:
+    path: Path
+    pdq_hex: str
+    quality: int | None
+    max_distance: int
+
+
+def golden_rows() -> list[GoldenRow]:
+    with (REFERENCE / "expected.csv").open() as handle:
+        return [
+            GoldenRow(REFERENCE / row["path"], row["pdq_hex"],
+                      int(row["quality"]) if row["quality"] else None, int(row["max_distance"]))
+            for row in csv.DictReader(handle)
+        ]
+
+
+def hamming(a: bytes, b: bytes) -> int:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> DataHome:
+    return DataHome(tmp_path / "home")
+
+
+@pytest.fixture
+def store(home: DataHome) -> Store:
+    opened = Store(home.store_path)
+    yield opened  # type: ignore[misc]
+    opened.close()
+
+
+def run_indexer(home: DataHome, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """The real console entry point in a child process, as a person or a script would run it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "indexer", "--home", str(home.root), *args],
+        capture_output=True, text=True, timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"indexer {args} exited {result.returncode}:\n{result.stderr}")
+    return result

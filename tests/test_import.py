@@ -1,0 +1,137 @@
+"""Importing hash lists: every format, strict line errors, transactional files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hashsvc.errors import HashsvcError, ImportFileError
+from hashsvc.store import Store
+from indexer.hashlists import detect_format
+from indexer.importing import ImportReport, import_file
+
+PDQ_A = "f8f8f0cce0f4e84d0e370a22028f67f0b36e2ed596623e1d33e6339c4e9c9b22"
+PDQ_B = "d8f8f0cee0f4a84f0637022a078f67f0b36e2ed596621e1d33e6339c4e9c9b22"
+MD5 = "D41D8CD98F00B204E9800998ECF8427E"  # NCMEC lists ship upper-case MD5
+
+
+@pytest.fixture
+def bank(store: Store) -> Store:
+    store.create_bank("list")
+    return store
+
+
+def _import(
+    store: Store, path: Path, *, algorithm: str | None = None, skip_invalid: bool = False
+) -> ImportReport:
+    return import_file(store, "list", path, detect_format(path), algorithm=algorithm,
+                       skip_invalid=skip_invalid)
+
+
+def test_csv_with_header_extra_columns_become_metadata(bank: Store, tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text(
+        "\ufeffHash,Algorithm,ID,Metadata,Source\n"
+        f"{PDQ_A},pdq,case-1,\"{{\"\"category\"\": \"\"A1\"\"}}\",gifct\n"
+        f"{MD5},md5,case-2,,ncmec\n"
+        "\n"
+    )
+    report = _import(bank, path)
+    assert (report.added, report.duplicates, report.rejected) == (2, 0, [])
+    first, second = bank.get_entry(1), bank.get_entry(2)
+    assert (first.algorithm, first.hash.hex(), first.external_id) == ("pdq", PDQ_A, "case-1")
+    assert first.metadata == {"category": "A1", "source": "gifct"}
+    assert (second.algorithm, second.hash.hex()) == ("md5", MD5.lower())
+
+
+def test_tsv_jsonl_and_text(bank: Store, tmp_path: Path) -> None:
+    tsv = tmp_path / "list.tsv"
+    tsv.write_text(f"hash\texternal_id\n{PDQ_A}\tt1\n")
+    jsonl = tmp_path / "list.jsonl"
+    jsonl.write_text(json.dumps({"hash": PDQ_B, "algorithm": "pdq", "external_id": 7,
+                                 "metadata": {"k": [1, 2]}}) + "\n")
+    txt = tmp_path / "list.txt"
+    txt.write_text(f"# md5 list\n{MD5}\n\n")
+    assert _import(bank, tsv, algorithm="pdq").added == 1
+    assert _import(bank, jsonl).added == 1
+    assert _import(bank, txt, algorithm="md5").added == 1
+    entries = {e.hash.hex(): e for e in map(bank.get_entry, (1, 2, 3))}
+    assert entries[PDQ_B].external_id == "7" and entries[PDQ_B].metadata == {"k": [1, 2]}
+    with pytest.raises(HashsvcError, match="pass --algorithm"):
+        _import(bank, txt)
+
+
+def test_a_malformed_line_fails_the_file_naming_every_bad_line(
+    bank: Store, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(
+        "hash,algorithm\n"
+        f"{PDQ_A},pdq\n"
+        f"{PDQ_A[:-1]},pdq\n"          # line 3: short
+        f"{PDQ_B},sift\n"              # line 4: unknown algorithm
+        f"{PDQ_B},pdq,extra\n"         # line 5: column count
+        f"{'g' * 64},pdq\n"            # line 6: not hex
+    )
+    revision = bank.revision()
+    with pytest.raises(ImportFileError) as err:
+        _import(bank, path)
+    message = str(err.value)
+    assert "nothing from this file was stored" in message
+    for expected in (
+        f"{path}:3: invalid pdq hash", "expected 64 hex digits, got 63",
+        f"{path}:4: unknown algorithm 'sift'",
+        f"{path}:5: expected 2 columns, found 3",
+        f"{path}:6: invalid pdq hash 'gggg", "not hexadecimal",
+    ):
+        assert expected in message
+    assert [p.line for p in err.value.problems] == [3, 4, 5, 6]
+    assert bank.stats().entries == 0 and bank.revision() == revision
+
+
+def test_skip_invalid_imports_the_good_lines_and_lists_the_bad(
+    bank: Store, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(
+        json.dumps({"hash": PDQ_A, "algorithm": "pdq"}).encode() + b"\n"
+        + b"{not json\n"
+        + b"[1, 2]\n"
+        + b'{"hash": "\xff\xfe", "algorithm": "pdq"}\n'
+        + json.dumps({"algorithm": "pdq"}).encode() + b"\n"
+        + json.dumps({"hash": PDQ_B, "algorithm": "pdq", "metadata": 5}).encode() + b"\n"
+    )
+    report = _import(bank, path, skip_invalid=True)
+    assert report.added == 1
+    reasons = {p.line: p.reason for p in report.rejected}
+    assert reasons[2].startswith("not valid JSON")
+    assert reasons[3] == "expected a JSON object per line"
+    assert reasons[4].startswith("not valid UTF-8")
+    assert reasons[5] == "missing hash"
+    assert reasons[6] == "metadata must be a JSON object"
+
+
+def test_reimporting_the_same_list_adds_nothing(bank: Store, tmp_path: Path) -> None:
+    path = tmp_path / "list.txt"
+    path.write_text(f"{PDQ_A}\n{PDQ_B}\n{PDQ_A}\n")
+    first = _import(bank, path, algorithm="pdq")
+    assert (first.added, first.duplicates) == (2, 1)
+    second = _import(bank, path, algorithm="pdq")
+    assert (second.added, second.duplicates) == (0, 3)
+    assert bank.stats().entries == 2
+
+
+def test_format_detection(tmp_path: Path) -> None:
+    assert detect_format(tmp_path / "a.NDJSON") == "jsonl"
+    assert detect_format(tmp_path / "a.dat", "tsv") == "tsv"
+    with pytest.raises(HashsvcError, match="pass --format"):
+        detect_format(tmp_path / "a.dat")
+
+
+def test_missing_hash_column(bank: Store, tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text("digest,algorithm\nabc,md5\n")
+    with pytest.raises(HashsvcError, match=r"list.csv:1: the header has no 'hash' column"):
+        _import(bank, path)

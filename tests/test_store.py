@@ -1,0 +1,107 @@
+"""The store: banks, entries, duplicates, transactions."""
+
+from __future__ import annotations
+
+import pytest
+
+from hashsvc.errors import AlreadyExistsError, HashsvcError, InvalidHashError, NotFoundError
+from hashsvc.store import EntrySelector, NewEntry, Store
+
+
+def _pdq(n: int) -> bytes:
+    return n.to_bytes(32, "big")
+
+
+def test_bank_lifecycle(store: Store) -> None:
+    bank = store.create_bank("ncmec", description="NCMEC list", tags=["csam", "csam"],
+                             thresholds={"PDQ": 24})
+    assert (bank.name, bank.kind, bank.enabled, bank.tags) == ("ncmec", "match", True, ("csam",))
+    assert bank.thresholds == {"pdq": 24}
+    with pytest.raises(AlreadyExistsError, match="'ncmec' already exists"):
+        store.create_bank("ncmec")
+    store.create_bank("benign", kind="allowlist")
+    assert [b.name for b in store.list_banks()] == ["benign", "ncmec"]
+
+    updated = store.update_bank("ncmec", new_name="ncmec-2026", enabled=False, thresholds={})
+    assert (updated.name, updated.enabled, updated.thresholds) == ("ncmec-2026", False, {})
+    assert updated.description == "NCMEC list"  # fields not given are kept
+    with pytest.raises(AlreadyExistsError):
+        store.update_bank("ncmec-2026", new_name="benign")
+    store.add_entries("ncmec-2026", [NewEntry("pdq", _pdq(1))])
+    assert store.delete_bank("ncmec-2026") == 1
+    with pytest.raises(NotFoundError, match="no bank named 'ncmec-2026'"):
+        store.get_bank("ncmec-2026")
+    assert store.stats().entries == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "has space"}, "invalid bank name"),
+        ({"name": ""}, "invalid bank name"),
+        ({"name": "ok", "kind": "block"}, "invalid bank kind"),
+        ({"name": "ok", "thresholds": {"pdq": 300}}, "must be 0..256"),
+        ({"name": "ok", "thresholds": {"md5": 1}}, "exact hash: it has no threshold"),
+        ({"name": "ok", "tags": ["bad tag"]}, "invalid tag"),
+    ],
+)
+def test_invalid_bank_fields_are_rejected(
+    store: Store, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(HashsvcError, match=message):
+        store.create_bank(**kwargs)  # type: ignore[arg-type]
+    assert store.list_banks() == []
+
+
+def test_unknown_algorithm_threshold(store: Store) -> None:
+    with pytest.raises(InvalidHashError, match="unknown algorithm 'sift'"):
+        store.create_bank("x", thresholds={"sift": 3})
+
+
+def test_duplicates_are_counted_not_stored(store: Store) -> None:
+    store.create_bank("a")
+    store.create_bank("b")
+    first = store.add_entries("a", [NewEntry("pdq", _pdq(1), "x"), NewEntry("pdq", _pdq(1), "y"),
+                                    NewEntry("md5", bytes(16))])
+    assert (first.added, first.duplicates) == (2, 1)
+    again = store.add_entries("a", [NewEntry("pdq", _pdq(1)), NewEntry("pdq", _pdq(2))])
+    assert (again.added, again.duplicates) == (1, 1)
+    other_bank = store.add_entries("b", [NewEntry("pdq", _pdq(1))])
+    assert other_bank.added == 1  # the same hash may sit in several banks
+    assert store.stats().by_bank_algorithm == {"a": {"pdq": 2, "md5": 1}, "b": {"pdq": 1}}
+
+
+def test_bulk_add_is_all_or_nothing(store: Store) -> None:
+    store.create_bank("a")
+    revision = store.revision()
+    with pytest.raises(RuntimeError), store.bulk_add("a") as adder:
+        adder.add([NewEntry("pdq", _pdq(n)) for n in range(1000)])
+        raise RuntimeError("crash in the middle of an import")
+    assert store.stats().entries == 0
+    assert store.revision() == revision
+
+
+def test_disable_enable_remove(store: Store) -> None:
+    store.create_bank("a")
+    store.add_entries("a", [NewEntry("pdq", _pdq(n), f"ext-{n}") for n in range(5)])
+    assert store.set_disabled("a", EntrySelector(external_ids=["ext-1", "ext-2"]), True,
+                              "false positive") == 2
+    entry = store.find_entries("a", EntrySelector(external_ids=["ext-1"]))[0]
+    assert (entry.disabled, entry.disabled_reason) == (True, "false positive")
+    assert store.set_disabled("a", EntrySelector(ids=[entry.id]), False) == 1
+    assert store.remove_entries("a", EntrySelector(hashes=[("pdq", _pdq(4))])) == 1
+    assert store.stats().entries == 4 and store.stats().disabled == 1
+    with pytest.raises(HashsvcError, match="select entries"):
+        store.remove_entries("a", EntrySelector())
+
+
+def test_every_write_bumps_the_revision_and_survives_reopening(store: Store) -> None:
+    before = store.revision()
+    store.create_bank("a")
+    store.add_entries("a", [NewEntry("pdq", _pdq(1), metadata={"source": "test"})])
+    assert store.revision() == before + 2
+    reopened = Store(store.path)
+    entry = reopened.get_entry(1)
+    assert (entry.bank, entry.metadata, entry.hash) == ("a", {"source": "test"}, _pdq(1))
+    assert reopened.revision() == before + 2
+    reopened.close()
