@@ -110,7 +110,7 @@ def decode(
     if not data:
         raise CorruptImageError(f"{name}: empty file")
     try:
-        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        image: Image.Image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         raise UnsupportedFormatError(
             f"{name}: not a supported image format "

@@ -9,7 +9,8 @@ Layout of `snapshots/<version>/`:
     entries.external_ids.{bin,offsets.npy}, entries.metadata.{bin,offsets.npy}
     <algorithm>.faiss             perceptual kinds: a FAISS binary index of the distinct hashes
     <algorithm>.codes.npy         exact kinds: the distinct hashes, sorted, for binary search
-    <algorithm>.postings.{offsets,rows}.npy   distinct hash i -> entry rows rows[offsets[i]:offsets[i+1]]
+    <algorithm>.postings.{offsets,rows}.npy
+                                  distinct hash i -> entry rows rows[offsets[i]:offsets[i+1]]
 
 Distinct hashes are indexed once, however many banks list them; the postings map a FAISS id back to
 every entry. Everything is written to a temporary directory, fsync'd and renamed, and only then is
@@ -200,8 +201,8 @@ def _write_snapshot(store: Store, directory: Path, version: str, revision: int) 
     ])
     writer.array("entries.ids.npy", np.asarray(entry_ids, dtype=np.int64))
     writer.array("entries.banks.npy", np.asarray(entry_banks, dtype=np.int32))
-    for name, values in (("external_ids", external_ids), ("metadata", metadata)):
-        blob, offsets = StringTable.encode(values)
+    for name, strings in (("external_ids", external_ids), ("metadata", metadata)):
+        blob, offsets = StringTable.encode(strings)
         writer.array(f"entries.{name}.bin.npy", blob)
         writer.array(f"entries.{name}.offsets.npy", offsets)
 
@@ -405,7 +406,8 @@ def _load_verified(
     directory: Path, manifest: dict[str, Any], files: dict[str, dict[str, Any]]
 ) -> Snapshot:
     def array(name: str) -> npt.NDArray[Any]:
-        return np.load(directory / name, mmap_mode="r", allow_pickle=False)
+        loaded: npt.NDArray[Any] = np.load(directory / name, mmap_mode="r", allow_pickle=False)
+        return loaded
 
     banks = [
         BankInfo(name=b["name"], kind=b["kind"], tags=tuple(b["tags"]),

@@ -151,7 +151,7 @@ def validate_thresholds(thresholds: dict[str, int]) -> dict[str, int]:
 def _validate_kind(kind: str) -> BankKind:
     if kind not in BANK_KINDS:
         raise HashsvcError(f"invalid bank kind {kind!r}: must be one of {', '.join(BANK_KINDS)}")
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 class Store:
@@ -175,7 +175,8 @@ class Store:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 self._db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?), ('revision', '0')",
+                    "INSERT OR IGNORE INTO meta (key, value)"
+                    " VALUES ('schema', ?), ('revision', '0')",
                     (str(SCHEMA_VERSION),),
                 )
             elif int(row[0]) > SCHEMA_VERSION:

@@ -47,7 +47,7 @@ def detect_format(path: Path, explicit: str | None = None) -> Format:
     if explicit:
         if explicit not in FORMATS:
             raise HashsvcError(f"unknown format {explicit!r} (known: {', '.join(FORMATS)})")
-        return explicit  # type: ignore[return-value]
+        return explicit
     fmt = _EXTENSIONS.get(path.suffix.lower())
     if fmt is None:
         raise HashsvcError(

@@ -125,7 +125,7 @@ def false_positives(limit: int | None, threshold: int = PDQ.default_threshold) -
     faiss.omp_set_num_threads(1)
 
     def pairs(queries: np.ndarray[Any, Any], owners: np.ndarray[Any, Any]) -> set[tuple[int, int]]:
-        limits, distances, labels = index.range_search(queries, threshold + 1)
+        limits, _distances, labels = index.range_search(queries, threshold + 1)
         found: set[tuple[int, int]] = set()
         for q in range(len(queries)):
             for label in labels[limits[q] : limits[q + 1]].tolist():

@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,13 +54,14 @@ def home(tmp_path: Path) -> DataHome:
 
 
 @pytest.fixture
-def store(home: DataHome) -> Store:
-    opened = Store(home.store_path)
-    yield opened  # type: ignore[misc]
-    opened.close()
+def store(home: DataHome) -> Iterator[Store]:
+    with Store(home.store_path) as opened:
+        yield opened
 
 
-def run_indexer(home: DataHome, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+def run_indexer(
+    home: DataHome, *args: str, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     """The real console entry point in a child process, as a person or a script would run it."""
     result = subprocess.run(
         [sys.executable, "-m", "indexer", "--home", str(home.root), *args],

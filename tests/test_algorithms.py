@@ -85,9 +85,9 @@ def test_textual_form_round_trips_and_is_strict(algorithm: object) -> None:
     assert text == text.lower() and len(text) == algorithm.bits // 4
     assert parse_hash(algorithm.name, text) == type(value)(algorithm.name, value.value)
     assert parse_hash(algorithm.name, text.upper()).value == value.value
-    with pytest.raises(InvalidHashError, match="expected .* hex digits, got"):
+    with pytest.raises(InvalidHashError, match=r"expected .* hex digits, got"):
         algorithm.parse(text[:-1])
-    with pytest.raises(InvalidHashError, match="not hexadecimal") as err:
+    with pytest.raises(InvalidHashError, match=r"not hexadecimal") as err:
         algorithm.parse("z" + text[1:])
     assert "z" + text[1:5] in str(err.value)  # the message names the value
 
@@ -110,5 +110,5 @@ def test_hashes_tell_images_apart_and_survive_reencoding(algorithm: object) -> N
 
 
 def test_unknown_algorithm_names_the_known_ones() -> None:
-    with pytest.raises(InvalidHashError, match="unknown algorithm 'sha1'.*pdq"):
+    with pytest.raises(InvalidHashError, match=r"unknown algorithm 'sha1'.*pdq"):
         parse_hash("sha1", "00")

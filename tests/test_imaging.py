@@ -44,13 +44,13 @@ def test_supported_formats_decode_and_hash_close_to_the_original(fmt: str) -> No
 def test_animated_gif_uses_the_first_frame() -> None:
     white, black = Image.new("RGB", BRIDGE.size, "white"), Image.new("RGB", BRIDGE.size, "black")
     data = _encode(BRIDGE, "GIF", save_all=True, append_images=[white, black], duration=100)
-    assert Image.open(io.BytesIO(data)).n_frames == 3
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
     assert hamming(PDQ.compute(Upload(data)).value, BRIDGE_HASH) <= 16
 
 
 def test_refused_format_is_named() -> None:
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
-    with pytest.raises(UnsupportedFormatError, match="not a supported image format.*jpeg"):
+    with pytest.raises(UnsupportedFormatError, match=r"not a supported image format.*jpeg"):
         decode(eps)
     ico = _encode(BRIDGE.resize((32, 32)), "ICO")
     with pytest.raises(UnsupportedFormatError):
@@ -59,7 +59,7 @@ def test_refused_format_is_named() -> None:
 
 def test_truncated_file_is_reported_as_truncated() -> None:
     data = BRIDGE_ORIGINAL.read_bytes()
-    with pytest.raises(TruncatedImageError, match="upload.jpg: truncated JPEG"):
+    with pytest.raises(TruncatedImageError, match=r"upload.jpg: truncated JPEG"):
         decode(data[: len(data) // 2], name="upload.jpg")
 
 
@@ -71,7 +71,7 @@ def test_garbage_after_a_valid_header_is_corrupt() -> None:
 
 
 def test_empty_input() -> None:
-    with pytest.raises(CorruptImageError, match="empty"):
+    with pytest.raises(CorruptImageError, match=r"empty"):
         decode(b"")
 
 
@@ -92,16 +92,16 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
 
 def test_limits_are_configurable() -> None:
     data = BRIDGE_ORIGINAL.read_bytes()
-    with pytest.raises(ImageTooLargeError, match="bytes exceeds the limit"):
+    with pytest.raises(ImageTooLargeError, match=r"bytes exceeds the limit"):
         decode(data, DecodeLimits(max_bytes=1000))
-    with pytest.raises(ImageTooLargeError, match="pixels"):
+    with pytest.raises(ImageTooLargeError, match=r"pixels"):
         decode(data, DecodeLimits(max_pixels=10_000))
-    with pytest.raises(ImageTooSmallError, match="smaller than the minimum of 5000"):
+    with pytest.raises(ImageTooSmallError, match=r"smaller than the minimum of 5000"):
         decode(data, DecodeLimits(min_side=5000))
 
 
 def test_tiny_images_below_the_minimum_are_refused() -> None:
-    with pytest.raises(ImageTooSmallError, match="4×4"):
+    with pytest.raises(ImageTooSmallError, match=r"4×4"):
         decode(_encode(BRIDGE.resize((4, 4)), "PNG"))
     # …but the reference's own tiny image (34×42) is accepted.
     assert decode((IMAGES / "misc" / "wee.jpg").read_bytes()).width == 34

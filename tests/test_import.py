@@ -59,7 +59,7 @@ def test_tsv_jsonl_and_text(bank: Store, tmp_path: Path) -> None:
     assert _import(bank, txt, algorithm="md5").added == 1
     entries = {e.hash.hex(): e for e in map(bank.get_entry, (1, 2, 3))}
     assert entries[PDQ_B].external_id == "7" and entries[PDQ_B].metadata == {"k": [1, 2]}
-    with pytest.raises(HashsvcError, match="pass --algorithm"):
+    with pytest.raises(HashsvcError, match=r"pass --algorithm"):
         _import(bank, txt)
 
 
@@ -126,7 +126,7 @@ def test_reimporting_the_same_list_adds_nothing(bank: Store, tmp_path: Path) -> 
 def test_format_detection(tmp_path: Path) -> None:
     assert detect_format(tmp_path / "a.NDJSON") == "jsonl"
     assert detect_format(tmp_path / "a.dat", "tsv") == "tsv"
-    with pytest.raises(HashsvcError, match="pass --format"):
+    with pytest.raises(HashsvcError, match=r"pass --format"):
         detect_format(tmp_path / "a.dat")
 
 

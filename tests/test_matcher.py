@@ -93,7 +93,7 @@ def test_bank_filter(store: Store, home: DataHome) -> None:
         store.add_entries(bank, [NewEntry("pdq", code)])
     matcher = _matcher(store, home)
     assert [m.bank for m in matcher.match([_pdq(code)], banks=["y"]).matches] == ["y"]
-    with pytest.raises(NotFoundError, match="'nope' not in snapshot"):
+    with pytest.raises(NotFoundError, match=r"'nope' not in snapshot"):
         matcher.match([_pdq(code)], banks=["nope"])
 
 

@@ -72,7 +72,7 @@ def test_corrupt_file_is_refused_with_a_clear_error(store: Store, home: DataHome
     data = bytearray(index.read_bytes())
     data[-1] ^= 0xFF
     index.write_bytes(bytes(data))
-    with pytest.raises(SnapshotError, match="checksum mismatch for pdq.faiss.*refusing"):
+    with pytest.raises(SnapshotError, match=r"checksum mismatch for pdq.faiss.*refusing"):
         load(result.path)
 
 
@@ -80,15 +80,15 @@ def test_missing_file_and_bad_manifest(store: Store, home: DataHome) -> None:
     _fill(store)
     result = publish(store, home.snapshots_dir)
     (result.path / "entries.ids.npy").unlink()
-    with pytest.raises(SnapshotError, match="entries.ids.npy is missing"):
+    with pytest.raises(SnapshotError, match=r"entries.ids.npy is missing"):
         load(result.path)
     (result.path / "manifest.json").write_text("{")
-    with pytest.raises(SnapshotError, match="not valid JSON"):
+    with pytest.raises(SnapshotError, match=r"not valid JSON"):
         load(result.path)
 
 
 def test_no_snapshot_yet(home: DataHome) -> None:
-    with pytest.raises(NoSnapshotError, match="indexer publish"):
+    with pytest.raises(NoSnapshotError, match=r"indexer publish"):
         load_current(home.snapshots_dir)
 
 

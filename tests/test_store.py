@@ -17,7 +17,7 @@ def test_bank_lifecycle(store: Store) -> None:
                              thresholds={"PDQ": 24})
     assert (bank.name, bank.kind, bank.enabled, bank.tags) == ("ncmec", "match", True, ("csam",))
     assert bank.thresholds == {"pdq": 24}
-    with pytest.raises(AlreadyExistsError, match="'ncmec' already exists"):
+    with pytest.raises(AlreadyExistsError, match=r"'ncmec' already exists"):
         store.create_bank("ncmec")
     store.create_bank("benign", kind="allowlist")
     assert [b.name for b in store.list_banks()] == ["benign", "ncmec"]
@@ -29,7 +29,7 @@ def test_bank_lifecycle(store: Store) -> None:
         store.update_bank("ncmec-2026", new_name="benign")
     store.add_entries("ncmec-2026", [NewEntry("pdq", _pdq(1))])
     assert store.delete_bank("ncmec-2026") == 1
-    with pytest.raises(NotFoundError, match="no bank named 'ncmec-2026'"):
+    with pytest.raises(NotFoundError, match=r"no bank named 'ncmec-2026'"):
         store.get_bank("ncmec-2026")
     assert store.stats().entries == 0
 
@@ -54,7 +54,7 @@ def test_invalid_bank_fields_are_rejected(
 
 
 def test_unknown_algorithm_threshold(store: Store) -> None:
-    with pytest.raises(InvalidHashError, match="unknown algorithm 'sift'"):
+    with pytest.raises(InvalidHashError, match=r"unknown algorithm 'sift'"):
         store.create_bank("x", thresholds={"sift": 3})
 
 
@@ -91,7 +91,7 @@ def test_disable_enable_remove(store: Store) -> None:
     assert store.set_disabled("a", EntrySelector(ids=[entry.id]), False) == 1
     assert store.remove_entries("a", EntrySelector(hashes=[("pdq", _pdq(4))])) == 1
     assert store.stats().entries == 4 and store.stats().disabled == 1
-    with pytest.raises(HashsvcError, match="select entries"):
+    with pytest.raises(HashsvcError, match=r"select entries"):
         store.remove_entries("a", EntrySelector())
 
 

@@ -29,10 +29,17 @@ class HashValue:
 class HashAlgorithm(Protocol):
     """A hash kind. Exact kinds hash the original bytes; perceptual kinds hash decoded pixels."""
 
-    name: str
-    bits: int
-    exact: bool
-    default_threshold: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def bits(self) -> int: ...
+
+    @property
+    def exact(self) -> bool: ...
+
+    @property
+    def default_threshold(self) -> int: ...
 
     def compute(self, upload: Upload) -> HashValue: ...
 

@@ -8,7 +8,6 @@ from typing import ClassVar
 
 import imagehash
 import numpy as np
-from PIL import Image
 
 from hashsvc.algorithms.base import HashValue, HexCodec
 from hashsvc.imaging import Upload
@@ -18,7 +17,7 @@ class _ImageHashKind(HexCodec):
     bits: ClassVar[int] = 64
     exact: ClassVar[bool] = False
     default_threshold: ClassVar[int] = 10
-    _function: ClassVar[Callable[[Image.Image], imagehash.ImageHash]]
+    _function: ClassVar[Callable[..., imagehash.ImageHash]]
 
     def compute(self, upload: Upload) -> HashValue:
         result = type(self)._function(upload.decoded.image)

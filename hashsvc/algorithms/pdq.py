@@ -1,7 +1,7 @@
 """Meta's PDQ: 256 bits with a 0–100 quality score, via the reference C++ code (`pdqhash`).
 
 PDQ is the interchange format of GIFCT, StopNCII, NCMEC and the Tech Coalition, so the hash must be
-bit-compatible with theirs: we feed the reference code the same RGB array python-threatexchange does.
+bit-compatible with theirs: we feed the reference code the RGB array python-threatexchange feeds it.
 """
 
 from __future__ import annotations

@@ -62,7 +62,9 @@ def _thresholds(values: list[str] | None) -> dict[str, int] | None:
     for value in values:
         name, sep, bits = value.partition("=")
         if not sep or not bits.strip().isdigit():
-            raise HashsvcError(f"invalid --threshold {value!r}: expected ALGORITHM=BITS, e.g. pdq=31")
+            raise HashsvcError(
+                f"invalid --threshold {value!r}: expected ALGORITHM=BITS, e.g. pdq=31"
+            )
         result[name.strip()] = int(bits)
     return result
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from hashsvc.errors import ImageError
 from hashsvc.matcher import Match
-from hashsvc.scanner import ScanOptions, Scanner, ScanResult
+from hashsvc.scanner import Scanner, ScanOptions, ScanResult
 from hashsvc.snapshot import load_current
 from indexer.commands.common import add_command, emit, home
 from indexer.folders import find_images
