@@ -23,6 +23,7 @@ class HashsvcError(Exception):
     """Base of every error hashsvc raises on purpose; `str(err)` is the message a person reads."""
 
     code: ErrorCode = ErrorCode.INVALID_ARGUMENT
+    reason: str = "invalid_argument"  # machine-readable, for streamed per-item errors
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -31,6 +32,8 @@ class HashsvcError(Exception):
 
 class InvalidHashError(HashsvcError):
     """A hash string that is not the right length or not hex, or an unknown algorithm."""
+
+    reason = "invalid_hash"
 
 
 class ImageError(HashsvcError):
@@ -61,6 +64,7 @@ class CorruptImageError(ImageError):
 
 class NotFoundError(HashsvcError):
     code = ErrorCode.NOT_FOUND
+    reason = "not_found"
 
 
 class AlreadyExistsError(HashsvcError):
@@ -75,6 +79,13 @@ class SnapshotError(HashsvcError):
 
 class NoSnapshotError(SnapshotError):
     code = ErrorCode.FAILED_PRECONDITION
+
+
+class NotLoadedError(HashsvcError):
+    """A scanner asked to scan before any snapshot was loaded: retry shortly."""
+
+    code = ErrorCode.UNAVAILABLE
+    reason = "not_loaded"
 
 
 class ImportFileError(HashsvcError):

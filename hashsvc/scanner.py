@@ -19,7 +19,7 @@ from hashsvc.algorithms import (
     HashValue,
     get_algorithm,
 )
-from hashsvc.errors import NoSnapshotError
+from hashsvc.errors import NotLoadedError
 from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
 from hashsvc.matcher import Match, Matcher, MatchOutcome, Query
 from hashsvc.snapshot import Snapshot
@@ -87,7 +87,7 @@ class Scanner:
     def _current(self) -> Matcher:
         matcher = self._matcher
         if matcher is None:
-            raise NoSnapshotError("no snapshot is loaded yet")
+            raise NotLoadedError("no snapshot is loaded yet")
         return matcher
 
     def hash_upload(

@@ -155,19 +155,28 @@ def _validate_kind(kind: str) -> BankKind:
 
 
 class Store:
-    """Banks and entries in one SQLite file. Thread-safe: one connection behind a lock."""
+    """Banks and entries in one SQLite file. Thread-safe.
+
+    Writes go through one connection behind a lock; reads use a second connection with its own
+    lock, so that in WAL mode a long write (a streamed import) does not stall readers.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
+        self._db = self._connect()
         self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL is atomic
-        self._db.execute("PRAGMA foreign_keys = ON")
         self._migrate()
+        self._read_lock = threading.RLock()
+        self._reader = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=30.0)
+        db.execute("PRAGMA synchronous = NORMAL")  # WAL stays atomic; durable at checkpoints
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
 
     def _migrate(self) -> None:
         with self._lock:
@@ -186,8 +195,9 @@ class Store:
                 )
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     def __enter__(self) -> Store:
         return self
@@ -211,8 +221,8 @@ class Store:
             self._db.execute("COMMIT")
 
     def revision(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+        with self._read_lock:
+            row = self._reader.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
         return int(row[0])
 
     # ---- banks -------------------------------------------------------------------------------
@@ -259,8 +269,8 @@ class Store:
             " (SELECT COUNT(*) FROM entries e WHERE e.bank_id = b.id)"
             f" FROM banks b {where} ORDER BY b.name"
         )
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+        with self._read_lock:
+            rows = self._reader.execute(sql, args).fetchall()
         return [
             Bank(id=r[0], name=r[1], description=r[2], kind=r[3], enabled=bool(r[4]),
                  tags=tuple(json.loads(r[5])), thresholds=json.loads(r[6]),
@@ -338,8 +348,10 @@ class Store:
 
     def find_entries(self, bank_name: str, selector: EntrySelector) -> list[Entry]:
         bank = self.get_bank(bank_name)
-        where, args = _selector_sql(bank.id, selector)
-        return self._query_entries(where, args)
+        found: list[Entry] = []
+        for where, args in _selector_sql(bank.id, selector):
+            found.extend(self._query_entries(where, args))
+        return sorted({e.id: e for e in found}.values(), key=lambda e: e.id)
 
     def _query_entries(self, where: str, args: tuple[Any, ...]) -> list[Entry]:
         sql = (
@@ -347,8 +359,8 @@ class Store:
             " e.disabled, e.disabled_reason FROM entries e JOIN banks b ON b.id = e.bank_id"
             f" {where} ORDER BY e.id"
         )
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+        with self._read_lock:
+            rows = self._reader.execute(sql, args).fetchall()
         return [
             Entry(id=r[0], bank=r[1], algorithm=r[2], hash=r[3], external_id=r[4],
                   metadata=json.loads(r[5]) if r[5] else None, added_at=r[6],
@@ -361,20 +373,22 @@ class Store:
     ) -> int:
         """Disable (e.g. a confirmed false positive) or re-enable entries; returns how many."""
         bank = self.get_bank(bank_name)
-        where, args = _selector_sql(bank.id, selector, alias="")
+        changed = 0
         with self._write() as db:
-            cursor = db.execute(
-                f"UPDATE entries SET disabled = ?, disabled_reason = ? {where}",
-                (int(disabled), reason if disabled else None, *args),
-            )
-        return cursor.rowcount
+            for where, args in _selector_sql(bank.id, selector, alias=""):
+                changed += db.execute(
+                    f"UPDATE entries SET disabled = ?, disabled_reason = ? {where}",
+                    (int(disabled), reason if disabled else None, *args),
+                ).rowcount
+        return changed
 
     def remove_entries(self, bank_name: str, selector: EntrySelector) -> int:
         bank = self.get_bank(bank_name)
-        where, args = _selector_sql(bank.id, selector, alias="")
+        removed = 0
         with self._write() as db:
-            cursor = db.execute(f"DELETE FROM entries {where}", args)
-        return cursor.rowcount
+            for where, args in _selector_sql(bank.id, selector, alias=""):
+                removed += db.execute(f"DELETE FROM entries {where}", args).rowcount
+        return removed
 
     def iter_active_entries(self, batch: int = 100_000) -> Iterator[list[tuple[Any, ...]]]:
         """Every entry a snapshot should contain, in batches:
@@ -382,10 +396,10 @@ class Store:
 
         Runs inside one read transaction, so the batches are one consistent view of the store.
         """
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._read_lock:
+            self._reader.execute("BEGIN")
             try:
-                cursor = self._db.execute(
+                cursor = self._reader.execute(
                     "SELECT e.id, e.bank_id, e.algorithm, e.hash, e.external_id, e.metadata"
                     " FROM entries e JOIN banks b ON b.id = e.bank_id"
                     " WHERE e.disabled = 0 AND b.enabled = 1 ORDER BY e.id"
@@ -393,15 +407,15 @@ class Store:
                 while rows := cursor.fetchmany(batch):
                     yield rows
             finally:
-                self._db.execute("COMMIT")
+                self._reader.execute("COMMIT")
 
     def stats(self) -> StoreStats:
-        with self._lock:
-            totals = self._db.execute(
+        with self._read_lock:
+            totals = self._reader.execute(
                 "SELECT COUNT(*), COALESCE(SUM(disabled), 0) FROM entries"
             ).fetchone()
-            bank_count = self._db.execute("SELECT COUNT(*) FROM banks").fetchone()[0]
-            grouped = self._db.execute(
+            bank_count = self._reader.execute("SELECT COUNT(*) FROM banks").fetchone()[0]
+            grouped = self._reader.execute(
                 "SELECT b.name, e.algorithm, COUNT(*) FROM entries e"
                 " JOIN banks b ON b.id = e.bank_id GROUP BY b.name, e.algorithm"
             ).fetchall()
@@ -439,21 +453,25 @@ class BulkAdder:
         return batch
 
 
+_CHUNK = 500  # selector items per statement: far below SQLite's bound-variable limit
+
+
 def _selector_sql(
     bank_id: int, selector: EntrySelector, alias: str = "e."
-) -> tuple[str, tuple[Any, ...]]:
-    """A WHERE clause for `selector`; `alias` is "" where SQLite allows no table alias."""
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """WHERE clauses covering `selector`, a bounded number of items each; `alias` is "" where
+    SQLite allows no table alias."""
     if selector.is_empty():
         raise HashsvcError("select entries by id, external id or hash")
-    clauses: list[str] = []
-    args: list[Any] = [bank_id]
-    if selector.ids:
-        clauses.append(f"{alias}id IN ({', '.join('?' * len(selector.ids))})")
-        args.extend(selector.ids)
-    if selector.external_ids:
-        clauses.append(f"{alias}external_id IN ({', '.join('?' * len(selector.external_ids))})")
-        args.extend(selector.external_ids)
-    for algorithm, value in selector.hashes:
-        clauses.append(f"({alias}algorithm = ? AND {alias}hash = ?)")
-        args.extend((algorithm, value))
-    return f"WHERE {alias}bank_id = ? AND ({' OR '.join(clauses)})", tuple(args)
+    prefix = f"WHERE {alias}bank_id = ? AND "
+    for start in range(0, len(selector.ids), _CHUNK):
+        chunk = list(selector.ids[start : start + _CHUNK])
+        yield f"{prefix}{alias}id IN ({', '.join('?' * len(chunk))})", (bank_id, *chunk)
+    for start in range(0, len(selector.external_ids), _CHUNK):
+        names = list(selector.external_ids[start : start + _CHUNK])
+        yield (f"{prefix}{alias}external_id IN ({', '.join('?' * len(names))})",
+               (bank_id, *names))
+    for start in range(0, len(selector.hashes), _CHUNK):
+        pairs = selector.hashes[start : start + _CHUNK]
+        clause = " OR ".join(f"({alias}algorithm = ? AND {alias}hash = ?)" for _ in pairs)
+        yield f"{prefix}({clause})", (bank_id, *(v for pair in pairs for v in pair))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hashsvc.algorithms import PDQ, HashValue
-from hashsvc.errors import NoSnapshotError
+from hashsvc.errors import NotLoadedError
 from hashsvc.home import DataHome
 from hashsvc.imaging import Upload
 from hashsvc.scanner import Scanner, ScanOptions
@@ -56,7 +56,7 @@ def test_default_algorithms_follow_the_snapshot(store: Store, home: DataHome) ->
 
 def test_swap_changes_what_is_served(store: Store, home: DataHome) -> None:
     scanner = Scanner()
-    with pytest.raises(NoSnapshotError):
+    with pytest.raises(NotLoadedError):
         scanner.scan_hashes([HashValue("md5", bytes(16))])
     store.create_bank("bank")
     publish(store, home.snapshots_dir)

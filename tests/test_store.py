@@ -105,3 +105,14 @@ def test_every_write_bumps_the_revision_and_survives_reopening(store: Store) -> 
     assert (entry.bank, entry.metadata, entry.hash) == ("a", {"source": "test"}, _pdq(1))
     assert reopened.revision() == before + 2
     reopened.close()
+
+
+def test_large_selectors_are_applied_in_chunks(store: Store) -> None:
+    store.create_bank("a")
+    store.add_entries("a", [NewEntry("pdq", _pdq(n), f"ext-{n}") for n in range(3000)])
+    selector = EntrySelector(external_ids=[f"ext-{n}" for n in range(0, 3000, 2)],
+                             hashes=[("pdq", _pdq(n)) for n in range(1, 1500, 2)])
+    assert len(store.find_entries("a", selector)) == 1500 + 750
+    assert store.set_disabled("a", selector, True) == 2250
+    assert store.remove_entries("a", selector) == 2250
+    assert store.stats().entries == 750

@@ -1,0 +1,109 @@
+"""What the sync and asyncio clients share: target, credentials, retries, metadata, requests."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from hashsvc_client.v1 import types_pb2
+
+ENV_SERVER = "HASHSVC_SERVER"
+ENV_API_KEY = "HASHSVC_API_KEY"
+DEFAULT_SERVER = "localhost:50051"
+
+# gRPC's own retry machinery: backoff with jitter, only on UNAVAILABLE, only for calls that are
+# safe to repeat (every scan; the read-only admin calls).
+_SERVICE_CONFIG = json.dumps({
+    "methodConfig": [{
+        "name": [
+            {"service": "hashsvc.v1.ScanService"},
+            {"service": "hashsvc.v1.AdminService", "method": "ListBanks"},
+            {"service": "hashsvc.v1.AdminService", "method": "GetIndexStatus"},
+        ],
+        "retryPolicy": {
+            "maxAttempts": 5,
+            "initialBackoff": "0.1s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+})
+
+ALGORITHMS = {"pdq": types_pb2.ALGORITHM_PDQ, "phash": types_pb2.ALGORITHM_PHASH,
+              "dhash": types_pb2.ALGORITHM_DHASH, "md5": types_pb2.ALGORITHM_MD5,
+              "sha256": types_pb2.ALGORITHM_SHA256}
+
+HashLike = types_pb2.Hash | tuple[str, str | bytes]
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS settings: `ca_cert` to trust a private CA; `client_cert`/`client_key` for mutual TLS."""
+
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_cert),
+            private_key=read(self.client_key),
+            certificate_chain=read(self.client_cert),
+        )
+
+
+def resolve(target: str | None, api_key: str | None) -> tuple[str, str | None]:
+    return (target or os.environ.get(ENV_SERVER) or DEFAULT_SERVER,
+            api_key if api_key is not None else os.environ.get(ENV_API_KEY))
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
+    return [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+def metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+def make_hash(algorithm: str, value: str | bytes, quality: int | None = None) -> types_pb2.Hash:
+    """A Hash message from an algorithm name and a hex string or raw bytes."""
+    try:
+        kind = ALGORITHMS[algorithm.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown algorithm {algorithm!r} (known: {', '.join(ALGORITHMS)})"
+        ) from None
+    message = types_pb2.Hash(algorithm=kind, quality=quality)
+    if isinstance(value, bytes):
+        message.raw = value
+    else:
+        message.hex = value
+    return message
+
+
+def to_hashes(hashes: Iterable[HashLike]) -> list[types_pb2.Hash]:
+    return [h if isinstance(h, types_pb2.Hash) else make_hash(*h) for h in hashes]
+
+
+def scan_options(
+    banks: Sequence[str] = (), algorithms: Sequence[str] = (), dihedral: bool = True,
+    match_low_quality: bool = False,
+) -> types_pb2.ScanOptions:
+    return types_pb2.ScanOptions(
+        banks=banks, algorithms=[ALGORITHMS[a.lower()] for a in algorithms],
+        disable_dihedral=not dihedral, match_low_quality=match_low_quality,
+    )

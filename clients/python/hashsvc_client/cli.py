@@ -1,0 +1,162 @@
+"""`hashscan`: scan image files and folders against a hashsvc server.
+
+Files go over one ScanImages stream (the server scans them in parallel, with flow control), or,
+with --hash-only, are hashed here over all cores and only their hashes are sent.
+
+Output: one JSON object per file on stdout. Exit status (for scripts):
+    0  nothing matched     1  something matched     2  usage error
+    3  some files could not be scanned (the others were)     4  the service failed the run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from tqdm import tqdm
+
+from hashsvc_client import _channel
+from hashsvc_client.client import Client, ScanItem
+from hashsvc_client.errors import HashsvcClientError
+from hashsvc_client.hashing import LocalHashError, hash_file
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+EXIT_MATCHED, EXIT_FILE_ERRORS, EXIT_SERVICE = 1, 3, 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hashscan", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1] + "\nexample:\n  hashscan --hash-only ./uploads/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    parser.add_argument("--server", help=f"host:port (default ${_channel.ENV_SERVER} or "
+                        f"{_channel.DEFAULT_SERVER})")
+    parser.add_argument("--api-key", help=f"default ${_channel.ENV_API_KEY}")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    parser.add_argument("--ca-cert", type=Path, help="PEM CA to trust (implies --tls)")
+    parser.add_argument("--client-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--client-key", type=Path, help="PEM client key (mutual TLS)")
+    parser.add_argument("--hash-only", action="store_true",
+                        help="hash locally and send only hashes (needs hashsvc-client[hashing])")
+    parser.add_argument("--algorithms", default="pdq,md5",
+                        help="with --hash-only: pdq, md5, sha256 (default pdq,md5)")
+    parser.add_argument("--bank", action="append", dest="banks", default=[],
+                        help="only these banks (repeatable)")
+    parser.add_argument("--no-dihedral", dest="dihedral", action="store_false")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="local hashing processes with --hash-only (default: cores)")
+    parser.add_argument("--no-recursive", dest="recursive", action="store_false")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="deadline for the whole run, seconds (default none)")
+    return parser
+
+
+def find_files(paths: Sequence[Path], recursive: bool) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            candidates = path.rglob("*") if recursive else path.glob("*")
+            found.extend(sorted(p for p in candidates if p.is_file()
+                                and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(path)
+    return found
+
+
+def _hash_job(job: tuple[Path, tuple[str, ...]]) -> tuple[str, list[bytes] | str]:
+    path, algorithms = job
+    try:
+        return str(path), [h.SerializeToString() for h in hash_file(path, algorithms)]
+    except (LocalHashError, OSError) as err:
+        return str(path), str(err)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    files = find_files(args.paths, args.recursive)
+    tls = (_channel.Tls(args.ca_cert, args.client_cert, args.client_key)
+           if args.tls or args.ca_cert or args.client_cert else None)
+    failures: list[dict[str, Any]] = []
+    items = (_hashed_items(files, args, failures) if args.hash_only
+             else _image_items(files, failures))
+    matched = errors = 0
+    bar = tqdm(total=len(files), unit=" files", disable=not sys.stderr.isatty(), leave=False)
+    try:
+        with Client(args.server, api_key=args.api_key, tls=tls) as client:
+            for response in client.scan_images(items, banks=args.banks, dihedral=args.dihedral,
+                                               timeout=args.timeout):
+                for failure in _drain(failures):
+                    errors += 1
+                    _emit(failure)
+                bar.update()
+                if response.HasField("error"):
+                    errors += 1
+                    _emit({"file": response.id, "error": response.error.message,
+                           "reason": response.error.reason})
+                    continue
+                matched += response.result.matched
+                _emit({"file": response.id, **json_format.MessageToDict(
+                    response.result, preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True)})
+    except HashsvcClientError as err:
+        print(f"hashscan: error: {err}", file=sys.stderr)
+        return EXIT_SERVICE
+    finally:
+        bar.close()
+    for failure in _drain(failures):
+        errors += 1
+        _emit(failure)
+    if errors:
+        return EXIT_FILE_ERRORS
+    return EXIT_MATCHED if matched else 0
+
+
+def _image_items(files: list[Path], failures: list[dict[str, Any]]) -> Iterator[ScanItem]:
+    for path in files:
+        try:
+            yield str(path), path.read_bytes()
+        except OSError as err:
+            failures.append({"file": str(path), "error": f"cannot read: {err.strerror}",
+                             "reason": "unreadable"})
+
+
+def _hashed_items(
+    files: list[Path], args: argparse.Namespace, failures: list[dict[str, Any]]
+) -> Iterator[ScanItem]:
+    from hashsvc_client.v1 import types_pb2
+
+    algorithms = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=context) as pool:
+        for name, outcome in pool.map(_hash_job, [(p, algorithms) for p in files], chunksize=4):
+            if isinstance(outcome, str):
+                failures.append({"file": name, "error": outcome, "reason": "local_hashing"})
+                continue
+            yield name, [types_pb2.Hash.FromString(raw) for raw in outcome]
+
+
+def _drain(failures: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    drained = list(failures)
+    failures.clear()
+    return drained
+
+
+def _emit(record: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The synchronous client. Owns its channel; use it as a context manager (or call `close`).
+
+Every call has a deadline (`timeout`, default 10 s for scans), retries on UNAVAILABLE with
+backoff (scans and read-only admin calls), sends the API key as `authorization: Bearer`, and
+raises only `hashsvc_client.errors` exceptions. Results are the contract's own typed messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import field_mask_pb2, struct_pb2
+
+from hashsvc_client import _channel
+from hashsvc_client._channel import HashLike, Tls
+from hashsvc_client.errors import map_rpc_error
+from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc, scan_pb2, scan_pb2_grpc, types_pb2
+
+T = TypeVar("T")
+ScanItem = tuple[str, bytes | Sequence[HashLike]]
+
+
+class Client:
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        tls: Tls | None = None,
+        timeout: float = 10.0,
+        admin_timeout: float = 300.0,
+        max_message_bytes: int = 64 << 20,
+    ) -> None:
+        """`target` defaults to $HASHSVC_SERVER or localhost:50051, `api_key` to
+        $HASHSVC_API_KEY; `tls` switches to an encrypted channel."""
+        self.target, key = _channel.resolve(target, api_key)
+        options = _channel.channel_options(max_message_bytes)
+        self._channel = (grpc.secure_channel(self.target, tls.credentials(), options)
+                         if tls else grpc.insecure_channel(self.target, options))
+        self._metadata = _channel.metadata(key)
+        self.timeout = timeout
+        self.admin_timeout = admin_timeout
+        self._scan = scan_pb2_grpc.ScanServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise map_rpc_error(error) from None
+
+    # ---- scanning ----------------------------------------------------------------------------
+
+    def scan_image(
+        self, image: bytes, *, request_id: str = "", banks: Sequence[str] = (),
+        algorithms: Sequence[str] = (), dihedral: bool = True, timeout: float | None = None,
+    ) -> types_pb2.ScanResult:
+        request = scan_pb2.ScanImageRequest(
+            image=image, request_id=request_id,
+            options=_channel.scan_options(banks, algorithms, dihedral),
+        )
+        return self._call(self._scan.ScanImage, request, timeout).result
+
+    def scan_hashes(
+        self, hashes: Iterable[HashLike], *, request_id: str = "", banks: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> types_pb2.ScanResult:
+        """Match hashes computed by the caller (see `hashsvc_client.hashing`)."""
+        request = scan_pb2.ScanHashesRequest(
+            hashes=_channel.to_hashes(hashes), request_id=request_id,
+            options=_channel.scan_options(banks),
+        )
+        return self._call(self._scan.ScanHashes, request, timeout).result
+
+    def scan_images(
+        self, items: Iterable[ScanItem], *, banks: Sequence[str] = (), dihedral: bool = True,
+        timeout: float | None = None,
+    ) -> Iterator[scan_pb2.ScanImagesResponse]:
+        """Stream (id, image bytes or hashes) items; yields one response per item, in order.
+        `items` is consumed lazily, as the server's flow control allows."""
+        options = _channel.scan_options(banks, dihedral=dihedral)
+
+        def requests() -> Iterator[scan_pb2.ScanImagesRequest]:
+            for index, (item_id, payload) in enumerate(items):
+                request = scan_pb2.ScanImagesRequest(id=item_id)
+                if index == 0:
+                    request.options.CopyFrom(options)
+                if isinstance(payload, bytes):
+                    request.image = payload
+                else:
+                    request.hashes.hashes.extend(_channel.to_hashes(payload))
+                yield request
+
+        try:
+            yield from self._scan.ScanImages(requests(), timeout=timeout,
+                                             metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise map_rpc_error(error) from None
+
+    def hash_image(
+        self, image: bytes, *, algorithms: Sequence[str] = (), timeout: float | None = None
+    ) -> list[types_pb2.ComputedHash]:
+        request = scan_pb2.HashImageRequest(
+            image=image, algorithms=[_channel.ALGORITHMS[a] for a in algorithms]
+        )
+        return list(self._call(self._scan.HashImage, request, timeout).hashes)
+
+    # ---- administration (role: admin) -------------------------------------------------------
+
+    def create_bank(
+        self, name: str, *, description: str = "", kind: str = "match",
+        tags: Sequence[str] = (), thresholds: dict[str, int] | None = None,
+    ) -> types_pb2.Bank:
+        bank = types_pb2.Bank(name=name, description=description, kind=_bank_kind(kind),
+                              tags=tags, thresholds=thresholds or {})
+        return self._call(self._admin.CreateBank, admin_pb2.CreateBankRequest(bank=bank),
+                          self.admin_timeout).bank
+
+    def list_banks(self) -> list[types_pb2.Bank]:
+        return list(self._call(self._admin.ListBanks, admin_pb2.ListBanksRequest(),
+                               self.admin_timeout).banks)
+
+    def update_bank(self, name: str, **changes: Any) -> types_pb2.Bank:
+        """Change only the given fields: new_name, description, kind, enabled, tags, thresholds."""
+        bank = types_pb2.Bank()
+        paths: list[str] = []
+        for field, value in changes.items():
+            if field == "new_name":
+                bank.name, field = value, "name"
+            elif field == "kind":
+                bank.kind = _bank_kind(value)
+            elif field == "tags":
+                bank.tags.extend(value)
+            elif field == "thresholds":
+                bank.thresholds.update(value)
+            else:
+                setattr(bank, field, value)
+            paths.append(field)
+        request = admin_pb2.UpdateBankRequest(
+            name=name, bank=bank, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
+        return self._call(self._admin.UpdateBank, request, self.admin_timeout).bank
+
+    def delete_bank(self, name: str) -> int:
+        return self._call(self._admin.DeleteBank, admin_pb2.DeleteBankRequest(name=name),
+                          self.admin_timeout).entries_removed
+
+    def add_entries(
+        self, bank: str, entries: Iterable[tuple[HashLike, str | None, dict[str, Any] | None]],
+        *, chunk: int = 1000,
+    ) -> admin_pb2.AddEntriesResponse:
+        """Stream (hash, external id, metadata) entries into `bank` as one transaction."""
+
+        def requests() -> Iterator[admin_pb2.AddEntriesRequest]:
+            batch: list[admin_pb2.NewEntry] = []
+            first = True
+            for hash_like, external_id, metadata in entries:
+                entry = admin_pb2.NewEntry(hash=_channel.to_hashes([hash_like])[0],
+                                           external_id=external_id or "")
+                if metadata:
+                    entry.metadata.CopyFrom(_struct(metadata))
+                batch.append(entry)
+                if len(batch) >= chunk:
+                    yield admin_pb2.AddEntriesRequest(bank=bank if first else "", entries=batch)
+                    batch, first = [], False
+            if batch or first:
+                yield admin_pb2.AddEntriesRequest(bank=bank if first else "", entries=batch)
+
+        return self._call(self._admin.AddEntries, requests(), self.admin_timeout)
+
+    def set_entries_disabled(
+        self, bank: str, *, disabled: bool = True, reason: str = "", ids: Sequence[int] = (),
+        external_ids: Sequence[str] = (), hashes: Sequence[HashLike] = (),
+    ) -> int:
+        request = admin_pb2.SetEntriesDisabledRequest(
+            bank=bank, disabled=disabled, reason=reason,
+            selector=_selector(ids, external_ids, hashes),
+        )
+        return self._call(self._admin.SetEntriesDisabled, iter([request]),
+                          self.admin_timeout).changed
+
+    def remove_entries(
+        self, bank: str, *, ids: Sequence[int] = (), external_ids: Sequence[str] = (),
+        hashes: Sequence[HashLike] = (),
+    ) -> int:
+        request = admin_pb2.RemoveEntriesRequest(
+            bank=bank, selector=_selector(ids, external_ids, hashes)
+        )
+        return self._call(self._admin.RemoveEntries, iter([request]), self.admin_timeout).removed
+
+    def publish(self, *, force: bool = False) -> admin_pb2.PublishSnapshotResponse:
+        return self._call(self._admin.PublishSnapshot,
+                          admin_pb2.PublishSnapshotRequest(force=force), self.admin_timeout)
+
+    def index_status(self) -> admin_pb2.GetIndexStatusResponse:
+        return self._call(self._admin.GetIndexStatus, admin_pb2.GetIndexStatusRequest(),
+                          self.timeout)
+
+
+def _bank_kind(kind: str) -> types_pb2.BankKind.ValueType:
+    return types_pb2.BankKind.Value(f"BANK_KIND_{kind.upper()}")
+
+
+def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(value)
+    return message
+
+
+def _selector(
+    ids: Sequence[int], external_ids: Sequence[str], hashes: Sequence[HashLike]
+) -> admin_pb2.EntrySelector:
+    return admin_pb2.EntrySelector(ids=ids, external_ids=external_ids,
+                                   hashes=_channel.to_hashes(hashes))

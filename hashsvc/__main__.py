@@ -1,0 +1,5 @@
+import sys
+
+from hashsvc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,134 @@
+"""Server configuration: command-line flags > `HASHSVC_*` environment > TOML file > defaults.
+
+One table (`FIELDS`) declares every setting once, with its type, default and help, so the flag,
+the environment variable and the TOML key can never disagree about a name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from hashsvc.errors import HashsvcError
+from hashsvc.home import DataHome
+from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits
+
+ENV_PREFIX = "HASHSVC_"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    home: Path
+    listen: str = "0.0.0.0:50051"
+    keys_file: Path | None = None  # default: <home>/keys.toml
+    insecure_no_auth: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: mutual TLS, clients must present a certificate
+    max_image_bytes: int = DEFAULT_LIMITS.max_bytes
+    max_image_pixels: int = DEFAULT_LIMITS.max_pixels
+    max_concurrent_rpcs: int = 64  # beyond this, calls fail fast with RESOURCE_EXHAUSTED
+    worker_threads: int = 16
+    stream_window: int = 8  # ScanImages items read ahead per stream
+    reload_interval: float = 1.0  # seconds between checks for a newly published snapshot
+    log_level: str = "INFO"
+
+    @property
+    def data_home(self) -> DataHome:
+        return DataHome(self.home)
+
+    @property
+    def resolved_keys_file(self) -> Path:
+        return self.keys_file or self.home / "keys.toml"
+
+    @property
+    def limits(self) -> DecodeLimits:
+        return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
+
+    def describe(self) -> dict[str, Any]:
+        """For the start-up log line; holds no secret (key files hold only key hashes)."""
+        return {f.name: str(v) if isinstance(v, Path) else v
+                for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+
+HELP: dict[str, str] = {
+    "home": "data directory (store.sqlite, snapshots/); default $HASHSVC_HOME or "
+    "~/.local/share/hashsvc",
+    "listen": "address to serve gRPC on (default 0.0.0.0:50051; port 0 picks a free port)",
+    "keys_file": "API keys (TOML, key hashes only); default <home>/keys.toml",
+    "insecure_no_auth": "accept calls without an API key (local trials only; logs a warning)",
+    "tls_cert": "PEM certificate chain: serve TLS",
+    "tls_key": "PEM private key for --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    "max_image_bytes": "largest accepted image, in bytes",
+    "max_image_pixels": "largest accepted image, in pixels (decompression-bomb guard)",
+    "max_concurrent_rpcs": "calls in progress before new ones get RESOURCE_EXHAUSTED",
+    "worker_threads": "threads serving calls",
+    "stream_window": "ScanImages items in flight per stream (flow control)",
+    "reload_interval": "seconds between checks for a newly published snapshot",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", type=Path,
+                        help=f"TOML file of these settings (or ${ENV_PREFIX}CONFIG)")
+    for field in fields(ServerConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            parser.add_argument(flag, action="store_const", const=True, default=None,
+                                help=HELP[field.name])
+        else:
+            parser.add_argument(flag, default=None, metavar=field.name.upper(),
+                                help=HELP[field.name])
+
+
+def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> ServerConfig:
+    config_file = args.config or (Path(environ[f"{ENV_PREFIX}CONFIG"])
+                                  if environ.get(f"{ENV_PREFIX}CONFIG") else None)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file is not None:
+        try:
+            layers.append((str(config_file), tomllib.loads(Path(config_file).read_text())))
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise HashsvcError(f"cannot read config file {config_file}: {err}") from None
+    layers.append(("environment", {
+        f.name: environ[f"{ENV_PREFIX}{f.name.upper()}"]
+        for f in fields(ServerConfig) if f"{ENV_PREFIX}{f.name.upper()}" in environ
+    }))
+    layers.append(("flags", {f.name: getattr(args, f.name) for f in fields(ServerConfig)
+                             if getattr(args, f.name, None) is not None}))
+
+    values: dict[str, Any] = {"home": DataHome.resolve(None).root}
+    known = {f.name: f for f in fields(ServerConfig)}
+    for source, layer in layers:
+        for name, raw in layer.items():
+            if name not in known:
+                raise HashsvcError(f"{source}: unknown setting {name!r}")
+            values[name] = _coerce(source, name, str(known[name].type), raw)
+    return ServerConfig(**values)
+
+
+def _coerce(source: str, name: str, kind: str, raw: Any) -> Any:
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(raw)
+            return text in ("1", "true", "yes", "on")
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if "Path" in kind:
+            return Path(raw).expanduser()
+        return str(raw)
+    except ValueError:
+        raise HashsvcError(f"{source}: invalid value {raw!r} for {name} ({kind})") from None

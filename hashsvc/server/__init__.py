@@ -1,0 +1,1 @@
+"""The gRPC server: thin servicers over the scanner and the store."""

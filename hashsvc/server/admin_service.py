@@ -1,0 +1,206 @@
+"""AdminService: banks, entries and publishing, over the same store the indexer uses."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc
+
+from hashsvc.errors import HashsvcError
+from hashsvc.server import convert
+from hashsvc.server.interceptors import caller
+from hashsvc.server.runtime import Runtime
+from hashsvc.server.status import abort
+from hashsvc.snapshot import current_version, publish
+from hashsvc.store import EntrySelector, NewEntry
+
+log = logging.getLogger("hashsvc.admin")
+
+UPDATABLE = ("name", "description", "kind", "enabled", "tags", "thresholds")
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._store = runtime.store
+
+    def CreateBank(
+        self, request: admin_pb2.CreateBankRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.CreateBankResponse:
+        bank = request.bank
+        try:
+            created = self._store.create_bank(
+                bank.name, description=bank.description, kind=convert.bank_kind(bank.kind),
+                tags=bank.tags, thresholds=dict(bank.thresholds),
+            )
+        except HashsvcError as err:
+            abort(context, err)
+        self._audit("create_bank", bank=created.name)
+        return admin_pb2.CreateBankResponse(bank=convert.bank_to_proto(created))
+
+    def ListBanks(
+        self, request: admin_pb2.ListBanksRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListBanksResponse:
+        return admin_pb2.ListBanksResponse(
+            banks=[convert.bank_to_proto(b) for b in self._store.list_banks()]
+        )
+
+    def UpdateBank(
+        self, request: admin_pb2.UpdateBankRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.UpdateBankResponse:
+        paths = list(request.update_mask.paths)
+        try:
+            unknown = [p for p in paths if p not in UPDATABLE]
+            if not paths or unknown:
+                raise HashsvcError(
+                    f"update_mask must name fields to change, from {', '.join(UPDATABLE)}"
+                    + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+                )
+            bank = request.bank
+            changes: dict[str, Any] = {
+                "new_name": bank.name if "name" in paths else None,
+                "description": bank.description if "description" in paths else None,
+                "kind": convert.bank_kind(bank.kind) if "kind" in paths else None,
+                "enabled": bank.enabled if "enabled" in paths else None,
+                "tags": list(bank.tags) if "tags" in paths else None,
+                "thresholds": dict(bank.thresholds) if "thresholds" in paths else None,
+            }
+            updated = self._store.update_bank(request.name, **changes)
+        except HashsvcError as err:
+            abort(context, err)
+        self._audit("update_bank", bank=updated.name, fields=paths)
+        return admin_pb2.UpdateBankResponse(bank=convert.bank_to_proto(updated))
+
+    def DeleteBank(
+        self, request: admin_pb2.DeleteBankRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.DeleteBankResponse:
+        try:
+            removed = self._store.delete_bank(request.name)
+        except HashsvcError as err:
+            abort(context, err)
+        self._audit("delete_bank", bank=request.name, entries=removed)
+        return admin_pb2.DeleteBankResponse(entries_removed=removed)
+
+    def AddEntries(
+        self, requests: Iterator[admin_pb2.AddEntriesRequest], context: grpc.ServicerContext
+    ) -> admin_pb2.AddEntriesResponse:
+        """The whole stream is one transaction: any invalid entry rolls back all of it."""
+        try:
+            first, requests = _first(requests)
+            bank = _bank_of(first)
+            with self._store.bulk_add(bank) as adder:
+                position = 0
+                for request in itertools.chain([first], requests):
+                    batch: list[NewEntry] = []
+                    for entry in request.entries:
+                        value = convert.hash_from_proto(entry.hash, f"entries[{position}].hash")
+                        batch.append(NewEntry(
+                            value.algorithm, value.value, entry.external_id or None,
+                            json_format.MessageToDict(entry.metadata) or None,
+                        ))
+                        position += 1
+                    adder.add(batch)
+        except HashsvcError as err:
+            abort(context, err)
+        result = adder.result
+        self._audit("add_entries", bank=bank, added=result.added, duplicates=result.duplicates)
+        return admin_pb2.AddEntriesResponse(added=result.added, duplicates=result.duplicates)
+
+    def SetEntriesDisabled(
+        self, requests: Iterator[admin_pb2.SetEntriesDisabledRequest],
+        context: grpc.ServicerContext,
+    ) -> admin_pb2.SetEntriesDisabledResponse:
+        try:
+            first, requests = _first(requests)
+            bank = _bank_of(first)
+            selector = _merged_selector(itertools.chain([first], requests))
+            changed = self._store.set_disabled(bank, selector, first.disabled,
+                                               first.reason or None)
+        except HashsvcError as err:
+            abort(context, err)
+        self._audit("set_entries_disabled", bank=bank, disabled=first.disabled,
+                    changed=changed, reason=first.reason)
+        return admin_pb2.SetEntriesDisabledResponse(changed=changed)
+
+    def RemoveEntries(
+        self, requests: Iterator[admin_pb2.RemoveEntriesRequest], context: grpc.ServicerContext
+    ) -> admin_pb2.RemoveEntriesResponse:
+        try:
+            first, requests = _first(requests)
+            bank = _bank_of(first)
+            removed = self._store.remove_entries(
+                bank, _merged_selector(itertools.chain([first], requests))
+            )
+        except HashsvcError as err:
+            abort(context, err)
+        self._audit("remove_entries", bank=bank, removed=removed)
+        return admin_pb2.RemoveEntriesResponse(removed=removed)
+
+    def PublishSnapshot(
+        self, request: admin_pb2.PublishSnapshotRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.PublishSnapshotResponse:
+        try:
+            result = publish(self._store, self._runtime.snapshots_dir, force=request.force)
+        except HashsvcError as err:
+            abort(context, err)
+        # Serve it before answering, so a scan right after this call already sees the change.
+        self._runtime.reload()
+        self._audit("publish", version=result.version, published=result.published)
+        return admin_pb2.PublishSnapshotResponse(
+            version=result.version, published=result.published,
+            counts=convert.counts_to_proto(result.manifest["counts"]),
+            build_seconds=result.seconds,
+        )
+
+    def GetIndexStatus(
+        self, request: admin_pb2.GetIndexStatusRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.GetIndexStatusResponse:
+        snapshot = self._runtime.scanner.snapshot
+        on_disk = current_version(self._runtime.snapshots_dir) or ""
+        response = admin_pb2.GetIndexStatusResponse(
+            current_on_disk=on_disk, failed_loads=self._runtime.failed_loads
+        )
+        if snapshot is not None:
+            revision = int(snapshot.manifest["store_revision"])
+            response.MergeFrom(admin_pb2.GetIndexStatusResponse(
+                version=snapshot.version, created_at=snapshot.created_at,
+                loaded_at=snapshot.loaded_at, age_seconds=time.time() - snapshot.created_at,
+                counts=convert.counts_to_proto(snapshot.manifest["counts"]),
+                store_revision=revision, up_to_date=revision == self._store.revision(),
+            ))
+        return response
+
+    def _audit(self, action: str, **fields: Any) -> None:
+        log.info("admin", extra={"action": action, "caller": caller.get(), **fields})
+
+
+def _first(requests: Iterator[Any]) -> tuple[Any, Iterator[Any]]:
+    try:
+        return next(requests), requests
+    except StopIteration:
+        raise HashsvcError("empty stream: send at least one message") from None
+
+
+def _bank_of(first: Any) -> str:
+    if not first.bank:
+        raise HashsvcError("the first message must name the bank")
+    bank: str = first.bank
+    return bank
+
+
+def _merged_selector(requests: Iterator[Any]) -> EntrySelector:
+    ids: list[int] = []
+    external_ids: list[str] = []
+    hashes: list[tuple[str, bytes]] = []
+    for index, request in enumerate(requests):
+        part = convert.selector_from_proto(request.selector, f"message[{index}].selector")
+        ids.extend(part.ids)
+        external_ids.extend(part.external_ids)
+        hashes.extend(part.hashes)
+    return EntrySelector(ids=ids, external_ids=external_ids, hashes=hashes)

@@ -1,0 +1,165 @@
+"""Translation between the proto contract and the domain types, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf import struct_pb2
+from hashsvc_client.v1 import admin_pb2, types_pb2
+
+from hashsvc.algorithms import ALGORITHMS, HashValue, get_algorithm
+from hashsvc.errors import InvalidHashError
+from hashsvc.matcher import Match
+from hashsvc.scanner import ComputedHash, ScanOptions, ScanResult, Timings
+from hashsvc.store import Bank, EntrySelector
+
+ALGORITHM_TO_PROTO: dict[str, types_pb2.Algorithm.ValueType] = {
+    name: types_pb2.Algorithm.Value(f"ALGORITHM_{name.upper()}") for name in ALGORITHMS
+}
+PROTO_TO_ALGORITHM: dict[types_pb2.Algorithm.ValueType, str] = {
+    value: name for name, value in ALGORITHM_TO_PROTO.items()
+}
+BANK_KIND_TO_PROTO: dict[str, types_pb2.BankKind.ValueType] = {
+    "match": types_pb2.BANK_KIND_MATCH, "allowlist": types_pb2.BANK_KIND_ALLOWLIST,
+}
+PROTO_TO_BANK_KIND: dict[types_pb2.BankKind.ValueType, str] = {
+    value: name for name, value in BANK_KIND_TO_PROTO.items()
+}
+
+
+def algorithm_name(value: types_pb2.Algorithm.ValueType, where: str = "algorithm") -> str:
+    try:
+        return PROTO_TO_ALGORITHM[value]
+    except KeyError:
+        raise InvalidHashError(
+            f"{where}: unspecified or unknown algorithm {value} "
+            f"(use one of {', '.join(f'ALGORITHM_{n.upper()}' for n in ALGORITHMS)})"
+        ) from None
+
+
+def hash_from_proto(message: types_pb2.Hash, where: str) -> HashValue:
+    name = algorithm_name(message.algorithm, where)
+    kind = get_algorithm(name)
+    field = message.WhichOneof("value")
+    if field == "hex":
+        try:
+            value = kind.parse(message.hex)
+        except InvalidHashError as err:
+            raise InvalidHashError(f"{where}: {err.message}") from None
+    elif field == "raw":
+        if len(message.raw) * 8 != kind.bits:
+            raise InvalidHashError(
+                f"{where}: {name} hash must be {kind.bits // 8} raw bytes, got {len(message.raw)}"
+            )
+        value = message.raw
+    else:
+        raise InvalidHashError(f"{where}: no hash value (set hex or raw)")
+    quality = message.quality if message.HasField("quality") else None
+    return HashValue(name, value, quality)
+
+
+def hashes_from_proto(messages: Sequence[types_pb2.Hash], field: str) -> list[HashValue]:
+    return [hash_from_proto(m, f"{field}[{i}]") for i, m in enumerate(messages)]
+
+
+def options_from_proto(message: types_pb2.ScanOptions) -> ScanOptions:
+    return ScanOptions(
+        algorithms=tuple(algorithm_name(a, "options.algorithms") for a in message.algorithms),
+        banks=tuple(message.banks),
+        dihedral=not message.disable_dihedral,
+        match_low_quality=message.match_low_quality,
+    )
+
+
+def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    if not value:
+        return None
+    message = struct_pb2.Struct()
+    message.update(value)
+    return message
+
+
+def match_to_proto(match: Match) -> types_pb2.Match:
+    return types_pb2.Match(
+        bank=match.bank,
+        entry_id=match.entry_id,
+        external_id=match.external_id or "",
+        algorithm=ALGORITHM_TO_PROTO[match.algorithm],
+        distance=match.distance,
+        threshold=match.threshold,
+        query_transform=types_pb2.Transform.Value(
+            f"TRANSFORM_{match.query_transform.upper()}"
+        ),
+        tags=match.tags,
+        metadata=struct(match.metadata),
+        bank_kind=BANK_KIND_TO_PROTO[match.bank_kind],
+    )
+
+
+def computed_hash_to_proto(computed: ComputedHash) -> types_pb2.ComputedHash:
+    value = computed.hash
+    return types_pb2.ComputedHash(
+        algorithm=ALGORITHM_TO_PROTO[value.algorithm],
+        hex=value.hex,
+        quality=value.quality,
+        low_quality=computed.low_quality,
+    )
+
+
+def timings_to_proto(timings: Timings) -> types_pb2.Timings:
+    return types_pb2.Timings(
+        decode_ms=timings.decode_seconds * 1000,
+        hash_ms=timings.hash_seconds * 1000,
+        match_ms=timings.match_seconds * 1000,
+        total_ms=timings.total_seconds * 1000,
+    )
+
+
+def result_to_proto(result: ScanResult, request_id: str) -> types_pb2.ScanResult:
+    return types_pb2.ScanResult(
+        matched=result.matched,
+        matches=[match_to_proto(m) for m in result.matches],
+        hashes=[computed_hash_to_proto(h) for h in result.hashes],
+        snapshot_version=result.snapshot_version,
+        timings=timings_to_proto(result.timings),
+        suppressed=[match_to_proto(m) for m in result.suppressed],
+        allowlisted=[match_to_proto(m) for m in result.allowlisted],
+        request_id=request_id,
+    )
+
+
+def bank_to_proto(bank: Bank) -> types_pb2.Bank:
+    return types_pb2.Bank(
+        name=bank.name,
+        description=bank.description,
+        kind=BANK_KIND_TO_PROTO[bank.kind],
+        enabled=bank.enabled,
+        tags=bank.tags,
+        thresholds=bank.thresholds,
+        entry_count=bank.entry_count,
+        created_at=bank.created_at,
+        updated_at=bank.updated_at,
+    )
+
+
+def bank_kind(value: types_pb2.BankKind.ValueType) -> str:
+    return PROTO_TO_BANK_KIND.get(value, "match")
+
+
+def selector_from_proto(message: admin_pb2.EntrySelector, where: str) -> EntrySelector:
+    hashes = hashes_from_proto(message.hashes, f"{where}.hashes")
+    return EntrySelector(
+        ids=list(message.ids),
+        external_ids=list(message.external_ids),
+        hashes=[(h.algorithm, h.value) for h in hashes],
+    )
+
+
+def counts_to_proto(counts: dict[str, Any]) -> admin_pb2.SnapshotCounts:
+    return admin_pb2.SnapshotCounts(
+        entries=counts.get("entries", 0),
+        by_algorithm=counts.get("by_algorithm", {}),
+        by_bank={bank: admin_pb2.AlgorithmCounts(by_algorithm=by_algorithm)
+                 for bank, by_algorithm in counts.get("by_bank", {}).items()},
+    )

@@ -1,0 +1,98 @@
+"""What a running server holds: the store, the scanner and its snapshot, and health.
+
+Hot reload: a watcher thread reads `snapshots/current` every `reload_interval` seconds. A new
+version is loaded (and checksum-verified) beside the one being served, then swapped in with one
+reference assignment, so no call fails or waits. A corrupt snapshot is refused, counted and
+logged; the old one keeps serving, and that version is not retried until `current` changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from grpc_health.v1 import health, health_pb2
+
+from hashsvc.config import ServerConfig
+from hashsvc.errors import SnapshotError
+from hashsvc.scanner import Scanner
+from hashsvc.snapshot import current_version, load, publish
+from hashsvc.store import Store
+
+log = logging.getLogger("hashsvc.runtime")
+
+SERVICES = ("hashsvc.v1.ScanService", "hashsvc.v1.AdminService")
+
+
+class Runtime:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.snapshots_dir = config.data_home.snapshots_dir
+        self.store = Store(config.data_home.store_path)
+        self.scanner = Scanner(limits=config.limits)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.failed_loads = 0
+        self._refused: str | None = None
+        self._reload_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.set_serving(False)
+
+    def start(self) -> None:
+        """Publish an empty snapshot on first start, load what is current, and start watching."""
+        if current_version(self.snapshots_dir) is None:
+            result = publish(self.store, self.snapshots_dir)
+            log.info("no snapshot yet: published one from the store",
+                     extra={"version": result.version})
+        self.reload()
+        self._watcher = threading.Thread(target=self._watch, name="snapshot-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.set_serving(False)
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self.store.close()
+
+    def set_serving(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for service in ("", *SERVICES):
+            self.health.set(service, status)
+
+    def reload(self) -> bool:
+        """Load `current` if it is new; True if a new snapshot is now being served."""
+        with self._reload_lock:
+            version = current_version(self.snapshots_dir)
+            loaded = self.scanner.snapshot
+            if version is None or version == self._refused:
+                return False
+            if loaded is not None and loaded.version == version:
+                return False
+            started = time.perf_counter()
+            try:
+                snapshot = load(self.snapshots_dir / version)
+            except SnapshotError as err:
+                self.failed_loads += 1
+                self._refused = version
+                log.error("refused snapshot; still serving the previous one",
+                          extra={"version": version, "error": err.message,
+                                 "serving": loaded.version if loaded else None})
+                return False
+            self.scanner.swap(snapshot)
+            self._refused = None
+            self.set_serving(True)
+            log.info("serving snapshot", extra={
+                "version": version, "entries": snapshot.entry_count,
+                "load_seconds": round(time.perf_counter() - started, 3),
+            })
+            return True
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.config.reload_interval):
+            try:
+                self.reload()
+            except Exception:  # the watcher must outlive any one bad reload
+                log.exception("snapshot reload failed")

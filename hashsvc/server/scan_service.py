@@ -1,0 +1,124 @@
+"""ScanService: thin translation between the contract and the scanner."""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import grpc
+from hashsvc_client.v1 import scan_pb2, scan_pb2_grpc, types_pb2
+
+from hashsvc.algorithms import ALGORITHMS
+from hashsvc.errors import HashsvcError
+from hashsvc.imaging import Upload
+from hashsvc.scanner import ComputedHash, ScanResult
+from hashsvc.server import convert
+from hashsvc.server.runtime import Runtime
+from hashsvc.server.status import STATUS, abort, check_deadline
+
+MAX_HASHES_PER_CALL = 10_000
+
+
+class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
+    def __init__(self, runtime: Runtime, stream_pool: ThreadPoolExecutor) -> None:
+        self._runtime = runtime
+        self._scanner = runtime.scanner
+        self._stream_pool = stream_pool
+        self._window = max(1, runtime.config.stream_window)
+
+    def ScanImage(
+        self, request: scan_pb2.ScanImageRequest, context: grpc.ServicerContext
+    ) -> scan_pb2.ScanImageResponse:
+        request_id = request.request_id or uuid.uuid4().hex
+        try:
+            options = convert.options_from_proto(request.options)
+            check_deadline(context, "decoding")
+            result = self._scanner.scan_image(request.image, options)
+        except HashsvcError as err:
+            abort(context, err)
+        return scan_pb2.ScanImageResponse(result=convert.result_to_proto(result, request_id))
+
+    def ScanHashes(
+        self, request: scan_pb2.ScanHashesRequest, context: grpc.ServicerContext
+    ) -> scan_pb2.ScanHashesResponse:
+        request_id = request.request_id or uuid.uuid4().hex
+        try:
+            result = self._scan_hashes(request.hashes, request.options)
+        except HashsvcError as err:
+            abort(context, err)
+        return scan_pb2.ScanHashesResponse(result=convert.result_to_proto(result, request_id))
+
+    def _scan_hashes(
+        self, hashes: Sequence[types_pb2.Hash], options: types_pb2.ScanOptions
+    ) -> ScanResult:
+        messages = list(hashes)
+        if not messages:
+            raise HashsvcError("no hashes given: send at least one")
+        if len(messages) > MAX_HASHES_PER_CALL:
+            raise HashsvcError(
+                f"{len(messages):,} hashes in one call; the limit is {MAX_HASHES_PER_CALL:,} "
+                "(use several calls or the ScanImages stream)"
+            )
+        values = convert.hashes_from_proto(messages, "hashes")
+        return self._scanner.scan_hashes(values, convert.options_from_proto(options))
+
+    def HashImage(
+        self, request: scan_pb2.HashImageRequest, context: grpc.ServicerContext
+    ) -> scan_pb2.HashImageResponse:
+        try:
+            algorithms = [convert.algorithm_name(a, "algorithms") for a in request.algorithms]
+            upload = Upload(request.image, limits=self._scanner.limits)
+            hashes, _, timings = self._scanner.hash_upload(upload, algorithms or list(ALGORITHMS))
+        except HashsvcError as err:
+            abort(context, err)
+        return scan_pb2.HashImageResponse(
+            hashes=[convert.computed_hash_to_proto(ComputedHash(h)) for h in hashes],
+            timings=convert.timings_to_proto(timings),
+        )
+
+    def ScanImages(
+        self, requests: Iterator[scan_pb2.ScanImagesRequest], context: grpc.ServicerContext
+    ) -> Iterator[scan_pb2.ScanImagesResponse]:
+        """Items run on a shared pool, at most `stream_window` per stream; answers keep order.
+
+        The next request is read only when the window has room, so HTTP/2 flow control holds a
+        fast sender back instead of its items piling up in server memory.
+        """
+        pending: deque[tuple[str, Future[scan_pb2.ScanImagesResponse]]] = deque()
+        defaults = types_pb2.ScanOptions()
+        for request in requests:
+            if not pending and request.HasField("options") and defaults.ByteSize() == 0:
+                defaults = request.options
+            options = request.options if request.HasField("options") else defaults
+            pending.append((request.id, self._stream_pool.submit(self._scan_item, request,
+                                                                 options)))
+            while len(pending) >= self._window:
+                yield pending.popleft()[1].result()
+            if not context.is_active():
+                return
+        while pending:
+            yield pending.popleft()[1].result()
+
+    def _scan_item(
+        self, request: scan_pb2.ScanImagesRequest, options: types_pb2.ScanOptions
+    ) -> scan_pb2.ScanImagesResponse:
+        try:
+            item = request.WhichOneof("item")
+            if item == "image":
+                result = self._scanner.scan_image(
+                    request.image, convert.options_from_proto(options), name=f"item {request.id!r}"
+                )
+            elif item == "hashes":
+                result = self._scan_hashes(request.hashes.hashes, options)
+            else:
+                raise HashsvcError(f"item {request.id!r}: send an image or hashes")
+        except HashsvcError as err:
+            return scan_pb2.ScanImagesResponse(id=request.id, error=scan_pb2.ItemError(
+                code=STATUS[err.code].value[0], message=err.message,
+                reason=err.reason,
+            ))
+        return scan_pb2.ScanImagesResponse(id=request.id,
+                                           result=convert.result_to_proto(result, request.id))
+

@@ -1,0 +1,118 @@
+"""The client package on its own, the `hashscan` CLI, and TLS / mutual TLS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import venv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hashsvc_client import Client, Tls, Unavailable
+
+from tests.conftest import BRIDGE_ORIGINAL, IMAGES, PHOTOS
+from tests.server_process import ServerProcess
+from tests.test_server import BRIDGE_PDQ, _seed_bridge_bank
+from tests.tls_certs import make_pki
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    home = tmp_path_factory.mktemp("hashscan")
+    _seed_bridge_bank(home)
+    with ServerProcess(home) as process:
+        yield process
+
+
+def _hashscan(server: ServerProcess | None, *args: str,
+              key: str = "scanner") -> subprocess.CompletedProcess[str]:
+    env_args = ["--server", server.target, "--api-key", server.keys[key]] if server else []
+    return subprocess.run(
+        [sys.executable, "-m", "hashsvc_client.cli", *env_args, *args],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def _records(stdout: str) -> dict[str, dict[str, Any]]:
+    return {r["file"]: r for r in map(json.loads, stdout.splitlines())}
+
+
+@pytest.mark.parametrize("hash_only", [False, True], ids=["images", "hash-only"])
+def test_hashscan_folder_reports_matches_and_exits_1(
+    server: ServerProcess, hash_only: bool
+) -> None:
+    folder = IMAGES / "bridge-mods"
+    photo = sorted(PHOTOS.glob("*.jpg"))[0]
+    result = _hashscan(server, str(folder), str(photo), *(["--hash-only"] if hash_only else []))
+    assert result.returncode == 1, result.stderr
+    records = _records(result.stdout)
+    assert len(records) == len(list(folder.iterdir())) + 1
+    assert all(records[str(p)]["matched"] for p in folder.iterdir())
+    assert records[str(photo)]["matched"] is False
+    match = records[str(BRIDGE_ORIGINAL)]["matches"][0]
+    assert (match["bank"], match["external_id"], match["distance"]) == ("bridge", "bridge-orig", 0)
+
+
+def test_hashscan_exit_codes(server: ServerProcess, tmp_path: Path) -> None:
+    photo = sorted(PHOTOS.glob("*.jpg"))[0]
+    assert _hashscan(server, str(photo)).returncode == 0
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(BRIDGE_ORIGINAL.read_bytes()[:3000])
+    for mode in ([], ["--hash-only"]):
+        result = _hashscan(server, str(photo), str(broken), *mode)
+        assert result.returncode == 3, result.stderr
+        assert "error" in _records(result.stdout)[str(broken)]
+    denied = subprocess.run(
+        [sys.executable, "-m", "hashsvc_client.cli", "--server", server.target,
+         "--api-key", "hsk_nope", str(photo)], capture_output=True, text=True, timeout=60)
+    assert denied.returncode == 4 and "UNAUTHENTICATED" in denied.stderr
+
+
+def test_unreachable_server_is_unavailable_after_retries() -> None:
+    with Client("127.0.0.1:1", api_key="x", timeout=5) as client, pytest.raises(Unavailable):
+        client.scan_hashes([("pdq", BRIDGE_PDQ)])
+
+
+def test_tls_and_mutual_tls(tmp_path: Path) -> None:
+    ca, server_pem, client_pem = make_pki(tmp_path)
+    home = tmp_path / "home"
+    _seed_bridge_bank(home)
+    tls_flags = ("--tls-cert", str(server_pem.cert), "--tls-key", str(server_pem.key))
+    with ServerProcess(home, *tls_flags) as server:
+        with Client(server.target, api_key=server.keys["scanner"], tls=Tls(ca.cert)) as client:
+            assert client.scan_hashes([("pdq", BRIDGE_PDQ)]).matched
+        with Client(server.target, api_key=server.keys["scanner"], timeout=3) as plain, \
+                pytest.raises(Unavailable):
+            plain.scan_hashes([("pdq", BRIDGE_PDQ)])
+    (home / "keys.toml").unlink()
+    with ServerProcess(home, *tls_flags, "--tls-client-ca", str(ca.cert)) as server:
+        with Client(server.target, api_key=server.keys["scanner"],
+                    tls=Tls(ca.cert, client_pem.cert, client_pem.key)) as client:
+            assert client.scan_hashes([("pdq", BRIDGE_PDQ)]).matched
+        with Client(server.target, api_key=server.keys["scanner"], tls=Tls(ca.cert),
+                    timeout=3) as no_cert, pytest.raises(Unavailable):
+            no_cert.scan_hashes([("pdq", BRIDGE_PDQ)])
+
+
+@pytest.mark.slow
+def test_client_installs_and_runs_without_the_server(tmp_path: Path) -> None:
+    """`pip install ./clients/python` in a fresh venv: no faiss, no server code, hashscan works."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "--quiet", str(ROOT / "clients" / "python")],
+                   check=True, capture_output=True, timeout=600)
+    probe = subprocess.run(
+        [python, "-c", "import importlib.util as u, hashsvc_client, hashsvc_client.cli; "
+         "print(u.find_spec('faiss'), u.find_spec('hashsvc'), u.find_spec('numpy'))"],
+        capture_output=True, text=True, timeout=60, check=True, cwd=tmp_path,
+    )
+    assert probe.stdout.split() == ["None", "None", "None"]
+    help_text = subprocess.run([env_dir / "bin" / "hashscan", "--help"], capture_output=True,
+                               text=True, timeout=60, check=True).stdout
+    assert "--hash-only" in help_text
