@@ -116,3 +116,31 @@ def test_client_installs_and_runs_without_the_server(tmp_path: Path) -> None:
     help_text = subprocess.run([env_dir / "bin" / "hashscan", "--help"], capture_output=True,
                                text=True, timeout=60, check=True).stdout
     assert "--hash-only" in help_text
+
+
+def test_async_client_scans(server: ServerProcess) -> None:
+    import asyncio
+
+    from hashsvc_client import AsyncClient, InvalidArgument
+
+    edit = (IMAGES / "bridge-mods" / "blur-a-lot.jpg").read_bytes()
+
+    async def scenario() -> None:
+        async with AsyncClient(server.target, api_key=server.keys["scanner"]) as client:
+            image, by_hash = await asyncio.gather(
+                client.scan_image(edit, request_id="a-1"),
+                client.scan_hashes([("pdq", BRIDGE_PDQ)]),
+            )
+            assert image.matched and image.request_id == "a-1" and by_hash.matched
+            streamed = [r async for r in client.scan_images(
+                [("edit", edit), ("photo", sorted(PHOTOS.glob("*.jpg"))[0].read_bytes())])]
+            assert [(r.id, r.result.matched) for r in streamed] == [("edit", True),
+                                                                   ("photo", False)]
+            try:
+                await client.scan_image(b"junk")
+            except InvalidArgument as err:
+                assert "not a supported image format" in err.details
+            else:
+                raise AssertionError("junk was accepted")
+
+    asyncio.run(scenario())

@@ -7,6 +7,7 @@ itself is compared by hash and never stored or logged.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
@@ -117,50 +118,33 @@ def _wrap(
     handler: Any, method: str, name: str, denial: tuple[grpc.StatusCode, str] | None
 ) -> Any:
     """The same handler, run with the caller's name set, timed and logged, or denied."""
-    streaming_response = handler.response_streaming
 
-    def finish(context: grpc.ServicerContext, started: float, error: BaseException | None) -> None:
-        code = context.code() if hasattr(context, "code") else None
-        if code is None:
-            code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
-        level = logging.ERROR if code == grpc.StatusCode.UNKNOWN else logging.INFO
-        log.log(level, "rpc", extra={
-            "method": method, "code": getattr(code, "name", str(code)), "caller": name,
-            "ms": round((time.perf_counter() - started) * 1000, 3),
-        }, exc_info=error if code == grpc.StatusCode.UNKNOWN else None)
+    @contextlib.contextmanager
+    def observed(context: grpc.ServicerContext) -> Iterator[None]:
+        started = time.perf_counter()
+        token = caller.set(name)
+        error: BaseException | None = None
+        try:
+            if denial is not None:
+                context.abort(*denial)
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            caller.reset(token)
+            _log_call(context, method, name, started, error)
 
     def behave(behavior: Callable[..., Any]) -> Callable[..., Any]:
-        if streaming_response:
+        if handler.response_streaming:
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                started = time.perf_counter()
-                token = caller.set(name)
-                error: BaseException | None = None
-                try:
-                    if denial is not None:
-                        context.abort(*denial)
+                with observed(context):
                     yield from behavior(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    caller.reset(token)
-                    finish(context, started, error)
             return stream
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            token = caller.set(name)
-            error: BaseException | None = None
-            try:
-                if denial is not None:
-                    context.abort(*denial)
+            with observed(context):
                 return behavior(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                caller.reset(token)
-                finish(context, started, error)
         return unary
 
     for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
@@ -168,3 +152,17 @@ def _wrap(
         if behavior is not None:
             return handler._replace(**{kind: behave(behavior)})
     return handler
+
+
+def _log_call(
+    context: grpc.ServicerContext, method: str, name: str, started: float,
+    error: BaseException | None,
+) -> None:
+    code = context.code()
+    if code is None:
+        code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+    failed = code == grpc.StatusCode.UNKNOWN
+    log.log(logging.ERROR if failed else logging.INFO, "rpc", extra={
+        "method": method, "code": getattr(code, "name", str(code)), "caller": name,
+        "ms": round((time.perf_counter() - started) * 1000, 3),
+    }, exc_info=error if failed else None)

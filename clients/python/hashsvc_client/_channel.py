@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 
-from hashsvc_client.v1 import types_pb2
+from hashsvc_client.v1 import scan_pb2, types_pb2
 
 ENV_SERVER = "HASHSVC_SERVER"
 ENV_API_KEY = "HASHSVC_API_KEY"
@@ -107,3 +107,18 @@ def scan_options(
         banks=banks, algorithms=[ALGORITHMS[a.lower()] for a in algorithms],
         disable_dihedral=not dihedral, match_low_quality=match_low_quality,
     )
+
+
+def scan_image_request(
+    image: bytes, request_id: str, banks: Sequence[str], algorithms: Sequence[str],
+    dihedral: bool,
+) -> scan_pb2.ScanImageRequest:
+    return scan_pb2.ScanImageRequest(image=image, request_id=request_id,
+                                     options=scan_options(banks, algorithms, dihedral))
+
+
+def scan_hashes_request(
+    hashes: Iterable[HashLike], request_id: str, banks: Sequence[str]
+) -> scan_pb2.ScanHashesRequest:
+    return scan_pb2.ScanHashesRequest(hashes=to_hashes(hashes), request_id=request_id,
+                                      options=scan_options(banks))

@@ -47,10 +47,7 @@ class AsyncClient:
         self, image: bytes, *, request_id: str = "", banks: Sequence[str] = (),
         algorithms: Sequence[str] = (), dihedral: bool = True, timeout: float | None = None,
     ) -> types_pb2.ScanResult:
-        request = scan_pb2.ScanImageRequest(
-            image=image, request_id=request_id,
-            options=_channel.scan_options(banks, algorithms, dihedral),
-        )
+        request = _channel.scan_image_request(image, request_id, banks, algorithms, dihedral)
         try:
             response = await self._scan.ScanImage(request, timeout=timeout or self.timeout,
                                                   metadata=self._metadata)
@@ -62,10 +59,7 @@ class AsyncClient:
         self, hashes: Iterable[HashLike], *, request_id: str = "", banks: Sequence[str] = (),
         timeout: float | None = None,
     ) -> types_pb2.ScanResult:
-        request = scan_pb2.ScanHashesRequest(
-            hashes=_channel.to_hashes(hashes), request_id=request_id,
-            options=_channel.scan_options(banks),
-        )
+        request = _channel.scan_hashes_request(hashes, request_id, banks)
         try:
             response = await self._scan.ScanHashes(request, timeout=timeout or self.timeout,
                                                    metadata=self._metadata)

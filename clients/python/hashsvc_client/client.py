@@ -66,10 +66,7 @@ class Client:
         self, image: bytes, *, request_id: str = "", banks: Sequence[str] = (),
         algorithms: Sequence[str] = (), dihedral: bool = True, timeout: float | None = None,
     ) -> types_pb2.ScanResult:
-        request = scan_pb2.ScanImageRequest(
-            image=image, request_id=request_id,
-            options=_channel.scan_options(banks, algorithms, dihedral),
-        )
+        request = _channel.scan_image_request(image, request_id, banks, algorithms, dihedral)
         return self._call(self._scan.ScanImage, request, timeout).result
 
     def scan_hashes(
@@ -77,10 +74,7 @@ class Client:
         timeout: float | None = None,
     ) -> types_pb2.ScanResult:
         """Match hashes computed by the caller (see `hashsvc_client.hashing`)."""
-        request = scan_pb2.ScanHashesRequest(
-            hashes=_channel.to_hashes(hashes), request_id=request_id,
-            options=_channel.scan_options(banks),
-        )
+        request = _channel.scan_hashes_request(hashes, request_id, banks)
         return self._call(self._scan.ScanHashes, request, timeout).result
 
     def scan_images(
