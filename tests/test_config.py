@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 import pytest
+from hashsvc_client import Client
 
 from hashsvc import config
 from hashsvc.errors import HashsvcError
-from hashsvc_client import Client
 from tests.server_process import ServerProcess
 from tests.test_server import BRIDGE_PDQ, _seed_bridge_bank
 
