@@ -33,8 +33,11 @@ class ServerConfig:
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
     max_image_pixels: int = DEFAULT_LIMITS.max_pixels
     max_concurrent_rpcs: int = 64  # beyond this, calls fail fast with RESOURCE_EXHAUSTED
-    worker_threads: int = 16
     stream_window: int = 8  # ScanImages items read ahead per stream
+    workers: int = 0  # processes sharing the port; 0 = one per core
+    metrics_listen: str = "0.0.0.0:9090"  # Prometheus /metrics; empty = off
+    audit_log: Path | None = None  # default: <home>/audit.jsonl
+    audit_all_scans: bool = False  # audit every scan, not only those that matched
     reload_interval: float = 1.0  # seconds between checks for a newly published snapshot
     log_level: str = "INFO"
 
@@ -45,6 +48,14 @@ class ServerConfig:
     @property
     def resolved_keys_file(self) -> Path:
         return self.keys_file or self.home / "keys.toml"
+
+    @property
+    def resolved_audit_log(self) -> Path:
+        return self.audit_log or self.home / "audit.jsonl"
+
+    @property
+    def resolved_workers(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
 
     @property
     def limits(self) -> DecodeLimits:
@@ -68,8 +79,11 @@ HELP: dict[str, str] = {
     "max_image_bytes": "largest accepted image, in bytes",
     "max_image_pixels": "largest accepted image, in pixels (decompression-bomb guard)",
     "max_concurrent_rpcs": "calls in progress before new ones get RESOURCE_EXHAUSTED",
-    "worker_threads": "threads serving calls",
     "stream_window": "ScanImages items in flight per stream (flow control)",
+    "workers": "server processes sharing the port (SO_REUSEPORT); 0 = one per core",
+    "metrics_listen": "host:port for Prometheus /metrics (empty: off; port 0: any)",
+    "audit_log": "JSON-lines audit trail of matches; default <home>/audit.jsonl",
+    "audit_all_scans": "audit every scan, not only those that matched",
     "reload_interval": "seconds between checks for a newly published snapshot",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }

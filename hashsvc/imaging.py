@@ -191,6 +191,11 @@ class Upload:
         self._decoded: DecodedImage | None = None
 
     @property
+    def pixels(self) -> int:
+        """Pixels of the decoded image, or 0 if nothing needed decoding."""
+        return self._decoded.pixels if self._decoded is not None else 0
+
+    @property
     def decoded(self) -> DecodedImage:
         if self._decoded is None:
             self._decoded = decode(

@@ -62,6 +62,7 @@ class ScanResult:
     allowlisted: list[Match] = field(default_factory=list)
     suppressed: list[Match] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
+    image_pixels: int = 0  # 0 when no image was decoded (hash-only scans, exact kinds only)
 
     @property
     def matched(self) -> bool:
@@ -125,6 +126,7 @@ class Scanner:
         upload = Upload(data, name=name, limits=self.limits)
         hashes, queries, timings = self.hash_upload(upload, algorithms, dihedral=options.dihedral)
         result = self._match(matcher, hashes, queries, options, timings)
+        result.image_pixels = upload.pixels
         result.timings.total_seconds = time.perf_counter() - started
         return result
 

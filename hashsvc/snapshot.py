@@ -422,7 +422,9 @@ def _load_verified(
             rows=array(f"{algorithm}.postings.rows.npy"),
         )
         if f"{algorithm}.faiss" in files:
-            table.index = faiss.read_index_binary(str(directory / f"{algorithm}.faiss"))
+            # Memory-mapped, zero copy: worker processes share one copy in the page cache.
+            table.index = faiss.read_index_binary(str(directory / f"{algorithm}.faiss"),
+                                                  faiss.IO_FLAG_MMAP_IFC)
         else:
             table.codes = array(f"{algorithm}.codes.npy")
         tables[algorithm] = table

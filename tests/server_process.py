@@ -23,15 +23,30 @@ class ServerProcess:
                                                             "scanner": ["scan"]}).items():
             self.keys[name] = add_key(keys_file, name, roles)
         self._lines: list[str] = []
+        defaults = {"--workers": "1", "--metrics-listen": "127.0.0.1:0"}
+        extra = [item for flag, value in defaults.items() if flag not in flags
+                 for item in (flag, value)]
         self._process = subprocess.Popen(
             [sys.executable, "-m", "hashsvc", "serve", "--home", str(home),
-             "--listen", "127.0.0.1:0", "--reload-interval", "0.2", *flags],
+             "--listen", "127.0.0.1:0", "--reload-interval", "0.2", *extra, *flags],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         self._drainer = threading.Thread(target=self._drain, daemon=True)
         self._drainer.start()
         self.port = self._wait_for_port()
         self.target = f"127.0.0.1:{self.port}"
+        self.metrics_port = next((int(r["port"]) for r in self.records()
+                                  if r.get("message") == "metrics"), None)
+
+    def scrape(self) -> str:
+        """The text of /metrics, as Prometheus would scrape it."""
+        import urllib.request
+
+        assert self.metrics_port is not None, "metrics are off"
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=10) as response:
+            text: str = response.read().decode()
+        return text
 
     def _drain(self) -> None:
         assert self._process.stderr is not None

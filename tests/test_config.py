@@ -22,13 +22,13 @@ def _parse(*flags: str) -> argparse.Namespace:
 
 def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:
     toml = tmp_path / "hashsvc.toml"
-    toml.write_text('listen = "10.0.0.1:1"\nworker_threads = 3\nstream_window = 5\n'
+    toml.write_text('listen = "10.0.0.1:1"\nworkers = 3\nstream_window = 5\n'
                     'reload_interval = 2.5\ninsecure_no_auth = true\n')
-    environ = {"HASHSVC_CONFIG": str(toml), "HASHSVC_WORKER_THREADS": "7",
+    environ = {"HASHSVC_CONFIG": str(toml), "HASHSVC_WORKERS": "7",
                "HASHSVC_LISTEN": "10.0.0.2:2", "HASHSVC_HOME": str(tmp_path / "env-home")}
     loaded = config.load(_parse("--listen", "127.0.0.1:9"), environ)
     assert loaded.listen == "127.0.0.1:9"          # flag
-    assert loaded.worker_threads == 7               # environment over file
+    assert loaded.workers == 7               # environment over file
     assert loaded.stream_window == 5                # file
     assert loaded.reload_interval == 2.5 and loaded.insecure_no_auth is True
     assert loaded.home == tmp_path / "env-home"
@@ -39,8 +39,8 @@ def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"HASHSVC_WORKER_THREADS": "many"},
-         "environment: invalid value 'many' for worker_threads"),
+        ({"HASHSVC_WORKERS": "many"},
+         "environment: invalid value 'many' for workers"),
         ({"HASHSVC_INSECURE_NO_AUTH": "maybe"}, "invalid value 'maybe' for insecure_no_auth"),
     ],
 )

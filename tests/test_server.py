@@ -403,7 +403,7 @@ def test_limits_oversized_messages_and_overload(tmp_path: Path) -> None:
                     client.scan_image(big, timeout=60)
                     outcomes.append("ok")
                 except ResourceExhausted as err:
-                    outcomes.append("exhausted" if "Concurrent RPC limit" in err.details
+                    outcomes.append("exhausted" if "server overloaded" in err.details
                                     else err.details)
 
             threads = [threading.Thread(target=call) for _ in range(8)]

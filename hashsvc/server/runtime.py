@@ -14,10 +14,12 @@ import time
 
 from grpc_health.v1 import health, health_pb2
 
+from hashsvc import metrics
+from hashsvc.audit import AuditLog
 from hashsvc.config import ServerConfig
 from hashsvc.errors import SnapshotError
 from hashsvc.scanner import Scanner
-from hashsvc.snapshot import current_version, load, publish
+from hashsvc.snapshot import Snapshot, current_version, load
 from hashsvc.store import Store
 
 log = logging.getLogger("hashsvc.runtime")
@@ -31,20 +33,19 @@ class Runtime:
         self.snapshots_dir = config.data_home.snapshots_dir
         self.store = Store(config.data_home.store_path)
         self.scanner = Scanner(limits=config.limits)
+        self.audit = AuditLog(config.resolved_audit_log, all_scans=config.audit_all_scans)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.failed_loads = 0
         self._refused: str | None = None
         self._reload_lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._entry_labels: set[tuple[str, str]] = set()
         self.set_serving(False)
+        metrics.SNAPSHOT_LOADED.set(0)
 
     def start(self) -> None:
-        """Publish an empty snapshot on first start, load what is current, and start watching."""
-        if current_version(self.snapshots_dir) is None:
-            result = publish(self.store, self.snapshots_dir)
-            log.info("no snapshot yet: published one from the store",
-                     extra={"version": result.version})
+        """Load what is current (if anything: health stays NOT_SERVING until then); watch."""
         self.reload()
         self._watcher = threading.Thread(target=self._watch, name="snapshot-watcher", daemon=True)
         self._watcher.start()
@@ -55,6 +56,7 @@ class Runtime:
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         self.store.close()
+        self.audit.close()
 
     def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -76,6 +78,7 @@ class Runtime:
                 snapshot = load(self.snapshots_dir / version)
             except SnapshotError as err:
                 self.failed_loads += 1
+                metrics.SNAPSHOT_LOAD_FAILURES.inc()
                 self._refused = version
                 log.error("refused snapshot; still serving the previous one",
                           extra={"version": version, "error": err.message,
@@ -84,15 +87,37 @@ class Runtime:
             self.scanner.swap(snapshot)
             self._refused = None
             self.set_serving(True)
+            seconds = time.perf_counter() - started
+            self._record_loaded(snapshot, seconds)
             log.info("serving snapshot", extra={
                 "version": version, "entries": snapshot.entry_count,
-                "load_seconds": round(time.perf_counter() - started, 3),
+                "load_seconds": round(seconds, 3),
             })
             return True
+
+    def _record_loaded(self, snapshot: Snapshot, seconds: float) -> None:
+        metrics.SNAPSHOT_LOAD_SECONDS.observe(seconds)
+        metrics.SNAPSHOT_LOADED.set(1)
+        metrics.SNAPSHOT_CREATED.set(snapshot.created_at)
+        metrics.SNAPSHOT_LOADED_AT.set(snapshot.loaded_at)
+        metrics.SNAPSHOT_AGE.set(time.time() - snapshot.created_at)
+        metrics.SNAPSHOT_REVISION.set(snapshot.manifest["store_revision"])
+        labels = {(algorithm, bank)
+                  for bank, counts in snapshot.manifest["counts"]["by_bank"].items()
+                  for algorithm in counts}
+        for algorithm, bank in self._entry_labels - labels:  # banks gone: zero, not stale
+            metrics.INDEX_ENTRIES.labels(algorithm, bank).set(0)
+        for bank, counts in snapshot.manifest["counts"]["by_bank"].items():
+            for algorithm, count in counts.items():
+                metrics.INDEX_ENTRIES.labels(algorithm, bank).set(count)
+        self._entry_labels = labels
 
     def _watch(self) -> None:
         while not self._stopping.wait(self.config.reload_interval):
             try:
                 self.reload()
+                snapshot = self.scanner.snapshot
+                if snapshot is not None:
+                    metrics.SNAPSHOT_AGE.set(time.time() - snapshot.created_at)
             except Exception:  # the watcher must outlive any one bad reload
                 log.exception("snapshot reload failed")

@@ -15,6 +15,8 @@ from hashsvc.errors import HashsvcError
 from hashsvc.imaging import Upload
 from hashsvc.scanner import ComputedHash, ScanResult
 from hashsvc.server import convert
+from hashsvc.server.interceptors import caller
+from hashsvc.server.observe import ScanObserver
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.status import STATUS, abort, check_deadline
 
@@ -22,9 +24,12 @@ MAX_HASHES_PER_CALL = 10_000
 
 
 class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
-    def __init__(self, runtime: Runtime, stream_pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, runtime: Runtime, stream_pool: ThreadPoolExecutor, observer: ScanObserver
+    ) -> None:
         self._runtime = runtime
         self._scanner = runtime.scanner
+        self._observe = observer
         self._stream_pool = stream_pool
         self._window = max(1, runtime.config.stream_window)
 
@@ -37,7 +42,10 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             check_deadline(context, "decoding")
             result = self._scanner.scan_image(request.image, options)
         except HashsvcError as err:
+            self._observe.rejected(err)
             abort(context, err)
+        self._observe.scanned(method="ScanImage", request_id=request_id, caller=caller.get(),
+                              result=result, image_bytes=len(request.image))
         return scan_pb2.ScanImageResponse(result=convert.result_to_proto(result, request_id))
 
     def ScanHashes(
@@ -47,7 +55,10 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         try:
             result = self._scan_hashes(request.hashes, request.options)
         except HashsvcError as err:
+            self._observe.rejected(err)
             abort(context, err)
+        self._observe.scanned(method="ScanHashes", request_id=request_id, caller=caller.get(),
+                              result=result)
         return scan_pb2.ScanHashesResponse(result=convert.result_to_proto(result, request_id))
 
     def _scan_hashes(
@@ -72,6 +83,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             upload = Upload(request.image, limits=self._scanner.limits)
             hashes, _, timings = self._scanner.hash_upload(upload, algorithms or list(ALGORITHMS))
         except HashsvcError as err:
+            self._observe.rejected(err)
             abort(context, err)
         return scan_pb2.HashImageResponse(
             hashes=[convert.computed_hash_to_proto(ComputedHash(h)) for h in hashes],
@@ -88,12 +100,13 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         """
         pending: deque[tuple[str, Future[scan_pb2.ScanImagesResponse]]] = deque()
         defaults = types_pb2.ScanOptions()
+        name = caller.get()  # pool threads do not inherit the call's context variables
         for request in requests:
             if not pending and request.HasField("options") and defaults.ByteSize() == 0:
                 defaults = request.options
             options = request.options if request.HasField("options") else defaults
             pending.append((request.id, self._stream_pool.submit(self._scan_item, request,
-                                                                 options)))
+                                                                 options, name)))
             while len(pending) >= self._window:
                 yield pending.popleft()[1].result()
             if not context.is_active():
@@ -102,7 +115,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             yield pending.popleft()[1].result()
 
     def _scan_item(
-        self, request: scan_pb2.ScanImagesRequest, options: types_pb2.ScanOptions
+        self, request: scan_pb2.ScanImagesRequest, options: types_pb2.ScanOptions, name: str
     ) -> scan_pb2.ScanImagesResponse:
         try:
             item = request.WhichOneof("item")
@@ -115,10 +128,13 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             else:
                 raise HashsvcError(f"item {request.id!r}: send an image or hashes")
         except HashsvcError as err:
+            self._observe.rejected(err)
             return scan_pb2.ScanImagesResponse(id=request.id, error=scan_pb2.ItemError(
                 code=STATUS[err.code].value[0], message=err.message,
                 reason=err.reason,
             ))
+        self._observe.scanned(method="ScanImages", request_id=request.id, caller=name,
+                              result=result, image_bytes=len(request.image))
         return scan_pb2.ScanImagesResponse(id=request.id,
                                            result=convert.result_to_proto(result, request.id))
 

@@ -1,0 +1,91 @@
+"""Every Prometheus metric hashsvc exports, declared in one place.
+
+Multi-process checklist (prometheus_client's multiprocess mode, used with `serve --workers N`):
+- the supervisor sets PROMETHEUS_MULTIPROC_DIR to an empty directory *before* workers start, and
+  workers import this module only after that (they are spawned, not forked);
+- only the supervisor serves /metrics, through a MultiProcessCollector over that directory;
+- every Gauge declares how workers' values combine (`multiprocess_mode`), `live*` modes forget a
+  dead worker once the supervisor calls `mark_process_dead(pid)`;
+- no callbacks (`set_function`) and no `Info`/`Enum`: they do not work across processes; values
+  that change with time (snapshot age) are updated by each worker's watcher thread instead.
+
+Labels stay low-cardinality: method, status code, stage, reason, algorithm, and bank names (an
+operator-defined handful). Never a hash, an id, a key or anything a caller supplies.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter(
+    "hashsvc_requests_total", "gRPC calls handled, by method and status code", ["method", "code"]
+)
+REQUEST_SECONDS = Histogram(
+    "hashsvc_request_duration_seconds", "Whole-call latency, by method", ["method"],
+    buckets=_LATENCY,
+)
+STAGE_SECONDS = Histogram(
+    "hashsvc_stage_duration_seconds", "Time in each scan stage: decode, hash, search", ["stage"],
+    buckets=_LATENCY,
+)
+IMAGE_BYTES = Histogram(
+    "hashsvc_image_bytes", "Size of scanned images",
+    buckets=(1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7, 1e8),
+)
+IMAGE_PIXELS = Histogram(
+    "hashsvc_image_pixels", "Pixels of decoded images",
+    buckets=(1e4, 1e5, 3e5, 1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7, 6.4e7),
+)
+PDQ_QUALITY = Histogram(
+    "hashsvc_pdq_quality", "PDQ quality of scanned images (below 50 is not matched)",
+    buckets=(10, 20, 30, 40, 50, 60, 70, 80, 90, 100),
+)
+MATCHES = Counter(
+    "hashsvc_matches_total", "Matches reported, by bank and algorithm", ["bank", "algorithm"]
+)
+IN_FLIGHT = Gauge(
+    "hashsvc_requests_in_flight", "Scan and admin calls in progress", multiprocess_mode="livesum"
+)
+REJECTED = Counter(
+    "hashsvc_rejected_requests_total",
+    "Calls refused: auth (missing/unknown key, wrong role), limits (image too large/small), "
+    "invalid (corrupt image, malformed hash), overload (max_concurrent_rpcs reached)",
+    ["reason"],
+)
+
+INDEX_ENTRIES = Gauge(
+    "hashsvc_index_entries", "Entries in the snapshot being served, by algorithm and bank",
+    ["algorithm", "bank"], multiprocess_mode="livemax",
+)
+SNAPSHOT_LOADED = Gauge(
+    "hashsvc_snapshot_loaded", "1 while a snapshot is being served (per worker; min across them)",
+    multiprocess_mode="livemin",
+)
+SNAPSHOT_CREATED = Gauge(
+    "hashsvc_snapshot_created_timestamp_seconds", "When the oldest snapshot served was built",
+    multiprocess_mode="livemin",
+)
+SNAPSHOT_LOADED_AT = Gauge(
+    "hashsvc_snapshot_loaded_timestamp_seconds", "When the snapshot served was loaded",
+    multiprocess_mode="livemin",
+)
+SNAPSHOT_AGE = Gauge(
+    "hashsvc_snapshot_age_seconds", "Age of the oldest snapshot being served",
+    multiprocess_mode="livemax",
+)
+SNAPSHOT_REVISION = Gauge(
+    "hashsvc_snapshot_store_revision", "Store revision the served snapshot holds",
+    multiprocess_mode="livemin",
+)
+SNAPSHOT_LOAD_SECONDS = Histogram(
+    "hashsvc_snapshot_load_duration_seconds", "Time to load and verify a snapshot",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+SNAPSHOT_LOAD_FAILURES = Counter(
+    "hashsvc_snapshot_load_failures_total", "Snapshots refused (corrupt or unreadable)"
+)
+WORKER_RESTARTS = Counter(
+    "hashsvc_worker_restarts_total", "Worker processes restarted by the supervisor after a crash"
+)

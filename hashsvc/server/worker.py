@@ -1,0 +1,135 @@
+"""One serving process: the gRPC server over a Runtime, run until SIGTERM/SIGINT.
+
+`create_server` binds but does not start, and returns the bound port, so tests can listen on
+port 0. `run_worker` serves until a signal, then drains: health turns NOT_SERVING (load balancers
+stop sending), new calls are refused, and calls in flight get `DRAIN_SECONDS` to finish.
+With several workers (`supervisor.py`) each binds the same port with SO_REUSEPORT and the kernel
+spreads connections across them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.queues import SimpleQueue
+from types import FrameType
+
+import faiss
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc, scan_pb2, scan_pb2_grpc
+
+from hashsvc import logs
+from hashsvc.config import ServerConfig
+from hashsvc.errors import HashsvcError
+from hashsvc.server.admin_service import AdminServicer
+from hashsvc.server.interceptors import CallInterceptor, KeyFile
+from hashsvc.server.observe import ScanObserver
+from hashsvc.server.runtime import Runtime
+from hashsvc.server.scan_service import ScanServicer
+
+log = logging.getLogger("hashsvc.server")
+
+_MESSAGE_OVERHEAD = 1 << 20  # room for the rest of a ScanImage request around the image
+_HEALTH_SLOTS = 8  # calls admitted beyond max_concurrent_rpcs: health checks, reflection
+DRAIN_SECONDS = 20.0
+
+
+def create_server(
+    config: ServerConfig, runtime: Runtime, *, reuse_port: bool = False
+) -> tuple[grpc.Server, int, ThreadPoolExecutor]:
+    keys = None if config.insecure_no_auth else KeyFile(config.resolved_keys_file)
+    # gRPC itself rejects messages over this with RESOURCE_EXHAUSTED; images up to it but over
+    # max_image_bytes get a precise INVALID_ARGUMENT from the decoder instead.
+    max_message = config.max_image_bytes + _MESSAGE_OVERHEAD
+    # A thread for every admitted call plus health checks, so that admission (the interceptor's
+    # limit) is the only queue, and it does not grow: see interceptors.py.
+    slots = config.max_concurrent_rpcs + _HEALTH_SLOTS
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=slots, thread_name_prefix="rpc"),
+        interceptors=[CallInterceptor(keys, config.max_concurrent_rpcs)],
+        maximum_concurrent_rpcs=slots,
+        options=[
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.so_reuseport", int(reuse_port)),
+        ],
+    )
+    stream_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                     thread_name_prefix="stream-item")
+    observer = ScanObserver(runtime.audit)
+    scan_pb2_grpc.add_ScanServiceServicer_to_server(
+        ScanServicer(runtime, stream_pool, observer), server
+    )
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
+    health_pb2_grpc.add_HealthServicer_to_server(runtime.health, server)
+    reflection.enable_server_reflection((
+        scan_pb2.DESCRIPTOR.services_by_name["ScanService"].full_name,
+        admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ), server)
+    port = server.add_secure_port(config.listen, _credentials(config)) if config.tls_cert \
+        else server.add_insecure_port(config.listen)
+    if port == 0:
+        raise HashsvcError(f"cannot listen on {config.listen}")
+    return server, port, stream_pool
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    if config.tls_key is None:
+        raise HashsvcError("--tls-cert needs --tls-key")
+    client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],  # type: ignore[union-attr]
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def run_worker(
+    config: ServerConfig, *, reuse_port: bool = False, index: int = 0,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT, then drain. The caller has configured logging."""
+    faiss.omp_set_num_threads(1)  # one thread per query: OpenMP made single queries far slower
+    runtime = Runtime(config)
+    runtime.start()
+    server, port, stream_pool = create_server(config, runtime, reuse_port=reuse_port)
+    server.start()
+    log.info("worker ready", extra={"worker": index, "pid": os.getpid(), "port": port})
+    if on_ready is not None:
+        on_ready()
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("draining", extra={"worker": index, "signal": signal.Signals(signum).name,
+                                    "grace_seconds": DRAIN_SECONDS})
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if not reuse_port:
+        log.info("serving", extra={"listen": config.listen, "port": port, "workers": 1,
+                                   "tls": config.tls_cert is not None,
+                                   "mutual_tls": config.tls_client_ca is not None})
+    stopping.wait()
+    runtime.set_serving(False)
+    server.stop(grace=DRAIN_SECONDS).wait()
+    stream_pool.shutdown(wait=False, cancel_futures=True)
+    runtime.stop()
+    log.info("worker stopped", extra={"worker": index})
+    return 0
+
+
+def worker_main(config: ServerConfig, index: int, ready: SimpleQueue[int]) -> None:
+    """Entry point of a spawned worker process (see supervisor.py)."""
+    logs.configure(config.log_level)
+    raise SystemExit(run_worker(config, reuse_port=True, index=index,
+                                on_ready=lambda: ready.put(index)))
