@@ -3,11 +3,13 @@
     hashsvc serve                      on the embedded default (no configuration needed)
     hashsvc keys add NAME --role scan  make a key; prints it once, stores only its hash
     hashsvc keys list
+    hashsvc healthcheck                exit 0 if the local server's health is SERVING
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--keys-file", help="default <home>/keys.toml")
     add.set_defaults(run=_keys_add)
     listing.set_defaults(run=_keys_list)
+
+    health = commands.add_parser(
+        "healthcheck", help="ask a server's grpc.health.v1 service; exit 0 if SERVING, else 1",
+        description="Call grpc.health.v1 Health/Check (no API key needed) and print the status. "
+        "Exit 0 if SERVING; 1 if NOT_SERVING, unknown service, unreachable or timed out.",
+        epilog="example:\n  hashsvc healthcheck --target 127.0.0.1:50051 --timeout 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    health.add_argument("--target", help="host:port (default: $HASHSVC_LISTEN with 0.0.0.0 or "
+                        "[::] as 127.0.0.1; without it 127.0.0.1:50051)")
+    health.add_argument("--service", default="",
+                        help='service to check (default "": the whole server)')
+    health.add_argument("--timeout", type=float, default=3.0,
+                        help="deadline in seconds (default 3)")
+    health.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots)")
+    health.add_argument("--ca-cert", type=Path, help="PEM CA bundle to trust (implies --tls)")
+    health.set_defaults(run=_healthcheck)
     return parser
 
 
@@ -83,6 +102,46 @@ def _keys_list(args: argparse.Namespace) -> int:
     for key in read_keys(path):
         print(f"{key.name}\t{','.join(sorted(key.roles))}")
     return 0
+
+
+def _health_target(listen: str | None) -> str:
+    """This host's own server: where `serve` listens, with a wildcard address as loopback."""
+    if not listen:
+        return "127.0.0.1:50051"
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    """Probe the standard health service, for the container's HEALTHCHECK and similar probes.
+
+    Docker runs this every interval, so it imports only grpc and grpc_health, never the server
+    (FAISS, the store). It exits only 0 or 1: Docker reserves 2, and anything but SERVING, an
+    unreachable server or a missed deadline included, means unhealthy.
+    """
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = args.target or _health_target(os.environ.get(f"{config.ENV_PREFIX}LISTEN"))
+    try:
+        ca_cert = args.ca_cert.read_bytes() if args.ca_cert else None
+    except OSError as err:
+        print(f"hashsvc: error: cannot read --ca-cert: {err}", file=sys.stderr)
+        return 1
+    channel = (grpc.secure_channel(target, grpc.ssl_channel_credentials(ca_cert))
+               if args.tls or ca_cert else grpc.insecure_channel(target))
+    with channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+        except grpc.RpcError as err:
+            print(f"{target}: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    serving = response.status == health_pb2.HealthCheckResponse.SERVING
+    print(f"{target}: {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}")
+    return 0 if serving else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
