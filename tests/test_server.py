@@ -420,3 +420,22 @@ def test_hamming_helper_matches_the_snapshot_distance(scanner: Client) -> None:
     path = IMAGES / "bridge-mods" / "shrink-a-lot.jpg"
     (match,) = scanner.scan_image(path.read_bytes()).matches
     assert match.distance == hamming(PDQ.compute(Upload(path.read_bytes())).value, BRIDGE_PDQ)
+
+
+def test_stream_answers_each_item_without_waiting_for_a_full_window(scanner: Client) -> None:
+    """An interactive client sends one item, waits for its answer, then sends the next."""
+    import queue
+
+    outbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+    photos = sorted(PHOTOS.glob("*.jpg"))[:3]
+
+    def items() -> Iterator[tuple[str, bytes]]:
+        while (item := outbox.get()) is not None:
+            yield item
+
+    responses = scanner.scan_images(items(), timeout=30)
+    for path in photos:
+        outbox.put((path.name, path.read_bytes()))
+        assert next(responses).id == path.name  # stalled until the deadline before the fix
+    outbox.put(None)
+    assert list(responses) == []

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import uuid
-from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -95,24 +96,39 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     ) -> Iterator[scan_pb2.ScanImagesResponse]:
         """Items run on a shared pool, at most `stream_window` per stream; answers keep order.
 
-        The next request is read only when the window has room, so HTTP/2 flow control holds a
-        fast sender back instead of its items piling up in server memory.
+        A reader thread takes requests off the stream only while the window has room, so HTTP/2
+        flow control holds a fast sender back instead of its items piling up in server memory;
+        meanwhile every finished item is answered at once, so a client that waits for each
+        answer before sending more is never stalled behind a window it will not fill.
         """
-        pending: deque[tuple[str, Future[scan_pb2.ScanImagesResponse]]] = deque()
-        defaults = types_pb2.ScanOptions()
+        window = threading.BoundedSemaphore(self._window)
+        ordered: queue.SimpleQueue[Future[scan_pb2.ScanImagesResponse] | None] = (
+            queue.SimpleQueue()
+        )
         name = caller.get()  # pool threads do not inherit the call's context variables
-        for request in requests:
-            if not pending and request.HasField("options") and defaults.ByteSize() == 0:
-                defaults = request.options
-            options = request.options if request.HasField("options") else defaults
-            pending.append((request.id, self._stream_pool.submit(self._scan_item, request,
-                                                                 options, name)))
-            while len(pending) >= self._window:
-                yield pending.popleft()[1].result()
-            if not context.is_active():
-                return
-        while pending:
-            yield pending.popleft()[1].result()
+
+        def read() -> None:
+            defaults = types_pb2.ScanOptions()
+            try:
+                for index, request in enumerate(requests):
+                    if index == 0 and request.HasField("options"):
+                        defaults = request.options
+                    options = request.options if request.HasField("options") else defaults
+                    while not window.acquire(timeout=0.5):
+                        if not context.is_active():
+                            return
+                    ordered.put(self._stream_pool.submit(self._scan_item, request, options,
+                                                         name))
+            except grpc.RpcError:
+                pass  # the client went away mid-stream: nothing left to answer
+            finally:
+                ordered.put(None)
+
+        threading.Thread(target=read, name="stream-reader", daemon=True).start()
+        while (future := ordered.get()) is not None:
+            response = future.result()
+            window.release()
+            yield response
 
     def _scan_item(
         self, request: scan_pb2.ScanImagesRequest, options: types_pb2.ScanOptions, name: str
