@@ -38,7 +38,7 @@ class ServerConfig:
     metrics_listen: str = "0.0.0.0:9090"  # Prometheus /metrics; empty = off
     audit_log: Path | None = None  # default: <home>/audit.jsonl
     audit_all_scans: bool = False  # audit every scan, not only those that matched
-    reload_interval: float = 1.0  # seconds between checks for a newly published snapshot
+    reload_interval: float = 0.1  # seconds between checks for a new snapshot or store changes
     log_level: str = "INFO"
 
     @property
@@ -84,7 +84,7 @@ HELP: dict[str, str] = {
     "metrics_listen": "host:port for Prometheus /metrics (empty: off; port 0: any)",
     "audit_log": "JSON-lines audit trail of matches; default <home>/audit.jsonl",
     "audit_all_scans": "audit every scan, not only those that matched",
-    "reload_interval": "seconds between checks for a newly published snapshot",
+    "reload_interval": "seconds between checks for a new snapshot or store changes",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 

@@ -19,8 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from hashsvc.algorithms import HashValue, get_algorithm
+from hashsvc.delta import Delta
 from hashsvc.errors import NotFoundError
-from hashsvc.snapshot import HashTable, Snapshot
+from hashsvc.snapshot import BankInfo, HashTable, Snapshot
 
 IDENTITY = "identity"
 
@@ -62,10 +63,14 @@ class _Hit:
 
 
 class Matcher:
-    """Searches one loaded snapshot. Build one per snapshot; share it between threads."""
+    """Searches one loaded snapshot plus the store's changes since (`delta`). Immutable: build a
+    new one for a new snapshot or delta, and share it between threads."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, delta: Delta | None = None) -> None:
         self.snapshot = snapshot
+        self.delta = delta if delta is not None else Delta(
+            revision=int(snapshot.manifest.get("store_revision", 0)))
+        self._tombstones = self.delta.tombstones
         self._bank_index = {bank.name: i for i, bank in enumerate(snapshot.banks)}
         self._is_allowlist = np.array(
             [bank.kind == "allowlist" for bank in snapshot.banks], dtype=bool
@@ -78,7 +83,7 @@ class Matcher:
 
     @property
     def algorithms(self) -> tuple[str, ...]:
-        return tuple(self.snapshot.tables)
+        return tuple(dict.fromkeys([*self.snapshot.tables, *self.delta.tables]))
 
     def search_radius(self, algorithm: str) -> int:
         thresholds = self._thresholds.get(algorithm)
@@ -96,13 +101,13 @@ class Matcher:
         outcome = MatchOutcome()
         for algorithm, group in by_algorithm.items():
             table = self.snapshot.tables.get(algorithm)
-            if table is None:
-                continue
-            hits = self._search(table, group)
-            matches = [self._to_match(algorithm, hit) for hit in hits.values()]
+            hits = self._search(table, group) if table is not None else {}
+            matches = [self._to_match(algorithm, hit) for hit in hits.values()
+                       if int(self.snapshot.entry_ids[hit.row]) not in self._tombstones]
+            matches.extend(self._delta_matches(algorithm, group))
             allowed = [m for m in matches if m.bank_kind == "allowlist"]
             found = [m for m in matches if m.bank_kind != "allowlist"
-                     and (wanted is None or self._bank_index[m.bank] in wanted)]
+                     and (wanted is None or m.bank in wanted)]
             if allowed:
                 outcome.allowlisted.extend(allowed)
                 outcome.suppressed.extend(found)
@@ -112,16 +117,17 @@ class Matcher:
             matches.sort(key=lambda m: (m.distance, m.bank, m.entry_id))
         return outcome
 
-    def _bank_filter(self, banks: Collection[str] | None) -> set[int] | None:
+    def _bank_filter(self, banks: Collection[str] | None) -> set[str] | None:
         if not banks:
             return None
-        unknown = [name for name in banks if name not in self._bank_index]
+        unknown = [name for name in banks
+                   if name not in self._bank_index and name not in self.delta.banks]
         if unknown:
             raise NotFoundError(
                 f"bank(s) {', '.join(map(repr, unknown))} not in snapshot "
                 f"{self.snapshot.version} (unknown, disabled, or not yet published)"
             )
-        return {self._bank_index[name] for name in banks}
+        return set(banks)
 
     def _search(self, table: HashTable, queries: list[Query]) -> dict[int, _Hit]:
         """Hits keyed by entry row, keeping each entry's smallest distance (identity on ties)."""
@@ -156,21 +162,43 @@ class Matcher:
             for i, q in enumerate(queries)
         ]
 
+    def _delta_matches(self, algorithm: str, queries: list[Query]) -> list[Match]:
+        """Brute force over the entries changed since the snapshot (a small side table)."""
+        table = self.delta.tables.get(algorithm)
+        if table is None:
+            return []
+        banks = self.delta.banks
+        radius = max((banks[e.bank].threshold(algorithm) for e in table.entries
+                      if e.bank in banks), default=0)
+        best: dict[int, Match] = {}
+        for query in sorted(queries, key=lambda q: q.transform != IDENTITY):
+            for index, distance in table.within(query.hash.value, radius):
+                entry = table.entries[index]
+                bank = banks.get(entry.bank)
+                if bank is None or distance > bank.threshold(algorithm):
+                    continue
+                known = best.get(entry.entry_id)
+                if known is None or distance < known.distance:
+                    best[entry.entry_id] = _match(bank, entry.entry_id, entry.external_id,
+                                                  algorithm, distance, query.transform,
+                                                  entry.metadata)
+        return list(best.values())
+
     def _to_match(self, algorithm: str, hit: _Hit) -> Match:
         snapshot = self.snapshot
         bank = snapshot.banks[int(snapshot.entry_banks[hit.row])]
-        return Match(
-            bank=bank.name,
-            bank_kind=bank.kind,
-            entry_id=int(snapshot.entry_ids[hit.row]),
-            external_id=snapshot.external_ids.get(hit.row),
-            algorithm=algorithm,
-            distance=hit.distance,
-            threshold=bank.threshold(algorithm),
-            query_transform=hit.transform,
-            tags=bank.tags,
-            metadata=snapshot.entry_metadata(hit.row),
-        )
+        return _match(bank, int(snapshot.entry_ids[hit.row]), snapshot.external_ids.get(hit.row),
+                      algorithm, hit.distance, hit.transform, snapshot.entry_metadata(hit.row))
+
+
+def _match(
+    bank: BankInfo, entry_id: int, external_id: str | None, algorithm: str, distance: int,
+    transform: str, metadata: dict[str, Any] | None,
+) -> Match:
+    return Match(bank=bank.name, bank_kind=bank.kind, entry_id=entry_id,
+                 external_id=external_id, algorithm=algorithm, distance=distance,
+                 threshold=bank.threshold(algorithm), query_transform=transform,
+                 tags=bank.tags, metadata=metadata)
 
 
 def _exact_lookup(

@@ -19,6 +19,7 @@ from hashsvc.algorithms import (
     HashValue,
     get_algorithm,
 )
+from hashsvc.delta import Delta
 from hashsvc.errors import NotLoadedError
 from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
 from hashsvc.matcher import Match, Matcher, MatchOutcome, Query
@@ -76,9 +77,19 @@ class Scanner:
         self.limits = limits
         self._matcher: Matcher | None = Matcher(snapshot) if snapshot is not None else None
 
-    def swap(self, snapshot: Snapshot) -> None:
-        """Serve `snapshot` from now on; scans already running finish on the old one."""
-        self._matcher = Matcher(snapshot)
+    def swap(self, snapshot: Snapshot, delta: Delta | None = None) -> None:
+        """Serve `snapshot` (plus `delta`) from now on; running scans finish on the old one."""
+        self._matcher = Matcher(snapshot, delta)
+
+    def apply_delta(self, delta: Delta) -> None:
+        """Serve the same snapshot with a newer delta of store changes."""
+        matcher = self._matcher
+        if matcher is not None:
+            self._matcher = Matcher(matcher.snapshot, delta)
+
+    @property
+    def matcher(self) -> Matcher | None:
+        return self._matcher
 
     @property
     def snapshot(self) -> Snapshot | None:

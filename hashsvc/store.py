@@ -26,7 +26,7 @@ BankKind = Literal["match", "allowlist"]
 BANK_KINDS: tuple[BankKind, ...] = ("match", "allowlist")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS banks (
@@ -50,9 +50,15 @@ CREATE TABLE IF NOT EXISTS entries (
     added_at        REAL NOT NULL,
     disabled        INTEGER NOT NULL DEFAULT 0,
     disabled_reason TEXT,
+    changed_rev     INTEGER NOT NULL DEFAULT 0,
     UNIQUE (bank_id, algorithm, hash)
 );
 CREATE INDEX IF NOT EXISTS entries_by_external_id ON entries (bank_id, external_id);
+CREATE TABLE IF NOT EXISTS removed_entries (entry_id INTEGER PRIMARY KEY, rev INTEGER NOT NULL);
+"""
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS entries_by_changed_rev ON entries (changed_rev);
+CREATE INDEX IF NOT EXISTS removed_entries_by_rev ON removed_entries (rev);
 """
 
 
@@ -114,6 +120,13 @@ class EntrySelector:
 
     def is_empty(self) -> bool:
         return not (self.ids or self.external_ids or self.hashes)
+
+
+@dataclass(frozen=True)
+class StoreChanges:
+    revision: int
+    changed: frozenset[int]  # entry ids changed (added, disabled, enabled, removed)
+    active: list[tuple[Any, ...]]  # (id, bank, algorithm, hash, external_id, metadata JSON)
 
 
 @dataclass(frozen=True)
@@ -193,6 +206,12 @@ class Store:
                     f"{self.path}: store schema {row[0]} is newer than this hashsvc "
                     f"understands ({SCHEMA_VERSION}); upgrade hashsvc"
                 )
+            elif int(row[0]) == 1:  # v2 stamps each entry change with the revision that made it
+                self._db.executescript(
+                    "BEGIN; ALTER TABLE entries ADD COLUMN changed_rev INTEGER NOT NULL DEFAULT 0;"
+                    " UPDATE meta SET value = '2' WHERE key = 'schema'; COMMIT;"
+                )
+            self._db.executescript(_INDEXES)
 
     def close(self) -> None:
         with self._lock, self._read_lock:
@@ -207,14 +226,19 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction that bumps the revision; rolled back on any exception."""
+        """One write transaction that bumps the revision; rolled back on any exception.
+
+        The new revision is set first, so that entry changes made inside the transaction can
+        stamp themselves with it (`_REVISION`): that is what lets servers apply changes made
+        since their snapshot without a rebuild (see `changes_since`).
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
                 self._db.execute(
                     "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'"
                 )
+                yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -321,6 +345,8 @@ class Store:
         """Delete a bank and all its entries; returns how many entries went with it."""
         bank = self.get_bank(name)
         with self._write() as db:
+            db.execute(f"INSERT OR REPLACE INTO removed_entries (entry_id, rev)"
+                       f" SELECT id, {_REVISION} FROM entries WHERE bank_id = ?", (bank.id,))
             db.execute("DELETE FROM entries WHERE bank_id = ?", (bank.id,))
             db.execute("DELETE FROM banks WHERE id = ?", (bank.id,))
         return bank.entry_count
@@ -377,7 +403,8 @@ class Store:
         with self._write() as db:
             for where, args in _selector_sql(bank.id, selector, alias=""):
                 changed += db.execute(
-                    f"UPDATE entries SET disabled = ?, disabled_reason = ? {where}",
+                    f"UPDATE entries SET disabled = ?, disabled_reason = ?,"
+                    f" changed_rev = {_REVISION} {where}",
                     (int(disabled), reason if disabled else None, *args),
                 ).rowcount
         return changed
@@ -387,6 +414,8 @@ class Store:
         removed = 0
         with self._write() as db:
             for where, args in _selector_sql(bank.id, selector, alias=""):
+                db.execute(f"INSERT OR REPLACE INTO removed_entries (entry_id, rev)"
+                           f" SELECT id, {_REVISION} FROM entries {where}", args)
                 removed += db.execute(f"DELETE FROM entries {where}", args).rowcount
         return removed
 
@@ -408,6 +437,33 @@ class Store:
                     yield rows
             finally:
                 self._reader.execute("COMMIT")
+
+    def changes_since(self, revision: int) -> StoreChanges:
+        """Entries changed after `revision` (a snapshot's), in one consistent read.
+
+        `active` are entries to match now (added, or re-enabled, in an enabled bank); `changed`
+        are the ids of every entry touched since, whose snapshot copy (if any) is now stale.
+        """
+        with self._read_lock:
+            self._reader.execute("BEGIN")
+            try:
+                current = int(self._reader.execute(
+                    "SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
+                rows = self._reader.execute(
+                    "SELECT e.id, b.name, e.algorithm, e.hash, e.external_id, e.metadata,"
+                    " e.disabled = 0 AND b.enabled = 1"
+                    " FROM entries e JOIN banks b ON b.id = e.bank_id WHERE e.changed_rev > ?",
+                    (revision,),
+                ).fetchall()
+                removed = [r[0] for r in self._reader.execute(
+                    "SELECT entry_id FROM removed_entries WHERE rev > ?", (revision,))]
+            finally:
+                self._reader.execute("COMMIT")
+        return StoreChanges(
+            revision=current,
+            changed=frozenset([r[0] for r in rows] + removed),
+            active=[r[:6] for r in rows if r[6]],
+        )
 
     def stats(self) -> StoreStats:
         with self._read_lock:
@@ -433,18 +489,20 @@ class BulkAdder:
         self._db = db
         self._bank_id = bank_id
         self._now = time.time()
+        self._revision = int(db.execute(f"SELECT {_REVISION}").fetchone()[0])
         self.result = AddResult()
 
     def add(self, entries: Iterable[NewEntry]) -> AddResult:
         rows = [
             (self._bank_id, e.algorithm, e.hash, e.external_id,
-             json.dumps(e.metadata, sort_keys=True) if e.metadata else None, self._now)
+             json.dumps(e.metadata, sort_keys=True) if e.metadata else None, self._now,
+             self._revision)
             for e in entries
         ]
         before = self._db.total_changes
         self._db.executemany(
             "INSERT OR IGNORE INTO entries (bank_id, algorithm, hash, external_id, metadata,"
-            " added_at) VALUES (?, ?, ?, ?, ?, ?)",
+            " added_at, changed_rev) VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         added = self._db.total_changes - before
@@ -453,6 +511,7 @@ class BulkAdder:
         return batch
 
 
+_REVISION = "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'revision')"
 _CHUNK = 500  # selector items per statement: far below SQLite's bound-variable limit
 
 

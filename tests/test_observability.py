@@ -230,3 +230,24 @@ def test_sigterm_drains_in_flight_streams(tmp_path: Path) -> None:
         thread.join(60)
         assert "draining workers" in server.log
     assert received == [p.name for p in photos]
+
+
+def test_admin_changes_reach_every_worker_without_a_publish(tmp_path: Path) -> None:
+    """The freshness benchmark's smoke form, against two workers: adds and disables become
+    visible on every connection without a publish (the benchmark reports how fast)."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    _seed_bridge_bank(home)
+    current = (home / "snapshots" / "current").read_text()
+    with ServerProcess(home, "--workers", "2") as server:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "loadtests" / "bench_freshness.py"), "--smoke",
+             "--target", server.target, "--api-key", server.keys["admin"]],
+            capture_output=True, text=True, timeout=180, check=True,
+        )
+        summary = json.loads(result.stdout)
+        assert summary["rounds"] == 3
+        assert summary["add_visible"]["max_ms"] > 0 and summary["disable_visible"]["max_ms"] > 0
+    assert (home / "snapshots" / "current").read_text() == current  # no publish happened

@@ -247,11 +247,13 @@ def test_admin_changes_are_visible_after_publish_without_restart(
     added = admin.add_entries("coasters", [(("pdq", coaster_pdq), "c-1", {"src": "t"}),
                                            (("pdq", coaster_pdq), "c-dup", None)])
     assert (added.added, added.duplicates) == (1, 1)
-    assert not scanner.scan_image(coaster.read_bytes()).matched  # not yet published
+    # Visible at once, before any publish: the server applies store changes as a delta.
+    (match,) = scanner.scan_image(coaster.read_bytes()).matches
+    assert (match.bank, match.threshold, match.external_id) == ("coasters", 20, "c-1")
 
     published = admin.publish()
     assert published.published and published.counts.by_algorithm["pdq"] == 2
-    (match,) = scanner.scan_image(coaster.read_bytes()).matches
+    (match,) = scanner.scan_image(coaster.read_bytes()).matches  # now from the snapshot
     assert (match.bank, match.threshold, match.external_id) == ("coasters", 20, "c-1")
 
     status = admin.index_status()
@@ -259,6 +261,7 @@ def test_admin_changes_are_visible_after_publish_without_restart(
     assert status.counts.by_bank["coasters"].by_algorithm["pdq"] == 1
 
     assert admin.set_entries_disabled("coasters", external_ids=["c-1"], reason="fp") == 1
+    assert not scanner.scan_image(coaster.read_bytes()).matched  # tombstoned at once
     assert not admin.index_status().up_to_date
     admin.publish()
     assert not scanner.scan_image(coaster.read_bytes()).matched

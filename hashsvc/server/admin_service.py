@@ -108,6 +108,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     adder.add(batch)
         except HashsvcError as err:
             abort(context, err)
+        self._runtime.refresh_delta()  # visible to this worker's scans before the call returns
         result = adder.result
         self._audit("add_entries", bank=bank, added=result.added, duplicates=result.duplicates)
         return admin_pb2.AddEntriesResponse(added=result.added, duplicates=result.duplicates)
@@ -124,6 +125,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                                                first.reason or None)
         except HashsvcError as err:
             abort(context, err)
+        self._runtime.refresh_delta()  # visible to this worker's scans before the call returns
         self._audit("set_entries_disabled", bank=bank, disabled=first.disabled,
                     changed=changed, reason=first.reason)
         return admin_pb2.SetEntriesDisabledResponse(changed=changed)
@@ -139,6 +141,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
         except HashsvcError as err:
             abort(context, err)
+        self._runtime.refresh_delta()  # visible to this worker's scans before the call returns
         self._audit("remove_entries", bank=bank, removed=removed)
         return admin_pb2.RemoveEntriesResponse(removed=removed)
 

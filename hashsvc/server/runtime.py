@@ -4,6 +4,10 @@ Hot reload: a watcher thread reads `snapshots/current` every `reload_interval` s
 version is loaded (and checksum-verified) beside the one being served, then swapped in with one
 reference assignment, so no call fails or waits. A corrupt snapshot is refused, counted and
 logged; the old one keeps serving, and that version is not retried until `current` changes.
+
+Freshness: on the same tick the watcher reads the store's revision; when it has moved, the
+entries changed since the snapshot become a new `Delta` (see delta.py), swapped in the same way.
+An admin call that changes entries refreshes its own worker's delta before it returns.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from grpc_health.v1 import health, health_pb2
 from hashsvc import metrics
 from hashsvc.audit import AuditLog
 from hashsvc.config import ServerConfig
+from hashsvc.delta import Delta
 from hashsvc.errors import SnapshotError
 from hashsvc.scanner import Scanner
 from hashsvc.snapshot import Snapshot, current_version, load
@@ -84,7 +89,7 @@ class Runtime:
                           extra={"version": version, "error": err.message,
                                  "serving": loaded.version if loaded else None})
                 return False
-            self.scanner.swap(snapshot)
+            self.scanner.swap(snapshot, self._delta_for(snapshot))
             self._refused = None
             self.set_serving(True)
             seconds = time.perf_counter() - started
@@ -94,6 +99,19 @@ class Runtime:
                 "load_seconds": round(seconds, 3),
             })
             return True
+
+    def refresh_delta(self) -> bool:
+        """Apply store changes made since the served snapshot; True if the delta changed."""
+        with self._reload_lock:
+            matcher = self.scanner.matcher
+            if matcher is None or self.store.revision() == matcher.delta.revision:
+                return False
+            self.scanner.apply_delta(self._delta_for(matcher.snapshot))
+            return True
+
+    def _delta_for(self, snapshot: Snapshot) -> Delta:
+        changes = self.store.changes_since(int(snapshot.manifest["store_revision"]))
+        return Delta.build(changes, self.store.list_banks())
 
     def _record_loaded(self, snapshot: Snapshot, seconds: float) -> None:
         metrics.SNAPSHOT_LOAD_SECONDS.observe(seconds)
@@ -116,6 +134,7 @@ class Runtime:
         while not self._stopping.wait(self.config.reload_interval):
             try:
                 self.reload()
+                self.refresh_delta()
                 snapshot = self.scanner.snapshot
                 if snapshot is not None:
                     metrics.SNAPSHOT_AGE.set(time.time() - snapshot.created_at)

@@ -68,6 +68,9 @@ def resolve(target: str | None, api_key: str | None) -> tuple[str, str | None]:
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
     return [
+        # Each client its own connection: gRPC otherwise shares one between every channel to
+        # the same target, and a multi-worker server gives each connection to one worker.
+        ("grpc.use_local_subchannel_pool", 1),
         ("grpc.service_config", _SERVICE_CONFIG),
         ("grpc.enable_retries", 1),
         ("grpc.max_send_message_length", max_message_bytes),

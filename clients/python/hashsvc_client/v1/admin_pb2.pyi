@@ -3,8 +3,11 @@
 isort:skip_file
 AdminService: banks, entries and snapshots, for trust-and-safety tooling. Role required: `admin`.
 
-Changes to entries are written to the store at once and reach scans after PublishSnapshot
-(or an `indexer publish`); servers swap the new snapshot in without a restart.
+Changes to entries are written to the store and reach scans at once: the serving worker applies
+them before the call returns, every other worker within `reload_interval` (0.1 s), as an
+in-memory delta over its snapshot. PublishSnapshot (or `indexer publish`) folds them into a new
+snapshot, swapped in without a restart. Bank settings (thresholds, kind, tags) change for
+entries already in the snapshot at the next publish.
 """
 
 from collections import abc as _abc

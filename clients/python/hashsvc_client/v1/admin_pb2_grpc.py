@@ -130,7 +130,7 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PublishSnapshot(self, request, context):
-        """Build a snapshot from the store and make it current, then serve it. No-op if unchanged.
+        """Build a snapshot from the store, make it current, and serve it. No-op if unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

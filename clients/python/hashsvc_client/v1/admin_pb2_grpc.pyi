@@ -3,8 +3,11 @@
 isort:skip_file
 AdminService: banks, entries and snapshots, for trust-and-safety tooling. Role required: `admin`.
 
-Changes to entries are written to the store at once and reach scans after PublishSnapshot
-(or an `indexer publish`); servers swap the new snapshot in without a restart.
+Changes to entries are written to the store and reach scans at once: the serving worker applies
+them before the call returns, every other worker within `reload_interval` (0.1 s), as an
+in-memory delta over its snapshot. PublishSnapshot (or `indexer publish`) folds them into a new
+snapshot, swapped in without a restart. Bank settings (thresholds, kind, tags) change for
+entries already in the snapshot at the next publish.
 """
 
 from collections import abc as _abc
@@ -47,7 +50,7 @@ class AdminServiceStub:
     """Disable (e.g. confirmed false positives) or re-enable entries; kept in the store."""
     RemoveEntries: _grpc.StreamUnaryMultiCallable[_admin_pb2.RemoveEntriesRequest, _admin_pb2.RemoveEntriesResponse]
     PublishSnapshot: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PublishSnapshotRequest, _admin_pb2.PublishSnapshotResponse]
-    """Build a snapshot from the store and make it current, then serve it. No-op if unchanged."""
+    """Build a snapshot from the store, make it current, and serve it. No-op if unchanged."""
     GetIndexStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetIndexStatusRequest, _admin_pb2.GetIndexStatusResponse]
 
 @_typing.type_check_only
@@ -65,7 +68,7 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Disable (e.g. confirmed false positives) or re-enable entries; kept in the store."""
     RemoveEntries: _aio.StreamUnaryMultiCallable[_admin_pb2.RemoveEntriesRequest, _admin_pb2.RemoveEntriesResponse]  # type: ignore[assignment]
     PublishSnapshot: _aio.UnaryUnaryMultiCallable[_admin_pb2.PublishSnapshotRequest, _admin_pb2.PublishSnapshotResponse]  # type: ignore[assignment]
-    """Build a snapshot from the store and make it current, then serve it. No-op if unchanged."""
+    """Build a snapshot from the store, make it current, and serve it. No-op if unchanged."""
     GetIndexStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetIndexStatusRequest, _admin_pb2.GetIndexStatusResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -128,7 +131,7 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.PublishSnapshotRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.PublishSnapshotResponse, _abc.Awaitable[_admin_pb2.PublishSnapshotResponse]]:
-        """Build a snapshot from the store and make it current, then serve it. No-op if unchanged."""
+        """Build a snapshot from the store, make it current, and serve it. No-op if unchanged."""
 
     @_abc_1.abstractmethod
     def GetIndexStatus(

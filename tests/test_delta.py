@@ -1,0 +1,88 @@
+"""Store changes since a snapshot are matched at once, without a rebuild."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hashsvc.algorithms import HashValue
+from hashsvc.delta import Delta
+from hashsvc.home import DataHome
+from hashsvc.matcher import Matcher, Query
+from hashsvc.snapshot import load_current, publish
+from hashsvc.store import EntrySelector, NewEntry, Store
+
+RNG = np.random.default_rng(99)
+
+
+def _code() -> bytes:
+    return RNG.integers(0, 256, 32, dtype=np.uint8).tobytes()
+
+
+def _matcher(store: Store, home: DataHome) -> Matcher:
+    snapshot = load_current(home.snapshots_dir)
+    changes = store.changes_since(int(snapshot.manifest["store_revision"]))
+    return Matcher(snapshot, Delta.build(changes, store.list_banks()))
+
+
+def _ids(matcher: Matcher, code: bytes) -> list[str | None]:
+    return [m.external_id for m in matcher.match([Query(HashValue("pdq", code))]).matches]
+
+
+def test_adds_disables_and_removals_apply_without_a_rebuild(store: Store, home: DataHome) -> None:
+    old, new, near = _code(), _code(), _code()
+    store.create_bank("bank", thresholds={"pdq": 20})
+    store.add_entries("bank", [NewEntry("pdq", old, "old")])
+    publish(store, home.snapshots_dir)
+    assert _ids(_matcher(store, home), old) == ["old"]
+
+    store.add_entries("bank", [NewEntry("pdq", new, "new", {"k": 1})])
+    matcher = _matcher(store, home)
+    assert _ids(matcher, new) == ["new"]
+    (match,) = matcher.match([Query(HashValue("pdq", new))]).matches
+    assert (match.threshold, match.metadata, match.bank) == (20, {"k": 1}, "bank")
+
+    store.set_disabled("bank", EntrySelector(external_ids=["old"]), True, "fp")
+    assert _ids(_matcher(store, home), old) == []  # tombstoned snapshot entry
+    store.set_disabled("bank", EntrySelector(external_ids=["old"]), False)
+    assert _ids(_matcher(store, home), old) == ["old"]  # re-enabled: once, not twice
+    store.remove_entries("bank", EntrySelector(external_ids=["old", "new"]))
+    matcher = _matcher(store, home)
+    assert _ids(matcher, old) == [] and _ids(matcher, new) == []
+
+    # A new bank made after the snapshot: its entries and threshold apply at once too.
+    store.create_bank("later", thresholds={"pdq": 10})
+    bits = np.unpackbits(np.frombuffer(near, dtype=np.uint8))
+    bits[:12] ^= 1
+    store.add_entries("later", [NewEntry("pdq", np.packbits(bits).tobytes(), "12-bits-away")])
+    assert _ids(_matcher(store, home), near) == []  # 12 > the bank's threshold of 10
+
+
+def test_publish_folds_the_delta_into_the_snapshot(store: Store, home: DataHome) -> None:
+    code = _code()
+    store.create_bank("bank")
+    publish(store, home.snapshots_dir)
+    store.add_entries("bank", [NewEntry("pdq", code, "x")])
+    assert len(_matcher(store, home).delta) == 1
+    publish(store, home.snapshots_dir)
+    matcher = _matcher(store, home)
+    assert len(matcher.delta) == 0 and not matcher.delta.tombstones
+    assert _ids(matcher, code) == ["x"]
+
+
+def test_deleted_bank_entries_are_tombstoned(store: Store, home: DataHome) -> None:
+    code = _code()
+    store.create_bank("gone")
+    store.add_entries("gone", [NewEntry("pdq", code, "x")])
+    publish(store, home.snapshots_dir)
+    store.delete_bank("gone")
+    assert _ids(_matcher(store, home), code) == []
+
+
+def test_exact_hashes_in_the_delta(store: Store, home: DataHome) -> None:
+    store.create_bank("bank")
+    publish(store, home.snapshots_dir)
+    digest = bytes(range(16))
+    store.add_entries("bank", [NewEntry("md5", digest, "file")])
+    matches = _matcher(store, home).match([Query(HashValue("md5", digest))]).matches
+    assert [(m.external_id, m.distance) for m in matches] == [("file", 0)]
+    assert not _matcher(store, home).match([Query(HashValue("md5", bytes(16)))]).matches
