@@ -148,6 +148,11 @@ def _read_delimited(
         )
     if algorithm is None and "algorithm" not in header:
         raise HashsvcError(f"{path}:1: no 'algorithm' column; add one or pass --algorithm")
+    # Lists with only the known columns (the common case) skip the per-row dict.
+    simple = set(header) <= {"hash", "algorithm", "external_id"}
+    hash_at = header.index("hash")
+    algorithm_at = header.index("algorithm") if "algorithm" in header else None
+    external_at = header.index("external_id") if "external_id" in header else None
     while True:
         try:
             row = next(reader)
@@ -160,14 +165,45 @@ def _read_delimited(
         if number in lines.bad:
             yield LineProblem(str(path), number, lines.bad.pop(number))
             continue
-        if not any(cell.strip() for cell in row):
-            continue
         if len(row) != len(header):
+            if not any(cell.strip() for cell in row):
+                continue
             yield LineProblem(
                 str(path), number, f"expected {len(header)} columns, found {len(row)}"
             )
             continue
-        yield _make_entry(path, number, dict(zip(header, row, strict=True)), algorithm)
+        if simple:
+            yield _make_simple_entry(path, number, row, hash_at, algorithm_at, external_at,
+                                     algorithm)
+        elif any(cell.strip() for cell in row):
+            yield _make_entry(path, number, dict(zip(header, row, strict=True)), algorithm)
+
+
+def _make_simple_entry(
+    path: Path, line: int, row: list[str], hash_at: int, algorithm_at: int | None,
+    external_at: int | None, default_algorithm: str | None,
+) -> Parsed:
+    """`_make_entry` for rows of known columns only: same checks, no dict, no metadata."""
+    name = row[algorithm_at].strip() if algorithm_at is not None else ""
+    try:
+        kind = get_algorithm(name or default_algorithm or "")
+        value = row[hash_at].strip()
+        if not value:
+            if not any(cell.strip() for cell in row):
+                return ParsedLine(line, _BLANK)
+            raise HashsvcError("missing hash")
+        external_id = row[external_at].strip() or None if external_at is not None else None
+        if external_id is not None and len(external_id) > _MAX_EXTERNAL_ID:
+            raise HashsvcError(f"external id longer than {_MAX_EXTERNAL_ID} characters")
+        return ParsedLine(line, NewEntry(kind.name, kind.parse(value), external_id))
+    except HashsvcError as err:
+        if not name and not default_algorithm:
+            return LineProblem(str(path), line,
+                               "missing algorithm (add an 'algorithm' field or pass --algorithm)")
+        return LineProblem(str(path), line, err.message)
+
+
+_BLANK = NewEntry("", b"")  # a blank row: skipped by the importer
 
 
 def _make_entry(

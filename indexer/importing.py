@@ -7,16 +7,56 @@ exactly as it was.
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from hashsvc.errors import ImportFileError, LineProblem
-from hashsvc.store import NewEntry, Store
+from hashsvc.store import BulkAdder, NewEntry, Store
 from indexer.hashlists import Format, read_hash_list
 
 _BATCH = 50_000
+
+
+class _Inserter:
+    """Inserts batches on a second thread while the caller parses the next one.
+
+    sqlite3 releases the GIL while SQLite works, so parsing and inserting overlap: an import
+    costs about the larger of the two instead of their sum. Still one transaction (the caller's
+    `bulk_add`), at most two batches in memory, and an insert error is re-raised in the caller.
+    """
+
+    def __init__(self, adder: BulkAdder) -> None:
+        self._adder = adder
+        self._queue: queue.Queue[list[NewEntry] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="import-inserter", daemon=True)
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._adder.add(batch)
+                except BaseException as err:  # handed to the caller in put() / __exit__
+                    self._error = err
+
+    def put(self, batch: list[NewEntry]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(batch)
+
+    def __enter__(self) -> _Inserter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and kind is None:
+            raise self._error
 
 
 @dataclass
@@ -41,7 +81,7 @@ def import_file(
     (after reading the whole file, so the error lists every bad line) unless `skip_invalid`."""
     report = ImportReport(path)
     items = read_hash_list(path, fmt, algorithm)
-    with store.bulk_add(bank) as adder, tqdm(
+    with store.bulk_add(bank) as adder, _Inserter(adder) as inserter, tqdm(
         desc=path.name, unit=" lines", disable=not progress, leave=False
     ) as bar:
         batch: list[NewEntry] = []
@@ -52,13 +92,15 @@ def import_file(
                 continue
             if report.rejected and not skip_invalid:
                 continue  # the file will be rolled back; keep reading only to list problems
+            if not item.entry.hash:
+                continue  # a blank row
             batch.append(item.entry)
             if len(batch) >= _BATCH:
-                adder.add(batch)
-                batch.clear()
+                inserter.put(batch)
+                batch = []
         if report.rejected and not skip_invalid:
             raise ImportFileError(str(path), report.rejected)
-        adder.add(batch)
+        inserter.put(batch)
     report.added = adder.result.added
     report.duplicates = adder.result.duplicates
     return report

@@ -56,6 +56,14 @@ class HexCodec:
 
     def parse(self, text: str) -> bytes:
         want = self.bits // 4
+        if len(text) == want:  # the fast path, taken by every valid hash of a million-line list
+            try:
+                value = bytes.fromhex(text)
+            except ValueError:
+                value = b""
+            # fromhex skips whitespace; with both lengths right there can be none.
+            if len(value) * 2 == want:
+                return value
         shown = text if len(text) <= 80 else text[:77] + "..."
         if len(text) != want:
             raise InvalidHashError(
