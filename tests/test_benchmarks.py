@@ -22,3 +22,12 @@ def test_core_benchmark_smoke() -> None:
     assert snapshot["entries"] * 0.7 < snapshot["distinct_hashes"] <= snapshot["entries"]
     assert snapshot["snapshot_bytes"] > snapshot["entries"] * 32
     assert results["pdq-false-positives"]["pairs"] == 60 * 59 // 2
+
+
+def test_import_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / "bench_import.py"), "--smoke"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    report = json.loads(result.stdout)
+    assert report["lines"] == 20_000 and report["hashes_per_second"] > 0
