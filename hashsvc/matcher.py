@@ -21,6 +21,7 @@ import numpy.typing as npt
 from hashsvc.algorithms import HashValue, get_algorithm
 from hashsvc.delta import Delta
 from hashsvc.errors import NotFoundError
+from hashsvc.mih import MultiIndexHash
 from hashsvc.snapshot import BankInfo, HashTable, Snapshot
 
 IDENTITY = "identity"
@@ -153,9 +154,10 @@ class Matcher:
         kind = get_algorithm(table.algorithm)
         codes = np.frombuffer(b"".join(q.hash.value for q in queries), dtype=np.uint8)
         radius = self.search_radius(table.algorithm)
-        # FAISS's binary range search is strict (distance < radius): ask for one more bit.
+        # MultiIndexHash is inclusive (<= radius); FAISS's binary range search is strict (<).
+        strict = not isinstance(table.index, MultiIndexHash)
         limits, distances, labels = table.index.range_search(
-            codes.reshape(len(queries), kind.bits // 8), radius + 1
+            codes.reshape(len(queries), kind.bits // 8), radius + strict
         )
         return [
             (q, labels[limits[i] : limits[i + 1]], distances[limits[i] : limits[i + 1]])

@@ -1,8 +1,9 @@
 """Exact Hamming radius search over 256-bit codes by multi-index hashing, in NumPy.
 
-Why not FAISS's flat index: it compares the query with every code (≈35 ms per query at 10M
-codes); its multi-hash index is exact but keeps per-bucket vectors and is as slow at 10M; the
-approximate indexes lose matches, which a known-bad list may never do.
+Why not FAISS: its flat index compares the query with every code (tens of ms per query at 10M
+codes); its multi-hash index (HMA's choice) is exact with nflip = r // 16 but slower still at 10M
+and takes 2.6 GB; its approximate indexes lose matches, which a known-bad list may never do.
+Measured side by side by loadtests/bench_search.py.
 
 **The pigeonhole argument** (Norouzi, Punjani & Fleet, "Fast exact search in Hamming space with
 multi-index hashing", 2012/2014). Cut the 256 bits into m disjoint substrings. If
@@ -18,24 +19,30 @@ about 2,000 buckets of ~3 codes each, instead of 10M comparisons.
 **Layout** (four flat arrays, nothing per entry in Python, all memory-mappable ``.npy``):
 
 - ``codes``   (N, 32) uint8: row i is the code with id i (viewed as 4 × uint64 for popcount);
-- ``layout``  (m, 2) int64: bit offset and length of each substring, bits numbered in the
-  little-endian uint64 words of the code;
+- ``layout``  (m, 2) int64: bit offset and length L_k of each substring (longest first), bits
+  numbered in the little-endian uint64 words of the code;
 - ``ids``     (m, N) uint32: row k holds every id sorted by substring k (then by id);
-- ``offsets`` uint32, one segment of ``2**L_k + 1`` per table: bucket v of table k holds
-  ``ids[k, offsets[seg_k + v] : offsets[seg_k + v + 1]]``. Direct addressing: a probe is two
-  array reads, no hashing, no search.
+- ``offsets`` uint32, ``sum(2**L_k) + 1``: table k's 2**L_k buckets from ``seg_k``, in
+  positions of the flattened ``ids``: bucket v of table k is
+  ``ids.ravel()[offsets[seg_k + v] : offsets[seg_k + v + 1]]`` (the last bucket of a table ends
+  where the next table begins; the final entry is m·N). Direct addressing: a probe is two array
+  reads, no hashing, no search. Longest tables first makes every ``seg_k`` a multiple of
+  ``2**L_k``, so a probe's position is ``(seg_k + key) ^ flips``: one XOR per probe.
 
 Per entry: 32 bytes of code + 4 bytes per table (48 bytes for m=12), plus the offsets, which
 depend only on the substring length (4 · 2**L bytes per table: 128 MiB at 10M, 8 MiB at 1M).
+uint32 positions limit an index to m·N < 2**32 (about 350M codes).
 10M codes take ≈ 930 MiB in all, within the 1.5 GB budget; FAISS's flat index alone is 320 MB.
 The substring length follows log2(N), as the paper recommends: buckets then hold about one code
 each, so probes and candidates cost about the same.
 
-**Radius policy.** The plan for a radius (which tables, how many flipped bits, which bit masks)
-is computed once and cached. Any radius is exact: larger radii just enumerate more buckets. When
-the estimated cost of enumerating exceeds the cost of scanning every code (small indexes, or
-radius ≳ 60 at 10M codes), the search scans all codes instead; both paths return the same
-results, only the time differs.
+**Radius policy.** The enumeration radius is chosen per search radius, not fixed at design
+time: the plan for a radius (which tables, how many flipped bits, which bit masks) is computed
+once and cached, so a bank threshold of 40 or 64 is as exact as 31, only slower (at 10M codes:
+~2,000 probes at r=31, ~220,000 at r=64). When the estimated cost of probing exceeds that of
+scanning every code (an index of a few thousand codes; r above ~64 at 1M codes or ~72 at 10M;
+or, at search time, buckets crowded by clustered codes), the search scans all codes instead:
+both paths return the same results, only the time differs.
 
 **Batches** (the scanner sends the 8 dihedral variants together): every query's probes go
 through the same few vectorised NumPy calls, so the per-call overhead is paid once per batch;
@@ -48,7 +55,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -57,23 +64,33 @@ CODE_BYTES: Final = 32
 CODE_BITS: Final = CODE_BYTES * 8
 FILES: Final = ("codes", "layout", "ids", "offsets")
 
-# Relative costs per probe, per candidate and per code scanned (measured on a 2-core EPYC with
-# NumPy 2.4); they only decide between two exact paths, so rough values are enough.
-_COST_PROBE: Final = 25.0
-_COST_CANDIDATE: Final = 20.0
-_COST_SCAN: Final = 6.0
-_COST_FIXED: Final = 20_000.0  # the MIH path's ~30 NumPy calls, in the same (≈ns) unit
-_MAX_PROBES: Final = 1 << 20  # probes of one query; beyond, the plan's own arrays get large
-_CHUNK_PROBES: Final = 1 << 20  # probes (or candidates) per chunk of a large batch
-_SCAN_ROWS: Final = 1 << 15  # codes per block of a brute-force scan
+# Costs per bucket probed, per candidate verified and per code scanned (ns, measured on this
+# project's 2-core EPYC with NumPy 2.4: a probe and its candidate cost 50-120 ns together as plans
+# outgrow the caches, a scanned code 6-15 ns). They only choose between two exact paths, so rough
+# values are enough.
+_COST_PROBE: Final = 40.0
+_COST_CANDIDATE: Final = 40.0
+_COST_SCAN: Final = 10.0  # per code and query
+_COST_FIXED: Final = 30_000.0  # the probing path's ~30 NumPy calls
+_MAX_PROBES: Final = 1 << 20  # per query; beyond, the plan's own arrays get large
+_CHUNK_PROBES: Final = 1 << 20  # probes per chunk of a large batch
+_CHUNK_CANDIDATES: Final = 1 << 20  # candidates verified at once (~50 MB of temporaries)
+_SCAN_BYTES: Final = 1 << 18  # buffers of a brute-force scan (see _scan)
+_PYTHON_KEYS: Final = 16  # up to this many queries, substrings are cut with Python ints
 
 UInt8Array = npt.NDArray[np.uint8]
+Method = Literal["auto", "probe", "scan"]
 RangeResult = tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32], npt.NDArray[np.int64]]
 
 
 def default_layout(count: int) -> npt.NDArray[np.int64]:
-    """Substrings of about log2(count) bits (16 to 24), covering the 256 bits contiguously."""
-    target = min(24, max(16, round(math.log2(max(count, 2)))))
+    """Substrings of about log2(count) bits (8 to 24), longest first, covering the 256 bits.
+
+    With L ≈ log2(N) a bucket holds about one code, so probing and verifying cost alike (the
+    paper's choice; measured here: 13 × 19-20 bits beat 16 × 16 at 1M, 12 × 21-22 beat
+    11 × 23-24 at 10M). 24 bits at most keeps the offsets at 64 MiB per table.
+    """
+    target = min(24, max(8, round(math.log2(max(count, 2)))))
     tables = math.ceil(CODE_BITS / target)
     lengths = np.full(tables, CODE_BITS // tables, dtype=np.int64)
     lengths[: CODE_BITS % tables] += 1  # the first few are one bit longer
@@ -85,11 +102,9 @@ def default_layout(count: int) -> npt.NDArray[np.int64]:
 class _Plan:
     """How to search at one radius: the probes of one query, in table order."""
 
-    brute_force: bool
-    table: npt.NDArray[np.intp]  # (P,) which substring each probe reads
-    mask: npt.NDArray[np.uint64]  # (P,) bits to flip in that substring
-    segment: npt.NDArray[np.int64]  # (P,) start of that table's segment in `offsets`
-    id_base: npt.NDArray[np.int64]  # (P,) start of that table's row in the flattened `ids`
+    cheaper: Method  # by the cost model, for codes spread like random ones
+    table: npt.NDArray[np.intp]  # (P,) which substring each probe reads; empty: too many
+    flips: npt.NDArray[np.int64]  # (P,) bits to flip in that substring
 
 
 class MultiIndexHash:
@@ -108,29 +123,39 @@ class MultiIndexHash:
         ids: npt.NDArray[np.uint32] | None = None,
         offsets: npt.NDArray[np.uint32] | None = None,
     ) -> None:
-        """Index `codes` ((N, 32) uint8). `ids` and `offsets` are given only by `load`."""
+        """Index `codes` ((N, 32) uint8). `ids` and `offsets` are given only by `from_arrays`."""
         if codes.ndim != 2 or codes.shape[1] != CODE_BYTES or codes.dtype != np.uint8:
             raise ValueError(f"codes must be (N, {CODE_BYTES}) uint8, got {codes.shape} "
                              f"{codes.dtype}")
-        if len(codes) >= 1 << 32:
-            raise ValueError("at most 2**32 - 1 codes (ids are uint32)")
-        self.codes: UInt8Array = codes if codes.flags.c_contiguous else np.ascontiguousarray(codes)
-        self.layout = default_layout(len(codes)) if layout is None else np.asarray(layout,
-                                                                                  np.int64)
-        starts, lengths = self.layout[:, 0], self.layout[:, 1]
-        if (lengths.min() < 1 or lengths.max() > 32 or starts[0] != 0
-                or np.any(starts[1:] != np.cumsum(lengths)[:-1]) or lengths.sum() != CODE_BITS):
-            raise ValueError(f"layout must cover the {CODE_BITS} bits contiguously in "
-                             "substrings of 1..32 bits")
-        self._segments = np.concatenate(([0], np.cumsum((1 << lengths) + 1)[:-1]))
+        # Plain ndarray views of memory maps: np.memmap's Python-level subclass hooks would
+        # otherwise run on every array an operation returns (microseconds each, dozens a query).
+        self.codes: UInt8Array = np.ascontiguousarray(codes)
+        count = len(codes)
+        building = ids is None or offsets is None
+        layout = default_layout(count) if layout is None else np.array(layout, dtype=np.int64)
+        if building:  # longest first, so that every table's segment is aligned (see above)
+            layout = layout[np.argsort(-layout[:, 1], kind="stable")]
+        self.layout: npt.NDArray[np.int64] = layout
+        _check_layout(layout)
+        lengths = layout[:, 1]
+        if len(layout) * count >= 1 << 32:
+            raise ValueError(f"{count} codes × {len(layout)} tables: positions exceed uint32")
+        self._segments = np.concatenate(([0], np.cumsum(1 << lengths)[:-1])).astype(np.int64)
+        size = int(np.sum(1 << lengths)) + 1
         if ids is None or offsets is None:
-            ids, offsets = self._build()
-        if ids.shape != (len(self.layout), len(codes)) or len(offsets) != int(
-                np.sum((1 << lengths) + 1)):
+            ids, offsets = self._build(size)
+        if (ids.dtype != np.uint32 or offsets.dtype != np.uint32
+                or ids.shape != (len(layout), count) or offsets.shape != (size,)
+                or np.any(np.take(offsets, self._segments) != np.arange(len(layout)) * count)
+                or int(offsets[-1]) != len(layout) * count):
             raise ValueError("ids or offsets do not match the codes and layout")
-        self.ids = ids
-        self.offsets = offsets
-        self._flat_ids = ids.reshape(-1)
+        self.ids: npt.NDArray[np.uint32] = np.asarray(ids)
+        self.offsets: npt.NDArray[np.uint32] = np.asarray(offsets)
+        self._flat_ids = self.ids.reshape(-1)
+        # (start bit, mask, segment) per table, as Python ints, to cut a few queries' keys.
+        self._cuts = [(int(start), (1 << int(length)) - 1, int(segment))
+                      for (start, length), segment in zip(layout.tolist(), self._segments,
+                                                          strict=True)]
         self._plans: dict[int, _Plan] = {}
 
     def __len__(self) -> int:
@@ -149,26 +174,25 @@ class MultiIndexHash:
     def _words(self) -> npt.NDArray[np.uint64]:
         return self.codes.view(np.uint64)  # (N, 4): XOR and popcount a word at a time
 
-    def _substrings(self, words: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-        return _substrings(words.view("<u8"), self.layout)
-
     # ---- building -------------------------------------------------------------------------
 
-    def _build(self) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+    def _build(self, size: int) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
         count = len(self.codes)
         ids = np.empty((self.tables, count), dtype=np.uint32)
-        offsets = np.empty(int(self._segments[-1] + (1 << int(self.layout[-1, 1])) + 1),
-                           dtype=np.uint32)
+        offsets = np.empty(size, dtype=np.uint32)
         row = np.arange(count, dtype=np.uint64)
         for k, (start, length) in enumerate(self.layout.tolist()):
-            keys = _substring(self.codes, start, length)
+            keys = _substrings(self.codes.view("<u8"),
+                               np.array([[start, length]], dtype=np.int64))[:, 0]
             # One sort of (key, id) packed into a uint64 orders ids by bucket, then by id; it is
             # several times faster than a stable argsort of the keys.
             packed = np.sort((keys << np.uint64(32)) | row)
             ids[k] = packed.astype(np.uint32)  # the low 32 bits: the id
-            segment = offsets[self._segments[k] : self._segments[k] + (1 << length) + 1]
-            segment[0] = 0
-            np.cumsum(np.bincount(keys, minlength=1 << length), out=segment[1:])
+            counts = np.bincount(keys, minlength=1 << length)
+            segment = offsets[self._segments[k] : self._segments[k] + (1 << length)]
+            segment[0] = k * count
+            segment[1:] = np.cumsum(counts[:-1]) + k * count
+        offsets[-1] = self.tables * count
         return ids, offsets
 
     # ---- persistence ----------------------------------------------------------------------
@@ -207,69 +231,134 @@ class MultiIndexHash:
 
     # ---- searching ------------------------------------------------------------------------
 
-    def range_search(self, queries: UInt8Array, radius: int) -> RangeResult:
+    def range_search(self, queries: UInt8Array, radius: int, *,
+                     method: Method = "auto") -> RangeResult:
         """Every code within `radius` (inclusive) of each query: `(limits, distances, labels)`.
 
         CSR layout, as FAISS returns it: query i's hits are `labels[limits[i]:limits[i+1]]`
-        (ids, int64, ascending) with their distances (int32).
+        (ids, int64, ascending) with their distances (int32). `method` forces one of the two
+        exact paths ("probe": multi-index probing, "scan": brute force), for tests and
+        benchmarks; "auto" takes the one estimated to be cheaper, per batch.
         """
         queries = np.ascontiguousarray(queries, dtype=np.uint8)
         if queries.ndim != 2 or queries.shape[1] != CODE_BYTES:
             raise ValueError(f"queries must be (Q, {CODE_BYTES}) uint8, got {queries.shape}")
+        radius = min(int(radius), CODE_BITS)
         count = len(queries)
         if count == 0 or len(self) == 0 or radius < 0:
             return _empty(count)
+        if method == "scan":
+            return self._scan(queries, radius)
         plan = self._plan(radius)
-        words = queries.view(np.uint64)
-        if plan.brute_force:
-            return self._scan(words, radius)
+        if method == "auto" and plan.cheaper == "scan":
+            return self._scan(queries, radius)
+        if len(plan.table) == 0:
+            raise ValueError(f"radius {radius} needs more than {_MAX_PROBES} probes per query "
+                             f"with {self.tables} tables: use method='scan'")
         per_chunk = max(1, _CHUNK_PROBES // len(plan.table))
-        parts = [self._probe(plan, words[i : i + per_chunk], radius)
+        parts = [self._probe(plan, queries[i : i + per_chunk], radius, method == "auto")
                  for i in range(0, count, per_chunk)]
-        if len(parts) == 1:
-            return parts[0]
-        return _concatenate(parts)
+        return parts[0] if len(parts) == 1 else _concatenate(parts)
 
-    def _probe(self, plan: _Plan, words: npt.NDArray[np.uint64], radius: int) -> RangeResult:
-        # np.take rather than fancy indexing throughout: several times faster on 1-D gathers.
-        count, probes = len(words), len(plan.table)
-        subs = self._substrings(words)  # (Q, m)
-        # Bucket of every probe of every query, query-major: (Q, P) -> (Q*P,).
-        position = ((subs[:, plan.table] ^ plan.mask).view(np.int64) + plan.segment).ravel()
-        starts = np.take(self.offsets, position).astype(np.int64)
-        lengths = np.take(self.offsets, position + 1).astype(np.int64) - starts
+    def method(self, radius: int) -> Method:
+        """The path "auto" takes at `radius` for codes spread like random ones ("probe" or
+        "scan"); crowded buckets can still turn a batch to a scan at search time."""
+        return self._plan(min(int(radius), CODE_BITS)).cheaper
+
+    def _keys(self, queries: UInt8Array) -> npt.NDArray[np.int64]:
+        """(Q, m): the position in `offsets` of each query's own bucket in each table."""
+        if len(queries) <= _PYTHON_KEYS:  # a dozen int operations beat a dozen NumPy calls
+            raw = queries.tobytes()
+            values = [int.from_bytes(raw[i : i + CODE_BYTES], "little")
+                      for i in range(0, len(raw), CODE_BYTES)]
+            return np.array([[((v >> start) & mask) + segment for start, mask, segment in
+                              self._cuts] for v in values], dtype=np.int64)
+        subs = _substrings(queries.view("<u8"), self.layout).astype(np.int64)
+        return subs + self._segments
+
+    def _probe(self, plan: _Plan, queries: UInt8Array, radius: int,
+               may_scan: bool) -> RangeResult:
+        """Probe every bucket of the plan, verify the candidates, merge. np.take rather than
+        fancy indexing throughout: several times faster for 1-D gathers."""
+        count, probes = len(queries), len(plan.table)
+        keys = self._keys(queries)
+        if count == 1:
+            position = np.take(keys[0], plan.table) ^ plan.flips
+        else:  # query-major: (Q, P) -> (Q*P,)
+            position = (keys[:, plan.table] ^ plan.flips).ravel()
+        starts = np.take(self.offsets, position)
+        lengths = np.take(self.offsets, position + 1) - starts
         hit = np.flatnonzero(lengths)  # most buckets are empty when L ≈ log2(N)
-        lengths = lengths[hit]
-        owner_of_hit = hit // probes
-        starts = starts[hit] + np.take(plan.id_base, hit - owner_of_hit * probes)
-        total = int(lengths.sum())
-        # Concatenate the buckets' id runs without a loop: position j of run b is starts[b] + j.
-        ends = np.cumsum(lengths)
-        index = np.arange(total, dtype=np.int64) + np.repeat(starts - ends + lengths, lengths)
-        candidates = np.take(self._flat_ids, index).astype(np.int64)
-        owner = np.repeat(owner_of_hit, lengths)  # which query each candidate belongs to
-        xor = np.take(self._words, candidates, axis=0)
-        xor ^= np.take(words, owner, axis=0)
-        distances = _popcount(xor)
-        keep = np.flatnonzero(distances <= radius)
-        # A code close to the query sits in several tables' buckets: report it once.
-        key = np.take(owner, keep) * len(self) + np.take(candidates, keep)
-        key, first = np.unique(key, return_index=True)
+        if len(hit) == 0:
+            return _empty(count)
+        lengths = np.take(lengths, hit)
+        starts = np.take(starts, hit)
+        owner_of_hit = hit // probes if count > 1 else None
+        ends = np.cumsum(lengths, dtype=np.int64)
+        total = int(ends[-1])
+        if may_scan and total * _COST_CANDIDATE > _COST_SCAN * len(self) * count:
+            return self._scan(queries, radius)  # crowded buckets (clustered codes): scan
+        words = queries.view(np.uint64)
+        begins = ends - lengths
+        found: list[tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]] = []
+        # Candidates are the concatenation of the buckets' id runs; verify them in pieces of at
+        # most _CHUNK_CANDIDATES so that crowded buckets cannot blow up the temporary arrays.
+        for low in range(0, total, _CHUNK_CANDIDATES):
+            high = min(total, low + _CHUNK_CANDIDATES)
+            if low == 0 and high == total:  # the usual case: one piece
+                run_starts, run_lengths, run_owner = starts - begins, lengths, owner_of_hit
+            else:
+                first = int(np.searchsorted(ends, low, side="right"))
+                last = int(np.searchsorted(ends, high - 1, side="right")) + 1
+                run_low = np.maximum(begins[first:last], low)
+                run_lengths = np.minimum(ends[first:last], high) - run_low
+                # Candidate j of the piece, in run b, is at starts[b] + (low + j - begins[b]).
+                run_starts = starts[first:last] - begins[first:last] + low
+                run_owner = None if owner_of_hit is None else owner_of_hit[first:last]
+            index = np.arange(high - low, dtype=np.int64) + np.repeat(run_starts, run_lengths)
+            candidates = np.take(self._flat_ids, index)
+            owner = (np.zeros(len(candidates), dtype=np.intp) if run_owner is None
+                     else np.repeat(run_owner, run_lengths))
+            xor = np.take(self._words, candidates, axis=0)
+            xor ^= np.take(words, owner, axis=0)
+            keep, distances = _within(xor, radius)
+            if len(keep):
+                found.append((np.take(owner, keep), np.take(candidates, keep), distances))
+        if not found:
+            return _empty(count)
+        owner, candidates, distances = (np.concatenate(column) for column in zip(*found,
+                                                                                  strict=True))
+        # A code close to the query sits in several tables' buckets: report it once, in
+        # (query, id) order.
+        key: npt.NDArray[np.int64]
+        key, first_seen = np.unique(owner.astype(np.int64) * len(self) + candidates,
+                                    return_index=True)
         owners = key // len(self)
         limits = np.zeros(count + 1, dtype=np.uint64)
         np.cumsum(np.bincount(owners, minlength=count), out=limits[1:])
-        return limits, np.take(distances, np.take(keep, first)), key - owners * len(self)
+        kept: npt.NDArray[np.int32] = distances[first_seen].astype(np.int32)
+        return limits, kept, key - owners * len(self)
 
-    def _scan(self, words: npt.NDArray[np.uint64], radius: int) -> RangeResult:
-        """Brute force, block by block (the fallback for small indexes and large radii)."""
-        rows = min(len(self), max(1024, _SCAN_ROWS // len(words)))
-        # Each query repeated over a block, so that the XOR runs over long contiguous rows
-        # (broadcasting a 4-word row is several times slower).
+    def _scan(self, queries: UInt8Array, radius: int) -> RangeResult:
+        """Brute force, block by block (the fallback for small indexes and large radii).
+
+        Each query is repeated over a block so that the XOR runs over long contiguous rows
+        (broadcasting a 4-word row is several times slower), into buffers reused across blocks.
+        Blocks stay small (~256 KiB of buffers): larger ones make glibc map and unmap fresh
+        pages on every call, and the page faults then cost more than the scan.
+        """
+        words = queries.view(np.uint64)
+        rows = max(256, min(len(self), _SCAN_BYTES // (len(words) * 68)))
         tiled = np.repeat(words[:, None, :], rows, axis=1)  # (Q, rows, 4)
+        xor = np.empty_like(tiled)
+        counts = np.empty(tiled.shape, dtype=np.uint8)
         owners, labels, distances = [], [], []
         for start in range(0, len(self), rows):
             block = self._words[start : start + rows]
-            dist = _popcount(tiled[:, : len(block)] ^ block[None])  # (Q, rows)
+            size = len(block)
+            np.bitwise_xor(tiled[:, :size], block[None], out=xor[:, :size])
+            np.bitwise_count(xor[:, :size], out=counts[:, :size])
+            dist = _fold(counts[:, :size])  # (Q, size)
             owner, label = np.nonzero(dist <= radius)
             owners.append(owner)
             labels.append(label + start)
@@ -278,12 +367,18 @@ class MultiIndexHash:
         order = np.argsort(owner, kind="stable")  # by query, then (blocks in order) by id
         limits = np.zeros(len(words) + 1, dtype=np.uint64)
         np.cumsum(np.bincount(owner, minlength=len(words)), out=limits[1:])
-        return (limits, np.concatenate(distances)[order].astype(np.int32),
-                np.concatenate(labels)[order].astype(np.int64))
+        all_distances: npt.NDArray[np.uint16] = np.concatenate(distances)
+        all_labels: npt.NDArray[np.int64] = np.concatenate(labels)
+        return (limits, np.take(all_distances, order).astype(np.int32),
+                np.take(all_labels, order).astype(np.int64))
 
     def _plan(self, radius: int) -> _Plan:
+        # A race between threads only computes the same plan twice; a service uses a radius or
+        # two (its largest threshold), so the cache is bounded just in case.
         plan = self._plans.get(radius)
         if plan is None:
+            if len(self._plans) >= 8:
+                self._plans.clear()
             plan = self._plans[radius] = self._make_plan(radius)
         return plan
 
@@ -309,44 +404,49 @@ class MultiIndexHash:
         probes = sum(sum(math.comb(lengths[k], j) for j in range(radii[k] + 1))
                      for k in range(tables))
         mih_cost = _COST_FIXED + sum(cost(lengths[k], radii[k]) for k in range(tables))
-        if probes > _MAX_PROBES or mih_cost >= _COST_SCAN * count:
-            none = np.empty(0, dtype=np.int64)
-            return _Plan(True, none.astype(np.intp), none.astype(np.uint64), none, none)
-        table, mask = [], []
-        for k in range(tables):
-            flips = _flip_masks(lengths[k], radii[k])
-            table.append(np.full(len(flips), k, dtype=np.intp))
-            mask.append(flips)
-        table_of = np.concatenate(table)
-        return _Plan(False, table_of, np.concatenate(mask),
-                     self._segments[table_of].astype(np.int64),
-                     table_of.astype(np.int64) * count)
+        cheaper: Method = "probe" if mih_cost < _COST_SCAN * count else "scan"
+        if probes > _MAX_PROBES:
+            return _Plan("scan", np.empty(0, dtype=np.intp), np.empty(0, dtype=np.int64))
+        flips = [_flip_masks(lengths[k], radii[k]) for k in range(tables)]
+        table = np.repeat(np.arange(tables, dtype=np.intp), [len(f) for f in flips])
+        return _Plan(cheaper, table, np.concatenate(flips))
 
 
-def _flip_masks(length: int, bits: int) -> npt.NDArray[np.uint64]:
-    """Every `length`-bit mask with at most `bits` bits set, by weight (0 first)."""
-    masks = [np.zeros(1, dtype=np.uint64)]
+def _check_layout(layout: npt.NDArray[np.int64]) -> None:
+    """Substrings of 1..32 bits, longest first, that tile the 256 bits."""
+    if layout.ndim != 2 or layout.shape[1] != 2 or len(layout) == 0:
+        raise ValueError("layout must be (m, 2): start bit and length of each substring")
+    by_start = layout[np.argsort(layout[:, 0])]
+    starts, lengths = by_start[:, 0], by_start[:, 1]
+    if (lengths.min() < 1 or lengths.max() > 32 or starts[0] != 0
+            or np.any(starts[1:] != np.cumsum(lengths)[:-1]) or lengths.sum() != CODE_BITS
+            or np.any(np.diff(layout[:, 1]) > 0)):
+        raise ValueError(f"layout must cover the {CODE_BITS} bits contiguously in substrings "
+                         "of 1..32 bits, longest first")
+
+
+def _flip_masks(length: int, bits: int) -> npt.NDArray[np.int64]:
+    """Every `length`-bit mask with at most `bits` bits set, by weight (0 first); none if
+    `bits` < 0 (a table that the pigeonhole bound does not need)."""
+    if bits < 0:
+        return np.empty(0, dtype=np.int64)
+    masks = [np.zeros(1, dtype=np.int64)]
     top = np.full(1, -1, dtype=np.int64)  # highest set bit of each mask of the last weight
     for _ in range(bits):
         grown, grown_top = [], []
         for bit in range(length):
             base = masks[-1][top < bit]
-            grown.append(base | np.uint64(1 << bit))
+            grown.append(base | (1 << bit))
             grown_top.append(np.full(len(base), bit, dtype=np.int64))
         masks.append(np.concatenate(grown))
         top = np.concatenate(grown_top)
     return np.concatenate(masks)
 
 
-def _substring(codes: UInt8Array, start: int, length: int) -> npt.NDArray[np.uint64]:
-    """Bits start..start+length-1 of each code, numbering bits in little-endian uint64 words
-    (fixed little-endian so that files mean the same on any machine)."""
-    return _substrings(codes.view("<u8"), np.array([[start, length]], dtype=np.int64))[:, 0]
-
-
 def _substrings(words: npt.NDArray[np.uint64], layout: npt.NDArray[np.int64]
                 ) -> npt.NDArray[np.uint64]:
-    """(Q, 4) words -> (Q, m) substrings, per `layout`, with a handful of vectorised calls."""
+    """(Q, 4) little-endian words -> (Q, m) substrings, per `layout` (bit p of the code is bit
+    p % 64 of word p // 64: fixed little-endian so that files mean the same on any machine)."""
     start, length = layout[:, 0], layout[:, 1]
     word, shift = np.divmod(start, 64)
     spans = shift + length > 64  # the substring continues in the next word
@@ -355,19 +455,41 @@ def _substrings(words: npt.NDArray[np.uint64], layout: npt.NDArray[np.int64]
     high_mask = np.where(spans, ~np.uint64(0), np.uint64(0))
     value = words[:, word] >> shift.astype(np.uint64)
     value |= (words[:, high_word] << high_shift) & high_mask
-    value &= ((np.uint64(1) << length.astype(np.uint64)) - np.uint64(1))
+    value &= (np.uint64(1) << length.astype(np.uint64)) - np.uint64(1)
     return value
 
 
-def _popcount(xor: npt.NDArray[np.uint64]) -> npt.NDArray[np.int32]:
-    """Hamming weight of each row of 4 words (any leading shape).
+def _within(xor: npt.NDArray[np.uint64], radius: int
+            ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint16]]:
+    """Rows of `xor` ((K, 4) words) with at most `radius` bits set, and their bit counts.
 
-    The 4 per-word counts (each <= 64) are one uint32 per row; adding its bytes with two
-    masked shifts is several times faster than NumPy's reduction over a length-4 axis.
+    Most candidates are far, so the filter is the cheapest test that cannot miss: the 4
+    per-word counts read as one uint32 and multiplied by 0x01010101 carry their sum (mod 256)
+    in the top byte, so `product <= radius << 24 | 0xFFFFFF` keeps every row within `radius`.
+    Only a sum of exactly 256 (every bit differs) wraps to 0 and slips through: the few kept
+    rows are recounted exactly.
     """
-    packed = np.bitwise_count(xor).view(np.uint32)[..., 0].astype(np.int32)
-    pairs = (packed & 0x00FF00FF) + ((packed >> 8) & 0x00FF00FF)  # two sums <= 128
-    total: npt.NDArray[np.int32] = (pairs & 0xFFFF) + (pairs >> 16)
+    counts = np.bitwise_count(xor)
+    if radius >= 255:
+        distances = _fold(counts)
+        keep = np.flatnonzero(distances <= radius)
+        return keep, distances[keep]
+    packed = counts.view(np.uint32)[:, 0] * np.uint32(0x01010101)
+    keep = np.flatnonzero(packed <= np.uint32((radius << 24) | 0xFFFFFF))
+    distances = _fold(counts[keep])
+    close = distances <= radius
+    return keep[close], distances[close]
+
+
+def _fold(counts: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint16]:
+    """Sum each row's 4 per-word counts (each <= 64).
+
+    Read as two uint16, they hold byte pairs whose sums (<= 128) cannot carry: two adds and a
+    fold beat NumPy's reduction over a length-4 axis several times.
+    """
+    pairs = counts.view(np.uint16)  # (..., 2)
+    sums = pairs[..., 0] + pairs[..., 1]
+    total: npt.NDArray[np.uint16] = (sums & 0xFF) + (sums >> 8)
     return total
 
 

@@ -7,7 +7,10 @@ Layout of `snapshots/<version>/`:
     entries.ids.npy               entry id of each entry row (int64)
     entries.banks.npy             bank index of each entry row (int32)
     entries.external_ids.{bin,offsets.npy}, entries.metadata.{bin,offsets.npy}
-    <algorithm>.faiss             perceptual kinds: a FAISS binary index of the distinct hashes
+    pdq.mih.{codes,layout,ids,offsets}.npy
+                                  PDQ: a multi-index-hashing table of the distinct hashes
+                                  (exact radius search; see mih.py)
+    <algorithm>.faiss             pHash/dHash: a FAISS binary index of the distinct hashes
     <algorithm>.codes.npy         exact kinds: the distinct hashes, sorted, for binary search
     <algorithm>.postings.{offsets,rows}.npy
                                   distinct hash i -> entry rows rows[offsets[i]:offsets[i+1]]
@@ -41,9 +44,13 @@ import numpy.typing as npt
 from hashsvc import __version__
 from hashsvc.algorithms import ALGORITHMS, get_algorithm
 from hashsvc.errors import NoSnapshotError, SnapshotError
+from hashsvc.mih import CODE_BITS as MIH_BITS
+from hashsvc.mih import FILES as MIH_FILES
+from hashsvc.mih import MultiIndexHash
 from hashsvc.store import Store
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: PDQ indexed by multi-index hashing; format 1 (FAISS) still loads
+READABLE_FORMATS = (1, 2)
 CURRENT = "current"
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
@@ -97,7 +104,7 @@ class HashTable:
     algorithm: str
     offsets: npt.NDArray[np.int64]
     rows: npt.NDArray[np.int64]
-    index: Any = None  # faiss.IndexBinary for perceptual kinds
+    index: Any = None  # perceptual kinds: MultiIndexHash (PDQ) or a faiss.IndexBinary
     codes: npt.NDArray[Any] | None = None  # sorted S<n> array for exact kinds
 
     def __len__(self) -> int:
@@ -241,7 +248,11 @@ def _write_table(
     writer.array(f"{algorithm}.postings.rows.npy", rows[order])
     if kind.exact:
         writer.array(f"{algorithm}.codes.npy", distinct)
-    else:
+    elif kind.bits == MIH_BITS:  # PDQ: exact multi-index hashing, sub-millisecond at 10M
+        mih = MultiIndexHash(np.frombuffer(distinct.tobytes(), dtype=np.uint8).reshape(-1, width))
+        for name, array in mih.arrays().items():
+            writer.array(f"{algorithm}.mih.{name}.npy", array)
+    else:  # 64-bit pHash/dHash: FAISS brute force is fast enough for their list sizes
         index = faiss.IndexBinaryFlat(kind.bits)
         index.add(np.frombuffer(distinct.tobytes(), dtype=np.uint8).reshape(-1, width))
         writer.faiss(f"{algorithm}.faiss", index)
@@ -365,7 +376,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise SnapshotError(f"snapshot {directory}: {MANIFEST} is missing") from None
     except json.JSONDecodeError as err:
         raise SnapshotError(f"snapshot {directory}: {MANIFEST} is not valid JSON: {err}") from None
-    if manifest.get("format") != FORMAT_VERSION:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise SnapshotError(
             f"snapshot {directory}: format {manifest.get('format')!r} is not supported "
             f"(this hashsvc reads format {FORMAT_VERSION})"
@@ -421,7 +432,10 @@ def _load_verified(
             offsets=array(f"{algorithm}.postings.offsets.npy"),
             rows=array(f"{algorithm}.postings.rows.npy"),
         )
-        if f"{algorithm}.faiss" in files:
+        if f"{algorithm}.mih.codes.npy" in files:
+            table.index = MultiIndexHash.from_arrays(
+                {name: array(f"{algorithm}.mih.{name}.npy") for name in MIH_FILES})
+        elif f"{algorithm}.faiss" in files:
             # Memory-mapped, zero copy: worker processes share one copy in the page cache.
             table.index = faiss.read_index_binary(str(directory / f"{algorithm}.faiss"),
                                                   faiss.IO_FLAG_MMAP_IFC)

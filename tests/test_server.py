@@ -350,7 +350,7 @@ def test_corrupt_snapshot_is_refused_and_the_old_one_keeps_serving(tmp_path: Pat
         snapshots = home / "snapshots"
         corrupt = snapshots / "29991231T000000.000000Z-r999"
         shutil.copytree(snapshots / before.version, corrupt)
-        (corrupt / "pdq.faiss").write_bytes(b"garbage")
+        (corrupt / "pdq.mih.ids.npy").write_bytes(b"garbage")
         (snapshots / "current").write_text(corrupt.name + "\n")
         deadline = time.monotonic() + 10
         while client.index_status().failed_loads == 0:

@@ -42,7 +42,7 @@ def test_publish_writes_a_complete_manifest_and_loads(store: Store, home: DataHo
     assert snapshot.version == result.version and snapshot.entry_count == 6
     assert [b.name for b in snapshot.banks] == ["a", "b"]
     assert len(snapshot.tables["pdq"]) == 4  # bytes([1])*32 is in both banks: one code
-    assert snapshot.tables["pdq"].index.ntotal == 4
+    assert len(snapshot.tables["pdq"].index.arrays()["codes"]) == 4
     assert snapshot.external_ids.get(0) == "a0" and snapshot.entry_metadata(0) == {"n": 0}
 
 
@@ -68,11 +68,11 @@ def test_old_versions_are_pruned_but_current_is_kept(store: Store, home: DataHom
 def test_corrupt_file_is_refused_with_a_clear_error(store: Store, home: DataHome) -> None:
     _fill(store)
     result = publish(store, home.snapshots_dir)
-    index = result.path / "pdq.faiss"
+    index = result.path / "pdq.mih.ids.npy"
     data = bytearray(index.read_bytes())
     data[-1] ^= 0xFF
     index.write_bytes(bytes(data))
-    with pytest.raises(SnapshotError, match=r"checksum mismatch for pdq.faiss.*refusing"):
+    with pytest.raises(SnapshotError, match=r"checksum mismatch for pdq.mih.ids.npy.*refusing"):
         load(result.path)
 
 
