@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hashsvc import fastpdq
 from hashsvc.algorithms import (
     ALGORITHMS,
     DIHEDRAL_TRANSFORMS,
@@ -72,9 +73,14 @@ class ScanResult:
 
 class Scanner:
     def __init__(
-        self, snapshot: Snapshot | None = None, limits: DecodeLimits = DEFAULT_LIMITS
+        self, snapshot: Snapshot | None = None, limits: DecodeLimits = DEFAULT_LIMITS,
+        *, fast_pdq: bool = False,
     ) -> None:
+        """`fast_pdq` hashes PDQ the scan way (hashsvc.fastpdq: small decode, 9-40x faster,
+        within 10 bits of the reference); off by default until the detection-quality
+        evaluation shows it loses no recall."""
         self.limits = limits
+        self.fast_pdq = fast_pdq
         self._matcher: Matcher | None = Matcher(snapshot) if snapshot is not None else None
 
     def swap(self, snapshot: Snapshot, delta: Delta | None = None) -> None:
@@ -108,7 +114,8 @@ class Scanner:
         """Compute `algorithms` over an upload; with `dihedral`, PDQ yields 8 queries."""
         timings = Timings()
         kinds = [get_algorithm(name) for name in algorithms]
-        if any(not kind.exact for kind in kinds):
+        fast = self.fast_pdq and upload.apply_orientation
+        if any(not kind.exact and not (fast and kind.name == PDQ.name) for kind in kinds):
             started = time.perf_counter()
             _ = upload.decoded  # decode once, timed on its own
             timings.decode_seconds = time.perf_counter() - started
@@ -116,7 +123,14 @@ class Scanner:
         hashes: list[HashValue] = []
         queries: list[Query] = []
         for kind in kinds:
-            if kind.name == PDQ.name and dihedral:
+            if kind.name == PDQ.name and fast:
+                variants = (fastpdq.pdq_fast_dihedral(upload.data, upload.limits,
+                                                      name=upload.name) if dihedral else
+                            [fastpdq.pdq_fast(upload.data, upload.limits, name=upload.name)])
+                hashes.append(variants[0])
+                queries.extend(Query(v, t) for v, t in zip(variants, DIHEDRAL_TRANSFORMS,
+                                                           strict=False))
+            elif kind.name == PDQ.name and dihedral:
                 variants = PDQ.compute_dihedral(upload)
                 hashes.append(variants[0])
                 queries.extend(Query(v, t) for v, t in zip(variants, DIHEDRAL_TRANSFORMS,

@@ -442,3 +442,18 @@ def test_stream_answers_each_item_without_waiting_for_a_full_window(scanner: Cli
         assert next(responses).id == path.name  # stalled until the deadline before the fix
     outbox.put(None)
     assert list(responses) == []
+
+
+def test_fast_pdq_scans_match_like_the_reference_path(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _seed_bridge_bank(home)
+    with ServerProcess(home, "--scan-fast-pdq") as server, \
+            Client(server.target, api_key=server.keys["scanner"]) as client:
+        for path in sorted((IMAGES / "bridge-mods").iterdir()):
+            (match,) = client.scan_image(path.read_bytes()).matches
+            assert match.external_id == "bridge-orig", path.name
+        rotated = _jpeg(Image.open(BRIDGE_ORIGINAL).rotate(90, expand=True))
+        assert client.scan_image(rotated).matches[0].query_transform == \
+            types_pb2.TRANSFORM_ROTATE_270
+        with pytest.raises(InvalidArgument, match="truncated JPEG"):
+            client.scan_image(BRIDGE_ORIGINAL.read_bytes()[:5000])

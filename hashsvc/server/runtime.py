@@ -37,7 +37,7 @@ class Runtime:
         self.config = config
         self.snapshots_dir = config.data_home.snapshots_dir
         self.store = Store(config.data_home.store_path)
-        self.scanner = Scanner(limits=config.limits)
+        self.scanner = Scanner(limits=config.limits, fast_pdq=config.scan_fast_pdq)
         self.audit = AuditLog(config.resolved_audit_log, all_scans=config.audit_all_scans)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.failed_loads = 0
