@@ -33,29 +33,20 @@ Reference-exact hashing (`indexer hash`, exports, golden vectors) stays in `hash
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, JpegImagePlugin
 
 from hashsvc.algorithms.base import HashValue
 from hashsvc.algorithms.pdq import Pdq
 from hashsvc.errors import (
     CorruptImageError,
-    ImageTooLargeError,
     TruncatedImageError,
-    UnsupportedFormatError,
 )
-from hashsvc.imaging import (
-    DEFAULT_LIMITS,
-    SUPPORTED_FORMATS,
-    DecodeLimits,
-    _check_dimensions,
-    to_rgb,
-)
+from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, open_checked, to_rgb
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
@@ -159,7 +150,7 @@ def decode_reduced(
     reduction: Reduction = SCAN,
 ) -> Reduced:
     """Decode `data` small, or raise what `hashsvc.imaging.decode` raises, with its message."""
-    image, fmt = _open(data, limits, name)
+    image, fmt = open_checked(data, limits, name)
     width, height = image.size
     dct_scale = 1  # libjpeg decoded ⌈side / dct_scale⌉ pixels per side
     try:
@@ -230,31 +221,6 @@ def _apply(operator: Band, values: Float32Array) -> Float32Array:
     return out
 
 
-def _open(data: bytes, limits: DecodeLimits, name: str) -> tuple[Image.Image, str]:
-    """`hashsvc.imaging.decode`'s checks up to the header, with its messages, without loading.
-
-    Proposed as `imaging.open_checked` so that neither module repeats the other (see the report).
-    """
-    if len(data) > limits.max_bytes:
-        raise ImageTooLargeError(
-            f"{name}: {len(data):,} bytes exceeds the limit of {limits.max_bytes:,} bytes"
-        )
-    if not data:
-        raise CorruptImageError(f"{name}: empty file")
-    try:
-        image: Image.Image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
-    except UnidentifiedImageError:
-        raise UnsupportedFormatError(
-            f"{name}: not a supported image format "
-            f"(supported: {', '.join(f.lower() for f in SUPPORTED_FORMATS)})"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise CorruptImageError(f"{name}: cannot read image header: {err}") from None
-    fmt = image.format or "unknown"
-    _check_dimensions(name, image.width, image.height, limits)
-    return image, fmt
-
-
 @lru_cache(maxsize=256)
 def _axis_operator(full: int, reduced: int, scale: float) -> Band:
     """PDQ's blur-and-decimate along an axis of `full` pixels, as 64 bands of weights over the
@@ -294,7 +260,10 @@ def _axis_operator(full: int, reduced: int, scale: float) -> Band:
     band_start = np.minimum(reduced_index[:, 0], reduced - width)
     slot = np.arange(64)[:, None] * width + reduced_index - band_start[:, None]
     band = np.bincount(slot.ravel(), pixel_weight.ravel(), 64 * width).reshape(64, width)
-    return band_start, band.astype(np.float32)
+    weights = band.astype(np.float32)
+    band_start.setflags(write=False)  # cached and shared between threads: read-only
+    weights.setflags(write=False)
+    return band_start, weights
 
 
 def _quality(block: FloatArray) -> int:

@@ -103,6 +103,25 @@ def decode(
     `apply_orientation=False` hashes the stored pixels, as Meta's reference tools do; scans apply
     EXIF orientation so a photo is hashed the way people see it.
     """
+    image, fmt = open_checked(data, limits, name)
+    try:
+        image.load()
+        if apply_orientation:
+            image = ImageOps.exif_transpose(image)
+        rgb = to_rgb(image)
+    except OSError as err:
+        if "truncated" in str(err) or "broken data stream" in str(err):
+            raise TruncatedImageError(f"{name}: truncated {fmt} file: {err}") from None
+        raise CorruptImageError(f"{name}: corrupt {fmt} data: {err}") from None
+    except (SyntaxError, ValueError, EOFError) as err:
+        raise CorruptImageError(f"{name}: corrupt {fmt} data: {err}") from None
+    return DecodedImage(image=rgb, format=fmt, width=rgb.width, height=rgb.height,
+                        source_bytes=len(data))
+
+
+def open_checked(data: bytes, limits: DecodeLimits, name: str) -> tuple[Image.Image, str]:
+    """Open `data` lazily (header only) and enforce every limit that the header can tell:
+    bytes, format, pixels (decompression bombs) and sides. Every decoding path starts here."""
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(
             f"{name}: {len(data):,} bytes exceeds the limit of {limits.max_bytes:,} bytes"
@@ -118,23 +137,8 @@ def decode(
         ) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise CorruptImageError(f"{name}: cannot read image header: {err}") from None
-
-    fmt = image.format or "unknown"
-    width, height = image.size
-    _check_dimensions(name, width, height, limits)
-    try:
-        image.load()
-        if apply_orientation:
-            image = ImageOps.exif_transpose(image)
-        rgb = to_rgb(image)
-    except OSError as err:
-        if "truncated" in str(err) or "broken data stream" in str(err):
-            raise TruncatedImageError(f"{name}: truncated {fmt} file: {err}") from None
-        raise CorruptImageError(f"{name}: corrupt {fmt} data: {err}") from None
-    except (SyntaxError, ValueError, EOFError) as err:
-        raise CorruptImageError(f"{name}: corrupt {fmt} data: {err}") from None
-    return DecodedImage(image=rgb, format=fmt, width=rgb.width, height=rgb.height,
-                        source_bytes=len(data))
+    _check_dimensions(name, image.width, image.height, limits)
+    return image, image.format or "unknown"
 
 
 def _check_dimensions(name: str, width: int, height: int, limits: DecodeLimits) -> None:
