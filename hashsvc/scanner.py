@@ -109,12 +109,14 @@ class Scanner:
         return matcher
 
     def hash_upload(
-        self, upload: Upload, algorithms: Sequence[str], *, dihedral: bool = False
+        self, upload: Upload, algorithms: Sequence[str], *, dihedral: bool = False,
+        exact: bool = False,
     ) -> tuple[list[HashValue], list[Query], Timings]:
-        """Compute `algorithms` over an upload; with `dihedral`, PDQ yields 8 queries."""
+        """Compute `algorithms` over an upload; with `dihedral`, PDQ yields 8 queries.
+        `exact` forces the reference PDQ pipeline (hashes that will be exported or listed)."""
         timings = Timings()
         kinds = [get_algorithm(name) for name in algorithms]
-        fast = self.fast_pdq and upload.apply_orientation
+        fast = self.fast_pdq and upload.apply_orientation and not exact
         if any(not kind.exact and not (fast and kind.name == PDQ.name) for kind in kinds):
             started = time.perf_counter()
             _ = upload.decoded  # decode once, timed on its own

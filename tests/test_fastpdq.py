@@ -144,11 +144,12 @@ def test_smoke_benchmark_speed_and_agreement(tmp_path: Path) -> None:
     )
     result = json.loads(out.read_text())
     speed = {row["case"]: row for row in result["speed"]}
-    # Measured ~15-20x on a 3-MP JPEG (full run, 2-core shared machine). 4x leaves room for a
-    # busy CI box: a ratio measured side by side in one process moves far less than absolute
-    # times, but a 3-round smoke on a shared core can still swing by 2x.
-    assert speed["JPEG 3 MP"]["speedup"] > 4
-    assert speed["PNG 1 MP"]["speedup"] > 1  # never slower than the baseline
+    # Floor 8x, a ratio measured side by side in one process rather than a time: smoke runs
+    # measured 15-20x on a 3-MP JPEG (full run 17x) on this shared 2-core machine, so 8x leaves
+    # a 2x margin for a busy CI box, yet it fails if JPEG DCT scaling stops working (the same
+    # image then measures ~5x: full decode plus box reduction) or the reduction goes (~3x).
+    assert speed["JPEG 3 MP"]["speedup"] > 8
+    assert speed["PNG 1 MP"]["speedup"] >= 1  # no slower than the baseline (measured ~1.3-1.4x)
     high = result["agreement"]["quality_ge_80"]
     assert high["images"] >= 80
     assert high["within_10"] >= 0.99

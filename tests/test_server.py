@@ -457,3 +457,6 @@ def test_fast_pdq_scans_match_like_the_reference_path(tmp_path: Path) -> None:
             types_pb2.TRANSFORM_ROTATE_270
         with pytest.raises(InvalidArgument, match="truncated JPEG"):
             client.scan_image(BRIDGE_ORIGINAL.read_bytes()[:5000])
+        # HashImage stays reference-exact: its hashes go into lists shared with other tools.
+        (pdq,) = client.hash_image(BRIDGE_ORIGINAL.read_bytes(), algorithms=("pdq",))
+        assert pdq.hex == BRIDGE_PDQ.hex()

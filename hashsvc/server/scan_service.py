@@ -82,7 +82,9 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         try:
             algorithms = [convert.algorithm_name(a, "algorithms") for a in request.algorithms]
             upload = Upload(request.image, limits=self._scanner.limits)
-            hashes, _, timings = self._scanner.hash_upload(upload, algorithms or list(ALGORITHMS))
+            # Reference-exact: HashImage output is what platforms put in lists and share.
+            hashes, _, timings = self._scanner.hash_upload(
+                upload, algorithms or list(ALGORITHMS), exact=True)
         except HashsvcError as err:
             self._observe.rejected(err)
             abort(context, err)
