@@ -172,10 +172,12 @@ def _read_delimited(
                 str(path), number, f"expected {len(header)} columns, found {len(row)}"
             )
             continue
+        if not row[hash_at].strip() and not any(cell.strip() for cell in row):
+            continue  # a blank row; checked only when the hash cell is empty, to stay cheap
         if simple:
             yield _make_simple_entry(path, number, row, hash_at, algorithm_at, external_at,
                                      algorithm)
-        elif any(cell.strip() for cell in row):
+        else:
             yield _make_entry(path, number, dict(zip(header, row, strict=True)), algorithm)
 
 
@@ -189,8 +191,6 @@ def _make_simple_entry(
         kind = get_algorithm(name or default_algorithm or "")
         value = row[hash_at].strip()
         if not value:
-            if not any(cell.strip() for cell in row):
-                return ParsedLine(line, _BLANK)
             raise HashsvcError("missing hash")
         external_id = row[external_at].strip() or None if external_at is not None else None
         if external_id is not None and len(external_id) > _MAX_EXTERNAL_ID:
@@ -201,9 +201,6 @@ def _make_simple_entry(
             return LineProblem(str(path), line,
                                "missing algorithm (add an 'algorithm' field or pass --algorithm)")
         return LineProblem(str(path), line, err.message)
-
-
-_BLANK = NewEntry("", b"")  # a blank row: skipped by the importer
 
 
 def _make_entry(

@@ -92,8 +92,6 @@ def import_file(
                 continue
             if report.rejected and not skip_invalid:
                 continue  # the file will be rolled back; keep reading only to list problems
-            if not item.entry.hash:
-                continue  # a blank row
             batch.append(item.entry)
             if len(batch) >= _BATCH:
                 inserter.put(batch)

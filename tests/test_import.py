@@ -48,7 +48,7 @@ def test_csv_with_header_extra_columns_become_metadata(bank: Store, tmp_path: Pa
 
 def test_tsv_jsonl_and_text(bank: Store, tmp_path: Path) -> None:
     tsv = tmp_path / "list.tsv"
-    tsv.write_text(f"hash\texternal_id\n{PDQ_A}\tt1\n")
+    tsv.write_text(f"hash\texternal_id\n{PDQ_A}\tt1\n\t\n")  # a row of empty cells is skipped
     jsonl = tmp_path / "list.jsonl"
     jsonl.write_text(json.dumps({"hash": PDQ_B, "algorithm": "pdq", "external_id": 7,
                                  "metadata": {"k": [1, 2]}}) + "\n")
