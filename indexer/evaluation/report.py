@@ -169,18 +169,19 @@ def plot(summary: dict[str, Any], directory: Path) -> list[str]:
     except ImportError:
         return []
     figure, axes = plt.subplots(figsize=(7, 4.5))
+    total = summary["pairs"] or 1
+    floor = 0.5 / total  # thresholds with no false positive at all are drawn here
     for name, m in summary["methods"].items():
-        histogram = m["pair_histogram"][:-1]
-        total = summary["pairs"] or 1
         fpr, running = [], 0
-        for count in histogram:
+        for count in m["pair_histogram"][:-1]:
             running += count
-            fpr.append(max(running / total, 1e-9))
+            fpr.append(max(running / total, floor))
         axes.plot(fpr, m["recall_curve"][: len(fpr)], label=name)
     axes.set_xscale("log")
-    axes.set_xlim(1e-8, 1)
+    axes.set_xlim(floor / 2, 1)
     axes.axvline(summary["target_fpr"], color="grey", linestyle=":", linewidth=1)
-    axes.set_xlabel("false-positive rate per pair of distinct images")
+    axes.set_xlabel(f"false-positive rate per pair of distinct images ({total:,} pairs; "
+                    "none is drawn at 0.5/pairs)")
     axes.set_ylabel("recall over all transformed copies")
     axes.set_title("Recall vs false-positive rate (one point per threshold)")
     axes.legend()
