@@ -474,7 +474,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(default %(default)s)")
     parser.add_argument("--image", type=Path,
                         help="scan-image/stream: the image to send (default: a photo from "
-                             "photos-cc0 upscaled to ~1 MP, JPEG q90)")
+                             "photos-cc0 upscaled to --megapixels, JPEG --quality)")
+    parser.add_argument("--megapixels", type=_positive(float), default=1.0,
+                        help="size of the default image (default %(default)s; 1.6 with "
+                             "--quality 98 makes the issue's ~360 KB upload)")
+    parser.add_argument("--quality", type=_positive(int), default=90,
+                        help="JPEG quality of the default image (default %(default)s)")
     parser.add_argument("--stream-window", type=_positive(int), default=16,
                         help="stream: items in flight per stream; at least the server's "
                              "stream_window (8), or the stream stalls (default %(default)s)")
@@ -500,7 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     image: TestImage | None = None
     if args.mode != "scan-hashes":
-        image = load_image(args.image) if args.image else make_jpeg(default_photo())
+        image = (load_image(args.image) if args.image
+                 else make_jpeg(default_photo(), args.megapixels, args.quality))
         info = image.describe()
         print(f"image: {info['width']}x{info['height']} ({info['megapixels']} MP), "
               f"{info['bytes']:,} bytes, from {info['source']}", flush=True)
