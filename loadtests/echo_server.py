@@ -22,30 +22,40 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from hashsvc_client.v1 import scan_pb2, scan_pb2_grpc
+from hashsvc_client.v1 import scan_pb2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import check_loopback  # noqa: E402
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # run as `python loadtests/echo_server.py`: find `loadtests`
+    sys.path.insert(0, str(_ROOT))
+
+from loadtests.loadgen import check_loopback  # noqa: E402
 
 OPTIONS = [("grpc.so_reuseport", 1)]
 RESPONSE = scan_pb2.ScanHashesResponse()
+SERVICE = "hashsvc.v1.ScanService"
 
 
-class Echo(scan_pb2_grpc.ScanServiceServicer):
-    def ScanHashes(self, request: Any, context: Any) -> scan_pb2.ScanHashesResponse:
-        return RESPONSE
+def _register(server: Any, behavior: Any) -> None:
+    """Only ScanHashes (the rest answer UNIMPLEMENTED), registered as generated code does."""
+    handlers = {"ScanHashes": grpc.unary_unary_rpc_method_handler(
+        behavior, request_deserializer=scan_pb2.ScanHashesRequest.FromString,
+        response_serializer=scan_pb2.ScanHashesResponse.SerializeToString)}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
-class AsyncEcho(scan_pb2_grpc.ScanServiceServicer):
-    async def ScanHashes(  # type: ignore[override]
-        self, request: Any, context: Any
-    ) -> scan_pb2.ScanHashesResponse:
-        return RESPONSE
+def echo(request: Any, context: Any) -> scan_pb2.ScanHashesResponse:
+    return RESPONSE
+
+
+async def async_echo(request: Any, context: Any) -> scan_pb2.ScanHashesResponse:
+    return RESPONSE
 
 
 def serve_sync(listen: str, threads: int) -> None:
     server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=OPTIONS)
-    scan_pb2_grpc.add_ScanServiceServicer_to_server(Echo(), server)
+    _register(server, echo)
     server.add_insecure_port(listen)
     server.start()
     server.wait_for_termination()
@@ -53,7 +63,7 @@ def serve_sync(listen: str, threads: int) -> None:
 
 async def serve_aio(listen: str) -> None:
     server = grpc.aio.server(options=OPTIONS)
-    scan_pb2_grpc.add_ScanServiceServicer_to_server(AsyncEcho(), server)
+    _register(server, async_echo)
     server.add_insecure_port(listen)
     await server.start()
     await server.wait_for_termination()

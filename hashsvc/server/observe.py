@@ -11,7 +11,6 @@ from hashsvc.audit import AuditLog
 from hashsvc.errors import ErrorCode, HashsvcError, ImageTooLargeError, ImageTooSmallError
 from hashsvc.scanner import ScanResult
 
-
 _DECODE = metrics.STAGE_SECONDS.labels("decode")
 _HASH = metrics.STAGE_SECONDS.labels("hash")
 _SEARCH = metrics.STAGE_SECONDS.labels("search")
