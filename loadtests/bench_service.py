@@ -124,10 +124,27 @@ def _accepts(target: Target) -> bool:
     return False
 
 
+def server_cpu_seconds(target: Target) -> float:
+    """CPU time used so far by the target's processes (the supervisor and its workers), read
+    from /proc: CPU per call is steadier than calls per second on a shared machine."""
+    assert target.process is not None
+    pids, total = [target.process.pid], 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    while pids:
+        pid = pids.pop()
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            pids.extend(int(child) for child in children)
+    return total
+
+
 def drive(target: Target, loadgen_args: list[str], clients: int, workdir: Path,
           concurrency: int) -> dict[str, Any]:
     """One round against one target: `clients` loadgen processes at once, summed."""
     per_client = max(1, concurrency // clients)
+    cpu_before = server_cpu_seconds(target)
     runs = []
     for index in range(clients):
         out = workdir / f"round-{target.port}-{index}.json"
@@ -142,7 +159,10 @@ def drive(target: Target, loadgen_args: list[str], clients: int, workdir: Path,
         if process.returncode != 0:
             raise SystemExit(f"loadgen failed against {target.label}: {err.decode()[-2000:]}")
         results.append(json.loads(out.read_text()))
+    cpu = server_cpu_seconds(target) - cpu_before
+    calls = sum(r["issued_total"] for r in results)
     return {
+        "server_cpu_ms_per_call": 1000 * cpu / calls if calls else 0.0,
         "throughput": sum(r["throughput_per_second"] for r in results),
         "hashes_per_second": sum(r.get("hashes_per_second", 0.0) for r in results),
         "p99_ms": max(r["latency_ms"]["p99"] for r in results),
@@ -164,7 +184,9 @@ def measure(targets: list[Target], loadgen_args: list[str], rounds: int, clients
             result["value"] = result[key]
             samples[target.label].append(result)
             print(f"  round {number + 1}: {target.label:<26} {result['value']:>10.1f} "
-                  f"p99 {result['p99_ms']:>7.1f} ms  errors {result['errors']}  client CPU "
+                  f"p99 {result['p99_ms']:>7.1f} ms  server CPU "
+                  f"{result['server_cpu_ms_per_call']:.3f} ms/call  errors {result['errors']}"
+                  f"  client CPU "
                   f"{result['client_cpu_percent']:.0f}%  load {load:.2f}", flush=True)
     return samples
 
@@ -174,15 +196,19 @@ def report(title: str, unit: str, hma: float, samples: dict[str, list[dict[str, 
     rows = {label: {"median": statistics.median(s["value"] for s in runs),
                     "p99_ms": statistics.median(s["p99_ms"] for s in runs),
                     "errors": sum(s["errors"] for s in runs),
+                    "server_cpu_ms_per_call": statistics.median(s["server_cpu_ms_per_call"]
+                                                                for s in runs),
                     "client_cpu_percent": statistics.median(s["client_cpu_percent"]
                                                             for s in runs),
                     "loads": [round(s["load"], 2) for s in runs]}
             for label, runs in samples.items()}
     print(f"\n{title} ({time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores)")
-    print(f"{'':<28} {unit:>12} {'p99 ms':>8} {'errors':>6} {'client CPU':>10}  load averages")
+    print(f"{'':<28} {unit:>12} {'p99 ms':>8} {'CPU ms/call':>11} {'errors':>6} "
+          f"{'client CPU':>10}  load averages")
     print(f"{'HMA (issue, quoted)':<28} {hma:>12.1f}")
     for label, row in rows.items():
-        print(f"{label:<28} {row['median']:>12.1f} {row['p99_ms']:>8.1f} {row['errors']:>6} "
+        print(f"{label:<28} {row['median']:>12.1f} {row['p99_ms']:>8.1f} "
+              f"{row['server_cpu_ms_per_call']:>11.3f} {row['errors']:>6} "
               f"{row['client_cpu_percent']:>9.0f}%  {row['loads']}")
     ratio = rows[subject]["median"] / rows[baseline]["median"] if rows[baseline]["median"] else 0
     print(f"ratio {subject} / {baseline}: {ratio:.2f}x;  {subject} / HMA (issue): "
