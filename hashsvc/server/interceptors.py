@@ -85,7 +85,9 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, keys: KeyFile | None, max_in_flight: int) -> None:
         self._keys = keys  # None: --insecure-no-auth
-        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._published: int | None = None
         self._max_in_flight = max_in_flight
         self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped handler)
 
@@ -124,16 +126,33 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     def _admit(self, context: grpc.ServicerContext) -> None:
-        if not self._slots.acquire(blocking=False):
+        with self._lock:
+            admitted = self._in_flight < self._max_in_flight
+            if admitted:
+                self._in_flight += 1
+        if not admitted:
             metrics.REJECTED.labels("overload").inc()
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"server overloaded: {self._max_in_flight} calls in progress "
                           "(max_concurrent_rpcs); retry with backoff")
-        metrics.IN_FLIGHT.inc()
 
     def _release(self) -> None:
-        metrics.IN_FLIGHT.dec()
-        self._slots.release()
+        with self._lock:
+            self._in_flight -= 1
+
+    def publish_in_flight(self) -> None:
+        """Set the in-flight gauge from the count, if it changed (the runtime's watcher calls
+        this ten times a second).
+
+        Why not inc/dec per call: prometheus_client's multiprocess values share one lock per
+        process, and under load the per-call `dec` was where threads queued on it (14% of a
+        worker's GIL time in py-spy on one-hash ScanHashes). A gauge is sampled by each scrape
+        anyway; 100 ms of lag does not change what it shows.
+        """
+        count = self._in_flight
+        if count != self._published:
+            metrics.IN_FLIGHT.set(count)
+            self._published = count
 
     def _wrap(self, handler: Any, method: str, role: str) -> Any:
         """The same handler, authenticated, admitted, run with the caller's name set, measured
