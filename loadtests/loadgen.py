@@ -327,9 +327,10 @@ async def run(settings: Settings) -> dict[str, Any]:
             assert settings.image is not None
             requests = [scan_pb2.ScanImageRequest(image=settings.image.data)]
         elif settings.mode == "scan-hashes":
+            # At most ~100k hashes prebuilt: 512 calls of 10,000 took longer than a run.
+            count = min(512, settings.max_requests, max(8, 100_000 // settings.batch))
             requests = hash_requests(settings.batch, settings.known_hashes,
-                                     settings.match_fraction,
-                                     min(512, max(1, settings.max_requests)))
+                                     settings.match_fraction, max(1, count))
         for i in range(settings.concurrency):
             stub = stubs[i % len(stubs)]  # workers spread evenly over the connections
             if settings.mode == "stream":
@@ -474,7 +475,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(default %(default)s)")
     parser.add_argument("--image", type=Path,
                         help="scan-image/stream: the image to send (default: a photo from "
-                             "photos-cc0 upscaled to ~1 MP, JPEG q90)")
+                             "photos-cc0 upscaled to --megapixels, JPEG --quality)")
+    parser.add_argument("--megapixels", type=_positive(float), default=1.0,
+                        help="size of the default image (default %(default)s; 1.6 with "
+                             "--quality 98 makes the issue's ~360 KB upload)")
+    parser.add_argument("--quality", type=_positive(int), default=90,
+                        help="JPEG quality of the default image (default %(default)s)")
     parser.add_argument("--stream-window", type=_positive(int), default=16,
                         help="stream: items in flight per stream; at least the server's "
                              "stream_window (8), or the stream stalls (default %(default)s)")
@@ -500,7 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     image: TestImage | None = None
     if args.mode != "scan-hashes":
-        image = load_image(args.image) if args.image else make_jpeg(default_photo())
+        image = (load_image(args.image) if args.image
+                 else make_jpeg(default_photo(), args.megapixels, args.quality))
         info = image.describe()
         print(f"image: {info['width']}x{info['height']} ({info['megapixels']} MP), "
               f"{info['bytes']:,} bytes, from {info['source']}", flush=True)

@@ -8,12 +8,14 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 from hashsvc_client import Client, InvalidArgument, Unauthenticated
+from hashsvc_client.v1 import scan_pb2, scan_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from hashsvc.audit import AuditLog
@@ -75,11 +77,62 @@ def test_metrics_count_calls_stages_matches_and_rejections(server: ServerProcess
     assert _value(samples, "hashsvc_index_entries", algorithm="pdq", bank="bridge") == 1
     assert _value(samples, "hashsvc_snapshot_loaded") == 1
     assert _value(samples, "hashsvc_snapshot_age_seconds") > 0
-    assert _value(samples, "hashsvc_requests_in_flight") == 0
     # Low cardinality: no label value looks like a hash, a key or an id.
     for (_name, labels), _ in samples.items():
         for _key, value in labels:
             assert not re.fullmatch(r"[0-9a-f]{16,}|hsk_.*|[0-9]{4,}", value), value
+
+
+def test_in_flight_gauge_rises_while_a_call_runs_and_returns_to_zero(
+    server: ServerProcess,
+) -> None:
+    """The gauge is published by the watcher (not per call): it must still follow the calls."""
+    release = threading.Event()
+
+    def items() -> Iterator[scan_pb2.ScanImagesRequest]:
+        release.wait(20)  # the stream stays open, and admitted, until the test lets it end
+        yield from ()
+
+    def in_flight() -> float:
+        return _value(_samples(server.scrape()), "hashsvc_requests_in_flight")
+
+    def wait_for(predicate: Callable[[float], bool]) -> float:
+        deadline = time.monotonic() + 5
+        while not predicate(value := in_flight()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return value
+
+    with grpc.insecure_channel(server.target) as channel:
+        stub = scan_pb2_grpc.ScanServiceStub(channel)
+        call = stub.ScanImages(items(), metadata=(
+            ("authorization", f"Bearer {server.keys['scanner']}"),), timeout=30)
+        assert wait_for(lambda v: v >= 1) == 1
+        release.set()
+        assert list(call) == []
+    assert wait_for(lambda v: v == 0) == 0
+
+
+def test_successful_calls_are_not_logged_at_info_but_failures_are(
+    server: ServerProcess,
+) -> None:
+    """The per-call INFO line was a fifth of a worker's time under load; failures still log."""
+    with Client(server.target, api_key=server.keys["scanner"]) as client:
+        client.scan_hashes([("pdq", BRIDGE_PDQ)], request_id="quiet-ok")
+        with pytest.raises(InvalidArgument):
+            client.scan_image(b"definitely not an image")
+    with Client(server.target, api_key="hsk_wrong") as stranger, pytest.raises(Unauthenticated):
+        stranger.scan_hashes([("pdq", BRIDGE_PDQ)])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        calls = [r for r in server.records() if r.get("logger") == "hashsvc.rpc"
+                 and r.get("message") == "rpc"]
+        codes = {(r["method"].rsplit("/", 1)[-1], r["code"]) for r in calls}
+        if {("ScanImage", "INVALID_ARGUMENT"), ("ScanHashes", "UNAUTHENTICATED")} <= codes:
+            break
+        time.sleep(0.05)
+    assert ("ScanImage", "INVALID_ARGUMENT") in codes
+    assert ("ScanHashes", "UNAUTHENTICATED") in codes
+    assert all(r["level"] == "info" and r["code"] != "OK" for r in calls), calls
 
 
 def test_audit_log_records_matches_with_caller_and_never_keys(server: ServerProcess) -> None:

@@ -1,5 +1,8 @@
 """Admission, authentication, metrics and request logs for every call, in one interceptor.
 
+Every call is counted and timed; failed calls are logged at INFO (errors at ERROR), successful
+ones at DEBUG (see `_Recorder`). The audit log of matches is written by the servicers.
+
 Why one: all of them need the caller's identity and the call's outcome, and a second wrapper
 would time the first. The caller's key *name* is put in a context variable for the servicers
 (audit); the key itself is compared by hash and never stored or logged.
@@ -13,7 +16,6 @@ a little above this one, leaving room for health checks.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
 import threading
@@ -25,7 +27,7 @@ from typing import Any
 import grpc
 
 from hashsvc import metrics
-from hashsvc.keys import ApiKey, KeyRing
+from hashsvc.keys import KeyRing
 
 log = logging.getLogger("hashsvc.rpc")
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="-")
@@ -74,10 +76,20 @@ class KeyFile:
 
 
 class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Wraps each scan/admin method's handler once, the first time the method is called.
+
+    Why once: gRPC asks the interceptor for every call, and building closures and a new handler
+    per call cost about as much as a whole one-hash ScanHashes. The key is therefore read from
+    the call's own metadata inside the wrapper, not from the per-call `HandlerCallDetails`.
+    """
+
     def __init__(self, keys: KeyFile | None, max_in_flight: int) -> None:
         self._keys = keys  # None: --insecure-no-auth
-        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._published: int | None = None
         self._max_in_flight = max_in_flight
+        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped handler)
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
@@ -86,84 +98,114 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method: str = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         role = required_role(method)
-        if role is None:
-            return handler
+        wrapped = handler if role is None else self._wrap(handler, method, role)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _caller(self, context: grpc.ServicerContext, role: str, method: str) -> str:
+        """The caller's key name; aborts the call (counted) if it may not make it."""
         if self._keys is None:
-            return self._wrap(handler, method, "anonymous", None)
-        api_key, denial = self._authenticate(details, role, method)
-        if denial is not None:
-            metrics.REJECTED.labels("auth").inc()
-            return self._wrap(handler, method, "-", denial)
-        assert api_key is not None
-        return self._wrap(handler, method, api_key.name, None)
-
-    def _authenticate(
-        self, details: grpc.HandlerCallDetails, role: str, method: str
-    ) -> tuple[ApiKey | None, tuple[grpc.StatusCode, str] | None]:
-        assert self._keys is not None
-        token = _bearer_token(details.invocation_metadata or ())
+            return "anonymous"
+        token = _bearer_token(context.invocation_metadata() or ())
         if token is None:
-            return None, (grpc.StatusCode.UNAUTHENTICATED,
-                          "missing API key: send metadata 'authorization: Bearer <key>'")
-        api_key = self._keys.refresh().identify(token)
-        if api_key is None:
-            return None, (grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
-        if not api_key.allows(role):
-            return None, (grpc.StatusCode.PERMISSION_DENIED,
-                          f"key {api_key.name!r} lacks the {role!r} role needed for {method}")
-        return api_key, None
+            denial = (grpc.StatusCode.UNAUTHENTICATED,
+                      "missing API key: send metadata 'authorization: Bearer <key>'")
+        elif (api_key := self._keys.refresh().identify(token)) is None:
+            denial = (grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
+        elif not api_key.allows(role):
+            denial = (grpc.StatusCode.PERMISSION_DENIED,
+                      f"key {api_key.name!r} lacks the {role!r} role needed for {method}")
+        else:
+            return api_key.name
+        metrics.REJECTED.labels("auth").inc()
+        context.abort(*denial)
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
+    def _admit(self, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            admitted = self._in_flight < self._max_in_flight
+            if admitted:
+                self._in_flight += 1
+        if not admitted:
+            metrics.REJECTED.labels("overload").inc()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"server overloaded: {self._max_in_flight} calls in progress "
+                          "(max_concurrent_rpcs); retry with backoff")
 
-    def _wrap(
-        self, handler: Any, method: str, name: str, denial: tuple[grpc.StatusCode, str] | None
-    ) -> Any:
-        """The same handler, admitted, run with the caller's name set, measured and logged."""
-        slots, limit = self._slots, self._max_in_flight
+    def _release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
-        @contextlib.contextmanager
-        def observed(context: grpc.ServicerContext) -> Iterator[None]:
-            started = time.perf_counter()
-            token = caller.set(name)
-            admitted = False
-            error: BaseException | None = None
-            try:
-                if denial is not None:
-                    context.abort(*denial)
-                admitted = slots.acquire(blocking=False)
-                if not admitted:
-                    metrics.REJECTED.labels("overload").inc()
-                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"server overloaded: {limit} calls in progress "
-                                  "(max_concurrent_rpcs); retry with backoff")
-                metrics.IN_FLIGHT.inc()
-                yield
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                if admitted:
-                    metrics.IN_FLIGHT.dec()
-                    slots.release()
-                caller.reset(token)
-                _log_call(context, method, name, started, error)
+    def publish_in_flight(self) -> None:
+        """Set the in-flight gauge from the count, if it changed (the runtime's watcher calls
+        this ten times a second).
 
-        def behave(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            if handler.response_streaming:
-                def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                    with observed(context):
-                        yield from behavior(request, context)
-                return stream
+        Why not inc/dec per call: prometheus_client's multiprocess values share one lock per
+        process, and under load the per-call `dec` was where threads queued on it (14% of a
+        worker's GIL time in py-spy on one-hash ScanHashes). A gauge is sampled by each scrape
+        anyway; 100 ms of lag does not change what it shows.
+        """
+        count = self._in_flight
+        if count != self._published:
+            metrics.IN_FLIGHT.set(count)
+            self._published = count
 
-            def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                with observed(context):
+    def _wrap(self, handler: Any, method: str, role: str) -> Any:
+        """The same handler, authenticated, admitted, run with the caller's name set, measured
+        and logged. Unary and streaming calls share every step; only the body differs."""
+        record = _Recorder(method)
+
+        def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def call(request: Any, context: grpc.ServicerContext) -> Any:
+                started = time.perf_counter()
+                name, admitted, token, error = "-", False, None, None
+                try:
+                    name = self._caller(context, role, method)
+                    self._admit(context)
+                    admitted = True
+                    token = caller.set(name)
                     return behavior(request, context)
-            return unary
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    if token is not None:
+                        caller.reset(token)
+                    if admitted:
+                        self._release()
+                    record(context, name, started, error)
+            return call
 
+        def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                started = time.perf_counter()
+                name, admitted, token, error = "-", False, None, None
+                try:
+                    name = self._caller(context, role, method)
+                    self._admit(context)
+                    admitted = True
+                    token = caller.set(name)
+                    yield from behavior(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    if token is not None:
+                        caller.reset(token)
+                    if admitted:
+                        self._release()
+                    record(context, name, started, error)
+            return call
+
+        wrap = streaming if handler.response_streaming else unary
         for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
             behavior = getattr(handler, kind)
             if behavior is not None:
-                return handler._replace(**{kind: behave(behavior)})
+                return handler._replace(**{kind: wrap(behavior)})
         return handler
 
 
@@ -176,19 +218,43 @@ def _bearer_token(metadata: Any) -> str | None:
     return None
 
 
-def _log_call(
-    context: grpc.ServicerContext, method: str, name: str, started: float,
-    error: BaseException | None,
-) -> None:
-    code = context.code()
-    if code is None:
-        code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
-    failed = code == grpc.StatusCode.UNKNOWN
-    seconds = time.perf_counter() - started
-    code_name = getattr(code, "name", str(code))
-    short = method.rsplit("/", 1)[-1]
-    metrics.REQUESTS.labels(short, code_name).inc()
-    metrics.REQUEST_SECONDS.labels(short).observe(seconds)
-    log.log(logging.ERROR if failed else logging.INFO, "rpc", extra={
-        "method": method, "code": code_name, "caller": name, "ms": round(seconds * 1000, 3),
-    }, exc_info=error if failed else None)
+class _Recorder:
+    """Counts, times and logs the calls of one method.
+
+    Successful calls are logged at DEBUG only: at thousands of calls a second the INFO line per
+    call was the largest single cost after gRPC itself (a fifth of a worker's GIL time on a
+    one-hash ScanHashes, py-spy), and it duplicated what the metrics count and the audit log
+    records. Failed calls stay at INFO, and errors at ERROR with their traceback.
+    """
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.short = method.rsplit("/", 1)[-1]
+        self.seconds = metrics.REQUEST_SECONDS.labels(self.short)
+        self.counters: dict[str, Any] = {}  # status code name -> labelled counter
+
+    def __call__(
+        self, context: grpc.ServicerContext, name: str, started: float,
+        error: BaseException | None,
+    ) -> None:
+        seconds = time.perf_counter() - started
+        code = context.code()
+        if code is None:
+            code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+        code_name = getattr(code, "name", str(code))
+        counter = self.counters.get(code_name)
+        if counter is None:
+            counter = self.counters[code_name] = metrics.REQUESTS.labels(self.short, code_name)
+        counter.inc()
+        self.seconds.observe(seconds)
+        if code is grpc.StatusCode.UNKNOWN:
+            level = logging.ERROR
+        elif code is grpc.StatusCode.OK:
+            level = logging.DEBUG
+        else:
+            level = logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "rpc", extra={
+                "method": self.method, "code": code_name, "caller": name,
+                "ms": round(seconds * 1000, 3),
+            }, exc_info=error if level == logging.ERROR else None)

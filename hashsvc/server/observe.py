@@ -11,6 +11,10 @@ from hashsvc.audit import AuditLog
 from hashsvc.errors import ErrorCode, HashsvcError, ImageTooLargeError, ImageTooSmallError
 from hashsvc.scanner import ScanResult
 
+_DECODE = metrics.STAGE_SECONDS.labels("decode")
+_HASH = metrics.STAGE_SECONDS.labels("hash")
+_SEARCH = metrics.STAGE_SECONDS.labels("search")
+
 
 class ScanObserver:
     def __init__(self, audit: AuditLog) -> None:
@@ -23,14 +27,16 @@ class ScanObserver:
         timings = result.timings
         if image_bytes:
             metrics.IMAGE_BYTES.observe(image_bytes)
-            metrics.STAGE_SECONDS.labels("decode").observe(timings.decode_seconds)
-            metrics.STAGE_SECONDS.labels("hash").observe(timings.hash_seconds)
+            _DECODE.observe(timings.decode_seconds)
+            _HASH.observe(timings.hash_seconds)
+            # Only images: the quality a caller sends with a hash is theirs, not a measurement,
+            # and observing it once per hash made large ScanHashes batches pay for it.
+            for computed in result.hashes:
+                if computed.hash.algorithm == "pdq" and computed.hash.quality is not None:
+                    metrics.PDQ_QUALITY.observe(computed.hash.quality)
         if result.image_pixels:
             metrics.IMAGE_PIXELS.observe(result.image_pixels)
-        metrics.STAGE_SECONDS.labels("search").observe(timings.match_seconds)
-        for computed in result.hashes:
-            if computed.hash.algorithm == "pdq" and computed.hash.quality is not None:
-                metrics.PDQ_QUALITY.observe(computed.hash.quality)
+        _SEARCH.observe(timings.match_seconds)
         for match in result.matches:
             metrics.MATCHES.labels(match.bank, match.algorithm).inc()
         self.audit.scan(method=method, request_id=request_id, caller=caller, result=result)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from grpc_health.v1 import health, health_pb2
 
@@ -46,6 +47,8 @@ class Runtime:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self._entry_labels: set[tuple[str, str]] = set()
+        # Called by the watcher on every pass: gauges kept current from here rather than per call.
+        self.gauge_updaters: list[Callable[[], None]] = []
         self.set_serving(False)
         metrics.SNAPSHOT_LOADED.set(0)
 
@@ -133,6 +136,8 @@ class Runtime:
     def _watch(self) -> None:
         while not self._stopping.wait(self.config.reload_interval):
             try:
+                for update in self.gauge_updaters:
+                    update()
                 self.reload()
                 self.refresh_delta()
                 snapshot = self.scanner.snapshot

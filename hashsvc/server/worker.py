@@ -50,9 +50,11 @@ def create_server(
     # A thread for every admitted call plus health checks, so that admission (the interceptor's
     # limit) is the only queue, and it does not grow: see interceptors.py.
     slots = config.max_concurrent_rpcs + _HEALTH_SLOTS
+    interceptor = CallInterceptor(keys, config.max_concurrent_rpcs)
+    runtime.gauge_updaters.append(interceptor.publish_in_flight)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=slots, thread_name_prefix="rpc"),
-        interceptors=[CallInterceptor(keys, config.max_concurrent_rpcs)],
+        interceptors=[interceptor],
         maximum_concurrent_rpcs=slots,
         options=[
             ("grpc.max_receive_message_length", max_message),
