@@ -158,9 +158,12 @@ def test_audit_log_survives_concurrent_writers_and_rotation(tmp_path: Path) -> N
     audit = AuditLog(path)
     writers, per_writer = 8, 400
     stop_rotating = threading.Event()
+    rotated = threading.Event()
 
     def write(worker: int) -> None:
         for n in range(per_writer):
+            if n == per_writer // 2:  # on a loaded machine the writers could outrun rotation
+                assert rotated.wait(30), "the rotator never ran"
             audit.write({"worker": worker, "n": n, "padding": "x" * (n % 300)})
 
     def rotate() -> None:
@@ -169,6 +172,7 @@ def test_audit_log_survives_concurrent_writers_and_rotation(tmp_path: Path) -> N
             if path.exists():
                 generation += 1
                 path.rename(tmp_path / f"audit.jsonl.{generation}")  # logrotate's "create" mode
+                rotated.set()
 
     rotator = threading.Thread(target=rotate)
     rotator.start()
@@ -181,7 +185,7 @@ def test_audit_log_survives_concurrent_writers_and_rotation(tmp_path: Path) -> N
     rotator.join()
     audit.close()
     files = sorted(tmp_path.glob("audit.jsonl*"))
-    assert len(files) > 2, "rotation never happened during the writes"
+    assert len(files) >= 2, "rotation never happened during the writes"
     records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     assert sorted((r["worker"], r["n"]) for r in records) == sorted(
         (w, n) for w in range(writers) for n in range(per_writer))
