@@ -229,7 +229,8 @@ def _operators(
 
     Mirrors downscaling.cpp: `jaroszFilterFloat` runs two passes of `box1DFloat` with window
     `w = computeJaroszFilterWindowSize(full, 64)` (output k averages pixels
-    [k - lead, k + reach], reach = (w + 2) // 2 - 1, clipped at the edges), then
+    [k - lead, k + reach], reach = (w + 2) // 2 - 1, lead = w - 1 - reach, clipped at the
+    edges), then
     `decimateFloat` keeps pixel ⌊(i + ½) · full / 64⌋. So a sample is a weighted sum of at
     most w first-pass boxes, and each original pixel's weight goes to the reduced pixel that
     holds its centre (measured closer to the reference than interpolating). A band's weights
@@ -239,8 +240,9 @@ def _operators(
 
     Every new upload size pays this, and for arrays this small numpy's per-call overhead is
     the cost, so both axes go through one set of calls (the narrower window padded with
-    zero weights), in float64: every value is an integer below 2^31 or a ratio of two, so the
-    floors and ceilings of the pixel mapping are exact.
+    zero weights), in float64: the pixel mapping's floors and ceilings are of ratios of
+    integers far below 2^53, so they are exact (and match the old per-pixel build bit for bit
+    on DCT-scaled JPEGs).
     """
     axes = []
     width = 1
