@@ -19,15 +19,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 MIN_WARM_SPEEDUP = 3.0
 MIN_COLD_SPEEDUP = 1.5
 
 
+# A time limit only against a hang: a smoke run takes about a minute on a quiet machine and
+# measured 4 minutes with the shared machine at load average 15-22.
+@pytest.mark.timeout(900)
 def test_search_benchmark_smoke() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "loadtests" / "bench_search.py"), "--smoke"],
-        capture_output=True, text=True, timeout=240, check=True,
+        capture_output=True, text=True, timeout=840, check=True,
     )
     report: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     assert report["benchmark"] == "pdq-range-search"
