@@ -32,6 +32,7 @@ class ServerConfig:
     tls_client_ca: Path | None = None  # set: mutual TLS, clients must present a certificate
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
     max_image_pixels: int = DEFAULT_LIMITS.max_pixels
+    max_image_full_decode_pixels: int = DEFAULT_LIMITS.max_full_decode_pixels
     max_concurrent_rpcs: int = 64  # beyond this, calls fail fast with RESOURCE_EXHAUSTED
     stream_window: int = 8  # ScanImages items read ahead per stream
     workers: int = 0  # processes sharing the port; 0 = one per core
@@ -60,7 +61,8 @@ class ServerConfig:
 
     @property
     def limits(self) -> DecodeLimits:
-        return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
+        return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,
+                            max_full_decode_pixels=self.max_image_full_decode_pixels)
 
     def describe(self) -> dict[str, Any]:
         """For the start-up log line; holds no secret (key files hold only key hashes)."""
@@ -79,6 +81,8 @@ HELP: dict[str, str] = {
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
     "max_image_bytes": "largest accepted image, in bytes",
     "max_image_pixels": "largest accepted image, in pixels (decompression-bomb guard)",
+    "max_image_full_decode_pixels": "largest accepted image, in pixels, in a format that is "
+    "decoded at full size (every format but JPEG)",
     "max_concurrent_rpcs": "calls in progress before new ones get RESOURCE_EXHAUSTED",
     "stream_window": "ScanImages items in flight per stream (flow control)",
     "workers": "server processes sharing the port (SO_REUSEPORT); 0 = one per core",

@@ -38,7 +38,7 @@ from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image, ImageOps, JpegImagePlugin
+from PIL import ExifTags, Image, ImageFile, ImageOps, JpegImagePlugin
 
 from hashsvc.algorithms.base import HashValue
 from hashsvc.algorithms.pdq import Pdq
@@ -51,7 +51,8 @@ from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, open_checked, to_rgb
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.intp]
-Band = tuple[IntArray, Float32Array]  # per output row: first input row, weights from there
+Ratio = tuple[int, int]  # (num, den): original pixel p lies in reduced pixel ⌊(p + ½)·num/den⌋
+Operator = tuple[IntArray, Float32Array]  # 64×width reduced indices and their weights
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,10 @@ EXACT = Reduction(jpeg_min_side=None, work_side=None, jpeg_luma=False)  # the re
 class Reduced:
     """An upload decoded small: its luma, plus what PDQ needs to know about the original."""
 
-    luma: Float32Array
+    luma: npt.NDArray[np.uint8] | Float32Array
     width: int  # the original's size, after EXIF orientation
     height: int
-    scale: tuple[float, float]  # an original pixel centre (y, x) lies at (y·s0, x·s1) in luma
+    ratios: tuple[Ratio, Ratio]  # where original rows, then columns, lie in luma (see Ratio)
     format: str
 
     @property
@@ -162,9 +163,11 @@ def decode_reduced(
             drafted = image.draft("L" if reduction.jpeg_luma else "RGB", (side, side))
             if drafted is not None:
                 dct_scale = round(width / drafted[1][2])
+        if isinstance(image, ImageFile.ImageFile):  # one decoder call, not one per 64 KiB
+            image.decodermaxblock = max(len(data), ImageFile.MAXBLOCK)
         image.load()
-        if apply_orientation:
-            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1) if apply_orientation else 1
+        if orientation != 1:
             ImageOps.exif_transpose(image, in_place=True)  # after `draft`: on the small image
             if orientation in (5, 6, 7, 8):  # these swap the axes
                 width, height = height, width
@@ -181,94 +184,104 @@ def decode_reduced(
         target = (min(decoded[0], reduction.work_side), min(decoded[1], reduction.work_side))
         if target != decoded:
             small = small.resize(target, reduction.resample)
+    luma: npt.NDArray[np.uint8] | Float32Array
     if small.mode == "L":
-        luma = np.asarray(small, dtype=np.float32)
+        luma = np.asarray(small)  # bytes: the operators' gather then moves a quarter as much
     else:
         red, green, blue = (np.asarray(plane, dtype=np.float32) for plane in small.split())
         red *= _LUMA[0]  # fillFloatLumaFromRGB, in float32 as there: planes are ~5× faster
         green *= _LUMA[1]  # than strided H×W×3 arithmetic, and a matmul would call BLAS
         blue *= _LUMA[2]
         luma = red + green + blue
-    scale = (small.height / (decoded[1] * dct_scale), small.width / (decoded[0] * dct_scale))
-    return Reduced(luma, width, height, scale, fmt)
+    ratios = ((small.height, decoded[1] * dct_scale), (small.width, decoded[0] * dct_scale))
+    return Reduced(luma, width, height, ratios, fmt)
 
 
 def pdq_from_luma(
-    luma: Float32Array, rows: int, cols: int, scale: tuple[float, float] | None = None
+    luma: npt.NDArray[np.uint8] | Float32Array,
+    rows: int,
+    cols: int,
+    ratios: tuple[Ratio, Ratio] | None = None,
 ) -> tuple[FloatArray, int]:
     """PDQ's 64×64 downsample and quality of a `rows`×`cols` image, from its reduced `luma`.
 
-    An original pixel centre (y, x) lies at (y·scale[0], x·scale[1]) in `luma`; by default the
-    ratio of the sizes.
+    `ratios` (rows, then columns) say where original pixels lie in `luma` (see `Ratio`); by
+    default the ratio of the sizes.
     """
-    row_scale, col_scale = scale or (luma.shape[0] / rows, luma.shape[1] / cols)
-    by_rows = _apply(_axis_operator(rows, luma.shape[0], row_scale), luma)
-    block = _apply(_axis_operator(cols, luma.shape[1], col_scale), by_rows.T).T.astype(np.float64)
-    return block, _quality(block)
-
-
-def _apply(operator: Band, values: Float32Array) -> Float32Array:
-    """`operator` applied along axis 0 of `values`: each output row a weighted sum of a band.
-
-    A banded sum rather than a matrix product: far fewer operations, and no BLAS call, whose
-    threads spin against the service's workers (a dense product with 2 OpenBLAS threads made a
-    1-MP scan 7× slower on this 2-core machine).
-    """
-    starts, weights = operator
-    out = np.zeros((64, values.shape[1]), dtype=np.float32)
-    for offset in range(weights.shape[1]):
-        out += weights[:, offset, None] * values[starts + offset]
-    return out
+    if ratios is None:
+        ratios = ((luma.shape[0], rows), (luma.shape[1], cols))
+    (row_index, row_weights), (col_index, col_weights) = _operators(
+        (rows, cols), (luma.shape[0], luma.shape[1]), ratios)
+    # Each output row (column) a weighted sum of a narrow band: a gather and an einsum, which
+    # (unlike a dense matrix product) does few operations and calls no BLAS, whose threads spin
+    # against the service's workers (a dense product with 2 OpenBLAS threads made a 1-MP scan
+    # 7× slower on this 2-core machine).
+    by_rows = np.einsum("ij,ijk->ik", row_weights, luma[row_index], dtype=np.float32)
+    block = np.einsum("jk,ijk->ij", col_weights, by_rows[:, col_index], dtype=np.float32)
+    return block.astype(np.float64), _quality(block)
 
 
 @lru_cache(maxsize=256)
-def _axis_operator(full: int, reduced: int, scale: float) -> Band:
-    """PDQ's blur-and-decimate along an axis of `full` pixels, as 64 bands of weights over the
-    same axis reduced to `reduced` pixels (an original pixel centre x lies at x·scale there).
+def _operators(
+    fulls: tuple[int, int], reduced: tuple[int, int], ratios: tuple[Ratio, Ratio]
+) -> tuple[Operator, Operator]:
+    """PDQ's blur-and-decimate along both axes, as 64 bands of weights over each reduced axis.
 
     Mirrors downscaling.cpp: `jaroszFilterFloat` runs two passes of `box1DFloat` with window
     `w = computeJaroszFilterWindowSize(full, 64)` (output k averages pixels
-    [k - w + half, k + half - 1], half = (w + 2) // 2, clipped at the edges), then
-    `decimateFloat` keeps pixel ⌊(i + ½) · full / 64⌋. Two passes of one box are one linear map
-    per output, found here with difference arrays; each original pixel's weight then goes to
-    the reduced pixel covering it (measured closer to the reference than linear interpolation).
+    [k - lead, k + reach], reach = (w + 2) // 2 - 1, lead = w - 1 - reach, clipped at the
+    edges), then
+    `decimateFloat` keeps pixel ⌊(i + ½) · full / 64⌋. So a sample is a weighted sum of at
+    most w first-pass boxes, and each original pixel's weight goes to the reduced pixel that
+    holds its centre (measured closer to the reference than interpolating). A band's weights
+    are differences of the sample's cumulative weight at the band's pixel edges, which is a
+    clipped count per box: nothing is per original pixel, so the cost does not grow with the
+    image.
+
+    Every new upload size pays this, and for arrays this small numpy's per-call overhead is
+    the cost, so both axes go through one set of calls (the narrower window padded with
+    zero weights), in float64: the pixel mapping's floors and ceilings are of ratios of
+    integers far below 2^53, so they are exact (and match the old per-pixel build bit for bit
+    on DCT-scaled JPEGs).
     """
-    window = (full + 127) // 128
-    reach = (window + 2) // 2 - 1  # box output k averages pixels [k - lead, k + reach]
-    lead = window - 1 - reach
-    samples = ((np.arange(64) + 0.5) * full / 64).astype(np.int64)
-    # Second pass: a sample averages the first-pass outputs in its window (clipped: fewer).
+    axes = []
+    width = 1
+    for full, size, (num, den) in zip(fulls, reduced, ratios, strict=True):
+        window = (full + 127) // 128
+        reach = (window + 2) // 2 - 1
+        axes.append((full, size, num, den, window - 1 - reach, reach))
+        # A sample's pixels span at most 2w - 1 and touch at most ⌊(2w - 2)·num/den⌋ + 2 reduced.
+        width = max(width, (2 * window - 2) * num // den + 2)
+    full, size, num, den, lead, reach = np.array(axes, dtype=np.float64).T[:, :, None, None]
+    samples = np.floor((np.arange(64)[:, None] + 0.5) * full / 64)  # (axis, 64, 1)
+    # Second pass: a sample averages the first-pass outputs [first, last] (clipped: fewer).
     first = np.maximum(samples - lead, 0)
     last = np.minimum(samples + reach, full - 1)
-    outputs = first[:, None] + np.arange(window)[None, :]
-    weight = (outputs <= last[:, None]) / (last - first + 1)[:, None]
-    outputs = np.minimum(outputs, full - 1)
-    # First pass: each of those outputs averages its own window; sum the boxes per sample.
+    outputs = first + np.arange((max(fulls) + 127) // 128)
+    weight = (outputs <= last) / (last - first + 1)
+    np.minimum(outputs, last, out=outputs)
+    # First pass: output k averages pixels [box_first, box_first + box_count).
     box_first = np.maximum(outputs - lead, 0)
-    box_last = np.minimum(outputs + reach, full - 1)
-    weight /= box_last - box_first + 1
-    origin = box_first[:, 0]
-    span = int((box_last.max(axis=1) - origin).max()) + 2
-    row = np.arange(64)[:, None] * span
-    diff = np.bincount((row + box_first - origin[:, None]).ravel(), weight.ravel(), 64 * span)
-    diff -= np.bincount((row + box_last + 1 - origin[:, None]).ravel(), weight.ravel(), 64 * span)
-    pixel_weight = np.cumsum(diff.reshape(64, span)[:, :-1], axis=1)  # pixel origin + j
-    pixels = np.minimum(origin[:, None] + np.arange(span - 1)[None, :], full - 1)
-    # Each original pixel's weight goes to the reduced pixel whose footprint holds its centre.
-    reduced_index = np.minimum(((pixels + 0.5) * scale).astype(np.intp), reduced - 1)
-    width = int((reduced_index[:, -1] - reduced_index[:, 0]).max()) + 1
-    band_start = np.minimum(reduced_index[:, 0], reduced - width)
-    slot = np.arange(64)[:, None] * width + reduced_index - band_start[:, None]
-    band = np.bincount(slot.ravel(), pixel_weight.ravel(), 64 * width).reshape(64, width)
-    weights = band.astype(np.float32)
-    band_start.setflags(write=False)  # cached and shared between threads: read-only
-    weights.setflags(write=False)
-    return band_start, weights
+    box_count = np.minimum(outputs + reach + 1, full) - box_first
+    weight /= box_count
+    # The band starts at the reduced pixel holding the sample's first pixel; reduced pixel j
+    # starts at original pixel ⌈(2j·den - num) / 2num⌉ (the inverse of `Ratio`'s mapping).
+    band_first = np.floor((2 * box_first[:, :, :1] + 1) * num / (2 * den))
+    band = np.maximum(np.minimum(band_first, size - width), 0) + np.arange(width + 1)
+    edge = np.minimum(np.maximum(np.ceil((2 * band * den - num) / (2 * num)), 0), full)
+    # Each box's pixels before each edge, over its count: the sample's cumulative weight there.
+    before = np.minimum(np.maximum(edge[..., None] - box_first[:, :, None, :], 0),
+                        box_count[:, :, None, :])
+    cumulative = np.einsum("aiw,aijw->aij", weight, before)
+    weights = (cumulative[:, :, 1:] - cumulative[:, :, :-1]).astype(np.float32)
+    index = np.minimum(band[:, :, :-1], size - 1).astype(np.intp)  # past the end: weight 0
+    for array in (index, weights):
+        array.setflags(write=False)  # cached and shared between threads: read-only
+    return (index[0], weights[0]), (index[1], weights[1])
 
 
-def _quality(block: FloatArray) -> int:
+def _quality(block32: Float32Array) -> int:
     """pdqImageDomainQualityMetric: count of significant gradients in the 64×64, 0–100."""
-    block32 = block.astype(np.float32)
     down = np.trunc((block32[:-1, :] - block32[1:, :]) * np.float32(100) / np.float32(255))
     across = np.trunc((block32[:, :-1] - block32[:, 1:]) * np.float32(100) / np.float32(255))
     gradient_sum = int(np.abs(down).sum()) + int(np.abs(across).sum())
@@ -283,7 +296,7 @@ def _dct16(reduced: Reduced) -> tuple[FloatArray, int]:
     """
     if min(reduced.width, reduced.height) < _MIN_HASHABLE_DIM:
         return np.zeros((16, 16)), 0
-    block, quality = pdq_from_luma(reduced.luma, reduced.height, reduced.width, reduced.scale)
+    block, quality = pdq_from_luma(reduced.luma, reduced.height, reduced.width, reduced.ratios)
     dct = np.einsum("ik,kl->il", _DCT, block)
     return np.einsum("il,jl->ij", dct, _DCT), quality
 

@@ -58,12 +58,26 @@ Image.MAX_IMAGE_PIXELS = None
 RGBArray = npt.NDArray[np.uint8]
 
 
+# Formats whose decoder can produce a reduced image without decoding every pixel (libjpeg's DCT
+# scaling, used by `hashsvc.fastpdq`); every other format costs a full decode.
+SCALABLE_FORMATS: tuple[str, ...] = ("JPEG", "MPO")
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
-    """Limits a platform would choose for uploads; all checked before the full decode."""
+    """Limits a platform would choose for uploads; all checked before any pixel is decoded.
 
-    max_bytes: int = 50 * 1024 * 1024
+    `max_full_decode_pixels` caps the formats that can only be decoded at full size (PNG, WebP,
+    GIF, …): their cost grows with every pixel, a JPEG's (decoded at reduced scale) mostly with
+    its bytes. Measured (2026-11-23, shared 2-core machine, load ~15; peak RSS of a fresh
+    process): a 24 MP PNG took 2.5 s and 150 MB on the fast PDQ path (14 s and 850 MB on the
+    reference path), a 50 MP JPEG 0.15 s and 46 MB on the fast path. The "cap" rows of
+    `loadtests/bench_hashing.py` time them against the reference.
+    """
+
+    max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 50_000_000
+    max_full_decode_pixels: int = 24_000_000
     max_side: int = 30_000
     min_side: int = 8
 
@@ -137,16 +151,24 @@ def open_checked(data: bytes, limits: DecodeLimits, name: str) -> tuple[Image.Im
         ) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise CorruptImageError(f"{name}: cannot read image header: {err}") from None
-    _check_dimensions(name, image.width, image.height, limits)
-    return image, image.format or "unknown"
+    fmt = image.format or "unknown"
+    _check_dimensions(name, fmt, image.width, image.height, limits)
+    return image, fmt
 
 
-def _check_dimensions(name: str, width: int, height: int, limits: DecodeLimits) -> None:
-    if width * height > limits.max_pixels or max(width, height) > limits.max_side:
+def _check_dimensions(name: str, fmt: str, width: int, height: int, limits: DecodeLimits) -> None:
+    pixels = width * height
+    if pixels > limits.max_pixels or max(width, height) > limits.max_side:
         raise ImageTooLargeError(
-            f"{name}: {width}×{height} ({width * height:,} pixels) exceeds the limit of "
+            f"{name}: {width}×{height} ({pixels:,} pixels) exceeds the limit of "
             f"{limits.max_pixels:,} pixels / {limits.max_side:,} per side "
             "(refused before decoding: possible decompression bomb)"
+        )
+    if pixels > limits.max_full_decode_pixels and fmt not in SCALABLE_FORMATS:
+        raise ImageTooLargeError(
+            f"{name}: {width}×{height} {fmt} ({pixels:,} pixels) exceeds the limit of "
+            f"{limits.max_full_decode_pixels:,} pixels for formats decoded at full size "
+            "(only JPEG decodes at reduced scale; refused before decoding)"
         )
     if min(width, height) < limits.min_side:
         raise ImageTooSmallError(

@@ -2,7 +2,8 @@
 multi-index hashing is still clearly faster than the flat scan it replaces.
 
 The speed checks are ratios measured in one run, with the structures timed in rotating blocks,
-not absolute times, so a slower or busier machine moves both sides. At the smoke size (1M codes)
+not absolute times, so a slower or busier machine moves both sides; the snapshot load is
+checked against the build it replaces. At the smoke size (1M codes)
 the multi-index hash measured 6.6-8.5× faster than FAISS's flat index warm and 2.6-3.6× cold
 (caches evicted before each query) on this project's shared 2-core machine. The floors, 3× warm
 and 1.5× cold, leave a factor of about 2 for noise, and fall only if the search really regressed
@@ -18,15 +19,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 MIN_WARM_SPEEDUP = 3.0
 MIN_COLD_SPEEDUP = 1.5
 
 
+# A time limit only against a hang: a smoke run takes about a minute on a quiet machine and
+# measured 4 minutes with the shared machine at load average 15-22.
+@pytest.mark.timeout(900)
 def test_search_benchmark_smoke() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "loadtests" / "bench_search.py"), "--smoke"],
-        capture_output=True, text=True, timeout=240, check=True,
+        capture_output=True, text=True, timeout=840, check=True,
     )
     report: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     assert report["benchmark"] == "pdq-range-search"
@@ -47,6 +53,8 @@ def test_search_benchmark_smoke() -> None:
         assert mih["cold_speedup_vs_flat"] >= MIN_COLD_SPEEDUP, (where, mih)
         # The index is its arrays, memory-mapped: 32 bytes of code + 4 per table per entry.
         assert mih["index_mib"] * 2**20 < run["codes"] * (32 + 4 * mih["tables"]) + 64 * 2**20
-        assert mih["load_seconds"] < 1.0, where
+        # Loading maps the saved tables; it must not rebuild them: a ratio to the build, not a
+        # time (measured 370-700x under load; a rebuild at load would be ~1x).
+        assert mih["load_seconds"] * 20 < mih["build_seconds"], (where, mih)
     # The table a person reads comes before the JSON.
     assert "structure" in result.stdout.splitlines()[0]

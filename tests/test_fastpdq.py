@@ -135,21 +135,35 @@ def test_bad_input_fails_exactly_as_decode_does(case: str) -> None:
     assert str(got.value) == str(expected.value)
 
 
+@pytest.mark.timeout(900)  # only against a hang: ~1 min quiet, several at load average 20
 def test_smoke_benchmark_speed_and_agreement(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     subprocess.run(
         [sys.executable, str(ROOT / "loadtests" / "bench_hashing.py"), "--smoke",
          "--json", str(out)],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True, text=True, timeout=840, check=True,
     )
     result = json.loads(out.read_text())
     speed = {row["case"]: row for row in result["speed"]}
-    # Floor 8x, a ratio measured side by side in one process rather than a time: smoke runs
-    # measured 15-20x on a 3-MP JPEG (full run 17x) on this shared 2-core machine, so 8x leaves
-    # a 2x margin for a busy CI box, yet it fails if JPEG DCT scaling stops working (the same
-    # image then measures ~5x: full decode plus box reduction) or the reduction goes (~3x).
-    assert speed["JPEG 3 MP"]["speedup"] > 8
-    assert speed["PNG 1 MP"]["speedup"] >= 1  # no slower than the baseline (measured ~1.3-1.4x)
-    high = result["agreement"]["quality_ge_80"]
+    # Ratios measured side by side in one process, never times, with floors about half of what
+    # smoke runs measure on this shared 2-core machine (even at load average ~15), yet above
+    # what each named regression measures:
+    # - 3 MP JPEG, floor 8x (measured 15-22x): lost DCT scaling (full decode plus box
+    #   reduction) measures ~5x, a lost reduction ~3x.
+    # - 1 MP JPEG, floor 4x (measured 7-12x): here per-upload overhead shows; operators built
+    #   per original pixel or a BLAS product whose threads spin (7x slower) fall below it.
+    # - 1 MP PNG and WebP, floor 0.9x (measured 1.2-1.7x): the fast path must not cost more than
+    #   the reference; an extra full-size float copy or conversion drops it to ~0.6x.
+    assert speed["JPEG 3 MP"]["speedup"] > 8, speed["JPEG 3 MP"]
+    assert speed["JPEG 1 MP"]["speedup"] > 4, speed["JPEG 1 MP"]
+    assert speed["PNG 1 MP"]["speedup"] >= 0.9, speed["PNG 1 MP"]
+    assert speed["WebP 1 MP"]["speedup"] >= 0.9, speed["WebP 1 MP"]
+    # Meta's bar, over every image (reference set, photos, and the photos upscaled to 1-12 MP
+    # JPEGs, each drafted at its own DCT scale, and to PNG/WebP), not only on average.
+    agreement = result["agreement"]
+    high = agreement["quality_ge_80"]
     assert high["images"] >= 80
-    assert high["within_10"] >= 0.99
+    assert high["within_10"] >= 0.99, high
+    for size in ("1", "3", "6", "12"):
+        group = agreement["by_group"][f"JPEG {size} MP (upscaled photos)"]["quality_ge_80"]
+        assert group["images"] >= 3 and group["within_10"] >= 0.99, (size, group)

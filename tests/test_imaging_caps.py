@@ -1,0 +1,138 @@
+"""Upload caps: bytes, and pixels for formats that can only be decoded at full size.
+
+Each refusal happens before any pixel is decoded, is an `ImageTooLargeError` whose message names
+the image, its size and the limit, fails the same way on the reference and the fast PDQ path,
+and reaches a client as INVALID_ARGUMENT. The caps are settings like every other limit
+(flags > HASHSVC_* > TOML > defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from hashsvc_client import Client, InvalidArgument
+from PIL import Image
+
+from hashsvc import config
+from hashsvc.errors import ImageTooLargeError
+from hashsvc.fastpdq import pdq_fast
+from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, decode, open_checked
+from tests.conftest import BRIDGE_ORIGINAL
+from tests.server_process import ServerProcess
+from tests.test_server import _seed_bridge_bank
+
+BRIDGE = Image.open(BRIDGE_ORIGINAL).convert("RGB")
+BRIDGE_PIXELS = BRIDGE.width * BRIDGE.height
+
+
+def _encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG claiming width×height with almost no data: a decompression bomb's calling card."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _refusals(data: bytes, limits: DecodeLimits) -> str:
+    """The message both decoding paths refuse `data` with; they must agree word for word."""
+    with pytest.raises(ImageTooLargeError) as reference:
+        decode(data, limits, name="upload.bin")
+    with pytest.raises(ImageTooLargeError) as fast:
+        pdq_fast(data, limits, name="upload.bin")
+    assert str(fast.value) == str(reference.value)
+    return str(reference.value)
+
+
+def test_default_caps() -> None:
+    assert DEFAULT_LIMITS.max_bytes == 32 * 2**20
+    assert DEFAULT_LIMITS.max_full_decode_pixels == 24_000_000
+    assert DEFAULT_LIMITS.max_pixels == 50_000_000
+
+
+def test_a_png_just_over_the_default_full_decode_cap_is_refused_but_a_jpeg_is_not() -> None:
+    # A real 6000×4001 image (24,006,000 pixels), grey so that it encodes quickly.
+    image = Image.new("L", (6000, 4001), 128)
+    message = _refusals(_encode(image, "PNG"), DEFAULT_LIMITS)
+    assert message == (
+        "upload.bin: 6000×4001 PNG (24,006,000 pixels) exceeds the limit of 24,000,000 pixels "
+        "for formats decoded at full size (only JPEG decodes at reduced scale; "
+        "refused before decoding)")
+    # The same pixels as a JPEG decode at 1/8 scale: accepted, and the fast path hashes it.
+    jpeg = _encode(image, "JPEG")
+    assert open_checked(jpeg, DEFAULT_LIMITS, "upload.jpg")[1] == "JPEG"
+    assert pdq_fast(jpeg).quality == 0  # flat grey: PDQ's quality says there is nothing to see
+
+
+def test_a_png_at_the_configured_cap_is_accepted_one_pixel_over_is_refused() -> None:
+    png = _encode(BRIDGE, "PNG")
+    at_cap = DecodeLimits(max_full_decode_pixels=BRIDGE_PIXELS)
+    assert decode(png, at_cap).pixels == BRIDGE_PIXELS
+    assert pdq_fast(png, at_cap).quality is not None
+    message = _refusals(png, DecodeLimits(max_full_decode_pixels=BRIDGE_PIXELS - 1))
+    assert f"({BRIDGE_PIXELS:,} pixels) exceeds the limit of {BRIDGE_PIXELS - 1:,}" in message
+    for fmt in ("WEBP", "BMP", "TIFF", "GIF"):  # every format without reduced-scale decoding
+        _refusals(_encode(BRIDGE, fmt), DecodeLimits(max_full_decode_pixels=BRIDGE_PIXELS - 1))
+
+
+def test_a_header_only_bomb_between_the_two_pixel_caps_is_refused_before_decoding() -> None:
+    # 4899×4900 is under the 50 MP cap but over the full-decode cap; its data would not even
+    # fill one row, so reaching the decoder would fail differently.
+    message = _refusals(_png_header_only(4899, 4900), DEFAULT_LIMITS)
+    assert "4899×4900 PNG (24,005,100 pixels) exceeds the limit of 24,000,000" in message
+
+
+def test_bytes_over_the_default_cap_are_refused_before_parsing() -> None:
+    data = b"\xff\xd8\xff" + bytes(32 * 2**20 - 2)
+    message = _refusals(data, DEFAULT_LIMITS)
+    assert message == ("upload.bin: 33,554,433 bytes exceeds the limit of 33,554,432 bytes")
+
+
+def _parse(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    return parser.parse_args(flags)
+
+
+def test_the_full_decode_cap_is_a_setting(tmp_path: Path) -> None:
+    toml = tmp_path / "hashsvc.toml"
+    toml.write_text("max_image_full_decode_pixels = 1000\nmax_image_bytes = 2000\n")
+    environ = {"HASHSVC_CONFIG": str(toml), "HASHSVC_MAX_IMAGE_FULL_DECODE_PIXELS": "3000"}
+    assert config.load(_parse(), {}).limits == DEFAULT_LIMITS
+    from_file = config.load(_parse("--config", str(toml)), {}).limits
+    assert (from_file.max_full_decode_pixels, from_file.max_bytes) == (1000, 2000)
+    assert config.load(_parse(), environ).limits.max_full_decode_pixels == 3000
+    flagged = config.load(_parse("--max-image-full-decode-pixels", "4000"), environ)
+    assert flagged.limits.max_full_decode_pixels == 4000
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast-pdq"])
+def test_the_server_refuses_with_invalid_argument_and_the_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    home = tmp_path / "home"
+    _seed_bridge_bank(home)
+    monkeypatch.setenv("HASHSVC_MAX_IMAGE_FULL_DECODE_PIXELS", str(BRIDGE_PIXELS - 1))
+    flags = ("--scan-fast-pdq",) if fast else ()
+    with ServerProcess(home, *flags) as server, \
+            Client(server.target, api_key=server.keys["scanner"]) as client:
+        with pytest.raises(InvalidArgument, match=r"PNG \(.* pixels\) exceeds the limit of "
+                           rf"{BRIDGE_PIXELS - 1:,} pixels for formats decoded at full size"):
+            client.scan_image(_encode(BRIDGE, "PNG"), timeout=30)
+        with pytest.raises(InvalidArgument, match=r"24,005,100 pixels.*decoded at full size"):
+            client.scan_image(_png_header_only(4899, 4900), timeout=30)
+        # The same picture as a JPEG is within every cap, and matches its bank.
+        result = client.scan_image(BRIDGE_ORIGINAL.read_bytes(), timeout=30)
+        assert [m.bank for m in result.matches] == ["bridge"]
