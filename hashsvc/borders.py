@@ -12,7 +12,7 @@ well under 1% of a side (PDQ starts to drift at ~1% per side).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -34,9 +34,9 @@ class Box(NamedTuple):
                    round(self.left * col_factor), round(self.right * col_factor))
 
 
-def trim_box(luma: npt.NDArray[np.floating]) -> Box | None:
-    """The content box inside `luma`'s uniform borders, or None if there is nothing to trim
-    (no border, a flat image, or a box too small to be anything but content)."""
+def trim_box(luma: npt.NDArray[Any]) -> Box | None:
+    """The content box inside the uniform borders of `luma` (float or uint8), or None if there
+    is nothing to trim (no border, a flat image, or a box too small to be anything but content)."""
     rows, cols = luma.shape
     top, bottom, left, right = 0, rows, 0, cols
     for _ in range(4):  # each pass can expose a new uniform edge (a pad around a backdrop)
@@ -55,7 +55,7 @@ def trim_box(luma: npt.NDArray[np.floating]) -> Box | None:
     return None if box == Box(0, rows, 0, cols) else box
 
 
-def _uniform_run(region: npt.NDArray[np.floating]) -> tuple[int, int]:
+def _uniform_run(region: npt.NDArray[Any]) -> tuple[int, int]:
     """How many leading and trailing rows of `region` are uniform.
 
     A row is compared with its own mean, not its median: 5x cheaper, and the few outliers a

@@ -8,8 +8,10 @@ same trimming code, so an original and its padded copy trim to the same box.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from hashsvc.algorithms import PDQ, HashValue
@@ -44,12 +46,13 @@ def trimmed_pdq_fast(reduced: Reduced, *, dihedral: bool = False) -> list[HashVa
     box = trim_box(reduced.luma)
     if box is None:
         return []
-    row_scale, col_scale = reduced.scale
+    (row_num, row_den), (col_num, col_den) = reduced.ratios  # luma px = original px · num/den
+    luma = cast("npt.NDArray[np.uint8]", reduced.luma[box.top:box.bottom, box.left:box.right])
     region = Reduced(
-        luma=np.ascontiguousarray(reduced.luma[box.top:box.bottom, box.left:box.right]),
-        width=max(1, round((box.right - box.left) / col_scale)),
-        height=max(1, round((box.bottom - box.top) / row_scale)),
-        scale=reduced.scale,
+        luma=np.ascontiguousarray(luma),  # uint8 or float32, whichever the decoder gave
+        width=max(1, round((box.right - box.left) * col_den / col_num)),
+        height=max(1, round((box.bottom - box.top) * row_den / row_num)),
+        ratios=reduced.ratios,
         format=reduced.format,
     )
     return pdq_hashes(region, dihedral=dihedral)
