@@ -125,7 +125,7 @@ def test_the_server_refuses_with_invalid_argument_and_the_message(
     home = tmp_path / "home"
     _seed_bridge_bank(home)
     monkeypatch.setenv("HASHSVC_MAX_IMAGE_FULL_DECODE_PIXELS", str(BRIDGE_PIXELS - 1))
-    flags = ("--scan-fast-pdq",) if fast else ()
+    flags = ("--scan-fast-pdq",) if fast else ("--no-scan-fast-pdq",)
     with ServerProcess(home, *flags) as server, \
             Client(server.target, api_key=server.keys["scanner"]) as client:
         with pytest.raises(InvalidArgument, match=r"PNG \(.* pixels\) exceeds the limit of "

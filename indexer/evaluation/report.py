@@ -199,8 +199,8 @@ def plot(summary: dict[str, Any], directory: Path) -> list[str]:
     axes.set_xticks([x + 0.4 - width / 2 for x in range(len(groups))], groups, rotation=40,
                     ha="right")
     axes.set_ylabel(f"recall (%) at FPR ≤ {summary['target_fpr']:g}")
-    axes.set_title("Recall by transform group")
-    axes.legend(fontsize="small")
+    axes.legend(fontsize="small", ncol=len(names), loc="lower center",
+                bbox_to_anchor=(0.5, 1.0), title="Recall by transform group")
     figure.tight_layout()
     figure.savefig(directory / "recall_by_group.png", dpi=110)
     plt.close(figure)
