@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     figures.append(report(title, UNITS[figure], HMA[figure], samples,
                                           echo.label, subject.label))
         else:
-            reference = hashsvc_target("hashsvc, reference PDQ", args.home)
+            reference = hashsvc_target("hashsvc, reference PDQ", args.home, ["--no-scan-fast-pdq"])
             fast = hashsvc_target("hashsvc, fast PDQ", args.home, ["--scan-fast-pdq"])
             targets = [reference, *before, fast]
             mode = "scan-image" if figure == "scan-image" else "stream"
