@@ -161,10 +161,11 @@ class Matcher:
                     bank = int(snapshot.entry_banks[row])
                     if distance > self._thresholds[table.algorithm][bank]:
                         continue
-                    if not query.plain and not _strategy_allows(self._strategies[bank], query):
-                        continue
-                    if (snapshot.entry_variants is not None and not self._strategies[bank]
-                            .accepts_variant(snapshot.variant(row))):
+                    strategies = self._strategies[bank]
+                    variant = "" if snapshot.entry_variants is None else snapshot.variant(row)
+                    if not (query.plain and variant == "") and not _variant_allowed(
+                            strategies, query, variant, int(distance),
+                            int(self._thresholds[table.algorithm][bank])):
                         continue
                     best = hits.get(row)
                     if best is None or distance < best.distance:
@@ -206,9 +207,9 @@ class Matcher:
                 bank = banks.get(entry.bank)
                 if bank is None or distance > bank.threshold(algorithm):
                     continue
-                if not query.plain and not _strategy_allows(bank.strategies, query):
-                    continue
-                if not bank.strategies.accepts_variant(entry.variant):
+                if not (query.plain and entry.variant == "") and not _variant_allowed(
+                        bank.strategies, query, entry.variant, distance,
+                        bank.threshold(algorithm)):
                     continue
                 known = best.get(entry.entry_id)
                 if known is None or distance < known.distance:
@@ -229,9 +230,16 @@ def _query_order(query: Query) -> tuple[bool, bool]:
     return (query.trimmed, query.transform != IDENTITY)
 
 
-def _strategy_allows(strategies: MatchStrategies, query: Query) -> bool:
+def _variant_allowed(
+    strategies: MatchStrategies, query: Query, variant: str, distance: int, threshold: int
+) -> bool:
+    """Whether a hit that involves a strategy (a rotated or trimmed query, a stored variant)
+    counts for a bank: the bank must use that strategy, and the hit must be within the bank's
+    threshold minus its variant margin."""
     return ((query.transform == IDENTITY or strategies.dihedral)
-            and (not query.trimmed or strategies.trim_borders))
+            and (not query.trimmed or strategies.trim_borders)
+            and strategies.accepts_variant(variant)
+            and distance <= threshold - strategies.variant_margin)
 
 
 def _one_per_known_image(matches: list[Match]) -> list[Match]:

@@ -12,6 +12,10 @@ below fixes one of those weak spots, at a price, so a bank chooses:
 - `crop_variants` (index side, known images added from files only): also store the PDQ of
   centred crops that remove N% of each side, one hash per N. PDQ drifts past its threshold when
   a crop differs by ~1% per side, so the list is a grid (default 2, 4, 6, 8, 10).
+- `variant_margin`: a match found through any of the above (a rotated or trimmed query, a stored
+  variant) must be this many bits closer than the bank's threshold. Each extra hash is one more
+  chance of a false match, so a bank that raises its threshold (as `indexer evaluate` may show
+  it can) keeps those matches stricter than the plain hash-to-hash ones.
 
 Hash lists imported from other tools hold plain hashes only; they match exactly as before, and
 the query-side strategies (dihedral, trimmed uploads) still apply to them.
@@ -27,6 +31,7 @@ from hashsvc.errors import HashsvcError
 
 DEFAULT_CROP_GRID: tuple[int, ...] = (2, 4, 6, 8, 10)
 MAX_CROP_PERCENT = 30  # per side: beyond this a "crop" keeps under 40% of each axis
+MAX_MARGIN = 64
 TRIMMED = "trimmed"  # the variant name of a stored trimmed hash, and of a trimmed query
 
 
@@ -39,8 +44,12 @@ class MatchStrategies:
     dihedral: bool = True
     trim_borders: bool = False
     crop_variants: tuple[int, ...] = ()
+    variant_margin: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.variant_margin, int) or not 0 <= self.variant_margin <= MAX_MARGIN:
+            raise HashsvcError(f"variant margin must be 0-{MAX_MARGIN} bits, "
+                               f"got {self.variant_margin}")
         crops = tuple(self.crop_variants)
         if any(not isinstance(p, int) or not 1 <= p <= MAX_CROP_PERCENT for p in crops):
             raise HashsvcError(
@@ -69,12 +78,13 @@ class MatchStrategies:
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> MatchStrategies:
-        unknown = set(value) - {"dihedral", "trim_borders", "crop_variants"}
+        unknown = set(value) - {"dihedral", "trim_borders", "crop_variants", "variant_margin"}
         if unknown:
             raise HashsvcError(f"unknown matching strategy: {', '.join(sorted(unknown))}")
         return cls(dihedral=bool(value.get("dihedral", True)),
                    trim_borders=bool(value.get("trim_borders", False)),
-                   crop_variants=tuple(value.get("crop_variants", ())))
+                   crop_variants=tuple(value.get("crop_variants", ())),
+                   variant_margin=int(value.get("variant_margin", 0)))
 
     def describe(self) -> str:
         parts = ["dihedral" if self.dihedral else "no dihedral"]
@@ -82,6 +92,8 @@ class MatchStrategies:
             parts.append("trim borders")
         if self.crop_variants:
             parts.append("crops " + ",".join(f"{p}%" for p in self.crop_variants))
+        if self.variant_margin:
+            parts.append(f"variant margin {self.variant_margin}")
         return ", ".join(parts)
 
 

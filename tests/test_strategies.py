@@ -218,3 +218,23 @@ def _by_name(path: Path) -> EntrySelector:
 
 def _by_name_text(name: str) -> EntrySelector:
     return EntrySelector(external_ids=[name])
+
+
+def test_variant_margin_makes_strategy_matches_stricter(store: Store, home: DataHome) -> None:
+    (photo,) = _photos_without_border(1)
+    copy = _padded(photo, 20, (0, 0, 0))
+    store.create_bank("b", strategies=MatchStrategies(trim_borders=True))
+    _add_files(store, "b", [photo])
+    (match,) = _scanner(store, home).scan_image(copy).matches
+    assert match.query_trimmed
+    exact_fit = 31 - match.distance  # the largest margin that still lets this match through
+    store.update_bank("b", strategies=MatchStrategies(trim_borders=True,
+                                                      variant_margin=exact_fit))
+    assert [m.distance for m in _scanner(store, home).scan_image(copy).matches] == [
+        match.distance]
+    store.update_bank("b", strategies=MatchStrategies(trim_borders=True,
+                                                      variant_margin=exact_fit + 1))
+    scanner = _scanner(store, home)
+    assert not scanner.scan_image(copy).matches
+    (plain,) = scanner.scan_image(photo.read_bytes()).matches  # plain matches keep threshold 31
+    assert plain.distance == 0 and not plain.query_trimmed

@@ -147,13 +147,15 @@ def bank_to_proto(bank: Bank) -> types_pb2.Bank:
             no_dihedral=not bank.strategies.dihedral,
             trim_borders=bank.strategies.trim_borders,
             crop_variants=bank.strategies.crop_variants,
+            variant_margin=bank.strategies.variant_margin,
         ),
     )
 
 
 def strategies_from_proto(message: types_pb2.MatchStrategies) -> MatchStrategies:
     return MatchStrategies(dihedral=not message.no_dihedral, trim_borders=message.trim_borders,
-                           crop_variants=tuple(message.crop_variants))
+                           crop_variants=tuple(message.crop_variants),
+                           variant_margin=message.variant_margin)
 
 
 def bank_kind(value: types_pb2.BankKind.ValueType) -> str:

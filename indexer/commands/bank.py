@@ -66,17 +66,23 @@ def _bank_fields(parser: argparse.ArgumentParser) -> None:
                             help="for images added from files, also store the PDQ of centred "
                             "crops removing these %% per side: 'default' (2,4,6,8,10), a list "
                             "such as 3,6,9, or 'none'")
+    strategies.add_argument("--variant-margin", type=int, metavar="BITS",
+                            help="matches through a strategy (rotated or trimmed upload, stored "
+                            "variant) must be this many bits inside the threshold (default 0)")
 
 
 def _strategies(args: argparse.Namespace, current: MatchStrategies) -> MatchStrategies | None:
     """The bank's strategies with the flags given applied; None if no flag was given."""
-    if args.dihedral is None and args.trim_borders is None and args.crop_variants is None:
+    if (args.dihedral is None and args.trim_borders is None and args.crop_variants is None
+            and args.variant_margin is None):
         return None
     return MatchStrategies(
         dihedral=current.dihedral if args.dihedral is None else args.dihedral,
         trim_borders=current.trim_borders if args.trim_borders is None else args.trim_borders,
         crop_variants=(current.crop_variants if args.crop_variants is None
                        else parse_crop_list(args.crop_variants)),
+        variant_margin=(current.variant_margin if args.variant_margin is None
+                        else args.variant_margin),
     )
 
 

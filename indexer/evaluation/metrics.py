@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from indexer.evaluation.hashing import NO_MATCH, Codes
+from indexer.evaluation.hashing import NO_MATCH, Codes, HashSet, Plain
 
 Histogram = npt.NDArray[np.int64]  # [d] = number of pairs whose closest distance is d
 _BLOCK_ROWS = 256  # query rows per block: bounds the XOR buffer to ~200 MB at 3,000 originals
@@ -41,31 +41,34 @@ class PairCounts:
 
 
 def pair_histogram(
-    queries: Sequence[Codes], stored: Sequence[Codes], bits: int, *,
-    query_owner: Sequence[int], skip_pairs: Collection[tuple[int, int]] = (),
+    queries: Sequence[HashSet], stored: Sequence[HashSet], bits: int, *,
+    query_owner: Sequence[int], skip_pairs: Collection[tuple[int, int]] = (), margin: int = 0,
 ) -> PairCounts:
-    """Closest distance of every (query image, stored image) pair with different owners.
+    """Closest effective distance of every (query image, stored image) pair with different
+    owners (Hamming distance, plus `margin` unless both hashes are plain: see `closest`).
 
     `queries[i]` is the hash set of query image i, which is original `query_owner[i]` (or -1
     for a negative); `stored[j]` is original j's stored set. `skip_pairs` holds (owner, j)
     pairs to leave out (byte-identical duplicates: not distinct images).
     """
     histogram = np.zeros(bits + 2, dtype=np.int64)
-    stored_rows, stored_starts = _stack(stored)
+    stored_rows, stored_starts = _stack([codes for codes, _ in stored])
     if len(stored_rows) == 0:
         return PairCounts(histogram, 0)
     stored_words = _words(stored_rows)
+    stored_plain = np.concatenate([plain for _, plain in stored])
     pairs = 0
     query_index = 0
     while query_index < len(queries):
-        block: list[Codes] = []
+        block: list[HashSet] = []
         rows = 0
         first = query_index
         while query_index < len(queries) and (rows < _BLOCK_ROWS or not block):
             block.append(queries[query_index])
-            rows += len(queries[query_index])
+            rows += len(queries[query_index][0])
             query_index += 1
-        closest = _block_closest(block, stored_words, stored_starts, len(stored), bits)
+        closest = _block_closest(block, stored_words, stored_plain, stored_starts, len(stored),
+                                 bits, margin)
         for offset in range(len(block)):
             owner = query_owner[first + offset]
             keep = np.ones(len(stored), dtype=bool)
@@ -81,19 +84,22 @@ def pair_histogram(
 
 
 def _block_closest(
-    block: list[Codes], stored_words: npt.NDArray[np.uint64], stored_starts: npt.NDArray[np.intp],
-    stored_count: int, bits: int,
+    block: list[HashSet], stored_words: npt.NDArray[np.uint64], stored_plain: Plain,
+    stored_starts: npt.NDArray[np.intp], stored_count: int, bits: int, margin: int,
 ) -> npt.NDArray[np.int64]:
-    """(len(block), stored_count) closest distances; NO_MATCH where a query set is empty."""
+    """(len(block), stored_count) closest distances; bits + 1 where a query set is empty."""
     result = np.full((len(block), stored_count), bits + 1, dtype=np.int64)
-    nonempty = [i for i, codes in enumerate(block) if len(codes)]
+    nonempty = [i for i, (codes, _) in enumerate(block) if len(codes)]
     if not nonempty:
         return result
-    rows, starts = _stack([block[i] for i in nonempty])
+    rows, starts = _stack([block[i][0] for i in nonempty])
+    query_plain = np.concatenate([block[i][1] for i in nonempty])
     words = _words(rows)
     distances = np.zeros((len(words), len(stored_words)), dtype=np.int64)
     for w in range(words.shape[1]):
         distances += np.bitwise_count(words[:, w, None] ^ stored_words[None, :, w])
+    if margin:
+        distances += margin * ~(query_plain[:, None] & stored_plain[None, :])
     per_query = np.minimum.reduceat(distances, starts, axis=0)
     per_pair = np.minimum.reduceat(per_query, stored_starts, axis=1)
     result[nonempty] = per_pair

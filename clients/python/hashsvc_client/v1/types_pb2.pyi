@@ -469,10 +469,13 @@ class MatchStrategies(_message.Message):
     NO_DIHEDRAL_FIELD_NUMBER: _builtins.int
     TRIM_BORDERS_FIELD_NUMBER: _builtins.int
     CROP_VARIANTS_FIELD_NUMBER: _builtins.int
+    VARIANT_MARGIN_FIELD_NUMBER: _builtins.int
     no_dihedral: _builtins.bool
     """do NOT match rotated/mirrored copies (on by default)"""
     trim_borders: _builtins.bool
     """match copies with borders/letterbox bars added"""
+    variant_margin: _builtins.int
+    """matches through any of the above need threshold - margin"""
     @_builtins.property
     def crop_variants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """images added from files also store centred crops, N% a side"""
@@ -483,10 +486,11 @@ class MatchStrategies(_message.Message):
         no_dihedral: _builtins.bool = ...,
         trim_borders: _builtins.bool = ...,
         crop_variants: _abc.Iterable[_builtins.int] | None = ...,
+        variant_margin: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["crop_variants", b"crop_variants", "no_dihedral", b"no_dihedral", "trim_borders", b"trim_borders"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crop_variants", b"crop_variants", "no_dihedral", b"no_dihedral", "trim_borders", b"trim_borders", "variant_margin", b"variant_margin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
