@@ -52,7 +52,7 @@ def build_home(
     with Store(data_home.store_path) as store:
         store.create_bank(BANK, description="synthetic PDQ list for load tests", tags=["loadtest"])
         started = time.perf_counter()
-        with store.bulk_add(BANK) as adder:
+        with store.bulk_add(BANK, expected=entries + 1) as adder:
             adder.add([NewEntry("pdq", photo_hash.value, f"known-photo:{photo.name}")])
             for start in range(0, entries, _CHUNK):
                 adder.add(NewEntry("pdq", row.tobytes(), f"synthetic-{start + i}")
