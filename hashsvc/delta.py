@@ -31,6 +31,7 @@ class DeltaEntry:
     bank: str
     external_id: str | None
     metadata: dict[str, Any] | None
+    variant: str = ""
 
 
 @dataclass
@@ -63,11 +64,11 @@ class Delta:
     @classmethod
     def build(cls, changes: StoreChanges, banks: list[Bank]) -> Delta:
         grouped: dict[str, tuple[list[bytes], list[DeltaEntry]]] = {}
-        for entry_id, bank, algorithm, value, external_id, metadata in changes.active:
+        for entry_id, bank, algorithm, value, external_id, metadata, variant in changes.active:
             codes, entries = grouped.setdefault(algorithm, ([], []))
             codes.append(value)
             entries.append(DeltaEntry(entry_id, bank, external_id,
-                                      json.loads(metadata) if metadata else None))
+                                      json.loads(metadata) if metadata else None, variant))
         tables = {
             algorithm: DeltaTable(
                 np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(
@@ -80,6 +81,6 @@ class Delta:
             revision=changes.revision,
             tombstones=changes.changed,
             tables=tables,
-            banks={b.name: BankInfo(b.name, b.kind, b.tags, b.thresholds)
+            banks={b.name: BankInfo(b.name, b.kind, b.tags, b.thresholds, b.strategies)
                    for b in banks if b.enabled},
         )

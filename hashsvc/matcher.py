@@ -7,6 +7,10 @@ algorithm at the largest threshold any bank uses, then apply each bank's own thr
 Allowlist banks hold known-benign hashes (confirmed false positives, stock imagery). A query hash
 that matches an allowlist entry suppresses every match of the same algorithm for that scan; the
 suppressed matches are returned separately so the result can say why nothing was reported.
+
+Matching strategies (hashsvc.strategies) are per bank: a hit found through a rotated or trimmed
+query counts only for banks that use that strategy, and a known image's extra hashes (trimmed,
+cropped) are reported as one match per image, the closest, naming the variant that matched.
 """
 
 from __future__ import annotations
@@ -23,16 +27,23 @@ from hashsvc.delta import Delta
 from hashsvc.errors import NotFoundError
 from hashsvc.mih import MultiIndexHash
 from hashsvc.snapshot import BankInfo, HashTable, Snapshot
+from hashsvc.strategies import MatchStrategies
 
 IDENTITY = "identity"
 
 
 @dataclass(frozen=True)
 class Query:
-    """One hash to look up; `transform` names the dihedral variant of the upload it came from."""
+    """One hash to look up; `transform` names the dihedral variant of the upload it came from,
+    `trimmed` says it was hashed with the upload's uniform borders cut away."""
 
     hash: HashValue
     transform: str = IDENTITY
+    trimmed: bool = False
+
+    @property
+    def plain(self) -> bool:
+        return self.transform == IDENTITY and not self.trimmed
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,8 @@ class Match:
     query_transform: str
     tags: tuple[str, ...]
     metadata: dict[str, Any] | None
+    query_trimmed: bool = False
+    entry_variant: str = ""  # "" when the known hash itself matched; else e.g. "crop_4"
 
 
 @dataclass
@@ -60,7 +73,7 @@ class MatchOutcome:
 class _Hit:
     row: int
     distance: int
-    transform: str
+    query: Query
 
 
 class Matcher:
@@ -81,6 +94,13 @@ class Matcher:
             name: np.array([bank.threshold(name) for bank in snapshot.banks], dtype=np.int32)
             for name in snapshot.tables
         }
+        self._strategies = [bank.strategies for bank in snapshot.banks]
+
+    @property
+    def wants_trimmed_queries(self) -> bool:
+        """Whether any bank matches trimmed uploads (so scans should compute them)."""
+        banks = [*self.snapshot.banks, *self.delta.banks.values()]
+        return any(bank.strategies.trim_borders for bank in banks)
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -106,6 +126,7 @@ class Matcher:
             matches = [self._to_match(algorithm, hit) for hit in hits.values()
                        if int(self.snapshot.entry_ids[hit.row]) not in self._tombstones]
             matches.extend(self._delta_matches(algorithm, group))
+            matches = _one_per_known_image(matches)
             allowed = [m for m in matches if m.bank_kind == "allowlist"]
             found = [m for m in matches if m.bank_kind != "allowlist"
                      and (wanted is None or m.bank in wanted)]
@@ -133,22 +154,28 @@ class Matcher:
     def _search(self, table: HashTable, queries: list[Query]) -> dict[int, _Hit]:
         """Hits keyed by entry row, keeping each entry's smallest distance (identity on ties)."""
         hits: dict[int, _Hit] = {}
+        snapshot = self.snapshot
         for query, code_indices, distances in self._candidates(table, queries):
             for code_index, distance in zip(code_indices, distances, strict=True):
                 for row in table.entry_rows(int(code_index)).tolist():
-                    bank = int(self.snapshot.entry_banks[row])
+                    bank = int(snapshot.entry_banks[row])
                     if distance > self._thresholds[table.algorithm][bank]:
+                        continue
+                    if not query.plain and not _strategy_allows(self._strategies[bank], query):
+                        continue
+                    if (snapshot.entry_variants is not None and not self._strategies[bank]
+                            .accepts_variant(snapshot.variant(row))):
                         continue
                     best = hits.get(row)
                     if best is None or distance < best.distance:
-                        hits[row] = _Hit(row, int(distance), query.transform)
+                        hits[row] = _Hit(row, int(distance), query)
         return hits
 
     def _candidates(
         self, table: HashTable, queries: list[Query]
     ) -> list[tuple[Query, npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
-        # Identity first, so that on equal distance the identity variant is the one reported.
-        queries = sorted(queries, key=lambda q: q.transform != IDENTITY)
+        # Plain first, so that on equal distance the plain query is the one reported.
+        queries = sorted(queries, key=_query_order)
         if table.codes is not None:
             return [(q, *_exact_lookup(table.codes, q.hash.value)) for q in queries]
         kind = get_algorithm(table.algorithm)
@@ -173,34 +200,69 @@ class Matcher:
         radius = max((banks[e.bank].threshold(algorithm) for e in table.entries
                       if e.bank in banks), default=0)
         best: dict[int, Match] = {}
-        for query in sorted(queries, key=lambda q: q.transform != IDENTITY):
+        for query in sorted(queries, key=_query_order):
             for index, distance in table.within(query.hash.value, radius):
                 entry = table.entries[index]
                 bank = banks.get(entry.bank)
                 if bank is None or distance > bank.threshold(algorithm):
                     continue
+                if not query.plain and not _strategy_allows(bank.strategies, query):
+                    continue
+                if not bank.strategies.accepts_variant(entry.variant):
+                    continue
                 known = best.get(entry.entry_id)
                 if known is None or distance < known.distance:
                     best[entry.entry_id] = _match(bank, entry.entry_id, entry.external_id,
-                                                  algorithm, distance, query.transform,
-                                                  entry.metadata)
+                                                  algorithm, distance, query,
+                                                  entry.metadata, entry.variant)
         return list(best.values())
 
     def _to_match(self, algorithm: str, hit: _Hit) -> Match:
         snapshot = self.snapshot
         bank = snapshot.banks[int(snapshot.entry_banks[hit.row])]
         return _match(bank, int(snapshot.entry_ids[hit.row]), snapshot.external_ids.get(hit.row),
-                      algorithm, hit.distance, hit.transform, snapshot.entry_metadata(hit.row))
+                      algorithm, hit.distance, hit.query, snapshot.entry_metadata(hit.row),
+                      snapshot.variant(hit.row))
+
+
+def _query_order(query: Query) -> tuple[bool, bool]:
+    return (query.trimmed, query.transform != IDENTITY)
+
+
+def _strategy_allows(strategies: MatchStrategies, query: Query) -> bool:
+    return ((query.transform == IDENTITY or strategies.dihedral)
+            and (not query.trimmed or strategies.trim_borders))
+
+
+def _one_per_known_image(matches: list[Match]) -> list[Match]:
+    """Collapse a known image's extra hashes (same bank and external id, some with a variant)
+    into its closest match; plain entries that share an external id are left as they are."""
+    if not any(m.entry_variant for m in matches):
+        return matches
+    images = {(m.bank, m.external_id) for m in matches if m.entry_variant and m.external_id}
+    best: dict[tuple[str, str | None], Match] = {}
+    kept: list[Match] = []
+    for match in matches:
+        key = (match.bank, match.external_id)
+        if key not in images:
+            kept.append(match)
+            continue
+        known = best.get(key)
+        if known is None or (match.distance, match.entry_variant != "") < (
+                known.distance, known.entry_variant != ""):
+            best[key] = match
+    return kept + list(best.values())
 
 
 def _match(
     bank: BankInfo, entry_id: int, external_id: str | None, algorithm: str, distance: int,
-    transform: str, metadata: dict[str, Any] | None,
+    query: Query, metadata: dict[str, Any] | None, variant: str = "",
 ) -> Match:
     return Match(bank=bank.name, bank_kind=bank.kind, entry_id=entry_id,
                  external_id=external_id, algorithm=algorithm, distance=distance,
-                 threshold=bank.threshold(algorithm), query_transform=transform,
-                 tags=bank.tags, metadata=metadata)
+                 threshold=bank.threshold(algorithm), query_transform=query.transform,
+                 tags=bank.tags, metadata=metadata, query_trimmed=query.trimmed,
+                 entry_variant=variant)
 
 
 def _exact_lookup(

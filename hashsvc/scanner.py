@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hashsvc import fastpdq
+from hashsvc import fastpdq, variants
 from hashsvc.algorithms import (
     ALGORITHMS,
     DIHEDRAL_TRANSFORMS,
@@ -35,6 +35,7 @@ class ScanOptions:
     banks: tuple[str, ...] = ()  # empty: every match bank
     dihedral: bool = True  # also query PDQ's 7 rotated/flipped variants of the upload
     match_low_quality: bool = False  # match PDQ hashes whose quality is below the floor
+    trim_borders: bool = True  # also query the upload trimmed, if a bank uses that strategy
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,10 @@ class Scanner:
 
     def hash_upload(
         self, upload: Upload, algorithms: Sequence[str], *, dihedral: bool = False,
-        exact: bool = False,
+        exact: bool = False, trim: bool = False,
     ) -> tuple[list[HashValue], list[Query], Timings]:
-        """Compute `algorithms` over an upload; with `dihedral`, PDQ yields 8 queries.
+        """Compute `algorithms` over an upload; with `dihedral`, PDQ yields 8 queries, and with
+        `trim` as many again from the upload with its uniform borders cut away (if it has any).
         `exact` forces the reference PDQ pipeline (hashes that will be exported or listed)."""
         timings = Timings()
         kinds = [get_algorithm(name) for name in algorithms]
@@ -125,18 +127,10 @@ class Scanner:
         hashes: list[HashValue] = []
         queries: list[Query] = []
         for kind in kinds:
-            if kind.name == PDQ.name and fast:
-                variants = (fastpdq.pdq_fast_dihedral(upload.data, upload.limits,
-                                                      name=upload.name) if dihedral else
-                            [fastpdq.pdq_fast(upload.data, upload.limits, name=upload.name)])
-                hashes.append(variants[0])
-                queries.extend(Query(v, t) for v, t in zip(variants, DIHEDRAL_TRANSFORMS,
-                                                           strict=False))
-            elif kind.name == PDQ.name and dihedral:
-                variants = PDQ.compute_dihedral(upload)
-                hashes.append(variants[0])
-                queries.extend(Query(v, t) for v, t in zip(variants, DIHEDRAL_TRANSFORMS,
-                                                           strict=True))
+            if kind.name == PDQ.name:
+                pdq_queries = _pdq_queries(upload, fast=fast, dihedral=dihedral, trim=trim)
+                hashes.append(pdq_queries[0].hash)
+                queries.extend(pdq_queries)
             else:
                 value = kind.compute(upload)
                 hashes.append(value)
@@ -151,7 +145,9 @@ class Scanner:
         matcher = self._current()
         algorithms = options.algorithms or _default_algorithms(matcher)
         upload = Upload(data, name=name, limits=self.limits)
-        hashes, queries, timings = self.hash_upload(upload, algorithms, dihedral=options.dihedral)
+        hashes, queries, timings = self.hash_upload(
+            upload, algorithms, dihedral=options.dihedral,
+            trim=options.trim_borders and matcher.wants_trimmed_queries)
         result = self._match(matcher, hashes, queries, options, timings)
         result.image_pixels = upload.pixels
         result.timings.total_seconds = time.perf_counter() - started
@@ -191,6 +187,21 @@ class Scanner:
             suppressed=outcome.suppressed,
             timings=timings,
         )
+
+
+def _pdq_queries(upload: Upload, *, fast: bool, dihedral: bool, trim: bool) -> list[Query]:
+    """The upload's PDQ queries: plain first, then (`dihedral`) its 7 rotations and flips,
+    then (`trim`) the same of its trimmed box, if it has uniform borders."""
+    if fast:
+        reduced = fastpdq.decode_reduced(upload.data, upload.limits, name=upload.name)
+        plain = fastpdq.pdq_hashes(reduced, dihedral=dihedral)
+        trimmed = variants.trimmed_pdq_fast(reduced, dihedral=dihedral) if trim else []
+    else:
+        plain = PDQ.hash_rgb(upload.decoded.rgb, dihedral=dihedral)
+        trimmed = variants.trimmed_pdq(upload, dihedral=dihedral) if trim else []
+    return ([Query(v, t) for v, t in zip(plain, DIHEDRAL_TRANSFORMS, strict=False)]
+            + [Query(v, t, trimmed=True)
+               for v, t in zip(trimmed, DIHEDRAL_TRANSFORMS, strict=False)])
 
 
 def _default_algorithms(matcher: Matcher) -> tuple[str, ...]:

@@ -49,6 +49,7 @@ from hashsvc.mih import CODE_BITS as MIH_BITS
 from hashsvc.mih import FILES as MIH_FILES
 from hashsvc.mih import MultiIndexHash
 from hashsvc.store import Store
+from hashsvc.strategies import PLAIN, MatchStrategies
 
 FORMAT_VERSION = 2  # 2: PDQ indexed by multi-index hashing; format 1 (FAISS) still loads
 READABLE_FORMATS = (1, 2)
@@ -65,6 +66,7 @@ class BankInfo:
     kind: str
     tags: tuple[str, ...]
     thresholds: dict[str, int]
+    strategies: MatchStrategies = PLAIN
 
     def threshold(self, algorithm: str) -> int:
         return self.thresholds.get(algorithm, get_algorithm(algorithm).default_threshold)
@@ -129,6 +131,15 @@ class Snapshot:
     metadata: StringTable
     tables: dict[str, HashTable]
     loaded_at: float
+    # Which strategy's extra hash each row is (strategies.py): codes into `variant_names`,
+    # None when every row is a plain hash (and in snapshots written before strategies existed).
+    entry_variants: npt.NDArray[np.uint8] | None = None
+    variant_names: tuple[str, ...] = ("",)
+
+    def variant(self, row: int) -> str:
+        if self.entry_variants is None:
+            return ""
+        return self.variant_names[int(self.entry_variants[row])]
 
     @property
     def created_at(self) -> float:
@@ -186,12 +197,15 @@ def _write_snapshot(store: Store, directory: Path, version: str, revision: int) 
     entry_banks: list[int] = []
     external_ids: list[str | None] = []
     metadata: list[str | None] = []
+    variant_codes: dict[str, int] = {"": 0}
+    variants: list[int] = []
     hashes: dict[str, list[bytes]] = {name: [] for name in ALGORITHMS}
     hash_rows: dict[str, list[int]] = {name: [] for name in ALGORITHMS}
     by_bank: dict[str, dict[str, int]] = {}
     for batch in store.iter_active_entries():
-        for entry_id, bank_id, algorithm, value, external_id, meta in batch:
+        for entry_id, bank_id, algorithm, value, external_id, meta, variant in batch:
             row = len(entry_ids)
+            variants.append(variant_codes.setdefault(variant, len(variant_codes)))
             entry_ids.append(entry_id)
             entry_banks.append(bank_index[bank_id])
             external_ids.append(external_id)
@@ -204,11 +218,13 @@ def _write_snapshot(store: Store, directory: Path, version: str, revision: int) 
     writer = _FileWriter(directory)
     writer.json("banks.json", [
         {"name": b.name, "kind": b.kind, "tags": list(b.tags), "thresholds": b.thresholds,
-         "description": b.description}
+         "description": b.description, "strategies": json.loads(b.strategies.to_json())}
         for b in banks
     ])
     writer.array("entries.ids.npy", np.asarray(entry_ids, dtype=np.int64))
     writer.array("entries.banks.npy", np.asarray(entry_banks, dtype=np.int32))
+    if len(variant_codes) > 1:
+        writer.array("entries.variants.npy", np.asarray(variants, dtype=np.uint8))
     for name, strings in (("external_ids", external_ids), ("metadata", metadata)):
         blob, offsets = StringTable.encode(strings)
         writer.array(f"entries.{name}.bin.npy", blob)
@@ -228,6 +244,7 @@ def _write_snapshot(store: Store, directory: Path, version: str, revision: int) 
         "store_revision": revision,
         "hashsvc_version": __version__,
         "counts": {"entries": len(entry_ids), "by_algorithm": by_algorithm, "by_bank": by_bank},
+        "variants": list(variant_codes),
         "files": writer.files,
     }
     writer.json(MANIFEST, manifest, record=False)
@@ -446,7 +463,8 @@ def _load_verified(
 
     banks = [
         BankInfo(name=b["name"], kind=b["kind"], tags=tuple(b["tags"]),
-                 thresholds={k: int(v) for k, v in b["thresholds"].items()})
+                 thresholds={k: int(v) for k, v in b["thresholds"].items()},
+                 strategies=MatchStrategies.from_dict(b.get("strategies", {})))
         for b in json.loads((directory / "banks.json").read_text())
     ]
     tables: dict[str, HashTable] = {}
@@ -479,4 +497,6 @@ def _load_verified(
                              array("entries.metadata.offsets.npy")),
         tables=tables,
         loaded_at=time.time(),
+        entry_variants=array("entries.variants.npy") if "entries.variants.npy" in files else None,
+        variant_names=tuple(manifest.get("variants", [""])),
     )

@@ -21,12 +21,13 @@ from typing import Any, Literal, NamedTuple
 
 from hashsvc.algorithms import get_algorithm
 from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
+from hashsvc.strategies import PLAIN, MatchStrategies
 
 BankKind = Literal["match", "allowlist"]
 BANK_KINDS: tuple[BankKind, ...] = ("match", "allowlist")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS banks (
@@ -37,6 +38,7 @@ CREATE TABLE IF NOT EXISTS banks (
     enabled     INTEGER NOT NULL DEFAULT 1,
     tags        TEXT NOT NULL DEFAULT '[]',
     thresholds  TEXT NOT NULL DEFAULT '{}',
+    strategies  TEXT NOT NULL DEFAULT '{}',
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL
 );
@@ -51,6 +53,7 @@ CREATE TABLE IF NOT EXISTS entries (
     disabled        INTEGER NOT NULL DEFAULT 0,
     disabled_reason TEXT,
     changed_rev     INTEGER NOT NULL DEFAULT 0,
+    variant         TEXT NOT NULL DEFAULT '',
     UNIQUE (bank_id, algorithm, hash)
 );
 CREATE INDEX IF NOT EXISTS entries_by_external_id ON entries (bank_id, external_id);
@@ -74,6 +77,7 @@ class Bank:
     created_at: float
     updated_at: float
     entry_count: int = 0
+    strategies: MatchStrategies = PLAIN
 
 
 class NewEntry(NamedTuple):
@@ -86,6 +90,7 @@ class NewEntry(NamedTuple):
     hash: bytes
     external_id: str | None = None
     metadata: dict[str, Any] | None = None
+    variant: str = ""  # "" for the hash itself; else which strategy's extra hash (strategies.py)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class Entry:
     added_at: float
     disabled: bool
     disabled_reason: str | None
+    variant: str = ""
 
 
 @dataclass
@@ -128,7 +134,8 @@ class EntrySelector:
 class StoreChanges:
     revision: int
     changed: frozenset[int]  # entry ids changed (added, disabled, enabled, removed)
-    active: list[tuple[Any, ...]]  # (id, bank, algorithm, hash, external_id, metadata JSON)
+    # (id, bank, algorithm, hash, external_id, metadata JSON, variant)
+    active: list[tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
@@ -209,12 +216,24 @@ class Store:
                     f"{self.path}: store schema {row[0]} is newer than this hashsvc "
                     f"understands ({SCHEMA_VERSION}); upgrade hashsvc"
                 )
-            elif int(row[0]) == 1:  # v2 stamps each entry change with the revision that made it
-                self._db.executescript(
-                    "BEGIN; ALTER TABLE entries ADD COLUMN changed_rev INTEGER NOT NULL DEFAULT 0;"
-                    " UPDATE meta SET value = '2' WHERE key = 'schema'; COMMIT;"
-                )
+            else:
+                self._upgrade(int(row[0]))
             self._db.executescript(_INDEXES)
+
+    def _upgrade(self, schema: int) -> None:
+        """Bring an older store up to `SCHEMA_VERSION`, one transaction per step."""
+        steps = {
+            # v2 stamps each entry change with the revision that made it
+            1: "ALTER TABLE entries ADD COLUMN changed_rev INTEGER NOT NULL DEFAULT 0;",
+            # v3: per-bank matching strategies, and entries that are a strategy's extra hash
+            2: "ALTER TABLE banks ADD COLUMN strategies TEXT NOT NULL DEFAULT '{}';"
+               " ALTER TABLE entries ADD COLUMN variant TEXT NOT NULL DEFAULT '';",
+        }
+        for version in range(schema, SCHEMA_VERSION):
+            self._db.executescript(
+                f"BEGIN; {steps[version]} UPDATE meta SET value = '{version + 1}'"
+                " WHERE key = 'schema'; COMMIT;"
+            )
 
     def close(self) -> None:
         with self._lock, self._read_lock:
@@ -263,6 +282,7 @@ class Store:
         tags: Iterable[str] = (),
         thresholds: dict[str, int] | None = None,
         enabled: bool = True,
+        strategies: MatchStrategies | None = None,
     ) -> Bank:
         validate_name(name)
         tag_list = sorted({validate_name(t, "tag") for t in tags})
@@ -272,9 +292,10 @@ class Store:
             with self._write() as db:
                 db.execute(
                     "INSERT INTO banks (name, description, kind, enabled, tags, thresholds,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " strategies, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (name, description, _validate_kind(kind), int(enabled),
-                     json.dumps(tag_list), json.dumps(clean_thresholds), now, now),
+                     json.dumps(tag_list), json.dumps(clean_thresholds),
+                     (strategies or MatchStrategies()).to_json(), now, now),
                 )
         except sqlite3.IntegrityError:
             raise AlreadyExistsError(f"bank {name!r} already exists") from None
@@ -293,7 +314,7 @@ class Store:
         sql = (
             "SELECT b.id, b.name, b.description, b.kind, b.enabled, b.tags, b.thresholds,"
             " b.created_at, b.updated_at,"
-            " (SELECT COUNT(*) FROM entries e WHERE e.bank_id = b.id)"
+            " (SELECT COUNT(*) FROM entries e WHERE e.bank_id = b.id), b.strategies"
             f" FROM banks b {where} ORDER BY b.name"
         )
         with self._read_lock:
@@ -301,7 +322,8 @@ class Store:
         return [
             Bank(id=r[0], name=r[1], description=r[2], kind=r[3], enabled=bool(r[4]),
                  tags=tuple(json.loads(r[5])), thresholds=json.loads(r[6]),
-                 created_at=r[7], updated_at=r[8], entry_count=r[9])
+                 created_at=r[7], updated_at=r[8], entry_count=r[9],
+                 strategies=MatchStrategies.from_json(r[10]))
             for r in rows
         ]
 
@@ -315,8 +337,12 @@ class Store:
         enabled: bool | None = None,
         tags: Iterable[str] | None = None,
         thresholds: dict[str, int] | None = None,
+        strategies: MatchStrategies | None = None,
     ) -> Bank:
-        """Change only the fields given; `thresholds` replaces the whole override map."""
+        """Change only the fields given; `thresholds` replaces the whole override map.
+
+        Changed strategies apply to scans from the next snapshot; extra hashes of known images
+        already added are not recomputed (re-add the images to get them)."""
         bank = self.get_bank(name)
         changes: dict[str, Any] = {}
         if new_name is not None and new_name != name:
@@ -331,6 +357,8 @@ class Store:
             changes["tags"] = json.dumps(sorted({validate_name(t, "tag") for t in tags}))
         if thresholds is not None:
             changes["thresholds"] = json.dumps(validate_thresholds(thresholds))
+        if strategies is not None:
+            changes["strategies"] = strategies.to_json()
         if not changes:
             return bank
         changes["updated_at"] = time.time()
@@ -396,7 +424,8 @@ class Store:
     def _query_entries(self, where: str, args: tuple[Any, ...]) -> list[Entry]:
         sql = (
             "SELECT e.id, b.name, e.algorithm, e.hash, e.external_id, e.metadata, e.added_at,"
-            " e.disabled, e.disabled_reason FROM entries e JOIN banks b ON b.id = e.bank_id"
+            " e.disabled, e.disabled_reason, e.variant"
+            " FROM entries e JOIN banks b ON b.id = e.bank_id"
             f" {where} ORDER BY e.id"
         )
         with self._read_lock:
@@ -404,7 +433,7 @@ class Store:
         return [
             Entry(id=r[0], bank=r[1], algorithm=r[2], hash=r[3], external_id=r[4],
                   metadata=json.loads(r[5]) if r[5] else None, added_at=r[6],
-                  disabled=bool(r[7]), disabled_reason=r[8])
+                  disabled=bool(r[7]), disabled_reason=r[8], variant=r[9])
             for r in rows
         ]
 
@@ -435,7 +464,7 @@ class Store:
 
     def iter_active_entries(self, batch: int = 100_000) -> Iterator[list[tuple[Any, ...]]]:
         """Every entry a snapshot should contain, in batches:
-        (id, bank_id, algorithm, hash, external_id, metadata), enabled banks only.
+        (id, bank_id, algorithm, hash, external_id, metadata, variant), enabled banks only.
 
         Runs inside one read transaction, so the batches are one consistent view of the store.
         """
@@ -443,8 +472,8 @@ class Store:
             self._reader.execute("BEGIN")
             try:
                 cursor = self._reader.execute(
-                    "SELECT e.id, e.bank_id, e.algorithm, e.hash, e.external_id, e.metadata"
-                    " FROM entries e JOIN banks b ON b.id = e.bank_id"
+                    "SELECT e.id, e.bank_id, e.algorithm, e.hash, e.external_id, e.metadata,"
+                    " e.variant FROM entries e JOIN banks b ON b.id = e.bank_id"
                     " WHERE e.disabled = 0 AND b.enabled = 1 ORDER BY e.id"
                 )
                 while rows := cursor.fetchmany(batch):
@@ -465,7 +494,7 @@ class Store:
                     "SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
                 rows = self._reader.execute(
                     "SELECT e.id, b.name, e.algorithm, e.hash, e.external_id, e.metadata,"
-                    " e.disabled = 0 AND b.enabled = 1"
+                    " e.variant, e.disabled = 0 AND b.enabled = 1"
                     " FROM entries e JOIN banks b ON b.id = e.bank_id WHERE e.changed_rev > ?",
                     (revision,),
                 ).fetchall()
@@ -476,7 +505,7 @@ class Store:
         return StoreChanges(
             revision=current,
             changed=frozenset([r[0] for r in rows] + removed),
-            active=[r[:6] for r in rows if r[6]],
+            active=[r[:7] for r in rows if r[7]],
         )
 
     def stats(self) -> StoreStats:
@@ -512,8 +541,8 @@ class BulkAdder:
         # Constants are part of the statement, not bound per row: ~10% of the insert's CPU.
         self._sql = (
             "INSERT OR IGNORE INTO entries (bank_id, algorithm, hash, external_id, metadata,"
-            f" added_at, changed_rev) VALUES ({int(bank_id)}, ?, ?, ?, ?, {time.time()!r},"
-            f" {revision})"
+            f" added_at, changed_rev, variant) VALUES ({int(bank_id)}, ?, ?, ?, ?,"
+            f" {time.time()!r}, {revision}, ?)"
         )
         self._rebuild: list[str] = []
         self._cache_size: int | None = None
@@ -550,7 +579,7 @@ class BulkAdder:
     def add(self, entries: Iterable[NewEntry]) -> AddResult:
         rows = [
             (e.algorithm, e.hash, e.external_id,
-             json.dumps(e.metadata, sort_keys=True) if e.metadata else None)
+             json.dumps(e.metadata, sort_keys=True) if e.metadata else None, e.variant)
             for e in entries
         ]
         before = self._db.total_changes

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hashsvc.algorithms import HashValue, get_algorithm
+from hashsvc.algorithms import PDQ, HashValue, get_algorithm
 from hashsvc.errors import HashsvcError, ImageError
 from hashsvc.imaging import Upload
+from hashsvc.strategies import PLAIN, MatchStrategies
+from hashsvc.variants import index_variants
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -31,6 +33,7 @@ class FileHashes:
     hashes: tuple[HashValue, ...] = ()
     error: str | None = None
     reason: str | None = None
+    variants: tuple[tuple[str, HashValue], ...] = ()  # the strategies' extra PDQ hashes
 
 
 def find_images(paths: Iterable[Path], recursive: bool = True) -> list[Path]:
@@ -49,10 +52,15 @@ def find_images(paths: Iterable[Path], recursive: bool = True) -> list[Path]:
     return found
 
 
-def hash_file(path: Path, algorithms: Sequence[str]) -> FileHashes:
+def hash_file(
+    path: Path, algorithms: Sequence[str], strategies: MatchStrategies = PLAIN
+) -> FileHashes:
+    """The file's hashes, plus (PDQ banks whose `strategies` store them) its variant hashes."""
     try:
         upload = Upload(path.read_bytes(), name=str(path), apply_orientation=True)
-        return FileHashes(path, tuple(get_algorithm(a).compute(upload) for a in algorithms))
+        hashes = tuple(get_algorithm(a).compute(upload) for a in algorithms)
+        extra = tuple(index_variants(upload, strategies)) if PDQ.name in algorithms else ()
+        return FileHashes(path, hashes, variants=extra)
     except ImageError as err:
         return FileHashes(path, error=err.message, reason=err.reason)
     except HashsvcError as err:
@@ -61,7 +69,7 @@ def hash_file(path: Path, algorithms: Sequence[str]) -> FileHashes:
         return FileHashes(path, error=f"{path}: cannot read: {err.strerror}", reason="unreadable")
 
 
-def _hash_file_star(job: tuple[Path, tuple[str, ...]]) -> FileHashes:
+def _hash_file_star(job: tuple[Path, tuple[str, ...], MatchStrategies]) -> FileHashes:
     return hash_file(*job)
 
 
@@ -71,10 +79,11 @@ def hash_files(
     *,
     workers: int | None = None,
     progress: bool = False,
+    strategies: MatchStrategies = PLAIN,
 ) -> Iterator[FileHashes]:
     """Hash `paths` over `workers` processes (default: every core), in input order."""
     workers = workers or os.cpu_count() or 1
-    jobs = [(path, tuple(algorithms)) for path in paths]
+    jobs = [(path, tuple(algorithms), strategies) for path in paths]
     with tqdm(total=len(jobs), unit=" images", disable=not progress, leave=False) as bar:
         if workers == 1 or len(jobs) < 4:
             for job in jobs:

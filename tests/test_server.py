@@ -27,7 +27,7 @@ from hashsvc_client import (
 )
 from hashsvc_client.hashing import hash_file
 from hashsvc_client.v1 import types_pb2
-from PIL import Image
+from PIL import Image, ImageOps
 
 from hashsvc.algorithms import PDQ
 from hashsvc.imaging import Upload
@@ -277,6 +277,38 @@ def test_admin_changes_are_visible_after_publish_without_restart(
         admin.add_entries("atomic", [(("pdq", coaster_pdq), "ok", None),
                                      (("pdq", "00"), "bad", None)])
     assert [b.entry_count for b in admin.list_banks() if b.name == "atomic"] == [0]
+
+
+def test_bank_strategies_through_the_admin_api_and_explained_matches(
+    admin: Client, scanner: Client
+) -> None:
+    photo = sorted(PHOTOS.iterdir())[1]
+    with Image.open(photo) as image:
+        padded = _jpeg(ImageOps.expand(image.convert("RGB"), (80, 100, 80, 100), fill=0))
+    plain = PDQ.compute(Upload(photo.read_bytes())).value
+    admin.create_bank("plain-list")
+    bank = admin.create_bank("trimming-list",
+                             strategies=types_pb2.MatchStrategies(trim_borders=True))
+    assert bank.strategies.trim_borders and not bank.strategies.no_dihedral
+    for name in ("plain-list", "trimming-list"):
+        admin.add_entries(name, [(("pdq", plain), f"{name}-1", None)])
+    (match,) = scanner.scan_image(padded).matches  # through the delta, before any publish
+    assert (match.bank, match.query_trimmed, match.entry_variant) == ("trimming-list", True, "")
+    admin.publish()
+    (match,) = scanner.scan_image(padded).matches  # and from the snapshot
+    assert (match.bank, match.query_trimmed) == ("trimming-list", True)
+
+    updated = admin.update_bank("trimming-list", strategies=types_pb2.MatchStrategies(
+        no_dihedral=True, crop_variants=[3]))
+    assert updated.strategies.no_dihedral and list(updated.strategies.crop_variants) == [3]
+    admin.publish()
+    assert not scanner.scan_image(padded).matched
+    with pytest.raises(InvalidArgument, match="whole percentages"):
+        admin.update_bank("trimming-list",
+                          strategies=types_pb2.MatchStrategies(crop_variants=[90]))
+    for name in ("plain-list", "trimming-list"):
+        admin.delete_bank(name)
+    admin.publish()
 
 
 def test_uploaded_images_are_never_written_or_logged(

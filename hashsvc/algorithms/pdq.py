@@ -45,10 +45,17 @@ class Pdq(HexCodec):
     default_threshold: ClassVar[int] = 31
 
     def compute(self, upload: Upload) -> HashValue:
-        vector, quality = pdqhash.compute(upload.decoded.rgb)
-        return HashValue(self.name, _pack(vector), int(quality))
+        return self.hash_rgb(upload.decoded.rgb)[0]
 
     def compute_dihedral(self, upload: Upload) -> list[HashValue]:
         """The 8 dihedral hashes, in `DIHEDRAL_TRANSFORMS` order, for the cost of about one."""
-        vectors, quality = pdqhash.compute_dihedral(upload.decoded.rgb)
+        return self.hash_rgb(upload.decoded.rgb, dihedral=True)
+
+    def hash_rgb(self, rgb: npt.NDArray[np.uint8], *, dihedral: bool = False) -> list[HashValue]:
+        """PDQ of an H×W×3 array (a whole upload, or a region of one such as its trimmed box)."""
+        rgb = np.ascontiguousarray(rgb)
+        if not dihedral:
+            vector, quality = pdqhash.compute(rgb)
+            return [HashValue(self.name, _pack(vector), int(quality))]
+        vectors, quality = pdqhash.compute_dihedral(rgb)
         return [HashValue(self.name, _pack(v), int(quality)) for v in vectors]

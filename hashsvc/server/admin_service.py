@@ -22,7 +22,7 @@ from hashsvc.store import EntrySelector, NewEntry
 
 log = logging.getLogger("hashsvc.admin")
 
-UPDATABLE = ("name", "description", "kind", "enabled", "tags", "thresholds")
+UPDATABLE = ("name", "description", "kind", "enabled", "tags", "thresholds", "strategies")
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -38,6 +38,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             created = self._store.create_bank(
                 bank.name, description=bank.description, kind=convert.bank_kind(bank.kind),
                 tags=bank.tags, thresholds=dict(bank.thresholds),
+                strategies=convert.strategies_from_proto(bank.strategies),
             )
         except HashsvcError as err:
             abort(context, err)
@@ -70,6 +71,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 "enabled": bank.enabled if "enabled" in paths else None,
                 "tags": list(bank.tags) if "tags" in paths else None,
                 "thresholds": dict(bank.thresholds) if "thresholds" in paths else None,
+                "strategies": (convert.strategies_from_proto(bank.strategies)
+                               if "strategies" in paths else None),
             }
             updated = self._store.update_bank(request.name, **changes)
         except HashsvcError as err:

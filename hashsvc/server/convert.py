@@ -13,6 +13,7 @@ from hashsvc.errors import InvalidHashError
 from hashsvc.matcher import Match
 from hashsvc.scanner import ComputedHash, ScanOptions, ScanResult, Timings
 from hashsvc.store import Bank, EntrySelector
+from hashsvc.strategies import MatchStrategies
 
 ALGORITHM_TO_PROTO: dict[str, types_pb2.Algorithm.ValueType] = {
     name: types_pb2.Algorithm.Value(f"ALGORITHM_{name.upper()}") for name in ALGORITHMS
@@ -94,6 +95,8 @@ def match_to_proto(match: Match) -> types_pb2.Match:
         tags=match.tags,
         metadata=struct(match.metadata),
         bank_kind=BANK_KIND_TO_PROTO[match.bank_kind],
+        query_trimmed=match.query_trimmed,
+        entry_variant=match.entry_variant,
     )
 
 
@@ -140,7 +143,17 @@ def bank_to_proto(bank: Bank) -> types_pb2.Bank:
         entry_count=bank.entry_count,
         created_at=bank.created_at,
         updated_at=bank.updated_at,
+        strategies=types_pb2.MatchStrategies(
+            no_dihedral=not bank.strategies.dihedral,
+            trim_borders=bank.strategies.trim_borders,
+            crop_variants=bank.strategies.crop_variants,
+        ),
     )
+
+
+def strategies_from_proto(message: types_pb2.MatchStrategies) -> MatchStrategies:
+    return MatchStrategies(dihedral=not message.no_dihedral, trim_borders=message.trim_borders,
+                           crop_variants=tuple(message.crop_variants))
 
 
 def bank_kind(value: types_pb2.BankKind.ValueType) -> str:

@@ -6,6 +6,7 @@ from indexer.commands import (
     add_images,
     bank,
     entries,
+    evaluate,
     hash_files,
     import_list,
     match,
@@ -14,5 +15,5 @@ from indexer.commands import (
 )
 
 COMMANDS: tuple[ModuleType, ...] = (
-    bank, import_list, add_images, entries, publish, stats, hash_files, match,
+    bank, import_list, add_images, entries, publish, stats, hash_files, match, evaluate,
 )

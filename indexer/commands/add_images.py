@@ -20,7 +20,9 @@ def register(subcommands: Any) -> None:
         subcommands, "add-images",
         "Hash image files and folders (recursively, in parallel over all cores) into a bank. "
         "Unreadable files are reported and skipped; the rest are added in one transaction. "
-        "Each entry's external id is the file's path relative to the folder given.",
+        "Each entry's external id is the file's path relative to the folder given. A bank "
+        "with --trim-borders or --crop-variants also stores those extra PDQ hashes per image, "
+        "under the same external id.",
         "indexer add-images my-bank ./known-images --algorithms pdq,md5", _run,
     )
     parser.add_argument("bank")
@@ -53,19 +55,22 @@ def _external_id(path: Path, roots: list[Path]) -> str:
 def _run(args: argparse.Namespace) -> int:
     algorithms = parse_algorithms(args.algorithms)
     with open_store(args) as store:
-        store.get_bank(args.bank)  # fail before hashing thousands of files, not after
+        bank = store.get_bank(args.bank)  # fail before hashing thousands of files, not after
     files = find_images(args.paths, recursive=args.recursive)
     if not files:
         raise HashsvcError(f"no image files found in {', '.join(map(str, args.paths))}")
     entries: list[NewEntry] = []
     failures = 0
-    for result in hash_files(files, algorithms, workers=args.workers, progress=show_progress()):
+    for result in hash_files(files, algorithms, workers=args.workers, progress=show_progress(),
+                             strategies=bank.strategies):
         if result.error is not None:
             failures += 1
             say(f"  skipped {result.error}")
             continue
         external_id = _external_id(result.path, args.paths)
         entries.extend(NewEntry(h.algorithm, h.value, external_id) for h in result.hashes)
+        entries.extend(NewEntry(h.algorithm, h.value, external_id, variant=name)
+                       for name, h in result.variants)
     with open_store(args) as store:
         added = store.add_entries(args.bank, entries)
     say(f"{len(files) - failures:,} images hashed, {failures:,} skipped; "

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 from typing import Any
 
 from hashsvc.errors import HashsvcError
 from hashsvc.store import BANK_KINDS, Bank
+from hashsvc.strategies import MatchStrategies, parse_crop_list
 from indexer.commands.common import add_command, emit, open_store, say
 
 
@@ -53,6 +55,29 @@ def _bank_fields(parser: argparse.ArgumentParser) -> None:
                         help="label reported with every match (repeatable)")
     parser.add_argument("--threshold", action="append", dest="thresholds", metavar="ALGO=BITS",
                         help="per-algorithm distance threshold override (repeatable)")
+    strategies = parser.add_argument_group(
+        "matching strategies", "how hard to look for altered copies (README: Detection quality)")
+    strategies.add_argument("--dihedral", action=argparse.BooleanOptionalAction, default=None,
+                            help="match rotated and mirrored copies (default on)")
+    strategies.add_argument("--trim-borders", action=argparse.BooleanOptionalAction,
+                            default=None, help="match copies with added borders or letterbox "
+                            "bars; images added from files also store their trimmed hash")
+    strategies.add_argument("--crop-variants", metavar="PERCENTS",
+                            help="for images added from files, also store the PDQ of centred "
+                            "crops removing these %% per side: 'default' (2,4,6,8,10), a list "
+                            "such as 3,6,9, or 'none'")
+
+
+def _strategies(args: argparse.Namespace, current: MatchStrategies) -> MatchStrategies | None:
+    """The bank's strategies with the flags given applied; None if no flag was given."""
+    if args.dihedral is None and args.trim_borders is None and args.crop_variants is None:
+        return None
+    return MatchStrategies(
+        dihedral=current.dihedral if args.dihedral is None else args.dihedral,
+        trim_borders=current.trim_borders if args.trim_borders is None else args.trim_borders,
+        crop_variants=(current.crop_variants if args.crop_variants is None
+                       else parse_crop_list(args.crop_variants)),
+    )
 
 
 def _thresholds(values: list[str] | None) -> dict[str, int] | None:
@@ -74,8 +99,9 @@ def _create(args: argparse.Namespace) -> int:
         bank = store.create_bank(
             args.name, description=args.description or "", kind=args.kind or "match",
             tags=args.tags or (), thresholds=_thresholds(args.thresholds),
+            strategies=_strategies(args, MatchStrategies()),
         )
-    say(f"created {bank.kind} bank {bank.name!r}")
+    say(f"created {bank.kind} bank {bank.name!r} ({bank.strategies.describe()})")
     return 0
 
 
@@ -89,11 +115,12 @@ def _list(args: argparse.Namespace) -> int:
     if not banks:
         say("no banks yet: create one with `indexer bank create NAME`")
         return 0
-    print(f"{'NAME':24} {'KIND':9} {'ENABLED':7} {'ENTRIES':>10}  TAGS / THRESHOLDS")
+    print(f"{'NAME':24} {'KIND':9} {'ENABLED':7} {'ENTRIES':>10}  TAGS / THRESHOLDS / STRATEGIES")
     for bank in banks:
         thresholds = " ".join(f"{k}={v}" for k, v in sorted(bank.thresholds.items()))
         print(f"{bank.name:24} {bank.kind:9} {'yes' if bank.enabled else 'no':7} "
-              f"{bank.entry_count:>10,}  {','.join(bank.tags)} {thresholds}".rstrip())
+              f"{bank.entry_count:>10,}  {','.join(bank.tags)} {thresholds} "
+              f"[{bank.strategies.describe()}]".replace("  ", " "))
     return 0
 
 
@@ -102,8 +129,9 @@ def _update(args: argparse.Namespace) -> int:
         bank = store.update_bank(
             args.name, new_name=args.rename, description=args.description, kind=args.kind,
             enabled=args.enabled, tags=args.tags, thresholds=_thresholds(args.thresholds),
+            strategies=_strategies(args, store.get_bank(args.name).strategies),
         )
-    say(f"updated bank {bank.name!r}")
+    say(f"updated bank {bank.name!r} ({bank.strategies.describe()})")
     return 0
 
 
@@ -121,6 +149,7 @@ def bank_to_dict(bank: Bank) -> dict[str, Any]:
         "name": bank.name, "kind": bank.kind, "enabled": bank.enabled,
         "description": bank.description, "tags": list(bank.tags),
         "thresholds": bank.thresholds, "entries": bank.entry_count,
+        "strategies": json.loads(bank.strategies.to_json()),
         "created_at": _iso(bank.created_at), "updated_at": _iso(bank.updated_at),
     }
 

@@ -58,6 +58,10 @@ def match_to_dict(match: Match) -> dict[str, Any]:
     }
     if match.query_transform != "identity":
         record["query_transform"] = match.query_transform
+    if match.query_trimmed:
+        record["query_trimmed"] = True
+    if match.entry_variant:
+        record["entry_variant"] = match.entry_variant
     if match.tags:
         record["tags"] = list(match.tags)
     if match.metadata:

@@ -115,9 +115,12 @@ class Client:
     def create_bank(
         self, name: str, *, description: str = "", kind: str = "match",
         tags: Sequence[str] = (), thresholds: dict[str, int] | None = None,
+        strategies: types_pb2.MatchStrategies | None = None,
     ) -> types_pb2.Bank:
+        """`strategies`: e.g. `types_pb2.MatchStrategies(trim_borders=True)`; default dihedral
+        queries only (README: Detection quality)."""
         bank = types_pb2.Bank(name=name, description=description, kind=_bank_kind(kind),
-                              tags=tags, thresholds=thresholds or {})
+                              tags=tags, thresholds=thresholds or {}, strategies=strategies)
         return self._call(self._admin.CreateBank, admin_pb2.CreateBankRequest(bank=bank),
                           self.admin_timeout).bank
 
@@ -126,7 +129,8 @@ class Client:
                                self.admin_timeout).banks)
 
     def update_bank(self, name: str, **changes: Any) -> types_pb2.Bank:
-        """Change only the given fields: new_name, description, kind, enabled, tags, thresholds."""
+        """Change only the given fields: new_name, description, kind, enabled, tags, thresholds,
+        strategies (a `types_pb2.MatchStrategies`, replaced whole)."""
         bank = types_pb2.Bank()
         paths: list[str] = []
         for field, value in changes.items():
@@ -138,6 +142,8 @@ class Client:
                 bank.tags.extend(value)
             elif field == "thresholds":
                 bank.thresholds.update(value)
+            elif field == "strategies":
+                bank.strategies.CopyFrom(value)
             else:
                 setattr(bank, field, value)
             paths.append(field)

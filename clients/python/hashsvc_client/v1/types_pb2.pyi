@@ -212,6 +212,8 @@ class Match(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     BANK_KIND_FIELD_NUMBER: _builtins.int
+    QUERY_TRIMMED_FIELD_NUMBER: _builtins.int
+    ENTRY_VARIANT_FIELD_NUMBER: _builtins.int
     bank: _builtins.str
     entry_id: _builtins.int
     external_id: _builtins.str
@@ -224,6 +226,10 @@ class Match(_message.Message):
     query_transform: Global___Transform.ValueType
     """IDENTITY unless a rotated/flipped variant matched"""
     bank_kind: Global___BankKind.ValueType
+    query_trimmed: _builtins.bool
+    """the upload matched with its uniform borders trimmed"""
+    entry_variant: _builtins.str
+    """"" if the known hash matched; else its stored variant,"""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the bank's tags"""
@@ -245,10 +251,12 @@ class Match(_message.Message):
         tags: _abc.Iterable[_builtins.str] | None = ...,
         metadata: _struct_pb2.Struct | None = ...,
         bank_kind: Global___BankKind.ValueType = ...,
+        query_trimmed: _builtins.bool = ...,
+        entry_variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "bank", b"bank", "bank_kind", b"bank_kind", "distance", b"distance", "entry_id", b"entry_id", "external_id", b"external_id", "metadata", b"metadata", "query_transform", b"query_transform", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "bank", b"bank", "bank_kind", b"bank_kind", "distance", b"distance", "entry_id", b"entry_id", "entry_variant", b"entry_variant", "external_id", b"external_id", "metadata", b"metadata", "query_transform", b"query_transform", "query_trimmed", b"query_trimmed", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -407,6 +415,7 @@ class Bank(_message.Message):
     ENTRY_COUNT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    STRATEGIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-64 of [A-Za-z0-9_.:-]"""
     description: _builtins.str
@@ -425,6 +434,10 @@ class Bank(_message.Message):
     def thresholds(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """per-algorithm override, keyed "pdq", "phash", "dhash" """
 
+    @_builtins.property
+    def strategies(self) -> Global___MatchStrategies:
+        """unset on create: dihedral only"""
+
     def __init__(
         self,
         *,
@@ -437,11 +450,44 @@ class Bank(_message.Message):
         entry_count: _builtins.int = ...,
         created_at: _builtins.float = ...,
         updated_at: _builtins.float = ...,
+        strategies: Global___MatchStrategies | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["strategies", b"strategies"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "enabled", b"enabled", "entry_count", b"entry_count", "kind", b"kind", "name", b"name", "tags", b"tags", "thresholds", b"thresholds", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "enabled", b"enabled", "entry_count", b"entry_count", "kind", b"kind", "name", b"name", "strategies", b"strategies", "tags", b"tags", "thresholds", b"thresholds", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Bank: _TypeAlias = Bank  # noqa: Y015
+
+@_typing.final
+class MatchStrategies(_message.Message):
+    """How hard a bank looks for altered copies (README: Detection quality)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NO_DIHEDRAL_FIELD_NUMBER: _builtins.int
+    TRIM_BORDERS_FIELD_NUMBER: _builtins.int
+    CROP_VARIANTS_FIELD_NUMBER: _builtins.int
+    no_dihedral: _builtins.bool
+    """do NOT match rotated/mirrored copies (on by default)"""
+    trim_borders: _builtins.bool
+    """match copies with borders/letterbox bars added"""
+    @_builtins.property
+    def crop_variants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """images added from files also store centred crops, N% a side"""
+
+    def __init__(
+        self,
+        *,
+        no_dihedral: _builtins.bool = ...,
+        trim_borders: _builtins.bool = ...,
+        crop_variants: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crop_variants", b"crop_variants", "no_dihedral", b"no_dihedral", "trim_borders", b"trim_borders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchStrategies: _TypeAlias = MatchStrategies  # noqa: Y015

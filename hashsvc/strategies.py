@@ -1,0 +1,103 @@
+"""Per-bank matching strategies: how hard hashsvc tries to find an altered copy of a known image.
+
+Plain PDQ survives re-encoding, resizing, blur and overlays, but not borders, letterboxing or
+crops (measured with `indexer evaluate`; see the README's "Detection quality"). Each strategy
+below fixes one of those weak spots, at a price, so a bank chooses:
+
+- `dihedral` (query side, on by default): also search PDQ's 7 rotated/flipped variants of the
+  upload. Free to compute (one DCT), 8 lookups instead of 1.
+- `trim_borders` (both sides): hash the upload again with near-uniform borders (padding,
+  letterbox bars, a plain backdrop) cut away, and, for known images added from files, store the
+  trimmed image's hash beside the plain one. A padded copy then trims back to the original.
+- `crop_variants` (index side, known images added from files only): also store the PDQ of
+  centred crops that remove N% of each side, one hash per N. PDQ drifts past its threshold when
+  a crop differs by ~1% per side, so the list is a grid (default 2, 4, 6, 8, 10).
+
+Hash lists imported from other tools hold plain hashes only; they match exactly as before, and
+the query-side strategies (dihedral, trimmed uploads) still apply to them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hashsvc.errors import HashsvcError
+
+DEFAULT_CROP_GRID: tuple[int, ...] = (2, 4, 6, 8, 10)
+MAX_CROP_PERCENT = 30  # per side: beyond this a "crop" keeps under 40% of each axis
+TRIMMED = "trimmed"  # the variant name of a stored trimmed hash, and of a trimmed query
+
+
+def crop_variant_name(percent: int) -> str:
+    return f"crop_{percent}"
+
+
+@dataclass(frozen=True)
+class MatchStrategies:
+    dihedral: bool = True
+    trim_borders: bool = False
+    crop_variants: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        crops = tuple(self.crop_variants)
+        if any(not isinstance(p, int) or not 1 <= p <= MAX_CROP_PERCENT for p in crops):
+            raise HashsvcError(
+                f"crop variants must be whole percentages 1-{MAX_CROP_PERCENT} per side, "
+                f"got {list(crops)}"
+            )
+        object.__setattr__(self, "crop_variants", tuple(sorted(set(crops))))
+
+    @property
+    def index_variants(self) -> tuple[str, ...]:
+        """Names of the extra hashes stored per known image added from a file."""
+        trimmed = (TRIMMED,) if self.trim_borders else ()
+        return trimmed + tuple(crop_variant_name(p) for p in self.crop_variants)
+
+    def accepts_variant(self, variant: str) -> bool:
+        """Whether a stored variant still counts (a bank may have turned a strategy off)."""
+        return variant == "" or variant in self.index_variants
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "crop_variants": list(self.crop_variants)},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> MatchStrategies:
+        return cls.from_dict(json.loads(text) if text else {})
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> MatchStrategies:
+        unknown = set(value) - {"dihedral", "trim_borders", "crop_variants"}
+        if unknown:
+            raise HashsvcError(f"unknown matching strategy: {', '.join(sorted(unknown))}")
+        return cls(dihedral=bool(value.get("dihedral", True)),
+                   trim_borders=bool(value.get("trim_borders", False)),
+                   crop_variants=tuple(value.get("crop_variants", ())))
+
+    def describe(self) -> str:
+        parts = ["dihedral" if self.dihedral else "no dihedral"]
+        if self.trim_borders:
+            parts.append("trim borders")
+        if self.crop_variants:
+            parts.append("crops " + ",".join(f"{p}%" for p in self.crop_variants))
+        return ", ".join(parts)
+
+
+def parse_crop_list(text: str) -> tuple[int, ...]:
+    """`"2,4,6"` -> (2, 4, 6); `"default"` -> the default grid; `""`/`"none"` -> ()."""
+    text = text.strip().lower()
+    if text in ("", "none", "off"):
+        return ()
+    if text == "default":
+        return DEFAULT_CROP_GRID
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise HashsvcError(
+            f"crop variants: expected comma-separated whole percentages, got {text!r}"
+        ) from None
+
+
+PLAIN = MatchStrategies()  # a bank's strategies unless it chooses others: dihedral queries only

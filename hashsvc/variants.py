@@ -1,0 +1,82 @@
+"""The extra PDQ hashes the matching strategies (`hashsvc.strategies`) compute.
+
+Query side: the hash(es) of an upload with its uniform borders trimmed. Index side: for a known
+image added from a file, the hashes of its trimmed box and of centred crops. Both sides use the
+same trimming code, so an original and its padded copy trim to the same box.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from hashsvc.algorithms import PDQ, HashValue
+from hashsvc.borders import DETECT_SIDE, Box, trim_box
+from hashsvc.fastpdq import Reduced, pdq_hashes
+from hashsvc.imaging import Upload
+from hashsvc.strategies import TRIMMED, MatchStrategies, crop_variant_name
+
+
+def content_box(image: Image.Image) -> Box | None:
+    """The box inside `image`'s uniform borders (full-size pixels), or None."""
+    factor = max(1, math.ceil(max(image.size) / DETECT_SIDE))
+    small = (image.reduce(factor) if factor > 1 else image).convert("L")
+    box = trim_box(np.asarray(small, dtype=np.float32))
+    if box is None:
+        return None
+    return box.scaled(image.height / small.height, image.width / small.width)
+
+
+def trimmed_pdq(upload: Upload, *, dihedral: bool = False) -> list[HashValue]:
+    """PDQ of the upload's trimmed box (8 dihedral hashes with `dihedral`); [] if no border."""
+    image = upload.decoded.image
+    box = content_box(image)
+    if box is None:
+        return []
+    return PDQ.hash_rgb(upload.decoded.rgb[box.top:box.bottom, box.left:box.right],
+                        dihedral=dihedral)
+
+
+def trimmed_pdq_fast(reduced: Reduced, *, dihedral: bool = False) -> list[HashValue]:
+    """`trimmed_pdq` on the scan fast path's reduced luma (already small: no further shrink)."""
+    box = trim_box(reduced.luma)
+    if box is None:
+        return []
+    row_scale, col_scale = reduced.scale
+    region = Reduced(
+        luma=np.ascontiguousarray(reduced.luma[box.top:box.bottom, box.left:box.right]),
+        width=max(1, round((box.right - box.left) / col_scale)),
+        height=max(1, round((box.bottom - box.top) / row_scale)),
+        scale=reduced.scale,
+        format=reduced.format,
+    )
+    return pdq_hashes(region, dihedral=dihedral)
+
+
+def index_variants(upload: Upload, strategies: MatchStrategies) -> list[tuple[str, HashValue]]:
+    """(variant name, PDQ) for each extra hash `strategies` store per known image.
+
+    A variant whose hash equals the plain one (e.g. nothing to trim) is left out."""
+    if not strategies.index_variants:
+        return []
+    rgb = upload.decoded.rgb
+    plain = PDQ.hash_rgb(rgb)[0]
+    found: list[tuple[str, HashValue]] = []
+    if strategies.trim_borders:
+        found.extend((TRIMMED, value) for value in trimmed_pdq(upload))
+    height, width = rgb.shape[:2]
+    for percent in strategies.crop_variants:
+        dy, dx = round(height * percent / 100), round(width * percent / 100)
+        if height - 2 * dy < 8 or width - 2 * dx < 8:
+            continue
+        found.append((crop_variant_name(percent),
+                      PDQ.hash_rgb(rgb[dy:height - dy, dx:width - dx])[0]))
+    seen = {plain.value}
+    unique: list[tuple[str, HashValue]] = []
+    for name, value in found:
+        if value.value not in seen:
+            seen.add(value.value)
+            unique.append((name, value))
+    return unique

@@ -1,0 +1,89 @@
+"""`indexer evaluate ORIGINALS`: recall and false positives of every matching method."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hashsvc.errors import HashsvcError
+from indexer.commands.common import add_command, say, show_progress
+from indexer.evaluation import report
+from indexer.evaluation.hashing import METHODS
+from indexer.evaluation.run import Config, evaluate
+from indexer.evaluation.transforms import BY_NAME, SUITE
+
+T = TypeVar("T")
+
+
+def register(subcommands: Any) -> None:
+    parser = add_command(
+        subcommands, "evaluate",
+        "Measure detection quality before switching a bank on: apply a deterministic suite of "
+        "edits (re-encode, resize, crop, pad, letterbox, rotations, mirror, colour, blur, noise, "
+        "overlay, screenshot, combinations) to each original, hash originals and copies with "
+        "the product's own code for every method (PDQ, PDQ+dihedral, pHash, dHash, hashsvc's "
+        "strategies), and report recall per transform and threshold, the false-positive rate "
+        "over all pairs of distinct originals, and the threshold for a target rate. Writes "
+        "report.md, results.json and PNG plots to --out.",
+        "indexer evaluate ./photos --out ./eval --target-fpr 1e-6", _run,
+    )
+    parser.add_argument("originals", type=Path, help="a folder of distinct original images")
+    parser.add_argument("--negatives", type=Path,
+                        help="a folder of images distinct from every original: more pairs "
+                        "for the false-positive rate")
+    parser.add_argument("--out", type=Path, default=Path("evaluation"),
+                        help="output folder (default ./evaluation)")
+    parser.add_argument("--limit", type=int, help="use only the first N originals")
+    parser.add_argument("--transformed", type=int, metavar="N",
+                        help="apply the transform suite to the first N originals only "
+                        "(default all; false positives always use every original)")
+    parser.add_argument("--transforms", help="comma-separated subset of the suite: "
+                        + ", ".join(t.name for t in SUITE))
+    parser.add_argument("--methods", help="comma-separated subset of: "
+                        + ", ".join(m.name for m in METHODS))
+    parser.add_argument("--target-fpr", type=float, default=1e-6,
+                        help="false-positive rate per pair to find thresholds for "
+                        "(default 1e-6)")
+    parser.add_argument("--workers", type=int, help="processes (default: number of cores)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.originals.is_dir():
+        raise HashsvcError(f"{args.originals}: not a folder of images")
+    if not 0 < args.target_fpr < 1:
+        raise HashsvcError(f"--target-fpr must be between 0 and 1, got {args.target_fpr}")
+    config = Config(
+        originals=args.originals, negatives=args.negatives, limit=args.limit,
+        transformed=args.transformed,
+        methods=_pick(args.methods, {m.name: m for m in METHODS}, "method"),
+        transforms=_pick(args.transforms, BY_NAME, "transform"),
+        target_fpr=args.target_fpr, workers=args.workers, progress=show_progress(),
+    )
+    evaluation = evaluate(config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = report.summarise(evaluation)
+    report.write_json(summary, args.out / "results.json")
+    plots = report.plot(summary, args.out)
+    (args.out / "report.md").write_text(report.markdown(summary, plots))
+    say(f"evaluated {summary['originals']:,} originals, {summary['copies']:,} copies, "
+        f"{summary['pairs']:,} pairs in {summary['seconds']:.0f} s: {args.out / 'report.md'}")
+    for name, method in summary["methods"].items():
+        say(f"  {name:14} FPR at {method['default_threshold']}: "
+            f"{method['fpr_at_default']:.2g}; recall {100 * method['recall_at_default']:.1f}% "
+            f"(threshold {method['threshold_at_target']} for FPR <= {config.target_fpr:g}: "
+            f"{100 * method['recall_at_target']:.1f}%)")
+    if summary["errors"]:
+        say(f"{len(summary['errors'])} image(s) could not be evaluated (see the report)")
+        return 3
+    return 0
+
+
+def _pick(text: str | None, known: dict[str, T], what: str) -> tuple[T, ...]:
+    if not text:
+        return tuple(known.values())
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise HashsvcError(f"unknown {what}(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    return tuple(known[n] for n in names)

@@ -1,0 +1,118 @@
+"""`indexer evaluate`: its counts against brute force, its verdicts against the real scanner, and
+its outputs through the real console entry point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hashsvc import snapshot as snapshots
+from hashsvc.home import DataHome
+from hashsvc.imaging import Upload
+from hashsvc.scanner import Scanner
+from hashsvc.store import Store
+from indexer.evaluation.hashing import HASHSVC_STRATEGIES, METHODS, Job, run_job
+from indexer.evaluation.metrics import pair_histogram, recall_curve
+from indexer.evaluation.transforms import BY_NAME, SUITE
+from tests.conftest import PHOTOS, run_indexer
+from tests.test_strategies import _add_files
+
+
+def test_pair_histogram_equals_brute_force_over_hash_sets() -> None:
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 256, (6, 32), dtype=np.uint8)
+    stored = [np.stack([b, b ^ rng.integers(0, 2, 32, dtype=np.uint8)]) for b in base]
+    queries = [s[:1] ^ np.uint8(1) for s in stored] + [base[2:3]]  # last one: a negative
+    owners = [0, 1, 2, 3, 4, 5, -1]
+    counts = pair_histogram(queries, stored, 256, query_owner=owners, skip_pairs={(1, 4)})
+    expected = np.zeros(258, dtype=np.int64)
+    for q, owner in zip(queries, owners, strict=True):
+        for j, s in enumerate(stored):
+            if j == owner or (owner, j) == (1, 4):
+                continue
+            expected[int(np.bitwise_count(q[:, None] ^ s[None]).sum(axis=2).min())] += 1
+    assert counts.pairs == 6 * 5 - 1 + 6 and counts.histogram.tolist() == expected.tolist()
+    assert counts.false_positives(8) == 1  # the negative is base[2] itself: distance 0
+    assert counts.threshold_for(0.0) == -1 and counts.threshold_for(1.0) == 256
+    assert recall_curve([0, 3, 300], 256)[[0, 2, 3, 256]].tolist() == [1 / 3, 1 / 3, 2 / 3, 2 / 3]
+
+
+def test_every_transform_is_deterministic_and_decodes() -> None:
+    path = sorted(PHOTOS.iterdir())[0]
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    for transform in SUITE:
+        first = transform.apply(image, 3)
+        assert first == transform.apply(image, 3), transform.name
+        assert Upload(first).decoded.width >= 8
+
+
+def test_evaluation_verdicts_equal_the_scanners(home: DataHome) -> None:
+    """The hashsvc method's distances decide exactly what a real scan of a published snapshot
+    reports at the default threshold: same code path, not a re-implementation."""
+    originals = sorted(PHOTOS.iterdir())[:4]
+    names = ("pad_20", "crop_5", "rotate_90", "letterbox_20", "crop_5_offcentre", "blur")
+    hashsvc = next(m for m in METHODS if m.name == "hashsvc")
+    with Store(home.store_path) as store:
+        store.create_bank("known", strategies=HASHSVC_STRATEGIES)
+        _add_files(store, "known", originals)
+        snapshots.publish(store, home.snapshots_dir)
+    scanner = Scanner(snapshots.load_current(home.snapshots_dir))
+    verdicts = []
+    for index, path in enumerate(originals):
+        result = run_job(Job(index, path, (hashsvc,), names))
+        assert result.error is None
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        for name in names:
+            scan = scanner.scan_image(BY_NAME[name].apply(image, index))
+            found = [m.distance for m in scan.matches if m.external_id == path.name]
+            evaluated = result.distances[name]["hashsvc"]
+            assert (evaluated <= 31) == bool(found), (path.name, name)
+            if found:
+                assert found[0] == evaluated
+            verdicts.append(bool(found))
+    assert any(verdicts) and not all(verdicts)  # both outcomes were exercised
+
+
+def test_evaluate_command_writes_the_report(tmp_path: Path, home: DataHome) -> None:
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    for path in sorted(PHOTOS.iterdir())[:12]:
+        shutil.copy(path, originals / path.name)
+    shutil.copy(originals / sorted(p.name for p in originals.iterdir())[0],
+                originals / "zz-duplicate.jpg")  # byte-identical: not a distinct pair
+    out = tmp_path / "out"
+    result = run_indexer(home, "evaluate", str(originals), "--transformed", "3", "--transforms",
+                         "jpeg_q90,pad_20,rotate_90,crop_5", "--out", str(out), "--workers", "2",
+                         check=True)
+    assert "13 originals" in result.stderr
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["pairs"] == 13 * 12 - 2 and len(summary["duplicates_skipped"]) == 1
+    methods = summary["methods"]
+    assert set(methods) == {m.name for m in METHODS}
+    assert methods["pdq"]["false_positives_at_default"] == 0
+    recall = {name: row["recall_at_default"] for name, row in summary["transforms"].items()}
+    assert recall["jpeg_q90"]["pdq"] == 1.0
+    assert recall["rotate_90"]["pdq"] == 0.0 and recall["rotate_90"]["pdq+dihedral"] == 1.0
+    assert recall["pad_20"]["pdq"] == 0.0 and recall["pad_20"]["hashsvc"] >= 2 / 3
+    report = (out / "report.md").read_text()
+    assert "| pad_20 | 1.3% |" in report  # Thorn's figure beside ours
+    for plot in ("recall_vs_fpr.png", "recall_by_group.png"):
+        assert (out / plot).read_bytes().startswith(b"\x89PNG")
+        assert f"]({plot})" in report
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--target-fpr", "2"], "--target-fpr must be between 0 and 1"),
+    (["--transforms", "jpeg_q90,swirl"], "unknown transform(s) swirl"),
+    (["--methods", "sift"], "unknown method(s) sift"),
+])
+def test_evaluate_refuses_bad_arguments(home: DataHome, args: list[str], message: str) -> None:
+    result = run_indexer(home, "evaluate", str(PHOTOS), *args)
+    assert result.returncode != 0 and message in result.stderr

@@ -1,0 +1,220 @@
+"""Per-bank matching strategies end to end: border trimming, crop variants, dihedral, on real
+photos, through the store, a published snapshot, the matcher's delta and the scanner."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+from hashsvc import snapshot as snapshots
+from hashsvc.algorithms import PDQ
+from hashsvc.delta import Delta
+from hashsvc.errors import HashsvcError
+from hashsvc.home import DataHome
+from hashsvc.imaging import Upload
+from hashsvc.scanner import Scanner, ScanOptions
+from hashsvc.store import EntrySelector, NewEntry, Store
+from hashsvc.strategies import MatchStrategies, parse_crop_list
+from hashsvc.variants import content_box
+from indexer.folders import hash_file
+from tests.conftest import PHOTOS, hamming, run_indexer
+
+
+def _photos_without_border(count: int) -> list[Path]:
+    """Photos whose own frame has no uniform edge, so a padded copy trims back to them."""
+    found = []
+    for path in sorted(PHOTOS.iterdir()):
+        if content_box(Upload(path.read_bytes()).decoded.image) is None:
+            found.append(path)
+        if len(found) == count:
+            return found
+    raise AssertionError("not enough photos without a border")
+
+
+def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _padded(path: Path, percent: int, colour: tuple[int, int, int]) -> bytes:
+    with Image.open(path) as image:
+        dx, dy = image.width * percent // 100, image.height * percent // 100
+        return _jpeg(ImageOps.expand(image.convert("RGB"), (dx, dy, dx, dy), fill=colour))
+
+
+def _cropped(path: Path, percent: float) -> bytes:
+    with Image.open(path) as image:
+        dx, dy = round(image.width * percent / 100), round(image.height * percent / 100)
+        return _jpeg(image.crop((dx, dy, image.width - dx, image.height - dy)))
+
+
+def _add_files(store: Store, bank: str, paths: list[Path]) -> None:
+    """What `indexer add-images` stores, with the bank's strategies."""
+    strategies = store.get_bank(bank).strategies
+    entries = []
+    for path in paths:
+        result = hash_file(path, ["pdq"], strategies)
+        assert result.error is None
+        entries += [NewEntry("pdq", h.value, path.name) for h in result.hashes]
+        entries += [NewEntry("pdq", h.value, path.name, variant=name)
+                    for name, h in result.variants]
+    store.add_entries(bank, entries)
+
+
+def _scanner(store: Store, home: DataHome) -> Scanner:
+    snapshots.publish(store, home.snapshots_dir)
+    return Scanner(snapshots.load_current(home.snapshots_dir))
+
+
+@pytest.mark.parametrize("colour", [(0, 0, 0), (255, 255, 255), (40, 90, 160)])
+def test_padding_of_any_colour_trims_back_to_the_photo(colour: tuple[int, int, int]) -> None:
+    (photo,) = _photos_without_border(1)
+    with Image.open(photo) as image:
+        width, height = image.size
+    padded = Upload(_padded(photo, 20, colour)).decoded.image
+    box = content_box(padded)
+    assert box is not None
+    dx, dy = width * 20 // 100, height * 20 // 100
+    assert abs(box.left - dx) <= 2 and abs(box.top - dy) <= 2
+    assert abs(box.right - (dx + width)) <= 2 and abs(box.bottom - (dy + height)) <= 2
+    assert content_box(Image.new("RGB", (300, 200), colour)) is None  # flat: nothing to keep
+
+
+def test_padded_copies_match_only_in_a_bank_that_trims_borders(
+    store: Store, home: DataHome
+) -> None:
+    photos = _photos_without_border(3)
+    store.create_bank("plain")
+    store.create_bank("trimming", strategies=MatchStrategies(trim_borders=True))
+    _add_files(store, "plain", photos)
+    _add_files(store, "trimming", photos)
+    scanner = _scanner(store, home)
+    for photo, colour in zip(photos, [(0, 0, 0), (255, 255, 255), (128, 128, 128)], strict=True):
+        copy = _padded(photo, 20, colour)
+        assert hamming(PDQ.compute(Upload(copy)).value,
+                       PDQ.compute(Upload(photo.read_bytes())).value) > 31  # PDQ alone fails
+        result = scanner.scan_image(copy)
+        assert [(m.bank, m.external_id) for m in result.matches] == [("trimming", photo.name)]
+        assert result.matches[0].query_trimmed and result.matches[0].entry_variant == ""
+        # Turned off per scan, the trimmed query is not even computed.
+        assert not scanner.scan_image(copy, ScanOptions(trim_borders=False)).matches
+
+
+def test_crop_variants_match_a_cropped_copy_once_naming_the_variant(
+    store: Store, home: DataHome
+) -> None:
+    (photo,) = _photos_without_border(1)
+    store.create_bank("crops", strategies=MatchStrategies(crop_variants=(1, 4)))
+    _add_files(store, "crops", [photo])
+    assert {e.variant for e in store.find_entries("crops", _by_name(photo))} == {
+        "", "crop_1", "crop_4"}
+    scanner = _scanner(store, home)
+
+    result = scanner.scan_image(_cropped(photo, 4))
+    (match,) = result.matches
+    assert match.entry_variant == "crop_4" and match.external_id == photo.name
+
+    # A 1% crop is near both the plain hash and crop_1: still one match, the closer variant.
+    copy = _cropped(photo, 1)
+    distances = {e.variant: hamming(PDQ.compute(Upload(copy)).value, e.hash)
+                 for e in store.find_entries("crops", _by_name(photo))}
+    assert distances[""] <= 31 and distances["crop_1"] < distances[""]  # the premise
+    (match,) = scanner.scan_image(copy).matches
+    assert match.entry_variant == "crop_1" and match.distance == distances["crop_1"]
+
+    # Turning the strategy off makes the stored variants inert from the next snapshot.
+    store.update_bank("crops", strategies=MatchStrategies())
+    assert not _scanner(store, home).scan_image(_cropped(photo, 4)).matches
+
+
+def test_a_bank_without_dihedral_ignores_rotated_copies(store: Store, home: DataHome) -> None:
+    (photo,) = _photos_without_border(1)
+    store.create_bank("upright", strategies=MatchStrategies(dihedral=False))
+    store.create_bank("any-way")
+    _add_files(store, "upright", [photo])
+    _add_files(store, "any-way", [photo])
+    with Image.open(photo) as image:
+        rotated = _jpeg(image.transpose(Image.Transpose.ROTATE_90))
+    result = _scanner(store, home).scan_image(rotated)
+    assert [(m.bank, m.query_transform) for m in result.matches] == [("any-way", "rotate_270")]
+
+
+def test_plain_hash_lists_still_match_in_a_bank_with_every_strategy(
+    store: Store, home: DataHome
+) -> None:
+    photos = _photos_without_border(2)
+    store.create_bank("imported", strategies=MatchStrategies(
+        trim_borders=True, crop_variants=parse_crop_list("default")))
+    store.add_entries("imported", [
+        NewEntry("pdq", PDQ.compute(Upload(p.read_bytes())).value, f"list-{i}")
+        for i, p in enumerate(photos)])
+    scanner = _scanner(store, home)
+    (match,) = scanner.scan_image(photos[1].read_bytes()).matches
+    assert (match.external_id, match.distance, match.entry_variant) == ("list-1", 0, "")
+    (padded,) = scanner.scan_image(_padded(photos[0], 20, (0, 0, 0))).matches
+    assert padded.external_id == "list-0" and padded.query_trimmed
+
+
+def test_variants_added_after_the_snapshot_match_through_the_delta(
+    store: Store, home: DataHome
+) -> None:
+    (photo,) = _photos_without_border(1)
+    store.create_bank("crops", strategies=MatchStrategies(crop_variants=(4,)))
+    scanner = _scanner(store, home)  # published while the bank is empty
+    _add_files(store, "crops", [photo])
+    snapshot = scanner.snapshot
+    assert snapshot is not None
+    scanner.apply_delta(Delta.build(
+        store.changes_since(int(snapshot.manifest["store_revision"])), store.list_banks()))
+    (match,) = scanner.scan_image(_cropped(photo, 4)).matches
+    assert match.entry_variant == "crop_4" and match.external_id == photo.name
+
+
+def test_strategies_are_validated_and_persisted(store: Store) -> None:
+    with pytest.raises(HashsvcError, match="whole percentages 1-30"):
+        MatchStrategies(crop_variants=(0,))
+    with pytest.raises(HashsvcError, match="comma-separated"):
+        parse_crop_list("2,four")
+    with pytest.raises(HashsvcError, match="unknown matching strategy: rotate"):
+        MatchStrategies.from_dict({"rotate": True})
+    store.create_bank("b", strategies=MatchStrategies(trim_borders=True, crop_variants=(6, 2)))
+    assert store.get_bank("b").strategies == MatchStrategies(trim_borders=True,
+                                                             crop_variants=(2, 6))
+
+
+def test_a_version_2_store_is_upgraded_in_place(home: DataHome) -> None:
+    with Store(home.store_path) as store:
+        store.create_bank("old")
+        store.add_entries("old", [NewEntry("pdq", bytes(32), "x")])
+    db = sqlite3.connect(home.store_path)  # make it look as a v2 hashsvc left it
+    db.executescript("ALTER TABLE entries DROP COLUMN variant; ALTER TABLE banks DROP COLUMN "
+                     "strategies; UPDATE meta SET value = '2' WHERE key = 'schema';")
+    db.close()
+    with Store(home.store_path) as store:
+        (entry,) = store.find_entries("old", _by_name_text("x"))
+        assert entry.variant == "" and store.get_bank("old").strategies == MatchStrategies()
+        store.update_bank("old", strategies=MatchStrategies(trim_borders=True))
+        assert store.get_bank("old").strategies.trim_borders
+
+
+def test_bank_flags_in_the_cli(home: DataHome) -> None:
+    created = run_indexer(home, "bank", "create", "b", "--trim-borders", "--crop-variants",
+                          "default", "--no-dihedral", check=True)
+    assert "no dihedral, trim borders, crops 2%,4%,6%,8%,10%" in created.stderr
+    updated = run_indexer(home, "bank", "update", "b", "--crop-variants", "none", check=True)
+    assert "(no dihedral, trim borders)" in updated.stderr
+    bad = run_indexer(home, "bank", "update", "b", "--crop-variants", "50")
+    assert bad.returncode != 0 and "whole percentages 1-30" in bad.stderr
+
+
+def _by_name(path: Path) -> EntrySelector:
+    return _by_name_text(path.name)
+
+
+def _by_name_text(name: str) -> EntrySelector:
+    return EntrySelector(external_ids=[name])
