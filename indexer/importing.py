@@ -59,6 +59,14 @@ class _Inserter:
             raise self._error
 
 
+def _estimate_lines(path: Path, sample: int = 1 << 16) -> int:
+    """About how many lines `path` holds, from its size and its first `sample` bytes: enough
+    for the store to choose how to maintain its indexes (see `BulkAdder`)."""
+    with path.open("rb") as handle:
+        head = handle.read(sample)
+    return path.stat().st_size * head.count(b"\n") // max(len(head), 1)
+
+
 @dataclass
 class ImportReport:
     path: Path
@@ -81,9 +89,11 @@ def import_file(
     (after reading the whole file, so the error lists every bad line) unless `skip_invalid`."""
     report = ImportReport(path)
     items = read_hash_list(path, fmt, algorithm)
-    with store.bulk_add(bank) as adder, _Inserter(adder) as inserter, tqdm(
-        desc=path.name, unit=" lines", disable=not progress, leave=False
-    ) as bar:
+    with (
+        store.bulk_add(bank, expected=_estimate_lines(path)) as adder,
+        _Inserter(adder) as inserter,
+        tqdm(desc=path.name, unit=" lines", disable=not progress, leave=False) as bar,
+    ):
         batch: list[NewEntry] = []
         for item in items:
             bar.update()

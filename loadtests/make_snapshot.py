@@ -42,9 +42,10 @@ _CHUNK = 100_000  # rows per executemany: bounded memory, few round trips
 
 def build_home(
     home: Path, entries: int = 1_000_000, *, photo: Path | None = None, known_sample: int = 1000,
-    seed: int = 7,
+    seed: int = 7, publish_snapshot: bool = True,
 ) -> dict[str, Any]:
-    """Create the bank in a fresh data home, fill it in one transaction, publish a snapshot."""
+    """Create the bank in a fresh data home, fill it in one transaction, publish a snapshot
+    (unless not `publish_snapshot`: bench_snapshot.py times its own publishes)."""
     data_home = DataHome(home)
     photo = photo or default_photo()
     photo_hash = PDQ.compute(Upload(photo.read_bytes()))
@@ -52,13 +53,13 @@ def build_home(
     with Store(data_home.store_path) as store:
         store.create_bank(BANK, description="synthetic PDQ list for load tests", tags=["loadtest"])
         started = time.perf_counter()
-        with store.bulk_add(BANK) as adder:
+        with store.bulk_add(BANK, expected=entries + 1) as adder:
             adder.add([NewEntry("pdq", photo_hash.value, f"known-photo:{photo.name}")])
             for start in range(0, entries, _CHUNK):
                 adder.add(NewEntry("pdq", row.tobytes(), f"synthetic-{start + i}")
                           for i, row in enumerate(codes[start : start + _CHUNK]))
         import_seconds = time.perf_counter() - started
-        published = publish(store, data_home.snapshots_dir)
+        published = publish(store, data_home.snapshots_dir) if publish_snapshot else None
         added = adder.result
     rng = np.random.default_rng(seed + 1)
     sample = codes[rng.choice(entries, size=min(known_sample, entries), replace=False)]
@@ -73,9 +74,12 @@ def build_home(
         "added": added.added,
         "duplicates": added.duplicates,
         "store_import_seconds": round(import_seconds, 2),
-        "publish_seconds": round(published.seconds, 2),
-        "snapshot_version": published.version,
-        "snapshot_mib": round(sum(p.stat().st_size for p in published.path.iterdir()) / 2**20, 1),
+        **({} if published is None else {
+            "publish_seconds": round(published.seconds, 2),
+            "snapshot_version": published.version,
+            "snapshot_mib": round(
+                sum(p.stat().st_size for p in published.path.iterdir()) / 2**20, 1),
+        }),
         "known_photo": str(photo),
         "known_photo_pdq": photo_hash.hex,
         "known_photo_quality": photo_hash.quality,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from hashsvc.errors import AlreadyExistsError, HashsvcError, InvalidHashError, NotFoundError
@@ -79,6 +81,31 @@ def test_bulk_add_is_all_or_nothing(store: Store) -> None:
         raise RuntimeError("crash in the middle of an import")
     assert store.stats().entries == 0
     assert store.revision() == revision
+
+
+def _indexes(store: Store) -> list[tuple[str, str | None]]:
+    with sqlite3.connect(store.path) as db:
+        return db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"
+                          " ORDER BY name").fetchall()
+
+
+def test_a_large_import_rebuilds_the_indexes_it_drops(store: Store) -> None:
+    """`expected` above the threshold takes the drop-and-rebuild path: same results, same
+    indexes afterwards, and a failure rolls the dropped indexes back with the rows."""
+    store.create_bank("a")
+    indexes = _indexes(store)
+    assert any(name == "entries_by_external_id" for name, _ in indexes)
+    with pytest.raises(RuntimeError), store.bulk_add("a", expected=1_000_000) as adder:
+        adder.add([NewEntry("pdq", _pdq(n)) for n in range(100)])
+        raise RuntimeError("crash in the middle of an import")
+    assert _indexes(store) == indexes and store.stats().entries == 0
+    revision = store.revision()
+    with store.bulk_add("a", expected=1_000_000) as adder:
+        adder.add([NewEntry("pdq", _pdq(n % 700), f"ext-{n}") for n in range(1000)])
+    assert (adder.result.added, adder.result.duplicates) == (700, 300)
+    assert _indexes(store) == indexes
+    assert [e.id for e in store.find_entries("a", EntrySelector(external_ids=["ext-5"]))] == [6]
+    assert len(store.changes_since(revision).changed) == 700
 
 
 def test_disable_enable_remove(store: Store) -> None:
