@@ -129,3 +129,26 @@ def test_loadgen_refuses_targets_off_loopback(target: str) -> None:
     )
     assert result.returncode == 2
     assert "not a loopback address" in result.stderr and "forbids" in result.stderr
+
+
+@pytest.mark.parametrize("figure", ["scan-hashes", "scan-image"])
+def test_bench_service_prints_baseline_and_hashsvc_side_by_side(
+    server: ServerProcess, tmp_path: Path, figure: str
+) -> None:
+    """The issue's "one command per figure": it starts its own servers (baseline and hashsvc)
+    over the small home and reports both with a ratio, with no failed call."""
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / "bench_service.py"), figure,
+         "--home", str(server.home), "--rounds", "1", "--duration", "1", "--warmup", "0.3",
+         "--concurrency", "4", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HASHSVC_API_KEY": server.keys["admin"]},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (report,) = json.loads(out.read_text())
+    assert report["baseline"] != report["subject"] and set(report["rows"]) == {
+        report["baseline"], report["subject"]}
+    for row in report["rows"].values():
+        assert row["median"] > 0 and row["errors"] == 0
+    assert report["ratio"] > 0 and "HMA (issue, quoted)" in result.stdout
