@@ -64,7 +64,12 @@ def hashes_from_proto(messages: Sequence[types_pb2.Hash], field: str) -> list[Ha
     return [hash_from_proto(m, f"{field}[{i}]") for i, m in enumerate(messages)]
 
 
+_DEFAULT_OPTIONS = ScanOptions()
+
+
 def options_from_proto(message: types_pb2.ScanOptions) -> ScanOptions:
+    if message.ByteSize() == 0:  # nothing set, as in most calls: the defaults, already built
+        return _DEFAULT_OPTIONS
     return ScanOptions(
         algorithms=tuple(algorithm_name(a, "options.algorithms") for a in message.algorithms),
         banks=tuple(message.banks),
