@@ -55,7 +55,10 @@ def test_hashscan_folder_reports_matches_and_exits_1(
     assert all(records[str(p)]["matched"] for p in folder.iterdir())
     assert records[str(photo)]["matched"] is False
     match = records[str(BRIDGE_ORIGINAL)]["matches"][0]
-    assert (match["bank"], match["external_id"], match["distance"]) == ("bridge", "bridge-orig", 0)
+    assert (match["bank"], match["external_id"]) == ("bridge", "bridge-orig")
+    # hashscan hashes locally with the reference pipeline, as the list was hashed: exact. The
+    # server scans with fast PDQ, within a few bits of it (README: Performance).
+    assert match["distance"] == 0 if hash_only else 0 <= match["distance"] <= 10
 
 
 def test_hashscan_exit_codes(server: ServerProcess, tmp_path: Path) -> None:
