@@ -9,7 +9,7 @@ Workers return distances and hash sets, never images.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,21 +55,25 @@ class Method:
         return self.strategies.variant_margin
 
 
+HASHSVC_STRATEGIES = MatchStrategies(dihedral=True, trim_borders=True,
+                                     crop_variants=DEFAULT_CROP_GRID)
 # The margin was chosen with this tool: on photos-cc0 it lets the plain threshold rise to 59 at
 # FPR <= 1e-6 while strategy matches stay within 47 (README, Detection quality).
-HASHSVC_STRATEGIES = MatchStrategies(dihedral=True, trim_borders=True,
-                                     crop_variants=DEFAULT_CROP_GRID, variant_margin=12)
+TUNED_STRATEGIES = replace(HASHSVC_STRATEGIES, variant_margin=12)
+_EVERY = "PDQ with every strategy: dihedral, trimmed borders, crops " + ",".join(
+    map(str, DEFAULT_CROP_GRID)) + "%"
 METHODS: tuple[Method, ...] = (
     Method("pdq", "pdq", "PDQ, one hash each side (what other tools do)"),
     Method("pdq+dihedral", "pdq", "PDQ with the upload's 8 rotations/flips", dihedral=True),
     Method("phash", "phash", "pHash (imagehash), one hash each side"),
     Method("dhash", "dhash", "dHash (imagehash), one hash each side"),
-    Method("hashsvc", "pdq", "PDQ with every strategy: dihedral, trimmed borders, crops "
-           + ",".join(map(str, DEFAULT_CROP_GRID)) + "%, variant margin "
-           + str(HASHSVC_STRATEGIES.variant_margin) + " (reference PDQ)",
-           dihedral=True, strategies=HASHSVC_STRATEGIES),
-    Method("hashsvc-fast", "pdq", "the same, uploads hashed by the scan fast path (fastpdq)",
-           dihedral=True, strategies=HASHSVC_STRATEGIES, fast_pdq=True),
+    Method("hashsvc", "pdq", _EVERY + " (reference PDQ)", dihedral=True,
+           strategies=HASHSVC_STRATEGIES),
+    Method("hashsvc-m12", "pdq", "the same with variant margin 12 (reference PDQ)",
+           dihedral=True, strategies=TUNED_STRATEGIES),
+    Method("hashsvc-m12-fast", "pdq", "the same, uploads hashed by the scan fast path "
+           "(fastpdq, the server's default)", dihedral=True, strategies=TUNED_STRATEGIES,
+           fast_pdq=True),
 )
 
 
@@ -123,9 +127,9 @@ def _run(job: Job) -> OriginalResult:
 def stored_hashes(path: Path, methods: Sequence[Method]) -> dict[str, HashSet]:
     """Per method, the hashes `indexer add-images` would store for this file."""
     stored: dict[str, HashSet] = {}
-    by_config: dict[tuple[str, MatchStrategies], HashSet] = {}
+    by_config: dict[tuple[str, tuple[str, ...]], HashSet] = {}
     for method in methods:
-        key = (method.algorithm, method.strategies)
+        key = (method.algorithm, method.strategies.index_variants)  # margins share hashes
         if key not in by_config:
             result = hash_file(path, [method.algorithm], method.strategies)
             if result.error is not None:
