@@ -211,6 +211,18 @@ def test_bank_flags_in_the_cli(home: DataHome) -> None:
     bad = run_indexer(home, "bank", "update", "b", "--crop-variants", "50")
     assert bad.returncode != 0 and "whole percentages 1-30" in bad.stderr
 
+    # add-images stores each image's variants under its external id; match names the variant.
+    (photo,) = _photos_without_border(1)
+    run_indexer(home, "bank", "update", "b", "--crop-variants", "3,6", check=True)
+    added = run_indexer(home, "add-images", "b", str(photo), "--algorithms", "pdq", check=True)
+    assert "added 3 entries" in added.stderr  # plain + crop_3 + crop_6 (no border to trim)
+    run_indexer(home, "publish", check=True)
+    copy = home.root / "copy.jpg"
+    copy.write_bytes(_cropped(photo, 6))
+    matched = run_indexer(home, "match", str(copy))
+    assert matched.returncode == 1, matched.stderr
+    assert '"entry_variant": "crop_6"' in matched.stdout and photo.name in matched.stdout
+
 
 def _by_name(path: Path) -> EntrySelector:
     return _by_name_text(path.name)
