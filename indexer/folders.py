@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from tqdm import tqdm
 
@@ -21,6 +22,9 @@ from hashsvc.errors import HashsvcError, ImageError
 from hashsvc.imaging import Upload
 from hashsvc.strategies import PLAIN, MatchStrategies
 from hashsvc.variants import index_variants
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -82,17 +86,27 @@ def hash_files(
     strategies: MatchStrategies = PLAIN,
 ) -> Iterator[FileHashes]:
     """Hash `paths` over `workers` processes (default: every core), in input order."""
-    workers = workers or os.cpu_count() or 1
     jobs = [(path, tuple(algorithms), strategies) for path in paths]
+    return process_map(_hash_file_star, jobs, workers=workers, progress=progress, chunksize=4)
+
+
+def process_map(
+    function: Callable[[J], R], jobs: Sequence[J], *, workers: int | None = None,
+    progress: bool = False, chunksize: int = 1,
+) -> Iterator[R]:
+    """`function` over `jobs` in `workers` processes (default: every core), results in input
+    order, with a progress bar on a terminal. `function` must not raise: workers return errors
+    as values, so one bad image never stops the other thousands."""
+    workers = workers or os.cpu_count() or 1
     with tqdm(total=len(jobs), unit=" images", disable=not progress, leave=False) as bar:
         if workers == 1 or len(jobs) < 4:
             for job in jobs:
-                yield _hash_file_star(job)
+                yield function(job)
                 bar.update()
             return
         # forkserver: workers never inherit the parent's threads (FAISS/OpenMP) or locks.
         context = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for result in pool.map(_hash_file_star, jobs, chunksize=4):
+            for result in pool.map(function, jobs, chunksize=chunksize):
                 yield result
                 bar.update()

@@ -7,22 +7,17 @@ the false-positive count (they are the same image, and any hash matches them).
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
-import os
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from hashsvc.algorithms import get_algorithm
 from hashsvc.errors import HashsvcError
-from indexer.evaluation.hashing import Job, Method, OriginalResult, run_job
+from indexer.evaluation.hashing import Job, Method, run_job
 from indexer.evaluation.metrics import PairCounts, pair_histogram
 from indexer.evaluation.transforms import Transform
-from indexer.folders import find_images
+from indexer.folders import find_images, process_map
 
 
 @dataclass(frozen=True)
@@ -67,7 +62,9 @@ def evaluate(config: Config) -> Evaluation:
             for i, path in enumerate(originals)]
     jobs += [Job(len(originals) + i, path, config.methods, (), stored=False)
              for i, path in enumerate(negatives)]
-    results = sorted(_run_all(jobs, config), key=lambda r: r.index)
+    results = sorted(process_map(run_job, jobs, workers=config.workers,
+                                 progress=config.progress, chunksize=2),
+                     key=lambda r: r.index)
 
     errors = [r.error for r in results if r.error is not None]
     good = {r.index: r for r in results if r.error is None}
@@ -98,23 +95,6 @@ def evaluate(config: Config) -> Evaluation:
         negatives=len(good) - len(original_ids), duplicates=duplicates, pairs=pairs,
         distances=distances, errors=errors, seconds=time.perf_counter() - started,
     )
-
-
-def _run_all(jobs: Sequence[Job], config: Config) -> Iterator[OriginalResult]:
-    workers = config.workers or os.cpu_count() or 1
-    with tqdm(total=len(jobs), unit=" images", disable=not config.progress,
-              leave=False) as bar:
-        if workers == 1:
-            for job in jobs:
-                yield run_job(job)
-                bar.update()
-            return
-        # forkserver: workers never inherit the parent's threads (FAISS/OpenMP) or locks.
-        context = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for result in pool.map(run_job, jobs, chunksize=2):
-                yield result
-                bar.update()
 
 
 def _duplicates(
