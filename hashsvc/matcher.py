@@ -95,12 +95,10 @@ class Matcher:
             for name in snapshot.tables
         }
         self._strategies = [bank.strategies for bank in snapshot.banks]
-
-    @property
-    def wants_trimmed_queries(self) -> bool:
-        """Whether any bank matches trimmed uploads (so scans should compute them)."""
-        banks = [*self.snapshot.banks, *self.delta.banks.values()]
-        return any(bank.strategies.trim_borders for bank in banks)
+        # Whether any bank matches trimmed uploads, so that scans compute them only then.
+        self.wants_trimmed_queries = any(
+            bank.strategies.trim_borders
+            for bank in [*snapshot.banks, *self.delta.banks.values()])
 
     @property
     def algorithms(self) -> tuple[str, ...]:
