@@ -103,6 +103,7 @@ def test_evaluate_command_writes_the_report(tmp_path: Path, home: DataHome) -> N
                          "jpeg_q90,pad_20,rotate_90,crop_5", "--out", str(out), "--workers", "2",
                          check=True)
     assert "13 originals" in result.stderr
+    assert "154 pairs cannot resolve a false-positive rate of 1e-06" in result.stderr
     summary = json.loads((out / "results.json").read_text())
     assert summary["pairs"] == 13 * 12 - 2 and len(summary["duplicates_skipped"]) == 1
     methods = summary["methods"]
@@ -113,6 +114,7 @@ def test_evaluate_command_writes_the_report(tmp_path: Path, home: DataHome) -> N
     assert recall["rotate_90"]["pdq"] == 0.0 and recall["rotate_90"]["pdq+dihedral"] == 1.0
     assert recall["pad_20"]["pdq"] == 0.0 and recall["pad_20"]["hashsvc"] >= 2 / 3
     report = (out / "report.md").read_text()
+    assert "**Warning:** 154 pairs cannot resolve" in report
     assert "| pad_20 | 1.3% |" in report  # Thorn's figure beside ours
     for plot in ("recall_vs_fpr.png", "recall_by_group.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")

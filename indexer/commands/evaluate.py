@@ -73,6 +73,10 @@ def _run(args: argparse.Namespace) -> int:
             f"{method['fpr_at_default']:.2g}; recall {100 * method['recall_at_default']:.1f}% "
             f"(threshold {method['threshold_at_target']} for FPR <= {config.target_fpr:g}: "
             f"{100 * method['recall_at_target']:.1f}%)")
+    if summary["pairs"] * config.target_fpr < 1:
+        say(f"warning: {summary['pairs']:,} pairs cannot resolve a false-positive rate of "
+            f"{config.target_fpr:g}: the thresholds for it are optimistic; use more originals "
+            "or --negatives")
     if summary["errors"]:
         say(f"{len(summary['errors'])} image(s) could not be evaluated (see the report)")
         return 3

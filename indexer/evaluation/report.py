@@ -149,6 +149,10 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         if row is not None:
             lines.append(f"| {transform} | {thorn:.1f}% | "
                          + " | ".join(_pct(row["recall_at_target"][n]) for n in names) + " |")
+    if summary["pairs"] * target < 1:
+        lines[3:3] = ["", f"**Warning:** {summary['pairs']:,} pairs cannot resolve a "
+                      f"false-positive rate of {target:g}; the thresholds for it below are "
+                      "optimistic."]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     if summary["errors"]:
