@@ -110,6 +110,9 @@ def test_evaluate_command_writes_the_report(tmp_path: Path, home: DataHome) -> N
     assert set(methods) == {m.name for m in METHODS}
     assert methods["pdq"]["false_positives_at_default"] == 0
     recall = {name: row["recall_at_default"] for name, row in summary["transforms"].items()}
+    curve = summary["transforms"]["pad_20"]["recall_by_threshold"]["hashsvc"]
+    assert len(curve) == 65 and curve == sorted(curve)
+    assert curve[31] == pytest.approx(recall["pad_20"]["hashsvc"], abs=1e-4)
     assert recall["jpeg_q90"]["pdq"] == 1.0
     assert recall["rotate_90"]["pdq"] == 0.0 and recall["rotate_90"]["pdq+dihedral"] == 1.0
     assert recall["pad_20"]["pdq"] == 0.0 and recall["pad_20"]["hashsvc"] >= 2 / 3

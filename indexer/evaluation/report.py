@@ -12,6 +12,8 @@ from hashsvc.algorithms import get_algorithm
 from indexer.evaluation.metrics import recall_curve
 from indexer.evaluation.run import Evaluation
 
+CURVE_MAX = 64  # per-transform recall is published for thresholds 0..64 (the whole of pHash)
+
 # Thorn's perception benchmark, PDQ recall at 99.99% precision (the reference figures),
 # keyed by the suite transform that applies the same edit.
 THORN_PDQ = {"jpeg_q95": 99.9, "blur": 99.9, "overlay": 99.0, "rotate_4deg": 54.5,
@@ -47,7 +49,7 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
         by_method = evaluation.distances[transform.name]
         row: dict[str, Any] = {"group": transform.group, "copies": 0,
                                "recall_at_default": {}, "recall_at_target": {},
-                               "median_distance": {}}
+                               "median_distance": {}, "recall_by_threshold": {}}
         for method in config.methods:
             values = by_method[method.name]
             row["copies"] = len(values)
@@ -56,6 +58,8 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
             row["recall_at_target"][method.name] = _at(
                 curve, methods[method.name]["threshold_at_target"])
             row["median_distance"][method.name] = statistics.median(values) if values else None
+            row["recall_by_threshold"][method.name] = [  # [t] for t = 0..CURVE_MAX
+                round(float(v), 4) for v in curve[: CURVE_MAX + 1]]
             groups.setdefault(transform.group, {}).setdefault(method.name, []).extend(values)
         transforms[transform.name] = row
     group_rows = {
