@@ -119,7 +119,7 @@ def test_evaluate_command_writes_the_report(tmp_path: Path, home: DataHome) -> N
     report = (out / "report.md").read_text()
     assert "**Warning:** 154 pairs cannot resolve" in report
     assert "| pad_20 | 1.3% |" in report  # Thorn's figure beside ours
-    for plot in ("recall_vs_fpr.png", "recall_by_group.png"):
+    for plot in ("recall_vs_fpr.png", "recall_by_group.png", "recall_by_transform.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
         assert f"]({plot})" in report
 

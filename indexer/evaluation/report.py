@@ -169,7 +169,8 @@ def _pct(value: float) -> str:
 
 
 def plot(summary: dict[str, Any], directory: Path) -> list[str]:
-    """recall_vs_fpr.png and recall_by_group.png; [] (and no error) without matplotlib."""
+    """recall_vs_fpr.png, recall_by_group.png and recall_by_transform.png; [] (and no error)
+    without matplotlib."""
     try:
         import matplotlib  # optional: the `evaluate` extra
         matplotlib.use("Agg")
@@ -197,19 +198,30 @@ def plot(summary: dict[str, Any], directory: Path) -> list[str]:
     figure.savefig(directory / "recall_vs_fpr.png", dpi=110)
     plt.close(figure)
 
-    groups = list(summary["groups"])
-    names = list(summary["methods"])
-    figure, axes = plt.subplots(figsize=(10, 5))
+    for rows, title, name, width_inches in (
+        (summary["groups"], "transform group", "recall_by_group.png", 10),
+        (summary["transforms"], "transform", "recall_by_transform.png", 18),
+    ):
+        _bars(plt, rows, list(summary["methods"]), summary["target_fpr"], title,
+              directory / name, width_inches)
+    return ["recall_vs_fpr.png", "recall_by_group.png", "recall_by_transform.png"]
+
+
+def _bars(plt: Any, rows: dict[str, Any], names: list[str], target: float, title: str,
+          path: Path, width_inches: float) -> None:
+    """Grouped bars: per row (a transform or a group), each method's recall at its threshold
+    for the target false-positive rate."""
+    labels = list(rows)
+    figure, axes = plt.subplots(figsize=(width_inches, 5))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
-        values = [100 * summary["groups"][g]["recall_at_target"][name] for g in groups]
-        axes.bar([x + i * width for x in range(len(groups))], values, width, label=name)
-    axes.set_xticks([x + 0.4 - width / 2 for x in range(len(groups))], groups, rotation=40,
+        values = [100 * rows[label]["recall_at_target"][name] for label in labels]
+        axes.bar([x + i * width for x in range(len(labels))], values, width, label=name)
+    axes.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels, rotation=40,
                     ha="right")
-    axes.set_ylabel(f"recall (%) at FPR ≤ {summary['target_fpr']:g}")
+    axes.set_ylabel(f"recall (%) at FPR ≤ {target:g}")
     axes.legend(fontsize="small", ncol=len(names), loc="lower center",
-                bbox_to_anchor=(0.5, 1.0), title="Recall by transform group")
+                bbox_to_anchor=(0.5, 1.0), title=f"Recall by {title}")
     figure.tight_layout()
-    figure.savefig(directory / "recall_by_group.png", dpi=110)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
-    return ["recall_vs_fpr.png", "recall_by_group.png"]
