@@ -116,20 +116,6 @@ def pdq_fast(
     return pdq_hashes(reduced)[0]
 
 
-def pdq_fast_dihedral(
-    data: bytes,
-    limits: DecodeLimits = DEFAULT_LIMITS,
-    *,
-    name: str = "image",
-    apply_orientation: bool = True,
-    reduction: Reduction = SCAN,
-) -> list[HashValue]:
-    """The 8 dihedral hashes, in `hashsvc.algorithms.pdq.DIHEDRAL_TRANSFORMS` order."""
-    reduced = decode_reduced(data, limits, name=name, apply_orientation=apply_orientation,
-                             reduction=reduction)
-    return pdq_hashes(reduced, dihedral=True)
-
-
 def pdq_hashes(reduced: Reduced, *, dihedral: bool = False) -> list[HashValue]:
     """PDQ of a reduced upload: one hash, or the 8 dihedral ones for the cost of about one."""
     coefficients, quality = _dct16(reduced)
