@@ -58,14 +58,15 @@ def trimmed_pdq_fast(reduced: Reduced, *, dihedral: bool = False) -> list[HashVa
     return pdq_hashes(region, dihedral=dihedral)
 
 
-def index_variants(upload: Upload, strategies: MatchStrategies) -> list[tuple[str, HashValue]]:
+def index_variants(
+    upload: Upload, strategies: MatchStrategies, plain: HashValue
+) -> list[tuple[str, HashValue]]:
     """(variant name, PDQ) for each extra hash `strategies` store per known image.
 
-    A variant whose hash equals the plain one (e.g. nothing to trim) is left out."""
+    A variant whose hash equals the image's `plain` PDQ (e.g. nothing to trim) is left out."""
     if not strategies.index_variants:
         return []
     rgb = upload.decoded.rgb
-    plain = PDQ.hash_rgb(rgb)[0]
     found: list[tuple[str, HashValue]] = []
     if strategies.trim_borders:
         found.extend((TRIMMED, value) for value in trimmed_pdq(upload))

@@ -63,7 +63,8 @@ def hash_file(
     try:
         upload = Upload(path.read_bytes(), name=str(path), apply_orientation=True)
         hashes = tuple(get_algorithm(a).compute(upload) for a in algorithms)
-        extra = tuple(index_variants(upload, strategies)) if PDQ.name in algorithms else ()
+        pdq = next((h for h in hashes if h.algorithm == PDQ.name), None)
+        extra = tuple(index_variants(upload, strategies, pdq)) if pdq is not None else ()
         return FileHashes(path, hashes, variants=extra)
     except ImageError as err:
         return FileHashes(path, error=err.message, reason=err.reason)
