@@ -6,12 +6,9 @@ Agreement is Meta's bar for a PDQ port: within 10 bits of the reference for imag
 
 from __future__ import annotations
 
-import io
 import json
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,15 @@ from hashsvc.algorithms import DIHEDRAL_TRANSFORMS, PDQ
 from hashsvc.errors import ImageError
 from hashsvc.fastpdq import EXACT, SCAN, decode_reduced, pdq_fast, pdq_hashes
 from hashsvc.imaging import DecodeLimits, Upload, decode
-from tests.conftest import BRIDGE_ORIGINAL, IMAGES, GoldenRow, golden_rows, hamming
+from tests.conftest import (
+    BRIDGE_ORIGINAL,
+    IMAGES,
+    GoldenRow,
+    encode_image,
+    golden_rows,
+    hamming,
+    png_header_only,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 AGREEMENT_SETS = ("bridge-mods", "dih", "exif-rotn", "modes")
@@ -87,22 +92,6 @@ def test_the_scan_policy_decodes_large_jpegs_small() -> None:
     assert reduced.pixels == 4032 * 3024
 
 
-def _encode(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG claiming width×height with almost no data: a decompression bomb's calling card."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 _BRIDGE = BRIDGE_ORIGINAL.read_bytes()
 _SMALL_BRIDGE = Image.open(BRIDGE_ORIGINAL).convert("RGB").resize((64, 64))
 BAD_INPUTS: dict[str, tuple[bytes, DecodeLimits]] = {
@@ -112,13 +101,14 @@ BAD_INPUTS: dict[str, tuple[bytes, DecodeLimits]] = {
     "truncated header": (_BRIDGE[:1000], DecodeLimits()),
     "unsupported format (EPS)": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",
                                  DecodeLimits()),
-    "unsupported format (ICO)": (_encode(_SMALL_BRIDGE.resize((32, 32)), "ICO"), DecodeLimits()),
-    "decompression bomb header": (_png_header_only(50_000, 50_000), DecodeLimits()),
+    "unsupported format (ICO)": (encode_image(_SMALL_BRIDGE.resize((32, 32)), "ICO"),
+                                 DecodeLimits()),
+    "decompression bomb header": (png_header_only(50_000, 50_000), DecodeLimits()),
     "too many pixels": (_BRIDGE, DecodeLimits(max_pixels=10_000)),
     "too many bytes": (_BRIDGE, DecodeLimits(max_bytes=1000)),
-    "tiny image": (_encode(_SMALL_BRIDGE.resize((4, 4)), "PNG"), DecodeLimits()),
+    "tiny image": (encode_image(_SMALL_BRIDGE.resize((4, 4)), "PNG"), DecodeLimits()),
     "garbage after a valid header": (
-        (lambda png: png[:60] + bytes(200) + png[260:])(_encode(_SMALL_BRIDGE, "PNG")),
+        (lambda png: png[:60] + bytes(200) + png[260:])(encode_image(_SMALL_BRIDGE, "PNG")),
         DecodeLimits()),
     "empty": (b"", DecodeLimits()),
 }

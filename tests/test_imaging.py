@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import struct
-import zlib
 
 import pytest
 from PIL import Image
@@ -19,22 +17,16 @@ from hashsvc.errors import (
     UnsupportedFormatError,
 )
 from hashsvc.imaging import SUPPORTED_FORMATS, DecodeLimits, Upload, decode
-from tests.conftest import BRIDGE_ORIGINAL, IMAGES, hamming
+from tests.conftest import BRIDGE_ORIGINAL, IMAGES, encode_image, hamming, png_header_only
 
 BRIDGE = Image.open(BRIDGE_ORIGINAL).convert("RGB")
 BRIDGE_HASH = PDQ.compute(Upload(BRIDGE_ORIGINAL.read_bytes())).value
 
 
-def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **params)
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "AVIF", "HEIF"])
 def test_supported_formats_decode_and_hash_close_to_the_original(fmt: str) -> None:
     assert fmt in SUPPORTED_FORMATS
-    data = _encode(BRIDGE, fmt, **({"quality": 90} if fmt in ("JPEG", "WEBP", "AVIF") else {}))
+    data = encode_image(BRIDGE, fmt, **({"quality": 90} if fmt in ("JPEG", "WEBP", "AVIF") else {}))
     decoded = decode(data)
     assert decoded.format == fmt
     assert decoded.image.mode == "RGB" and decoded.rgb.shape == (BRIDGE.height, BRIDGE.width, 3)
@@ -43,7 +35,7 @@ def test_supported_formats_decode_and_hash_close_to_the_original(fmt: str) -> No
 
 def test_animated_gif_uses_the_first_frame() -> None:
     white, black = Image.new("RGB", BRIDGE.size, "white"), Image.new("RGB", BRIDGE.size, "black")
-    data = _encode(BRIDGE, "GIF", save_all=True, append_images=[white, black], duration=100)
+    data = encode_image(BRIDGE, "GIF", save_all=True, append_images=[white, black], duration=100)
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
     assert hamming(PDQ.compute(Upload(data)).value, BRIDGE_HASH) <= 16
 
@@ -52,7 +44,7 @@ def test_refused_format_is_named() -> None:
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     with pytest.raises(UnsupportedFormatError, match=r"not a supported image format.*jpeg"):
         decode(eps)
-    ico = _encode(BRIDGE.resize((32, 32)), "ICO")
+    ico = encode_image(BRIDGE.resize((32, 32)), "ICO")
     with pytest.raises(UnsupportedFormatError):
         decode(ico)
 
@@ -64,7 +56,7 @@ def test_truncated_file_is_reported_as_truncated() -> None:
 
 
 def test_garbage_after_a_valid_header_is_corrupt() -> None:
-    png = _encode(BRIDGE.resize((64, 64)), "PNG")
+    png = encode_image(BRIDGE.resize((64, 64)), "PNG")
     broken = png[:60] + bytes(200) + png[260:]
     with pytest.raises((CorruptImageError, TruncatedImageError)):
         decode(broken)
@@ -75,19 +67,9 @@ def test_empty_input() -> None:
         decode(b"")
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG claiming width×height with almost no data: a decompression bomb's calling card."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def test_decompression_bomb_is_refused_before_decoding() -> None:
     with pytest.raises(ImageTooLargeError, match=r"50000×50000 .* decompression bomb"):
-        decode(_png_header_only(50_000, 50_000))
+        decode(png_header_only(50_000, 50_000))
 
 
 def test_limits_are_configurable() -> None:
@@ -102,7 +84,7 @@ def test_limits_are_configurable() -> None:
 
 def test_tiny_images_below_the_minimum_are_refused() -> None:
     with pytest.raises(ImageTooSmallError, match=r"4×4"):
-        decode(_encode(BRIDGE.resize((4, 4)), "PNG"))
+        decode(encode_image(BRIDGE.resize((4, 4)), "PNG"))
     # …but the reference's own tiny image (34×42) is accepted.
     assert decode((IMAGES / "misc" / "wee.jpg").read_bytes()).width == 34
 

@@ -9,9 +9,6 @@ and reaches a client as INVALID_ARGUMENT. The caps are settings like every other
 from __future__ import annotations
 
 import argparse
-import io
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -22,28 +19,12 @@ from hashsvc import config
 from hashsvc.errors import ImageTooLargeError
 from hashsvc.fastpdq import pdq_fast
 from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, decode, open_checked
-from tests.conftest import BRIDGE_ORIGINAL
+from tests.conftest import BRIDGE_ORIGINAL, encode_image, png_header_only
 from tests.server_process import ServerProcess
 from tests.test_server import _seed_bridge_bank
 
 BRIDGE = Image.open(BRIDGE_ORIGINAL).convert("RGB")
 BRIDGE_PIXELS = BRIDGE.width * BRIDGE.height
-
-
-def _encode(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG claiming width×height with almost no data: a decompression bomb's calling card."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def _refusals(data: bytes, limits: DecodeLimits) -> str:
@@ -65,32 +46,32 @@ def test_default_caps() -> None:
 def test_a_png_just_over_the_default_full_decode_cap_is_refused_but_a_jpeg_is_not() -> None:
     # A real 6000×4001 image (24,006,000 pixels), grey so that it encodes quickly.
     image = Image.new("L", (6000, 4001), 128)
-    message = _refusals(_encode(image, "PNG"), DEFAULT_LIMITS)
+    message = _refusals(encode_image(image, "PNG"), DEFAULT_LIMITS)
     assert message == (
         "upload.bin: 6000×4001 PNG (24,006,000 pixels) exceeds the limit of 24,000,000 pixels "
         "for formats decoded at full size (only JPEG decodes at reduced scale; "
         "refused before decoding)")
     # The same pixels as a JPEG decode at 1/8 scale: accepted, and the fast path hashes it.
-    jpeg = _encode(image, "JPEG")
+    jpeg = encode_image(image, "JPEG")
     assert open_checked(jpeg, DEFAULT_LIMITS, "upload.jpg")[1] == "JPEG"
     assert pdq_fast(jpeg).quality == 0  # flat grey: PDQ's quality says there is nothing to see
 
 
 def test_a_png_at_the_configured_cap_is_accepted_one_pixel_over_is_refused() -> None:
-    png = _encode(BRIDGE, "PNG")
+    png = encode_image(BRIDGE, "PNG")
     at_cap = DecodeLimits(max_full_decode_pixels=BRIDGE_PIXELS)
     assert decode(png, at_cap).pixels == BRIDGE_PIXELS
     assert pdq_fast(png, at_cap).quality is not None
     message = _refusals(png, DecodeLimits(max_full_decode_pixels=BRIDGE_PIXELS - 1))
     assert f"({BRIDGE_PIXELS:,} pixels) exceeds the limit of {BRIDGE_PIXELS - 1:,}" in message
     for fmt in ("WEBP", "BMP", "TIFF", "GIF"):  # every format without reduced-scale decoding
-        _refusals(_encode(BRIDGE, fmt), DecodeLimits(max_full_decode_pixels=BRIDGE_PIXELS - 1))
+        _refusals(encode_image(BRIDGE, fmt), DecodeLimits(max_full_decode_pixels=BRIDGE_PIXELS - 1))
 
 
 def test_a_header_only_bomb_between_the_two_pixel_caps_is_refused_before_decoding() -> None:
     # 4899×4900 is under the 50 MP cap but over the full-decode cap; its data would not even
     # fill one row, so reaching the decoder would fail differently.
-    message = _refusals(_png_header_only(4899, 4900), DEFAULT_LIMITS)
+    message = _refusals(png_header_only(4899, 4900), DEFAULT_LIMITS)
     assert "4899×4900 PNG (24,005,100 pixels) exceeds the limit of 24,000,000" in message
 
 
@@ -130,9 +111,9 @@ def test_the_server_refuses_with_invalid_argument_and_the_message(
             Client(server.target, api_key=server.keys["scanner"]) as client:
         with pytest.raises(InvalidArgument, match=r"PNG \(.* pixels\) exceeds the limit of "
                            rf"{BRIDGE_PIXELS - 1:,} pixels for formats decoded at full size"):
-            client.scan_image(_encode(BRIDGE, "PNG"), timeout=30)
+            client.scan_image(encode_image(BRIDGE, "PNG"), timeout=30)
         with pytest.raises(InvalidArgument, match=r"24,005,100 pixels.*decoded at full size"):
-            client.scan_image(_png_header_only(4899, 4900), timeout=30)
+            client.scan_image(png_header_only(4899, 4900), timeout=30)
         # The same picture as a JPEG is within every cap, and matches its bank.
         result = client.scan_image(BRIDGE_ORIGINAL.read_bytes(), timeout=30)
         assert [m.bank for m in result.matches] == ["bridge"]

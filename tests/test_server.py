@@ -33,7 +33,7 @@ from hashsvc.algorithms import PDQ
 from hashsvc.imaging import Upload
 from hashsvc.snapshot import publish
 from hashsvc.store import NewEntry, Store
-from tests.conftest import BRIDGE_ORIGINAL, IMAGES, PHOTOS, hamming
+from tests.conftest import BRIDGE_ORIGINAL, IMAGES, PHOTOS, hamming, png_header_only
 from tests.server_process import ServerProcess
 
 BRIDGE_PDQ = PDQ.compute(Upload(BRIDGE_ORIGINAL.read_bytes())).value
@@ -149,11 +149,6 @@ def test_stream_of_1000_images_keeps_ids_order_and_per_item_errors(scanner: Clie
     assert matched == ["edit-0", "edit-1", "edit-by-hash"]
 
 
-def _bomb() -> bytes:
-    from tests.test_imaging import _png_header_only
-
-    return _png_header_only(50_000, 50_000)
-
 
 @pytest.mark.parametrize(
     ("image", "message"),
@@ -161,7 +156,7 @@ def _bomb() -> bytes:
         (BRIDGE_ORIGINAL.read_bytes()[:5000], "truncated JPEG"),
         (b"%!PS-Adobe-3.0 EPSF-3.0\n", "not a supported image format"),
         (b"", "empty file"),
-        (_bomb(), "50000×50000"),
+        (png_header_only(50_000, 50_000), "50000×50000"),
     ],
     ids=["corrupt", "unsupported", "empty", "decompression-bomb"],
 )
