@@ -1,4 +1,9 @@
-"""Exact Hamming radius search over 256-bit codes by multi-index hashing, in NumPy.
+"""Exact Hamming radius search over 256-bit codes by multi-index hashing.
+
+The layout, the build and the search plans are here, in NumPy; the search itself (probing,
+verifying, scanning) is a small C kernel, hashsvc/_mih.c, because in NumPy a query paid ~30 array
+calls of fixed overhead and a batch paid for temporaries as large as its candidates (at 1M codes:
+~90 µs a single query, ~120 µs per query in batches; in C, ~20 and ~40).
 
 Why not FAISS: its flat index compares the query with every code (tens of ms per query at 10M
 codes); its multi-hash index (HMA's choice) is exact with nflip = r // 16 but slower still at 10M
@@ -44,9 +49,10 @@ scanning every code (an index of a few thousand codes; r above ~64 at 1M codes o
 or, at search time, buckets crowded by clustered codes), the search scans all codes instead:
 both paths return the same results, only the time differs.
 
-**Batches** (the scanner sends the 8 dihedral variants together): every query's probes go
-through the same few vectorised NumPy calls, so the per-call overhead is paid once per batch;
-large batches are cut into chunks so that intermediate arrays stay small.
+**Batches** (the scanner sends the 8 dihedral variants together) are one kernel call, with the
+GIL released. At 1M codes and r = 31 a query reads ~1,400 buckets and verifies ~1,700 codes,
+nearly all cache misses: the kernel reads each stream ahead with prefetches (see _mih.c), which
+is what bounds its speed, not arithmetic.
 """
 
 from __future__ import annotations
@@ -55,32 +61,27 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from hashsvc import _mih
+
 CODE_BYTES: Final = 32
 CODE_BITS: Final = CODE_BYTES * 8
 FILES: Final = ("codes", "layout", "ids", "offsets")
 
-# Costs per bucket probed, per candidate verified and per code scanned (ns, measured on this
-# project's 2-core EPYC with NumPy 2.4: a probe and its candidate cost 50-120 ns together as plans
-# outgrow the caches, a scanned code 6-15 ns). They only choose between two exact paths, so rough
-# values are enough.
-_COST_PROBE: Final = 40.0
-_COST_CANDIDATE: Final = 40.0
-_COST_SCAN: Final = 10.0  # per code and query
-_COST_FIXED: Final = 30_000.0  # the probing path's ~30 NumPy calls
+# Costs per bucket probed, per candidate verified and per code scanned, in ns, of the C kernel
+# (hashsvc/_mih.c) on this project's 2-core EPYC: see _make_plan. They only choose between two
+# exact paths, so rough values are enough.
+_COST_PROBE: Final = 6.0
+_COST_CANDIDATE: Final = 12.0
+_COST_SCAN: Final = 1.5  # per code and query
+_COST_FIXED: Final = 1_000.0  # per call: argument checks, the plan's arrays
 _MAX_PROBES: Final = 1 << 20  # per query; beyond, the plan's own arrays get large
-_CHUNK_PROBES: Final = 1 << 16  # probes per chunk of a large batch: temporaries that stay in cache
-# (at 1M codes, r = 31, batches of 1000 ran 1.5x faster per query than with 1 << 20)
-_CHUNK_CANDIDATES: Final = 1 << 20  # candidates verified at once (~50 MB of temporaries)
-_SCAN_BYTES: Final = 1 << 18  # buffers of a brute-force scan (see _scan)
 _PARALLEL_BUILD: Final = 100_000  # codes: below, building on one thread is as fast
-_PYTHON_KEYS: Final = 16  # up to this many queries, substrings are cut with Python ints
 
 UInt8Array = npt.NDArray[np.uint8]
 Method = Literal["auto", "probe", "scan"]
@@ -107,7 +108,7 @@ class _Plan:
     """How to search at one radius: the probes of one query, in table order."""
 
     cheaper: Method  # by the cost model, for codes spread like random ones
-    table: npt.NDArray[np.intp]  # (P,) which substring each probe reads; empty: too many
+    table: npt.NDArray[np.int64]  # (P,) which substring each probe reads; empty: too many
     flips: npt.NDArray[np.int64]  # (P,) bits to flip in that substring
 
 
@@ -156,10 +157,9 @@ class MultiIndexHash:
         self.ids: npt.NDArray[np.uint32] = np.asarray(ids)
         self.offsets: npt.NDArray[np.uint32] = np.asarray(offsets)
         self._flat_ids = self.ids.reshape(-1)
-        # (start bit, mask, segment) per table, as Python ints, to cut a few queries' keys.
-        self._cuts = [(int(start), (1 << int(length)) - 1, int(segment))
-                      for (start, length), segment in zip(layout.tolist(), self._segments,
-                                                          strict=True)]
+        # (start bit, length, segment) per table: what the kernel needs to cut a query's keys.
+        self._cuts = np.ascontiguousarray(
+            np.column_stack([layout, self._segments]), dtype=np.int64)
         self._plans: dict[int, _Plan] = {}
 
     def __len__(self) -> int:
@@ -173,10 +173,6 @@ class MultiIndexHash:
     def nbytes(self) -> int:
         """Bytes of the four arrays: what the index costs in memory (or page cache, if mapped)."""
         return int(self.codes.nbytes + self.layout.nbytes + self.ids.nbytes + self.offsets.nbytes)
-
-    @cached_property
-    def _words(self) -> npt.NDArray[np.uint64]:
-        return self.codes.view(np.uint64)  # (N, 4): XOR and popcount a word at a time
 
     # ---- building -------------------------------------------------------------------------
 
@@ -250,7 +246,8 @@ class MultiIndexHash:
         CSR layout, as FAISS returns it: query i's hits are `labels[limits[i]:limits[i+1]]`
         (ids, int64, ascending) with their distances (int32). `method` forces one of the two
         exact paths ("probe": multi-index probing, "scan": brute force), for tests and
-        benchmarks; "auto" takes the one estimated to be cheaper, per batch.
+        benchmarks; "auto" takes the one estimated to be cheaper, per query. The GIL is released
+        while the kernel runs.
         """
         queries = np.ascontiguousarray(queries, dtype=np.uint8)
         if queries.ndim != 2 or queries.shape[1] != CODE_BYTES:
@@ -259,130 +256,25 @@ class MultiIndexHash:
         count = len(queries)
         if count == 0 or len(self) == 0 or radius < 0:
             return _empty(count)
-        if method == "scan":
-            return self._scan(queries, radius)
         plan = self._plan(radius)
-        if method == "auto" and plan.cheaper == "scan":
-            return self._scan(queries, radius)
-        if len(plan.table) == 0:
+        if method == "probe" and len(plan.table) == 0:
             raise ValueError(f"radius {radius} needs more than {_MAX_PROBES} probes per query "
                              f"with {self.tables} tables: use method='scan'")
-        per_chunk = max(1, _CHUNK_PROBES // len(plan.table))
-        parts = [self._probe(plan, queries[i : i + per_chunk], radius, method == "auto")
-                 for i in range(0, count, per_chunk)]
-        return parts[0] if len(parts) == 1 else _concatenate(parts)
+        scan = method == "scan" or (method == "auto" and plan.cheaper == "scan")
+        # Past this many candidates a query's buckets are crowded (clustered codes): scanning
+        # every code is then cheaper, and as exact.
+        scan_limit = -1 if scan else (
+            int(len(self) * _COST_SCAN / _COST_CANDIDATE) if method == "auto" else 1 << 62)
+        limits, distances, labels = _mih.search(
+            self.codes, self._flat_ids, self.offsets, self._cuts, plan.table, plan.flips,
+            queries, radius, scan_limit)
+        return (np.frombuffer(limits, dtype=np.uint64), np.frombuffer(distances, dtype=np.int32),
+                np.frombuffer(labels, dtype=np.int64))
 
     def method(self, radius: int) -> Method:
         """The path "auto" takes at `radius` for codes spread like random ones ("probe" or
-        "scan"); crowded buckets can still turn a batch to a scan at search time."""
+        "scan"); crowded buckets can still turn a query to a scan at search time."""
         return self._plan(min(int(radius), CODE_BITS)).cheaper
-
-    def _keys(self, queries: UInt8Array) -> npt.NDArray[np.int64]:
-        """(Q, m): the position in `offsets` of each query's own bucket in each table."""
-        if len(queries) <= _PYTHON_KEYS:  # a dozen int operations beat a dozen NumPy calls
-            raw = queries.tobytes()
-            values = [int.from_bytes(raw[i : i + CODE_BYTES], "little")
-                      for i in range(0, len(raw), CODE_BYTES)]
-            return np.array([[((v >> start) & mask) + segment for start, mask, segment in
-                              self._cuts] for v in values], dtype=np.int64)
-        subs = _substrings(queries.view("<u8"), self.layout).astype(np.int64)
-        return subs + self._segments
-
-    def _probe(self, plan: _Plan, queries: UInt8Array, radius: int,
-               may_scan: bool) -> RangeResult:
-        """Probe every bucket of the plan, verify the candidates, merge. np.take rather than
-        fancy indexing throughout: several times faster for 1-D gathers."""
-        count, probes = len(queries), len(plan.table)
-        keys = self._keys(queries)
-        if count == 1:
-            position = np.take(keys[0], plan.table) ^ plan.flips
-        else:  # query-major: (Q, P) -> (Q*P,)
-            position = (keys[:, plan.table] ^ plan.flips).ravel()
-        starts = np.take(self.offsets, position)
-        lengths = np.take(self.offsets, position + 1) - starts
-        hit = np.flatnonzero(lengths)  # most buckets are empty when L ≈ log2(N)
-        if len(hit) == 0:
-            return _empty(count)
-        lengths = np.take(lengths, hit)
-        starts = np.take(starts, hit)
-        owner_of_hit = hit // probes if count > 1 else None
-        ends = np.cumsum(lengths, dtype=np.int64)
-        total = int(ends[-1])
-        if may_scan and total * _COST_CANDIDATE > _COST_SCAN * len(self) * count:
-            return self._scan(queries, radius)  # crowded buckets (clustered codes): scan
-        words = queries.view(np.uint64)
-        begins = ends - lengths
-        found: list[tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]] = []
-        # Candidates are the concatenation of the buckets' id runs; verify them in pieces of at
-        # most _CHUNK_CANDIDATES so that crowded buckets cannot blow up the temporary arrays.
-        for low in range(0, total, _CHUNK_CANDIDATES):
-            high = min(total, low + _CHUNK_CANDIDATES)
-            if low == 0 and high == total:  # the usual case: one piece
-                run_starts, run_lengths, run_owner = starts - begins, lengths, owner_of_hit
-            else:
-                first = int(np.searchsorted(ends, low, side="right"))
-                last = int(np.searchsorted(ends, high - 1, side="right")) + 1
-                run_low = np.maximum(begins[first:last], low)
-                run_lengths = np.minimum(ends[first:last], high) - run_low
-                # Candidate j of the piece, in run b, is at starts[b] + (low + j - begins[b]).
-                run_starts = starts[first:last] - begins[first:last] + low
-                run_owner = None if owner_of_hit is None else owner_of_hit[first:last]
-            index = np.arange(high - low, dtype=np.int64) + np.repeat(run_starts, run_lengths)
-            candidates = np.take(self._flat_ids, index)
-            owner = (np.zeros(len(candidates), dtype=np.intp) if run_owner is None
-                     else np.repeat(run_owner, run_lengths))
-            xor = np.take(self._words, candidates, axis=0)
-            xor ^= np.take(words, owner, axis=0)
-            keep, distances = _within(xor, radius)
-            if len(keep):
-                found.append((np.take(owner, keep), np.take(candidates, keep), distances))
-        if not found:
-            return _empty(count)
-        owner, candidates, distances = (np.concatenate(column) for column in zip(*found,
-                                                                                  strict=True))
-        # A code close to the query sits in several tables' buckets: report it once, in
-        # (query, id) order.
-        key: npt.NDArray[np.int64]
-        key, first_seen = np.unique(owner.astype(np.int64) * len(self) + candidates,
-                                    return_index=True)
-        owners = key // len(self)
-        limits = np.zeros(count + 1, dtype=np.uint64)
-        np.cumsum(np.bincount(owners, minlength=count), out=limits[1:])
-        kept: npt.NDArray[np.int32] = distances[first_seen].astype(np.int32)
-        return limits, kept, key - owners * len(self)
-
-    def _scan(self, queries: UInt8Array, radius: int) -> RangeResult:
-        """Brute force, block by block (the fallback for small indexes and large radii).
-
-        Each query is repeated over a block so that the XOR runs over long contiguous rows
-        (broadcasting a 4-word row is several times slower), into buffers reused across blocks.
-        Blocks stay small (~256 KiB of buffers): larger ones make glibc map and unmap fresh
-        pages on every call, and the page faults then cost more than the scan.
-        """
-        words = queries.view(np.uint64)
-        rows = max(256, min(len(self), _SCAN_BYTES // (len(words) * 68)))
-        tiled = np.repeat(words[:, None, :], rows, axis=1)  # (Q, rows, 4)
-        xor = np.empty_like(tiled)
-        counts = np.empty(tiled.shape, dtype=np.uint8)
-        owners, labels, distances = [], [], []
-        for start in range(0, len(self), rows):
-            block = self._words[start : start + rows]
-            size = len(block)
-            np.bitwise_xor(tiled[:, :size], block[None], out=xor[:, :size])
-            np.bitwise_count(xor[:, :size], out=counts[:, :size])
-            dist = _fold(counts[:, :size])  # (Q, size)
-            owner, label = np.nonzero(dist <= radius)
-            owners.append(owner)
-            labels.append(label + start)
-            distances.append(dist[owner, label])
-        owner = np.concatenate(owners)
-        order = np.argsort(owner, kind="stable")  # by query, then (blocks in order) by id
-        limits = np.zeros(len(words) + 1, dtype=np.uint64)
-        np.cumsum(np.bincount(owner, minlength=len(words)), out=limits[1:])
-        all_distances: npt.NDArray[np.uint16] = np.concatenate(distances)
-        all_labels: npt.NDArray[np.int64] = np.concatenate(labels)
-        return (limits, np.take(all_distances, order).astype(np.int32),
-                np.take(all_labels, order).astype(np.int64))
 
     def _plan(self, radius: int) -> _Plan:
         # A race between threads only computes the same plan twice; a service uses a radius or
@@ -418,9 +310,9 @@ class MultiIndexHash:
         mih_cost = _COST_FIXED + sum(cost(lengths[k], radii[k]) for k in range(tables))
         cheaper: Method = "probe" if mih_cost < _COST_SCAN * count else "scan"
         if probes > _MAX_PROBES:
-            return _Plan("scan", np.empty(0, dtype=np.intp), np.empty(0, dtype=np.int64))
+            return _Plan("scan", np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
         flips = [_flip_masks(lengths[k], radii[k]) for k in range(tables)]
-        table = np.repeat(np.arange(tables, dtype=np.intp), [len(f) for f in flips])
+        table = np.repeat(np.arange(tables, dtype=np.int64), [len(f) for f in flips])
         return _Plan(cheaper, table, np.concatenate(flips))
 
 
@@ -471,48 +363,8 @@ def _substrings(words: npt.NDArray[np.uint64], layout: npt.NDArray[np.int64]
     return value
 
 
-def _within(xor: npt.NDArray[np.uint64], radius: int
-            ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint16]]:
-    """Rows of `xor` ((K, 4) words) with at most `radius` bits set, and their bit counts.
-
-    Most candidates are far, so the filter is the cheapest test that cannot miss: the 4
-    per-word counts read as one uint32 and multiplied by 0x01010101 carry their sum (mod 256)
-    in the top byte, so `product <= radius << 24 | 0xFFFFFF` keeps every row within `radius`.
-    Only a sum of exactly 256 (every bit differs) wraps to 0 and slips through: the few kept
-    rows are recounted exactly.
-    """
-    counts = np.bitwise_count(xor)
-    if radius >= 255:
-        distances = _fold(counts)
-        keep = np.flatnonzero(distances <= radius)
-        return keep, distances[keep]
-    packed = counts.view(np.uint32)[:, 0] * np.uint32(0x01010101)
-    keep = np.flatnonzero(packed <= np.uint32((radius << 24) | 0xFFFFFF))
-    distances = _fold(counts[keep])
-    close = distances <= radius
-    return keep[close], distances[close]
-
-
-def _fold(counts: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint16]:
-    """Sum each row's 4 per-word counts (each <= 64).
-
-    Read as two uint16, they hold byte pairs whose sums (<= 128) cannot carry: two adds and a
-    fold beat NumPy's reduction over a length-4 axis several times.
-    """
-    pairs = counts.view(np.uint16)  # (..., 2)
-    sums = pairs[..., 0] + pairs[..., 1]
-    total: npt.NDArray[np.uint16] = (sums & 0xFF) + (sums >> 8)
-    return total
-
-
 def _empty(count: int) -> RangeResult:
     return (np.zeros(count + 1, dtype=np.uint64), np.empty(0, dtype=np.int32),
             np.empty(0, dtype=np.int64))
 
 
-def _concatenate(parts: list[RangeResult]) -> RangeResult:
-    limits = [parts[0][0]]
-    for part in parts[1:]:
-        limits.append(part[0][1:] + limits[-1][-1])
-    return (np.concatenate(limits), np.concatenate([p[1] for p in parts]),
-            np.concatenate([p[2] for p in parts]))

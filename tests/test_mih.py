@@ -59,9 +59,10 @@ def _as_hits(result: tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]
     return hits
 
 
-def _check(index: MultiIndexHash, codes: Codes, queries: Codes, radius: int) -> Hits:
+def _check(index: MultiIndexHash, codes: Codes, queries: Codes, radius: int,
+           methods: tuple[Method, ...] = METHODS) -> Hits:
     expected = _brute_force(codes, queries, radius)
-    for method in METHODS:
+    for method in methods:
         found = _as_hits(index.range_search(queries, radius, method=method), len(queries))
         assert found == expected, f"method={method}, radius={radius}"
     return expected
@@ -133,9 +134,9 @@ def test_tight_cluster_crowds_buckets() -> None:
     assert len(hits) > 3_000
 
 
-def test_crowded_buckets_are_verified_in_pieces() -> None:
-    """70% of the codes within a few bits of one centre: ~2M candidates for two queries, more
-    than one piece; forced probing and the automatic choice (a scan) agree with brute force."""
+def test_crowded_buckets_turn_to_a_scan() -> None:
+    """70% of the codes within a few bits of one centre: ~1M candidates per query, more than
+    scanning costs; forced probing and the automatic choice (a scan) agree with brute force."""
     rng = np.random.default_rng(41)
     centre = _random(rng, 1)[0]
     cluster = centre ^ np.packbits(rng.random((70_000, 256)) < 1 / 64, axis=1)
@@ -181,8 +182,8 @@ def test_complement_is_at_distance_256(radius: int) -> None:
     assert (0, 501, 0) in hits
 
 
-def test_large_batch_is_chunked() -> None:
-    """More queries than one chunk: 60 distinct queries repeated 100 times, shuffled."""
+def test_large_batch_answers_each_query_on_its_own() -> None:
+    """6,000 queries (60 distinct ones repeated 100 times, shuffled): each gets its own hits."""
     rng = np.random.default_rng(19)
     codes, distinct = _planted(rng, 20_000, queries=60, distances=range(0, 34, 2))
     order = rng.permutation(np.repeat(np.arange(60), 100))
@@ -261,6 +262,29 @@ def test_mismatched_arrays_are_refused(tmp_path: Path) -> None:
         MultiIndexHash(index.codes, np.array([[0, 128], [100, 128]], dtype=np.int64))
     with pytest.raises(ValueError, match=r"\(N, 32\) uint8"):
         MultiIndexHash(np.zeros((4, 16), dtype=np.uint8))
+
+
+def test_damaged_arrays_raise_instead_of_reading_out_of_bounds() -> None:
+    """The kernel bounds every read by the buffers' sizes: a bucket bound or an id past the end
+    (a damaged file that slipped past the checksums) is an error, not a crash."""
+    rng = np.random.default_rng(47)
+    codes = _random(rng, 5_000)
+    index = MultiIndexHash(codes)
+    offsets = index.offsets.copy()
+    inner = np.ones(len(offsets), dtype=bool)
+    starts = np.concatenate(([0], np.cumsum(1 << index.layout[:, 1])))  # each table's first
+    inner[starts] = False  # bucket, and the end: what from_arrays checks
+    offsets[inner] = np.uint32(2**31)
+    damaged = MultiIndexHash.from_arrays({**index.arrays(), "offsets": offsets})
+    with pytest.raises(ValueError, match="damaged"):
+        damaged.range_search(codes[:4], THRESHOLD, method="probe")
+    ids = index.ids.copy()
+    ids[:] = np.uint32(len(codes))
+    damaged = MultiIndexHash.from_arrays({**index.arrays(), "ids": ids})
+    with pytest.raises(ValueError, match="damaged"):
+        damaged.range_search(codes[:4], THRESHOLD, method="probe")
+    # The scan reads only the codes: still exact.
+    _check(damaged, codes, codes[:4], THRESHOLD, methods=("scan",))
 
 
 @pytest.mark.parametrize("count", [0, 1, 1_000, 65_536, 1_000_000, 10_000_000, 2**30])
