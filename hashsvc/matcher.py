@@ -35,11 +35,13 @@ IDENTITY = "identity"
 @dataclass(frozen=True)
 class Query:
     """One hash to look up; `transform` names the dihedral variant of the upload it came from,
-    `trimmed` says it was hashed with the upload's uniform borders cut away."""
+    `trimmed` says it was hashed with the upload's uniform borders cut away, and `source` is the
+    index of the scan's hash it derives from (ScanResult.hashes), so a match can name it."""
 
     hash: HashValue
     transform: str = IDENTITY
     trimmed: bool = False
+    source: int = 0
 
     @property
     def plain(self) -> bool:
@@ -60,6 +62,7 @@ class Match:
     metadata: dict[str, Any] | None
     query_trimmed: bool = False
     entry_variant: str = ""  # "" when the known hash itself matched; else e.g. "crop_4"
+    hash_index: int = 0  # the `source` of the query that matched
 
 
 @dataclass
@@ -268,7 +271,7 @@ def _match(
                  external_id=external_id, algorithm=algorithm, distance=distance,
                  threshold=bank.threshold(algorithm), query_transform=query.transform,
                  tags=bank.tags, metadata=metadata, query_trimmed=query.trimmed,
-                 entry_variant=variant)
+                 entry_variant=variant, hash_index=query.source)
 
 
 def _exact_lookup(

@@ -131,13 +131,13 @@ class Scanner:
         for kind in kinds:
             if kind.name == PDQ.name:
                 pdq_queries = _pdq_queries(upload, timings, fast=fast, dihedral=dihedral,
-                                           trim=trim)
+                                           trim=trim, source=len(hashes))
                 hashes.append(pdq_queries[0].hash)
                 queries.extend(pdq_queries)
             else:
                 value = kind.compute(upload)
+                queries.append(Query(value, source=len(hashes)))
                 hashes.append(value)
-                queries.append(Query(value))
         # The fast path decodes inside the PDQ step; that share is reported as decode time.
         timings.hash_seconds = time.perf_counter() - started - timings.fast_decode_seconds
         timings.decode_seconds += timings.fast_decode_seconds
@@ -164,7 +164,8 @@ class Scanner:
         """The privacy-preserving path: the platform hashed the image itself."""
         started = time.perf_counter()
         matcher = self._current()
-        result = self._match(matcher, list(hashes), [Query(h) for h in hashes], options,
+        result = self._match(matcher, list(hashes),
+                             [Query(h, source=i) for i, h in enumerate(hashes)], options,
                              Timings())
         result.timings.total_seconds = time.perf_counter() - started
         return result
@@ -195,7 +196,7 @@ class Scanner:
 
 
 def _pdq_queries(
-    upload: Upload, timings: Timings, *, fast: bool, dihedral: bool, trim: bool
+    upload: Upload, timings: Timings, *, fast: bool, dihedral: bool, trim: bool, source: int
 ) -> list[Query]:
     """The upload's PDQ queries: plain first, then (`dihedral`) its 7 rotations and flips,
     then (`trim`) the same of its trimmed box, if it has uniform borders."""
@@ -209,8 +210,9 @@ def _pdq_queries(
     else:
         plain = PDQ.hash_rgb(upload.decoded.rgb, dihedral=dihedral)
         trimmed = variants.trimmed_pdq(upload, dihedral=dihedral) if trim else []
-    return ([Query(v, t) for v, t in zip(plain, DIHEDRAL_TRANSFORMS, strict=False)]
-            + [Query(v, t, trimmed=True)
+    return ([Query(v, t, source=source)
+             for v, t in zip(plain, DIHEDRAL_TRANSFORMS, strict=False)]
+            + [Query(v, t, trimmed=True, source=source)
                for v, t in zip(trimmed, DIHEDRAL_TRANSFORMS, strict=False)])
 
 

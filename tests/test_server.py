@@ -82,7 +82,8 @@ def test_scan_image_matches_an_edit_with_distance_and_explanation(scanner: Clien
     assert match.algorithm == types_pb2.ALGORITHM_PDQ
     assert match.query_transform == types_pb2.TRANSFORM_IDENTITY
     assert list(match.tags) == ["demo"] and dict(match.metadata) == {"case": 7.0}
-    pdq = next(h for h in result.hashes if h.algorithm == types_pb2.ALGORITHM_PDQ)
+    pdq = result.hashes[match.hash_index]  # the hash that matched
+    assert pdq.algorithm == types_pb2.ALGORITHM_PDQ
     assert pdq.quality == 100 and not pdq.low_quality
     assert result.snapshot_version and result.timings.total_ms > 0
     assert result.timings.decode_ms > 0 and result.timings.hash_ms > 0
@@ -109,6 +110,18 @@ def test_hash_only_scan_never_sends_the_image(scanner: Client) -> None:
     # Hex and raw bytes are both accepted.
     assert scanner.scan_hashes([("pdq", BRIDGE_PDQ)]).matches[0].distance == 0
     assert scanner.scan_hashes([("pdq", BRIDGE_PDQ.hex().upper())]).matched
+
+
+def test_batched_hashes_say_which_of_them_matched(scanner: Client) -> None:
+    """A batch of unrelated lookups: each match names the request hash it came from."""
+    unrelated = [("pdq", bytes([i]) * 32) for i in range(5)]
+    batch = [*unrelated[:3], ("pdq", BRIDGE_PDQ), *unrelated[3:], ("pdq", BRIDGE_PDQ)]
+    (match,) = scanner.scan_hashes(batch).matches  # one entry: reported once, closest first
+    assert match.hash_index == 3 and match.distance == 0
+    near = bytearray(BRIDGE_PDQ)
+    near[0] ^= 0xFF  # 8 bits away
+    (match,) = scanner.scan_hashes([*unrelated, ("pdq", bytes(near))]).matches
+    assert match.hash_index == 5 and match.distance == 8
 
 
 @pytest.mark.parametrize(

@@ -102,6 +102,7 @@ def match_to_proto(match: Match) -> types_pb2.Match:
         bank_kind=BANK_KIND_TO_PROTO[match.bank_kind],
         query_trimmed=match.query_trimmed,
         entry_variant=match.entry_variant,
+        hash_index=match.hash_index,
     )
 
 

@@ -214,6 +214,7 @@ class Match(_message.Message):
     BANK_KIND_FIELD_NUMBER: _builtins.int
     QUERY_TRIMMED_FIELD_NUMBER: _builtins.int
     ENTRY_VARIANT_FIELD_NUMBER: _builtins.int
+    HASH_INDEX_FIELD_NUMBER: _builtins.int
     bank: _builtins.str
     entry_id: _builtins.int
     external_id: _builtins.str
@@ -230,6 +231,11 @@ class Match(_message.Message):
     """the upload matched with its uniform borders trimmed"""
     entry_variant: _builtins.str
     """"" if the known hash matched; else its stored variant,"""
+    hash_index: _builtins.int
+    """"trimmed" or "crop_N" (N% cut from each side)
+    Which hash matched: its index in ScanResult.hashes (for ScanHashes, in the request's
+    hashes). When several of them match one entry, the closest is named.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the bank's tags"""
@@ -253,10 +259,11 @@ class Match(_message.Message):
         bank_kind: Global___BankKind.ValueType = ...,
         query_trimmed: _builtins.bool = ...,
         entry_variant: _builtins.str = ...,
+        hash_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "bank", b"bank", "bank_kind", b"bank_kind", "distance", b"distance", "entry_id", b"entry_id", "entry_variant", b"entry_variant", "external_id", b"external_id", "metadata", b"metadata", "query_transform", b"query_transform", "query_trimmed", b"query_trimmed", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "bank", b"bank", "bank_kind", b"bank_kind", "distance", b"distance", "entry_id", b"entry_id", "entry_variant", b"entry_variant", "external_id", b"external_id", "hash_index", b"hash_index", "metadata", b"metadata", "query_transform", b"query_transform", "query_trimmed", b"query_trimmed", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
