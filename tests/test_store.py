@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -83,8 +84,8 @@ def test_bulk_add_is_all_or_nothing(store: Store) -> None:
     assert store.revision() == revision
 
 
-def _indexes(store: Store) -> list[tuple[str, str | None]]:
-    with sqlite3.connect(store.path) as db:
+def _indexes(path: Path) -> list[tuple[str, str | None]]:
+    with sqlite3.connect(path) as db:
         return db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"
                           " ORDER BY name").fetchall()
 
@@ -93,19 +94,67 @@ def test_a_large_import_rebuilds_the_indexes_it_drops(store: Store) -> None:
     """`expected` above the threshold takes the drop-and-rebuild path: same results, same
     indexes afterwards, and a failure rolls the dropped indexes back with the rows."""
     store.create_bank("a")
-    indexes = _indexes(store)
+    indexes = _indexes(store.path)
     assert any(name == "entries_by_external_id" for name, _ in indexes)
     with pytest.raises(RuntimeError), store.bulk_add("a", expected=1_000_000) as adder:
         adder.add([NewEntry("pdq", _pdq(n)) for n in range(100)])
         raise RuntimeError("crash in the middle of an import")
-    assert _indexes(store) == indexes and store.stats().entries == 0
+    assert _indexes(store.path) == indexes and store.stats().entries == 0
     revision = store.revision()
     with store.bulk_add("a", expected=1_000_000) as adder:
         adder.add([NewEntry("pdq", _pdq(n % 700), f"ext-{n}") for n in range(1000)])
     assert (adder.result.added, adder.result.duplicates) == (700, 300)
-    assert _indexes(store) == indexes
+    assert _indexes(store.path) == indexes
     assert [e.id for e in store.find_entries("a", EntrySelector(external_ids=["ext-5"]))] == [6]
     assert len(store.changes_since(revision).changed) == 700
+    # Again, now with hashes already in the bank: those are duplicates and keep their rows.
+    with store.bulk_add("a", expected=1_000_000) as adder:
+        adder.add([NewEntry("pdq", _pdq(n), f"new-{n}") for n in range(690, 1_690)])
+    assert (adder.result.added, adder.result.duplicates) == (990, 10)
+    assert [e.external_id for e in store.find_entries("a", EntrySelector(
+        hashes=[("pdq", _pdq(695)), ("pdq", _pdq(1_000))]))] == ["ext-695", "new-1000"]
+    assert _indexes(store.path) == indexes
+
+
+# The entries table as schema 3 made it: uniqueness as a table constraint.
+_V3_ENTRIES = """
+CREATE TABLE entries (
+    id INTEGER PRIMARY KEY,
+    bank_id INTEGER NOT NULL REFERENCES banks (id) ON DELETE CASCADE,
+    algorithm TEXT NOT NULL, hash BLOB NOT NULL, external_id TEXT, metadata TEXT,
+    added_at REAL NOT NULL, disabled INTEGER NOT NULL DEFAULT 0, disabled_reason TEXT,
+    changed_rev INTEGER NOT NULL DEFAULT 0, variant TEXT NOT NULL DEFAULT '',
+    UNIQUE (bank_id, algorithm, hash)
+);
+CREATE INDEX entries_by_external_id ON entries (bank_id, external_id);
+CREATE INDEX entries_by_changed_rev ON entries (changed_rev);
+"""
+
+
+def test_a_version_3_store_is_upgraded_in_place(store: Store) -> None:
+    """Schema 4 moves uniqueness into a named index, so that large imports can drop it: the
+    table is rebuilt with every row and id, and duplicates are still refused."""
+    store.create_bank("a")
+    path = store.path
+    store.close()
+    with sqlite3.connect(path) as db:  # as hashsvc left a store before schema 4
+        db.executescript(f"DROP TABLE entries; {_V3_ENTRIES}"
+                         " UPDATE meta SET value = '3' WHERE key = 'schema';")
+        db.executemany("INSERT INTO entries (id, bank_id, algorithm, hash, external_id, added_at,"
+                       " disabled) VALUES (?, 1, 'pdq', ?, ?, 1.0, ?)",
+                       [(10, _pdq(1), "one", 0), (12, _pdq(2), "two", 1)])
+    assert any(name.startswith("sqlite_autoindex_entries") for name, _ in _indexes(path))
+    with Store(path) as upgraded:
+        names = [name for name, _ in _indexes(path)]
+        assert "entries_unique" in names
+        assert not any(name.startswith("sqlite_autoindex_entries") for name in names)
+        entries = upgraded.find_entries("a", EntrySelector(ids=[10, 12]))
+        assert [(e.id, e.external_id, e.disabled) for e in entries] == [
+            (10, "one", False), (12, "two", True)]
+        result = upgraded.add_entries("a", [NewEntry("pdq", _pdq(1)), NewEntry("pdq", _pdq(3))])
+        assert (result.added, result.duplicates) == (1, 1)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("4",)
 
 
 def test_disable_enable_remove(store: Store) -> None:
