@@ -93,7 +93,7 @@ class NewEntry(NamedTuple):
     A NamedTuple, not a dataclass: imports make millions of them, and a tuple is the cheapest
     object Python has."""
 
-    algorithm: str
+    algorithm: str  # the fields are in BulkAdder's INSERT order: it binds an entry as it is
     hash: bytes
     external_id: str | None = None
     metadata: dict[str, Any] | None = None
@@ -597,7 +597,10 @@ class BulkAdder:
         return dict(rows)
 
     def add(self, entries: Iterable[NewEntry]) -> AddResult:
-        rows = [
+        # A NewEntry is already the statement's parameters, in order, once its metadata is
+        # JSON: most lists have none, and their entries are bound as they are.
+        rows: list[tuple[Any, ...]] = [
+            e if e.metadata is None else
             (e.algorithm, e.hash, e.external_id,
              json.dumps(e.metadata, sort_keys=True) if e.metadata else None, e.variant)
             for e in entries
