@@ -158,8 +158,8 @@ HOT static int probe_one(const Index *ix, const uint8_t *query, int radius,
     for (Py_ssize_t p = 0; p < ix->probes; p++) {
         if (p + AHEAD < ix->probes) __builtin_prefetch(ix->offsets + s->positions[p + AHEAD]);
         uint32_t begin = ix->offsets[s->positions[p]], end = ix->offsets[s->positions[p] + 1];
-        if (end == begin) continue;
         if (end < begin || (Py_ssize_t)end > ix->ids_len) return DAMAGED;
+        if (end == begin) continue;
         __builtin_prefetch(ix->ids + begin);
         s->spans[2 * buckets] = begin;
         s->spans[2 * buckets + 1] = end;
