@@ -2,8 +2,9 @@
 
 The layout, the build and the search plans are here, in NumPy; the search itself (probing,
 verifying, scanning) is a small C kernel, hashsvc/_mih.c, because in NumPy a query paid ~30 array
-calls of fixed overhead and a batch paid for temporaries as large as its candidates (at 1M codes:
-~90 µs a single query, ~120 µs per query in batches; in C, ~20 and ~40).
+calls of fixed overhead and a batch paid for temporaries as large as its candidates (at 1M codes,
+r = 31, measured by loadtests/bench_search.py: a single query 0.16 ms warm and 0.54 ms with cold
+caches in NumPy, 0.05 and 0.14 ms in C; in batches ~120 µs a query in NumPy, ~40 µs in C).
 
 Why not FAISS: its flat index compares the query with every code (tens of ms per query at 10M
 codes); its multi-hash index (HMA's choice) is exact with nflip = r // 16 but slower still at 10M
@@ -74,11 +75,12 @@ CODE_BITS: Final = CODE_BYTES * 8
 FILES: Final = ("codes", "layout", "ids", "offsets")
 
 # Costs per bucket probed, per candidate verified and per code scanned, in ns, of the C kernel
-# (hashsvc/_mih.c) on this project's 2-core EPYC: see _make_plan. They only choose between two
-# exact paths, so rough values are enough.
-_COST_PROBE: Final = 6.0
-_COST_CANDIDATE: Final = 12.0
-_COST_SCAN: Final = 1.5  # per code and query
+# (hashsvc/_mih.c) on this project's 2-core EPYC, at 1M random codes and r = 31 (1,409 probes:
+# 17 µs a query; 1,419 candidates: 22 µs; a scan: 1.3 ms). They only choose between two exact
+# paths, so rough values are enough.
+_COST_PROBE: Final = 12.0
+_COST_CANDIDATE: Final = 15.0
+_COST_SCAN: Final = 1.3  # per code and query
 _COST_FIXED: Final = 1_000.0  # per call: argument checks, the plan's arrays
 _MAX_PROBES: Final = 1 << 20  # per query; beyond, the plan's own arrays get large
 _PARALLEL_BUILD: Final = 100_000  # codes: below, building on one thread is as fast
