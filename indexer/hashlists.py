@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,13 +33,9 @@ _KNOWN = {"hash", "algorithm", "external_id", "metadata"}
 _MAX_EXTERNAL_ID = 512
 
 
-@dataclass(frozen=True)
-class ParsedLine:
-    line: int
-    entry: NewEntry
-
-
-Parsed = ParsedLine | LineProblem
+# A good line is its entry (a tuple, the cheapest object there is: lists have millions of lines);
+# a bad one is a problem that names its file and line.
+Parsed = NewEntry | LineProblem
 
 
 def detect_format(path: Path, explicit: str | None = None) -> Format:
@@ -195,7 +190,7 @@ def _make_simple_entry(
         external_id = row[external_at].strip() or None if external_at is not None else None
         if external_id is not None and len(external_id) > _MAX_EXTERNAL_ID:
             raise HashsvcError(f"external id longer than {_MAX_EXTERNAL_ID} characters")
-        return ParsedLine(line, NewEntry(kind.name, kind.parse(value), external_id))
+        return NewEntry(kind.name, kind.parse(value), external_id)
     except HashsvcError as err:
         if not name and not default_algorithm:
             return LineProblem(str(path), line,
@@ -223,7 +218,7 @@ def _make_entry(
         metadata = _metadata(record)
     except HashsvcError as err:
         return LineProblem(str(path), line, err.message)
-    return ParsedLine(line, NewEntry(algorithm.name, hash_bytes, external_id, metadata))
+    return NewEntry(algorithm.name, hash_bytes, external_id, metadata)
 
 
 def _metadata(record: dict[str, Any]) -> dict[str, Any] | None:

@@ -102,7 +102,7 @@ def import_file(
                 continue
             if report.rejected and not skip_invalid:
                 continue  # the file will be rolled back; keep reading only to list problems
-            batch.append(item.entry)
+            batch.append(item)
             if len(batch) >= _BATCH:
                 inserter.put(batch)
                 batch = []
