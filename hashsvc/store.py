@@ -100,6 +100,10 @@ class NewEntry(NamedTuple):
     variant: str = ""  # "" for the hash itself; else which strategy's extra hash (strategies.py)
 
 
+# What BulkAdder inserts: a NewEntry, or the same fields as a plain tuple (cheaper to pickle).
+EntryRow = tuple[str, bytes, str | None, dict[str, Any] | None, str]
+
+
 @dataclass(frozen=True)
 class Entry:
     id: int
@@ -596,13 +600,12 @@ class BulkAdder:
             self._db.execute(f'DROP INDEX "{name}"')
         return dict(rows)
 
-    def add(self, entries: Iterable[NewEntry]) -> AddResult:
-        # A NewEntry is already the statement's parameters, in order, once its metadata is
-        # JSON: most lists have none, and their entries are bound as they are.
+    def add(self, entries: Iterable[EntryRow]) -> AddResult:
+        # An entry is already the statement's parameters, in order, once its metadata is JSON:
+        # most lists have none, and their entries are bound as they are.
         rows: list[tuple[Any, ...]] = [
-            e if e.metadata is None else
-            (e.algorithm, e.hash, e.external_id,
-             json.dumps(e.metadata, sort_keys=True) if e.metadata else None, e.variant)
+            e if e[3] is None else
+            (e[0], e[1], e[2], json.dumps(e[3], sort_keys=True) if e[3] else None, e[4])
             for e in entries
         ]
         before = self._db.total_changes

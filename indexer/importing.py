@@ -7,18 +7,22 @@ exactly as it was.
 
 from __future__ import annotations
 
+import multiprocessing
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from hashsvc.errors import ImportFileError, LineProblem
-from hashsvc.store import BulkAdder, NewEntry, Store
+from hashsvc.errors import HashsvcError, ImportFileError, LineProblem
+from hashsvc.store import BulkAdder, EntryRow, Store
 from indexer.hashlists import Format, read_hash_list
 
 _BATCH = 50_000
+_PARSER_MIN_BYTES = 16 << 20  # ~200k CSV lines: below, starting a parser process costs more
+_PARSER_BATCH = 10_000  # lines per message from the parser process
 
 
 class _Inserter:
@@ -31,7 +35,7 @@ class _Inserter:
 
     def __init__(self, adder: BulkAdder) -> None:
         self._adder = adder
-        self._queue: queue.Queue[list[NewEntry] | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[list[EntryRow] | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="import-inserter", daemon=True)
 
@@ -43,7 +47,7 @@ class _Inserter:
                 except BaseException as err:  # handed to the caller in put() / __exit__
                     self._error = err
 
-    def put(self, batch: list[NewEntry]) -> None:
+    def put(self, batch: list[EntryRow]) -> None:
         if self._error is not None:
             raise self._error
         self._queue.put(batch)
@@ -57,6 +61,62 @@ class _Inserter:
         self._thread.join()
         if self._error is not None and kind is None:
             raise self._error
+
+
+def _parsed(path: Path, fmt: Format, algorithm: str | None) -> Iterator[EntryRow | LineProblem]:
+    """The file's lines, parsed: in a second process for a large file, else here.
+
+    Why a process: parsing (csv, hex, checks) and inserting (sqlite3 binding each row) both need
+    the GIL, so on threads they take turns and an import costs their sum. A parser process runs
+    beside the insert; its entries cross the pipe as plain tuples (pickled ~10x faster than the
+    NewEntry named tuples they were). Measured on 1M lines: see the README's import row.
+    """
+    if path.stat().st_size < _PARSER_MIN_BYTES:
+        yield from read_hash_list(path, fmt, algorithm)
+        return
+    context = multiprocessing.get_context("spawn")  # fork is unsafe beside threads
+    batches: multiprocessing.Queue[list[EntryRow | LineProblem] | BaseException | None] = (
+        context.Queue(maxsize=8))
+    parser = context.Process(target=_parse_into, args=(path, fmt, algorithm, batches),
+                             name="import-parser", daemon=True)
+    parser.start()
+    try:
+        while True:
+            try:
+                batch = batches.get(timeout=1.0)
+            except queue.Empty:
+                if parser.is_alive():
+                    continue
+                raise HashsvcError(f"{path}: the parser process died (exit code "
+                                   f"{parser.exitcode}); nothing from this file was stored"
+                                   ) from None
+            if batch is None:
+                break
+            if isinstance(batch, BaseException):
+                raise batch
+            yield from batch
+    finally:
+        if parser.is_alive():  # stopped early: an error, or the consumer gave up
+            parser.terminate()
+        parser.join()
+
+
+def _parse_into(path: Path, fmt: Format, algorithm: str | None,
+                batches: multiprocessing.Queue[list[EntryRow | LineProblem] | BaseException | None]
+                ) -> None:
+    """The parser process: batches of parsed lines, then None; or the error that stopped it."""
+    try:
+        batch: list[EntryRow | LineProblem] = []
+        for item in read_hash_list(path, fmt, algorithm):
+            batch.append(item if isinstance(item, LineProblem) else
+                         (item.algorithm, item.hash, item.external_id, item.metadata, item.variant))
+            if len(batch) >= _PARSER_BATCH:
+                batches.put(batch)
+                batch = []
+        batches.put(batch)
+        batches.put(None)
+    except BaseException as err:  # handed to the importing process, which raises it
+        batches.put(err)
 
 
 def _estimate_lines(path: Path, sample: int = 1 << 16) -> int:
@@ -88,13 +148,13 @@ def import_file(
     """Import `path` into `bank` in one transaction; raise `ImportFileError` on a bad line
     (after reading the whole file, so the error lists every bad line) unless `skip_invalid`."""
     report = ImportReport(path)
-    items = read_hash_list(path, fmt, algorithm)
+    items = _parsed(path, fmt, algorithm)
     with (
         store.bulk_add(bank, expected=_estimate_lines(path)) as adder,
         _Inserter(adder) as inserter,
         tqdm(desc=path.name, unit=" lines", disable=not progress, leave=False) as bar,
     ):
-        batch: list[NewEntry] = []
+        batch: list[EntryRow] = []
         for item in items:
             bar.update()
             if isinstance(item, LineProblem):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hashsvc.errors import HashsvcError, ImportFileError
-from hashsvc.store import Store
+from hashsvc.store import EntrySelector, Store
 from indexer.hashlists import detect_format
 from indexer.importing import ImportReport, import_file
 
@@ -135,3 +135,39 @@ def test_missing_hash_column(bank: Store, tmp_path: Path) -> None:
     path.write_text("digest,algorithm\nabc,md5\n")
     with pytest.raises(HashsvcError, match=r"list.csv:1: the header has no 'hash' column"):
         _import(bank, path)
+
+
+def _large_csv(path: Path, lines: int, bad: dict[int, str] | None = None,
+               header: str = "hash,algorithm,external_id") -> Path:
+    """A CSV large enough (> 16 MiB) to be parsed in a second process; `bad` replaces lines
+    (1-based, the header is line 1)."""
+    rows = [header] + [f"{n.to_bytes(32, 'big').hex()},pdq,case-{n:09d}-{'x' * 40}"
+                       for n in range(lines)]
+    for number, text in (bad or {}).items():
+        rows[number - 1] = text
+    path.write_text("\n".join(rows) + "\n")
+    assert path.stat().st_size > 16 << 20
+    return path
+
+
+def test_a_large_file_is_parsed_in_a_second_process_with_the_same_results(
+    bank: Store, tmp_path: Path
+) -> None:
+    path = _large_csv(tmp_path / "large.csv", 150_000, bad={70_002: f"{PDQ_A},pdq,dup",
+                                                            70_003: f"{PDQ_A},pdq,dup-2"})
+    report = _import(bank, path)
+    assert (report.added, report.duplicates, report.rejected) == (149_999, 1, [])
+    (entry,) = bank.find_entries("list", EntrySelector(external_ids=["case-000149999-" + "x" * 40]))
+    assert entry.hash == (149_999).to_bytes(32, "big")
+    # A bad line far into the file: named by file and line, and nothing is stored.
+    revision = bank.revision()
+    bad = _large_csv(tmp_path / "bad.csv", 150_000, bad={120_001: f"{PDQ_A[:-1]},pdq,short"})
+    with pytest.raises(ImportFileError) as err:
+        _import(bank, bad)
+    assert [p.line for p in err.value.problems] == [120_001]
+    assert f"{bad}:120001: invalid pdq hash" in str(err.value)
+    assert bank.revision() == revision
+    # An error the parser process raises (here, the header's) reaches the caller as it is.
+    headless = _large_csv(tmp_path / "headless.csv", 150_000, header="digest,algorithm,id")
+    with pytest.raises(HashsvcError, match=r"headless.csv:1: the header has no 'hash' column"):
+        _import(bank, headless)
