@@ -71,9 +71,13 @@ def _parsed(path: Path, fmt: Format, algorithm: str | None) -> Iterator[EntryRow
     beside the insert; its entries cross the pipe as plain tuples (pickled ~10x faster than the
     NewEntry named tuples they were). Measured on 1M lines: see the README's import row.
     """
-    if path.stat().st_size < _PARSER_MIN_BYTES:
-        yield from read_hash_list(path, fmt, algorithm)
-        return
+    here = read_hash_list(path, fmt, algorithm)  # checks the file and the format, at once
+    return here if path.stat().st_size < _PARSER_MIN_BYTES else _parse_elsewhere(path, fmt,
+                                                                                 algorithm)
+
+
+def _parse_elsewhere(path: Path, fmt: Format, algorithm: str | None
+                     ) -> Iterator[EntryRow | LineProblem]:
     context = multiprocessing.get_context("spawn")  # fork is unsafe beside threads
     batches: multiprocessing.Queue[list[EntryRow | LineProblem] | BaseException | None] = (
         context.Queue(maxsize=8))
