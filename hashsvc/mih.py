@@ -51,7 +51,7 @@ or, at search time, buckets crowded by clustered codes), the search scans all co
 both paths return the same results, only the time differs.
 
 **Batches** (the scanner sends the 8 dihedral variants together) are one kernel call, with the
-GIL released. At 1M codes and r = 31 a query reads ~1,400 buckets and verifies ~1,700 codes,
+GIL released. At 1M codes and r = 31 a query reads ~1,400 buckets and verifies ~1,400 codes,
 nearly all cache misses: the kernel reads each stream ahead with prefetches (see _mih.c), which
 is what bounds its speed, not arithmetic.
 """
