@@ -97,6 +97,9 @@ class Matcher:
             name: np.array([bank.threshold(name) for bank in snapshot.banks], dtype=np.int32)
             for name in snapshot.tables
         }
+        # The largest threshold per algorithm: each search's radius, computed once, not per call.
+        self._radius = {name: int(thresholds.max()) if len(thresholds) else 0
+                        for name, thresholds in self._thresholds.items()}
         self._strategies = [bank.strategies for bank in snapshot.banks]
         # Whether any bank matches trimmed uploads, so that scans compute them only then.
         self.wants_trimmed_queries = any(
@@ -108,8 +111,7 @@ class Matcher:
         return tuple(dict.fromkeys([*self.snapshot.tables, *self.delta.tables]))
 
     def search_radius(self, algorithm: str) -> int:
-        thresholds = self._thresholds.get(algorithm)
-        return int(thresholds.max()) if thresholds is not None and len(thresholds) else 0
+        return self._radius.get(algorithm, 0)
 
     def match(
         self, queries: Sequence[Query], banks: Collection[str] | None = None
