@@ -161,44 +161,14 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def call(request: Any, context: grpc.ServicerContext) -> Any:
-                started = time.perf_counter()
-                name, admitted, token, error = "-", False, None, None
-                try:
-                    name = self._caller(context, role, method)
-                    self._admit(context)
-                    admitted = True
-                    token = caller.set(name)
+                with _Call(self, context, role, method, record):
                     return behavior(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    if token is not None:
-                        caller.reset(token)
-                    if admitted:
-                        self._release()
-                    record(context, name, started, error)
             return call
 
         def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                started = time.perf_counter()
-                name, admitted, token, error = "-", False, None, None
-                try:
-                    name = self._caller(context, role, method)
-                    self._admit(context)
-                    admitted = True
-                    token = caller.set(name)
+                with _Call(self, context, role, method, record):
                     yield from behavior(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    if token is not None:
-                        caller.reset(token)
-                    if admitted:
-                        self._release()
-                    record(context, name, started, error)
             return call
 
         wrap = streaming if handler.response_streaming else unary
@@ -216,6 +186,39 @@ def _bearer_token(metadata: Any) -> str | None:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
     return None
+
+
+class _Call:
+    """One call's bracket: authenticate, admit and name the caller on entry; release and record
+    on exit, whatever happened. A class rather than @contextmanager because it runs on every
+    call, and a generator-based one costs more."""
+
+    __slots__ = ("_admitted", "_context", "_name", "_owner", "_record", "_started", "_token")
+
+    def __init__(self, owner: CallInterceptor, context: grpc.ServicerContext, role: str,
+                 method: str, record: _Recorder) -> None:
+        self._owner, self._context, self._record = owner, context, record
+        self._started = time.perf_counter()
+        self._name, self._admitted = "-", False
+        self._token: contextvars.Token[str] | None = None
+        try:
+            self._name = owner._caller(context, role, method)
+            owner._admit(context)
+            self._admitted = True
+        except BaseException as exc:  # refused: recorded too, then raised to gRPC
+            record(context, self._name, self._started, exc)
+            raise
+
+    def __enter__(self) -> None:
+        self._token = caller.set(self._name)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: object) -> None:
+        if self._token is not None:
+            caller.reset(self._token)
+        if self._admitted:
+            self._owner._release()
+        self._record(self._context, self._name, self._started, error)
 
 
 class _Recorder:
