@@ -148,6 +148,11 @@ def test_smoke_benchmark_speed_and_agreement(tmp_path: Path) -> None:
     assert speed["JPEG 1 MP"]["speedup"] > 4, speed["JPEG 1 MP"]
     assert speed["PNG 1 MP"]["speedup"] >= 0.9, speed["PNG 1 MP"]
     assert speed["WebP 1 MP"]["speedup"] >= 0.9, speed["WebP 1 MP"]
+    # The decode floor is what the fast path cannot go under (it decodes at 1/4 or 1/8 and then
+    # filters), so a floor at or above it means the floor no longer measures a bare decode.
+    for case in ("JPEG 1 MP", "JPEG 3 MP"):
+        assert 0 < speed[case]["decode_floor_ms"] < speed[case]["fast_ms"], speed[case]
+    assert speed["PNG 1 MP"]["decode_floor_ms"] is None
     # Meta's bar, over every image (reference set, photos, and the photos upscaled to 1-12 MP
     # JPEGs, each drafted at its own DCT scale, and to PNG/WebP), not only on average.
     agreement = result["agreement"]
