@@ -93,7 +93,6 @@ class DecodedImage:
     format: str
     width: int
     height: int
-    source_bytes: int
 
     @cached_property
     def rgb(self) -> RGBArray:
@@ -129,8 +128,7 @@ def decode(
         raise CorruptImageError(f"{name}: corrupt {fmt} data: {err}") from None
     except (SyntaxError, ValueError, EOFError) as err:
         raise CorruptImageError(f"{name}: corrupt {fmt} data: {err}") from None
-    return DecodedImage(image=rgb, format=fmt, width=rgb.width, height=rgb.height,
-                        source_bytes=len(data))
+    return DecodedImage(image=rgb, format=fmt, width=rgb.width, height=rgb.height)
 
 
 def open_checked(data: bytes, limits: DecodeLimits, name: str) -> tuple[Image.Image, str]:

@@ -89,9 +89,6 @@ class Matcher:
             revision=int(snapshot.manifest.get("store_revision", 0)))
         self._tombstones = self.delta.tombstones
         self._bank_index = {bank.name: i for i, bank in enumerate(snapshot.banks)}
-        self._is_allowlist = np.array(
-            [bank.kind == "allowlist" for bank in snapshot.banks], dtype=bool
-        )
         # thresholds[algorithm][bank index]: each bank's threshold, so filtering is one lookup.
         self._thresholds: dict[str, npt.NDArray[np.int32]] = {
             name: np.array([bank.threshold(name) for bank in snapshot.banks], dtype=np.int32)
