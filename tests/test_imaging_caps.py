@@ -8,7 +8,6 @@ and reaches a client as INVALID_ARGUMENT. The caps are settings like every other
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from hashsvc.fastpdq import pdq_fast
 from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, decode, open_checked
 from tests.conftest import BRIDGE_ORIGINAL, encode_image, png_header_only
 from tests.server_process import ServerProcess
+from tests.test_config import _parse
 from tests.test_server import _seed_bridge_bank
 
 BRIDGE = Image.open(BRIDGE_ORIGINAL).convert("RGB")
@@ -79,12 +79,6 @@ def test_bytes_over_the_default_cap_are_refused_before_parsing() -> None:
     data = b"\xff\xd8\xff" + bytes(32 * 2**20 - 2)
     message = _refusals(data, DEFAULT_LIMITS)
     assert message == ("upload.bin: 33,554,433 bytes exceeds the limit of 33,554,432 bytes")
-
-
-def _parse(*flags: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
-    return parser.parse_args(flags)
 
 
 def test_the_full_decode_cap_is_a_setting(tmp_path: Path) -> None:
