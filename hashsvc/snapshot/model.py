@@ -1,0 +1,121 @@
+"""What a loaded snapshot is: its banks, entry rows, string tables and hash tables.
+
+Shared by the writer (publishing.py) and the reader (loading.py); see the package docstring for
+the layout on disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hashsvc.algorithms import get_algorithm
+from hashsvc.strategies import PLAIN, MatchStrategies
+
+FORMAT_VERSION = 2  # 2: PDQ indexed by multi-index hashing; format 1 (FAISS) still loads
+READABLE_FORMATS = (1, 2)
+CURRENT = "current"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class BankInfo:
+    """What a scan needs to know about a bank, frozen into the snapshot."""
+
+    name: str
+    kind: str
+    tags: tuple[str, ...]
+    thresholds: dict[str, int]
+    strategies: MatchStrategies = PLAIN
+
+    def threshold(self, algorithm: str) -> int:
+        return self.thresholds.get(algorithm, get_algorithm(algorithm).default_threshold)
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    version: str
+    published: bool  # False when the store had not changed since the current snapshot
+    path: Path
+    manifest: dict[str, Any]
+    seconds: float
+
+
+class StringTable:
+    """Many short strings in one blob plus offsets: memory-mappable, O(1) to load and look up."""
+
+    def __init__(self, blob: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64]) -> None:
+        self._blob = blob
+        self._offsets = offsets
+
+    def get(self, row: int) -> str | None:
+        start, end = int(self._offsets[row]), int(self._offsets[row + 1])
+        return bytes(self._blob[start:end]).decode("utf-8") if end > start else None
+
+    @staticmethod
+    def encode(values: list[str | None]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+        encoded = [v.encode("utf-8") if v else b"" for v in values]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
+
+
+@dataclass
+class HashTable:
+    """The distinct hashes of one algorithm and, for each, the entry rows that list it."""
+
+    algorithm: str
+    offsets: npt.NDArray[np.int64]
+    rows: npt.NDArray[np.int64]
+    index: Any = None  # perceptual kinds: MultiIndexHash (PDQ) or a faiss.IndexBinary
+    codes: npt.NDArray[Any] | None = None  # sorted S<n> array for exact kinds
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def entry_rows(self, code_index: int) -> npt.NDArray[np.int64]:
+        return self.rows[self.offsets[code_index] : self.offsets[code_index + 1]]
+
+
+@dataclass
+class Snapshot:
+    """A loaded snapshot. Read-only after loading, so any number of threads may share it."""
+
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    banks: list[BankInfo]
+    entry_ids: npt.NDArray[np.int64]
+    entry_banks: npt.NDArray[np.int32]
+    external_ids: StringTable
+    metadata: StringTable
+    tables: dict[str, HashTable]
+    loaded_at: float
+    # Which strategy's extra hash each row is (strategies.py): codes into `variant_names`,
+    # None when every row is a plain hash (and in snapshots written before strategies existed).
+    entry_variants: npt.NDArray[np.uint8] | None = None
+    variant_names: tuple[str, ...] = ("",)
+
+    def variant(self, row: int) -> str:
+        if self.entry_variants is None:
+            return ""
+        return self.variant_names[int(self.entry_variants[row])]
+
+    @property
+    def created_at(self) -> float:
+        return dt.datetime.fromisoformat(self.manifest["created_at"]).timestamp()
+
+    @property
+    def entry_count(self) -> int:
+        return len(self.entry_ids)
+
+    def entry_metadata(self, row: int) -> dict[str, Any] | None:
+        text = self.metadata.get(row)
+        return json.loads(text) if text else None
+
