@@ -1,9 +1,11 @@
 """What a running server holds: the store, the scanner and its snapshot, and health.
 
-Hot reload: a watcher thread reads `snapshots/current` every `reload_interval` seconds. A new
-version is loaded (and checksum-verified) beside the one being served, then swapped in with one
-reference assignment, so no call fails or waits. A corrupt snapshot is refused, counted and
-logged; the old one keeps serving, and that version is not retried until `current` changes.
+Hot reload: a watcher thread reads `snapshots/current` every `reload_interval` seconds. A version
+is the directory name `current` holds, so a reload happens exactly when that name changes. A new
+version is loaded (and verified: manifest, checksums, every array against the counts) beside the
+one being served, then swapped in with one reference assignment, so no call fails or waits. A
+snapshot that fails to load, for whatever reason, is refused: counted, logged once, and not
+retried until `current` names another version; the old one keeps serving.
 
 Freshness: on the same tick the watcher reads the store's revision; when it has moved, the
 entries changed since the snapshot become a new `Delta` (see delta.py), swapped in the same way.
@@ -25,7 +27,7 @@ from hashsvc.config import ServerConfig
 from hashsvc.delta import Delta
 from hashsvc.errors import SnapshotError
 from hashsvc.scanner import Scanner
-from hashsvc.snapshot import Snapshot, current_version, load
+from hashsvc.snapshot import Snapshot, current_version, load, version_dir
 from hashsvc.store import Store
 
 log = logging.getLogger("hashsvc.runtime")
@@ -43,6 +45,7 @@ class Runtime:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.failed_loads = 0
         self._refused: str | None = None
+        self._watch_problem: str | None = None  # the last pass's failure, so it is logged once
         self._reload_lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -77,23 +80,19 @@ class Runtime:
         with self._reload_lock:
             version = current_version(self.snapshots_dir)
             loaded = self.scanner.snapshot
+            if version != self._refused:
+                self._refused = None  # `current` moved on: that version may be tried again later
             if version is None or version == self._refused:
                 return False
             if loaded is not None and loaded.version == version:
                 return False
             started = time.perf_counter()
             try:
-                snapshot = load(self.snapshots_dir / version)
-            except SnapshotError as err:
-                self.failed_loads += 1
-                metrics.SNAPSHOT_LOAD_FAILURES.inc()
-                self._refused = version
-                log.error("refused snapshot; still serving the previous one",
-                          extra={"version": version, "error": err.message,
-                                 "serving": loaded.version if loaded else None})
+                snapshot = load(version_dir(self.snapshots_dir, version))
+            except Exception as err:  # any failure to load is a refusal, not a retry loop
+                self._refuse(version, err)
                 return False
             self.scanner.swap(snapshot, self._delta_for(snapshot))
-            self._refused = None
             self.set_serving(True)
             seconds = time.perf_counter() - started
             self._record_loaded(snapshot, seconds)
@@ -102,6 +101,16 @@ class Runtime:
                 "load_seconds": round(seconds, 3),
             })
             return True
+
+    def _refuse(self, version: str, err: Exception) -> None:
+        self.failed_loads += 1
+        metrics.SNAPSHOT_LOAD_FAILURES.inc()
+        self._refused = version
+        loaded = self.scanner.snapshot
+        error = err.message if isinstance(err, SnapshotError) else f"{type(err).__name__}: {err}"
+        log.error("refused snapshot; still serving the previous one",
+                  extra={"version": version, "error": error,
+                         "serving": loaded.version if loaded else None})
 
     def refresh_delta(self) -> bool:
         """Apply store changes made since the served snapshot; True if the delta changed."""
@@ -135,13 +144,26 @@ class Runtime:
 
     def _watch(self) -> None:
         while not self._stopping.wait(self.config.reload_interval):
-            try:
-                for update in self.gauge_updaters:
-                    update()
-                self.reload()
-                self.refresh_delta()
-                snapshot = self.scanner.snapshot
-                if snapshot is not None:
-                    metrics.SNAPSHOT_AGE.set(time.time() - snapshot.created_at)
-            except Exception:  # the watcher must outlive any one bad reload
-                log.exception("snapshot reload failed")
+            self.tick()
+
+    def tick(self) -> None:
+        """One pass of the watcher: gauges, a new snapshot, store changes. Never raises, since
+        the watcher must outlive any one bad pass; a failure that repeats pass after pass (the
+        store unreadable, say) is logged when it starts and when it ends, not every pass."""
+        try:
+            for update in self.gauge_updaters:
+                update()
+            self.reload()
+            self.refresh_delta()
+            snapshot = self.scanner.snapshot
+            if snapshot is not None:
+                metrics.SNAPSHOT_AGE.set(time.time() - snapshot.created_at)
+        except Exception as err:
+            problem = f"{type(err).__name__}: {err}"
+            if problem != self._watch_problem:
+                log.exception("snapshot watcher pass failed; retrying every pass")
+            self._watch_problem = problem
+        else:
+            if self._watch_problem is not None:
+                log.info("snapshot watcher pass succeeded again")
+            self._watch_problem = None

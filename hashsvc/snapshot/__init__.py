@@ -19,10 +19,13 @@ Distinct hashes are indexed once, however many banks list them; the postings map
 every entry. Everything is written to a temporary directory, fsync'd and renamed, and only then is
 `snapshots/current` (a one-line file naming the version) replaced by an atomic rename, so a reader
 never sees half a snapshot and a crash at any point leaves the previous one in force. Loading checks
-every file's sha256 against the manifest and refuses a snapshot that does not match.
+the manifest's shape, every file's sha256, and every array's dtype and length against the manifest
+and the other arrays, and refuses a snapshot that does not match. A snapshot is identified by its
+directory's name, the one `current` holds.
 
 The package splits by job: `model` (what a loaded snapshot is), `publishing` (building and
-switching `current`), `loading` (finding, verifying and loading). Import from here.
+switching `current`), `manifest` (its schema), `loading` (finding, verifying and loading).
+Import from here.
 """
 
 from hashsvc.snapshot.loading import (
@@ -30,8 +33,9 @@ from hashsvc.snapshot.loading import (
     list_versions,
     load,
     load_current,
-    read_manifest,
+    version_dir,
 )
+from hashsvc.snapshot.manifest import read_manifest
 from hashsvc.snapshot.model import (
     CURRENT,
     FORMAT_VERSION,
@@ -48,5 +52,5 @@ from hashsvc.snapshot.publishing import publish
 __all__ = [
     "CURRENT", "FORMAT_VERSION", "MANIFEST", "READABLE_FORMATS", "BankInfo", "HashTable",
     "PublishResult", "Snapshot", "StringTable", "current_version", "list_versions", "load",
-    "load_current", "publish", "read_manifest",
+    "load_current", "publish", "read_manifest", "version_dir",
 ]

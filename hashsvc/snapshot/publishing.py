@@ -27,7 +27,8 @@ from hashsvc import __version__
 from hashsvc.algorithms import ALGORITHMS, get_algorithm
 from hashsvc.mih import CODE_BITS as MIH_BITS
 from hashsvc.mih import MultiIndexHash
-from hashsvc.snapshot.loading import current_version, list_versions, read_manifest, sha256_file
+from hashsvc.snapshot.loading import current_version, list_versions, sha256_file
+from hashsvc.snapshot.manifest import read_manifest
 from hashsvc.snapshot.model import CURRENT, FORMAT_VERSION, MANIFEST, PublishResult, StringTable
 from hashsvc.store import Store
 
