@@ -96,3 +96,15 @@ def test_empty_store_publishes_an_empty_snapshot(store: Store, home: DataHome) -
     publish(store, home.snapshots_dir)
     snapshot = load_current(home.snapshots_dir)
     assert snapshot.entry_count == 0 and snapshot.tables == {}
+
+
+def test_an_unreadable_current_is_replaced_and_never_swept(store: Store, home: DataHome) -> None:
+    _fill(store)
+    first = publish(store, home.snapshots_dir)
+    (first.path / "manifest.json").unlink()
+    # Nothing changed in the store, but `current` cannot be read: a new snapshot replaces it.
+    replaced = publish(store, home.snapshots_dir)
+    assert replaced.published and current_version(home.snapshots_dir) == replaced.version
+    assert first.path.is_dir()  # it was current when the sweep ran
+    publish(store, home.snapshots_dir)
+    assert not first.path.exists()  # no longer current, and no manifest: debris

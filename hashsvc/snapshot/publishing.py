@@ -12,6 +12,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -25,14 +26,17 @@ import numpy.typing as npt
 
 from hashsvc import __version__
 from hashsvc.algorithms import ALGORITHMS, get_algorithm
+from hashsvc.errors import SnapshotError
 from hashsvc.mih import CODE_BITS as MIH_BITS
 from hashsvc.mih import MultiIndexHash
-from hashsvc.snapshot.loading import current_version, list_versions, sha256_file
+from hashsvc.snapshot.loading import current_version, list_versions, sha256_file, version_dir
 from hashsvc.snapshot.manifest import read_manifest
 from hashsvc.snapshot.model import CURRENT, FORMAT_VERSION, MANIFEST, PublishResult, StringTable
 from hashsvc.store import Store
 
 _TMP_PREFIX = ".tmp-"
+_TOMBSTONE_PREFIX = ".deleting-"
+_VERSION_NAME = re.compile(r"\d{8}T\d{6}\.\d{6}Z-r\d+")  # what _new_version makes
 
 
 def publish(
@@ -46,14 +50,17 @@ def publish(
     started = time.perf_counter()
     snapshots_dir.mkdir(parents=True, exist_ok=True)
     with _publish_lock(snapshots_dir):
-        _remove_stale_temporaries(snapshots_dir)
+        _sweep_leftovers(snapshots_dir)
         revision = store.revision()
         current = current_version(snapshots_dir)
         if current is not None and not force:
-            manifest = read_manifest(snapshots_dir / current)
-            if manifest.get("store_revision") == revision:
-                return PublishResult(current, False, snapshots_dir / current, manifest,
-                                     time.perf_counter() - started)
+            # A `current` that cannot be read is replaced, not kept: publishing is the way out.
+            with contextlib.suppress(SnapshotError):
+                path = version_dir(snapshots_dir, current)
+                manifest = read_manifest(path)
+                if manifest["store_revision"] == revision:
+                    return PublishResult(current, False, path, manifest,
+                                         time.perf_counter() - started)
         version = _new_version(revision)
         temporary = snapshots_dir / f"{_TMP_PREFIX}{version}"
         temporary.mkdir()
@@ -233,19 +240,45 @@ def _switch_current(snapshots_dir: Path, version: str) -> None:
     _fsync_dir(snapshots_dir)
 
 
-def _remove_stale_temporaries(snapshots_dir: Path) -> None:
-    """Half-written snapshots of a crashed publisher; safe to delete under the publish lock."""
-    for path in snapshots_dir.glob(f"{_TMP_PREFIX}*"):
-        shutil.rmtree(path, ignore_errors=True)
+def _sweep_leftovers(snapshots_dir: Path) -> None:
+    """Remove what a killed publisher leaves behind; safe under the publish lock.
+
+    That is: half-written `.tmp-*` snapshots, `.deleting-*` tombstones of versions it was
+    removing, and version directories without a manifest (a removal killed part-way before
+    removals went through a tombstone). None of them can be loaded, and nothing else would ever
+    delete them. The version `current` names is never touched, whatever state it is in.
+    """
+    current = current_version(snapshots_dir)
+    for path in snapshots_dir.iterdir():
+        if path.name == current or path.is_symlink() or not path.is_dir():
+            continue
+        if (path.name.startswith((_TMP_PREFIX, _TOMBSTONE_PREFIX))
+                or (_VERSION_NAME.fullmatch(path.name) and not (path / MANIFEST).exists())):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_old_versions(snapshots_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` versions (a server may still be loading the previous one)."""
+    """Keep the newest `keep` versions (a server may still be loading the previous one). Only
+    versions a publisher named are counted and pruned: a directory copied in by hand is the
+    operator's.
+
+    Each version is first renamed to a `.deleting-*` tombstone, atomically, and only then
+    deleted: a publisher killed during the deletion leaves a tombstone that the next one sweeps,
+    never a half-deleted directory that still looks like a version.
+    """
     current = current_version(snapshots_dir)
-    versions = sorted(list_versions(snapshots_dir), reverse=True)
-    for version in versions[keep:]:
-        if version != current:
-            shutil.rmtree(snapshots_dir / version, ignore_errors=True)
+    published = [v for v in list_versions(snapshots_dir) if _VERSION_NAME.fullmatch(v)]
+    doomed = [v for v in sorted(published, reverse=True)[keep:] if v != current]
+    tombstones = []
+    for version in doomed:
+        tombstone = snapshots_dir / f"{_TOMBSTONE_PREFIX}{version}"
+        with contextlib.suppress(OSError):  # left for the next publish to retry
+            (snapshots_dir / version).rename(tombstone)
+            tombstones.append(tombstone)
+    if tombstones:
+        _fsync_dir(snapshots_dir)
+    for tombstone in tombstones:
+        shutil.rmtree(tombstone, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:
