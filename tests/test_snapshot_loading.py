@@ -123,6 +123,9 @@ RESIGNED_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "an index that does not fit its codes": (
         _rewrite("pdq.mih.ids.npy", lambda a: a[:, :-1]),
         r"pdq.mih.\*.npy do not form an index"),
+    "an index position past the codes": (
+        _rewrite("pdq.mih.ids.npy", lambda a: _set(a.reshape(-1), 0, 999).reshape(a.shape)),
+        r"pdq.mih.ids.npy holds positions past the 4 codes"),
     "MD5 codes of the wrong width": (
         _rewrite("md5.codes.npy", lambda a: a.astype("S8")),
         r"md5.codes.npy holds 1 \|S8; expected 1 \|S16"),

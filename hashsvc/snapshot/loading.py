@@ -150,7 +150,7 @@ class _Reader:
         """One algorithm's distinct hashes, their index, and postings back to `count` rows."""
         kind = get_algorithm(algorithm)
         prefix = f"{algorithm}.postings"
-        offsets = self.array(f"{prefix}.offsets.npy", np.int64, (None,), "one per distinct hash")
+        offsets = self.array(f"{prefix}.offsets.npy", np.int64, (None,))
         distinct = len(offsets) - 1
         self.offsets(f"{prefix}.offsets.npy", offsets, max(distinct, 0) + 1, count)
         table = HashTable(algorithm, offsets, self.rows(
@@ -168,6 +168,10 @@ class _Reader:
                 table.index = MultiIndexHash.from_arrays(arrays)
             except ValueError as err:
                 self.fail(f"{algorithm}.mih.*.npy do not form an index: {err}")
+            # A position past the codes fails every scan that reaches it (the kernel reports
+            # the index damaged): refuse it here, while the old snapshot is still serving.
+            if distinct and int(table.index.ids.max()) >= distinct:
+                self.fail(f"{algorithm}.mih.ids.npy holds positions past the {distinct} codes")
         elif f"{algorithm}.faiss" in self.files:
             # Memory-mapped, zero copy: worker processes share one copy in the page cache.
             table.index = faiss.read_index_binary(str(self.path(f"{algorithm}.faiss")),
@@ -187,7 +191,7 @@ class _Reader:
         self.offsets(offsets_file, offsets, entries + 1, len(blob))
         return StringTable(blob, offsets)
 
-    def rows(self, name: str, dtype: Any, length: int, bound: int, what: str
+    def rows(self, name: str, dtype: npt.DTypeLike, length: int, bound: int, what: str
              ) -> npt.NDArray[Any]:
         """A (length,) array of indexes, each of which must be below `bound` (one of `what`)."""
         values = self.array(name, dtype, (length,), "counts")
@@ -202,8 +206,9 @@ class _Reader:
                 or not bool(np.all(offsets[1:] >= offsets[:-1]))):
             self.fail(f"{name} must rise from 0 to {total} in {length} steps")
 
-    def array(self, name: str, dtype: Any = None, shape: tuple[int | None, ...] | None = None,
-              source: str = "") -> npt.NDArray[Any]:
+    def array(self, name: str, dtype: npt.DTypeLike | None = None,
+              shape: tuple[int | None, ...] | None = None, source: str = ""
+              ) -> npt.NDArray[Any]:
         """`name`, memory-mapped; refused unless its dtype and shape are as expected (None:
         any), the expected sizes coming from `source`."""
         loaded: npt.NDArray[Any] = np.load(self.path(name), mmap_mode="r", allow_pickle=False)

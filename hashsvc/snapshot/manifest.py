@@ -68,7 +68,7 @@ def _check_counts(counts: object, where: str) -> None:
     by_bank = counts.get("by_bank")
     if not isinstance(by_bank, dict):
         raise SnapshotError(f"{where}: `counts.by_bank` must be an object, got {_kind(by_bank)}")
-    per_bank = [_count_map(value, where, f"counts.by_bank.{bank}")
+    per_bank = [_count_map(value, where, f"counts.by_bank.{bank[:40]}")
                 for bank, value in by_bank.items()]
     if sum(by_algorithm.values()) != entries:
         raise SnapshotError(f"{where}: `counts.by_algorithm` adds up to "
