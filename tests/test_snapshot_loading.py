@@ -42,7 +42,7 @@ def _write_manifest(directory: Path, manifest: object) -> None:
     (directory / "manifest.json").write_text(json.dumps(manifest))
 
 
-def _resign(directory: Path) -> None:
+def resign(directory: Path) -> None:
     """Make every listed file's size and sha256 in the manifest match the file as it now is."""
     manifest = _manifest(directory)
     for name, entry in manifest["files"].items():
@@ -155,7 +155,7 @@ def test_a_resigned_snapshot_whose_arrays_disagree_is_refused(
     directory = _publish(store, home)
     edit, message = RESIGNED_DAMAGE[damage]
     edit(directory)
-    _resign(directory)
+    resign(directory)
     with pytest.raises(SnapshotError, match=message) as refused:
         load(directory)
     assert refused.value.message.startswith("snapshot ") and directory.name in refused.value.message

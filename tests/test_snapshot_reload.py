@@ -28,7 +28,7 @@ from hashsvc.server.runtime import Runtime
 from hashsvc.snapshot import publish
 from hashsvc.store import NewEntry, Store
 from tests.server_process import ServerProcess
-from tests.test_snapshot_loading import _resign
+from tests.test_snapshot_loading import resign
 
 KNOWN = bytes(range(32))
 PASSES = 25  # watcher passes per step: a reload loop would load (or fail) on every one
@@ -56,7 +56,7 @@ def _truncate_ids(directory: Path) -> None:
     """Drop the last entry id and re-sign: checksums match, counts do not (issue 12, defect 2)."""
     ids = np.load(directory / "entries.ids.npy")
     np.save(directory / "entries.ids.npy", ids[:-1], allow_pickle=False)
-    _resign(directory)
+    resign(directory)
 
 
 def _sample(name: str) -> float:
@@ -189,3 +189,19 @@ def test_index_status_reports_the_version_current_names(tmp_path: Path) -> None:
                     f"refused; expected {served}, {refused}")
                 time.sleep(0.05)
             assert client.scan_hashes([("pdq", KNOWN)]).matches[0].external_id == "k0"
+
+
+def test_a_failure_that_repeats_every_pass_is_logged_when_it_starts_and_ends(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_gauge() -> None:
+        raise OSError("disk gone")
+
+    runtime.gauge_updaters.append(broken_gauge)
+    with caplog.at_level(logging.INFO, logger="hashsvc.runtime"):
+        _ticks(runtime)
+        runtime.gauge_updaters.remove(broken_gauge)
+        _ticks(runtime)
+    messages = [(r.getMessage(), bool(r.exc_info)) for r in caplog.records]
+    assert messages == [("snapshot watcher pass failed; retrying every pass", True),
+                        ("snapshot watcher pass succeeded again", False)]

@@ -2,9 +2,9 @@
 
 A manifest that is valid JSON but the wrong shape (an array, a missing `files`, a count that is a
 string) must be a refused snapshot with a message naming the key, never a KeyError or
-AttributeError deep in the loader: the server counts and reports only `SnapshotError`s as refusals,
-and a person reading the message has to know what to fix. The counts must also agree with each
-other, since the loader checks every array against them.
+AttributeError deep in the loader: the person reading the refusal has to know what to fix, and
+`KeyError: 'files'` does not say. The counts must also agree with each other, since the loader
+checks every array against them.
 """
 
 from __future__ import annotations
