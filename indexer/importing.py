@@ -7,12 +7,19 @@ exactly as it was.
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
+import ctypes
+import os
+import pickle
 import queue
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from tqdm import tqdm
 
@@ -23,6 +30,7 @@ from indexer.hashlists import Format, read_hash_list
 _BATCH = 50_000
 _PARSER_MIN_BYTES = 16 << 20  # ~200k CSV lines: below, starting a parser process costs more
 _PARSER_BATCH = 10_000  # lines per message from the parser process
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class _Inserter:
@@ -78,49 +86,87 @@ def _parsed(path: Path, fmt: Format, algorithm: str | None) -> Iterator[EntryRow
 
 def _parse_elsewhere(path: Path, fmt: Format, algorithm: str | None
                      ) -> Iterator[EntryRow | LineProblem]:
-    context = multiprocessing.get_context("spawn")  # fork is unsafe beside threads
-    batches: multiprocessing.Queue[list[EntryRow | LineProblem] | BaseException | None] = (
-        context.Queue(maxsize=8))
-    parser = context.Process(target=_parse_into, args=(path, fmt, algorithm, batches),
-                             name="import-parser", daemon=True)
-    parser.start()
+    """Run `_parser_main` in a child process and yield what it sends.
+
+    A plain child on a pipe rather than multiprocessing: a multiprocessing queue gives the child
+    both ends of its pipe, so a child whose importer was killed blocked on the full queue for
+    ever (~87 MB), and spawning started a resource tracker that lingered beside it. Here the
+    child holds only the write end: once the importer is gone, its next write fails and it
+    exits; on Linux the kernel also kills it with its parent (`_die_with_parent`).
+    """
+    package_root = str(Path(__file__).resolve().parents[1])  # the child imports this code
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    parser = subprocess.Popen(
+        [sys.executable, "-c", "from indexer.importing import _parser_main; _parser_main()",
+         str(path), fmt, algorithm or "", str(os.getpid())],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
+    )
+    assert parser.stdout is not None
     try:
         while True:
             try:
-                batch = batches.get(timeout=1.0)
-            except queue.Empty:
-                if parser.is_alive():
-                    continue
+                message = pickle.load(parser.stdout)
+            except (EOFError, pickle.UnpicklingError):
                 raise HashsvcError(f"{path}: the parser process died (exit code "
-                                   f"{parser.exitcode}); nothing from this file was stored"
+                                   f"{parser.wait()}); nothing from this file was stored"
                                    ) from None
-            if batch is None:
+            if message is None:
                 break
-            if isinstance(batch, BaseException):
-                raise batch
-            yield from batch
+            if isinstance(message, BaseException):
+                raise message
+            yield from message
     finally:
-        if parser.is_alive():  # stopped early: an error, or the consumer gave up
-            parser.terminate()
-        parser.join()
+        if parser.poll() is None:  # stopped early: an error, or the consumer gave up
+            parser.kill()
+        parser.stdout.close()
+        parser.wait()
 
 
-def _parse_into(path: Path, fmt: Format, algorithm: str | None,
-                batches: multiprocessing.Queue[list[EntryRow | LineProblem] | BaseException | None]
-                ) -> None:
-    """The parser process: batches of parsed lines, then None; or the error that stopped it."""
+def _parser_main() -> None:
+    """The parser process: pickled batches of parsed lines on stdout, then None; or the error
+    that stopped it. Arguments: path, format, algorithm ("" for none), the importer's pid."""
+    path, fmt, algorithm, parent = sys.argv[1:5]
+    _die_with_parent(int(parent))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the importer's to handle
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print cannot corrupt the stream
     try:
-        batch: list[EntryRow | LineProblem] = []
-        for item in read_hash_list(path, fmt, algorithm):
-            batch.append(item if isinstance(item, LineProblem) else
-                         (item.algorithm, item.hash, item.external_id, item.metadata, item.variant))
-            if len(batch) >= _PARSER_BATCH:
-                batches.put(batch)
-                batch = []
-        batches.put(batch)
-        batches.put(None)
-    except BaseException as err:  # handed to the importing process, which raises it
-        batches.put(err)
+        try:
+            batch: list[EntryRow | LineProblem] = []
+            for item in read_hash_list(Path(path), cast(Format, fmt), algorithm or None):
+                batch.append(item if isinstance(item, LineProblem) else (
+                    item.algorithm, item.hash, item.external_id, item.metadata, item.variant))
+                if len(batch) >= _PARSER_BATCH:
+                    pickle.dump(batch, out, pickle.HIGHEST_PROTOCOL)
+                    batch = []
+            pickle.dump(batch, out, pickle.HIGHEST_PROTOCOL)
+            pickle.dump(None, out)
+        except Exception as err:  # handed to the importer, which raises it
+            if isinstance(err, BrokenPipeError):
+                raise
+            pickle.dump(_picklable(err), out, pickle.HIGHEST_PROTOCOL)
+        out.flush()
+    except BrokenPipeError:  # the importer is gone: nobody to tell
+        os._exit(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when the importer dies, however it dies; elsewhere the
+    closed pipe stops it at its next write."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the importer died before the request took effect
+        os._exit(1)
+
+
+def _picklable(err: BaseException) -> BaseException:
+    try:
+        pickle.dumps(err)
+    except Exception:
+        return HashsvcError(f"the parser process failed: {err!r}")
+    return err
 
 
 def _estimate_lines(path: Path, sample: int = 1 << 16) -> int:
