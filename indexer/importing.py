@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import IO, Any, cast
 
 from tqdm import tqdm
 
@@ -30,6 +30,7 @@ from indexer.hashlists import Format, read_hash_list
 _BATCH = 50_000
 _PARSER_MIN_BYTES = 16 << 20  # ~200k CSV lines: below, starting a parser process costs more
 _PARSER_BATCH = 10_000  # lines per message from the parser process
+_PARSER_AHEAD = 8  # batches the parser may run ahead of the importer
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
@@ -104,18 +105,13 @@ def _parse_elsewhere(path: Path, fmt: Format, algorithm: str | None
     )
     assert parser.stdout is not None
     try:
-        while True:
-            try:
-                message = pickle.load(parser.stdout)
-            except (EOFError, pickle.UnpicklingError):
-                raise HashsvcError(f"{path}: the parser process died (exit code "
-                                   f"{parser.wait()}); nothing from this file was stored"
-                                   ) from None
-            if message is None:
-                break
+        while (message := _receive(parser.stdout)) is not None:
             if isinstance(message, BaseException):
                 raise message
             yield from message
+    except EOFError:
+        raise HashsvcError(f"{path}: the parser process died (exit code {parser.wait()}); "
+                           "nothing from this file was stored") from None
     finally:
         if parser.poll() is None:  # stopped early: an error, or the consumer gave up
             parser.kill()
@@ -123,32 +119,72 @@ def _parse_elsewhere(path: Path, fmt: Format, algorithm: str | None
         parser.wait()
 
 
+def _receive(stream: IO[bytes]) -> Any:
+    """One message of `_FrameWriter`'s: an 8-byte length, then the pickle; EOFError if the
+    parser ended (or was killed) before sending it whole."""
+    header = stream.read(8)
+    if len(header) < 8:
+        raise EOFError
+    size = int.from_bytes(header, "little")
+    body = stream.read(size)
+    if len(body) < size:
+        raise EOFError
+    return pickle.loads(body)
+
+
 def _parser_main() -> None:
-    """The parser process: pickled batches of parsed lines on stdout, then None; or the error
-    that stopped it. Arguments: path, format, algorithm ("" for none), the importer's pid."""
+    """The parser process: batches of parsed lines on stdout, then None; or the error that
+    stopped it. Arguments: path, format, algorithm ("" for none), the importer's pid."""
     path, fmt, algorithm, parent = sys.argv[1:5]
     _die_with_parent(int(parent))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the importer's to handle
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    out = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print cannot corrupt the stream
-    try:
+    with _FrameWriter(out) as writer:
         try:
             batch: list[EntryRow | LineProblem] = []
             for item in read_hash_list(Path(path), cast(Format, fmt), algorithm or None):
                 batch.append(item if isinstance(item, LineProblem) else (
                     item.algorithm, item.hash, item.external_id, item.metadata, item.variant))
                 if len(batch) >= _PARSER_BATCH:
-                    pickle.dump(batch, out, pickle.HIGHEST_PROTOCOL)
+                    writer.send(batch)
                     batch = []
-            pickle.dump(batch, out, pickle.HIGHEST_PROTOCOL)
-            pickle.dump(None, out)
+            writer.send(batch)
+            writer.send(None)
         except Exception as err:  # handed to the importer, which raises it
-            if isinstance(err, BrokenPipeError):
-                raise
-            pickle.dump(_picklable(err), out, pickle.HIGHEST_PROTOCOL)
-        out.flush()
-    except BrokenPipeError:  # the importer is gone: nobody to tell
-        os._exit(1)
+            writer.send(_picklable(err))
+
+
+class _FrameWriter:
+    """Writes the parser's messages to the importer on a second thread, so that parsing goes on
+    (up to `_PARSER_AHEAD` batches) while a write waits for the importer to read."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_PARSER_AHEAD)
+        self._thread = threading.Thread(target=self._run, name="parser-writer", daemon=True)
+
+    def send(self, message: object) -> None:
+        body = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        self._queue.put(len(body).to_bytes(8, "little") + body)
+
+    def _run(self) -> None:
+        while (frame := self._queue.get()) is not None:
+            view = memoryview(frame)
+            try:
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except BrokenPipeError:  # the importer is gone: nobody to tell
+                os._exit(1)
+
+    def __enter__(self) -> _FrameWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        os.close(self._fd)
 
 
 def _die_with_parent(parent: int) -> None:
