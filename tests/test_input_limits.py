@@ -5,6 +5,7 @@ before the limits still reported by the scans that match them."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import grpc
 import pytest
 from hashsvc_client import Client, InvalidArgument
 from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+from PIL import Image
 
 from hashsvc.home import DataHome
 from hashsvc.limits import LIMITS
@@ -104,6 +106,24 @@ def test_cli_bank_fields_have_the_same_limits(home: DataHome) -> None:
     reason = run_indexer(home, "disable", "list", "--id", "1", "--reason",
                          "r" * (LIMITS.reason_chars + 1))
     assert reason.returncode == 3 and "reason is 1,025 characters" in reason.stderr
+
+
+def test_add_images_checks_external_ids_like_every_other_path(
+    home: DataHome, tmp_path: Path
+) -> None:
+    folder = tmp_path / "images"
+    deep = folder / ("d" * 200) / ("e" * 200) / ("f" * 200)
+    deep.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(deep / "long.png")
+    odd = os.fsdecode(bytes(folder) + b"/odd-\xff.png")  # not UTF-8: legal on Linux
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(odd, "PNG")
+    run_indexer(home, "bank", "create", "folder", check=True)
+    result = run_indexer(home, "add-images", "folder", str(folder), "--algorithms", "md5")
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
+    assert "skipped 'dddd" in result.stderr and "external id is 611 characters" in result.stderr
+    with Store(home.store_path) as store:
+        assert len(store.find_entries("folder", EntrySelector(external_ids=["odd-\\xff.png"]))) == 1
+        assert store.stats().entries == 1
 
 
 # ---- through the server ------------------------------------------------------------------------
