@@ -247,11 +247,10 @@ def _json(text: str, subject: str = "") -> Any:
     except json.JSONDecodeError as err:
         raise HashsvcError(f"{subject}not valid JSON: {err.msg} (column {err.colno})") from None
     except RecursionError:
-        raise HashsvcError(f"{subject}not valid JSON here: nested too deeply (the limit "
-                           f"for metadata is {LIMITS.metadata_depth} levels)") from None
+        raise HashsvcError(f"{subject}not readable: nested too deeply (metadata may nest at "
+                           f"most {LIMITS.metadata_depth} levels)") from None
     except ValueError:
-        raise HashsvcError(f"{subject}not valid JSON here: a number with too many digits"
-                           ) from None
+        raise HashsvcError(f"{subject}not readable: a number with too many digits") from None
 
 
 def _column(name: str) -> str:
