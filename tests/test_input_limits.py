@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,8 +18,9 @@ from hashsvc_client import Client, InvalidArgument
 from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 from PIL import Image
 
+from hashsvc.errors import HashsvcError
 from hashsvc.home import DataHome
-from hashsvc.limits import LIMITS
+from hashsvc.limits import LIMITS, check_metadata
 from hashsvc.snapshot import publish
 from hashsvc.store import EntrySelector, NewEntry, Store
 from tests.conftest import run_indexer
@@ -50,6 +52,28 @@ HOSTILE = [
     (_line(9, metadata={"blob": "y" * LIMITS.metadata_bytes}), "over the limit of 16,384"),
     (_line(10).replace("}", ', "metadata": {"n": NaN}}'), "not finite"),
 ]
+
+
+def _depth(levels: int) -> dict[str, object]:
+    loaded: dict[str, object] = json.loads('{"a":' * (levels - 1) + '{"a":1}' + "}" * (levels - 1))
+    return loaded
+
+
+def test_metadata_limits_at_their_edges() -> None:
+    assert check_metadata(_depth(LIMITS.metadata_depth)) == _depth(LIMITS.metadata_depth)
+    assert check_metadata({"n": 2**53, "m": -(2**53), "f": 1e308, "b": True, "z": None}) == {
+        "n": 2**53, "m": -(2**53), "f": 1e308, "b": True, "z": None}
+    assert check_metadata({}) is None
+    for bad, words in [
+        (_depth(LIMITS.metadata_depth + 1), "nested deeper than 16"),
+        ({"n": [2**53 + 1]}, "not exact as a float64"),
+        ({"\udfff": 1}, "metadata key '\\udfff' is not valid Unicode"),
+        ({1: 1}, "keys must be strings"),
+        ({"s": {1, 2}}, "type set is not JSON"),
+        ([1], "must be a JSON object"),
+    ]:
+        with pytest.raises(HashsvcError, match=re.escape(words)):
+            check_metadata(bad)
 
 
 @pytest.fixture
