@@ -4,6 +4,7 @@ before the limits still reported by the scans that match them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -28,7 +29,8 @@ from tests.server_process import ServerProcess
 
 
 def _pdq(n: int) -> str:
-    return (0xA5A5 + n * 0x9E3779B97F4A7C15).to_bytes(32, "big").hex()
+    """A PDQ hash ~128 bits from every other one: no two match each other."""
+    return hashlib.sha256(f"pdq-{n}".encode()).hexdigest()
 
 
 def _line(n: int, **fields: object) -> str:
@@ -278,18 +280,23 @@ def test_a_stored_entry_with_unrepresentable_metadata_is_still_reported(tmp_path
     home = tmp_path / "home"
     with Store(home / "store.sqlite") as store:
         store.create_bank("old")
-        store.add_entries("old", [NewEntry("pdq", bytes.fromhex(_pdq(60)), "old-1", {"k": 1})])
+        store.add_entries("old", [NewEntry("pdq", bytes.fromhex(_pdq(60)), "old-1", {"k": 1}),
+                                  NewEntry("pdq", bytes.fromhex(_pdq(61)), "old-2", {"k": 2})])
     stored = ('{"big": ' + "7" * 401 + ', "deep": {"d": ' + _nested(900) + '}, "text": "\\udfff",'
               ' "nan": NaN, "fine": "kept"}')
     db = sqlite3.connect(home / "store.sqlite")
     with db:
-        db.execute("UPDATE entries SET metadata = ?", (stored,))
+        db.execute("UPDATE entries SET metadata = ? WHERE external_id = 'old-1'", (stored,))
+        db.execute("UPDATE entries SET metadata = ? WHERE external_id = 'old-2'",
+                   (json.dumps({"blob": "z" * (5 << 20)}),))  # 5 MB: over any client's 4 MB
     db.close()
     with Store(home / "store.sqlite") as store:
         publish(store, home / "snapshots", force=True)
     with ServerProcess(home) as server, Client(
             server.target, api_key=server.keys["scanner"]) as scanner:
         (match,) = scanner.scan_hashes([("pdq", _pdq(60))]).matches
+        (huge,) = scanner.scan_hashes([("pdq", _pdq(61))]).matches
+    assert (huge.external_id, len(huge.metadata)) == ("old-2", 0)  # reported, metadata left out
     assert match.external_id == "old-1"
     metadata = dict(match.metadata)
     assert metadata["fine"] == "kept" and metadata["big"] == "7" * 401
