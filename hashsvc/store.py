@@ -9,7 +9,6 @@ anything changed since the snapshot it last published.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 import time
@@ -21,11 +20,11 @@ from typing import Any, Literal, NamedTuple
 
 from hashsvc.algorithms import get_algorithm
 from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
+from hashsvc.limits import LIMITS, check_name, check_tags, check_text, quote
 from hashsvc.strategies import PLAIN, MatchStrategies
 
 BankKind = Literal["match", "allowlist"]
 BANK_KINDS: tuple[BankKind, ...] = ("match", "allowlist")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 SCHEMA_VERSION = 4
 _ENTRIES_V4 = """
@@ -159,12 +158,11 @@ class StoreStats:
 
 
 def validate_name(name: str, what: str = "bank name") -> str:
-    if not _NAME.match(name):
-        raise HashsvcError(
-            f"invalid {what} {name!r}: use 1–64 letters, digits, '_', '.', ':' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
+    return check_name(name, what)
+
+
+def _validate_description(description: str) -> str:
+    return check_text(description, "description", LIMITS.description_chars)
 
 
 def validate_thresholds(thresholds: dict[str, int]) -> dict[str, int]:
@@ -183,7 +181,8 @@ def validate_thresholds(thresholds: dict[str, int]) -> dict[str, int]:
 
 def _validate_kind(kind: str) -> BankKind:
     if kind not in BANK_KINDS:
-        raise HashsvcError(f"invalid bank kind {kind!r}: must be one of {', '.join(BANK_KINDS)}")
+        raise HashsvcError(
+            f"invalid bank kind {quote(kind)}: must be one of {', '.join(BANK_KINDS)}")
     return kind
 
 
@@ -303,7 +302,8 @@ class Store:
         strategies: MatchStrategies | None = None,
     ) -> Bank:
         validate_name(name)
-        tag_list = sorted({validate_name(t, "tag") for t in tags})
+        _validate_description(description)
+        tag_list = check_tags(tags)
         clean_thresholds = validate_thresholds(thresholds or {})
         now = time.time()
         try:
@@ -316,13 +316,13 @@ class Store:
                      (strategies or MatchStrategies()).to_json(), now, now),
                 )
         except sqlite3.IntegrityError:
-            raise AlreadyExistsError(f"bank {name!r} already exists") from None
+            raise AlreadyExistsError(f"bank {quote(name)} already exists") from None
         return self.get_bank(name)
 
     def get_bank(self, name: str) -> Bank:
         banks = self._query_banks("WHERE b.name = ?", (name,))
         if not banks:
-            raise NotFoundError(f"no bank named {name!r}")
+            raise NotFoundError(f"no bank named {quote(name)}")
         return banks[0]
 
     def list_banks(self) -> list[Bank]:
@@ -366,13 +366,13 @@ class Store:
         if new_name is not None and new_name != name:
             changes["name"] = validate_name(new_name)
         if description is not None:
-            changes["description"] = description
+            changes["description"] = _validate_description(description)
         if kind is not None:
             changes["kind"] = _validate_kind(kind)
         if enabled is not None:
             changes["enabled"] = int(enabled)
         if tags is not None:
-            changes["tags"] = json.dumps(sorted({validate_name(t, "tag") for t in tags}))
+            changes["tags"] = json.dumps(check_tags(tags))
         if thresholds is not None:
             changes["thresholds"] = json.dumps(validate_thresholds(thresholds))
         if strategies is not None:
@@ -387,7 +387,7 @@ class Store:
                     f"UPDATE banks SET {assignments} WHERE id = ?", (*changes.values(), bank.id)
                 )
         except sqlite3.IntegrityError:
-            raise AlreadyExistsError(f"bank {new_name!r} already exists") from None
+            raise AlreadyExistsError(f"bank {quote(str(new_name))} already exists") from None
         return self.get_bank(changes.get("name", name))
 
     def delete_bank(self, name: str) -> int:
@@ -459,6 +459,8 @@ class Store:
         self, bank_name: str, selector: EntrySelector, disabled: bool, reason: str | None = None
     ) -> int:
         """Disable (e.g. a confirmed false positive) or re-enable entries; returns how many."""
+        if reason is not None:
+            check_text(reason, "reason", LIMITS.reason_chars)
         bank = self.get_bank(bank_name)
         changed = 0
         with self._write() as db:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from hashsvc.algorithms import get_algorithm
 from hashsvc.errors import HashsvcError, LineProblem
+from hashsvc.limits import LIMITS, check_external_id, check_metadata
 from hashsvc.store import NewEntry
 
 Format = Literal["csv", "tsv", "jsonl", "txt"]
@@ -30,7 +31,7 @@ _EXTENSIONS: dict[str, Format] = {
 _ALIASES = {"id": "external_id", "externalid": "external_id", "external id": "external_id",
             "signal_type": "algorithm", "type": "algorithm", "signal": "hash"}
 _KNOWN = {"hash", "algorithm", "external_id", "metadata"}
-_MAX_EXTERNAL_ID = 512
+_MAX_EXTERNAL_ID = LIMITS.external_id_chars
 
 
 # A good line is its entry (a tuple, the cheapest object there is: lists have millions of lines);
@@ -117,9 +118,9 @@ def _read_jsonl(path: Path, lines: _LineSource, algorithm: str | None) -> Iterat
         if not text.strip():
             continue
         try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            yield LineProblem(str(path), number, f"not valid JSON: {err.msg} (column {err.colno})")
+            record = _json(text)
+        except HashsvcError as err:
+            yield LineProblem(str(path), number, err.message)
             continue
         if not isinstance(record, dict):
             yield LineProblem(str(path), number, "expected a JSON object per line")
@@ -189,7 +190,7 @@ def _make_simple_entry(
             raise HashsvcError("missing hash")
         external_id = row[external_at].strip() or None if external_at is not None else None
         if external_id is not None and len(external_id) > _MAX_EXTERNAL_ID:
-            raise HashsvcError(f"external id longer than {_MAX_EXTERNAL_ID} characters")
+            check_external_id(external_id)  # raises, with the same words as every other path
         return NewEntry(kind.name, kind.parse(value), external_id)
     except HashsvcError as err:
         if not name and not default_algorithm:
@@ -211,10 +212,11 @@ def _make_entry(
         algorithm = get_algorithm(name.strip())
         hash_bytes = algorithm.parse(value.strip())
         external_id = record.get("external_id")
-        if external_id is not None:
-            external_id = str(external_id).strip() or None
-        if external_id is not None and len(external_id) > _MAX_EXTERNAL_ID:
-            raise HashsvcError(f"external id longer than {_MAX_EXTERNAL_ID} characters")
+        if isinstance(external_id, int | float) and not isinstance(external_id, bool):
+            external_id = str(external_id)
+        elif external_id is not None and not isinstance(external_id, str):
+            raise HashsvcError("external id must be a string or a number")
+        external_id = check_external_id(external_id)
         metadata = _metadata(record)
     except HashsvcError as err:
         return LineProblem(str(path), line, err.message)
@@ -225,10 +227,7 @@ def _metadata(record: dict[str, Any]) -> dict[str, Any] | None:
     metadata: dict[str, Any] = {}
     raw = record.get("metadata")
     if isinstance(raw, str) and raw.strip():
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise HashsvcError(f"metadata is not valid JSON: {err.msg}") from None
+        raw = _json(raw, "metadata is ")
     if isinstance(raw, dict):
         metadata.update(raw)
     elif raw not in (None, ""):
@@ -236,7 +235,22 @@ def _metadata(record: dict[str, Any]) -> dict[str, Any] | None:
     for key, value in record.items():
         if key not in _KNOWN and value not in (None, ""):
             metadata[key] = value
-    return metadata or None
+    return check_metadata(metadata)
+
+
+def _json(text: str, subject: str = "") -> Any:
+    """`text` parsed as JSON, or an error a person can act on: json.loads also raises
+    RecursionError (nesting near 1,000 deep) and ValueError (an integer over Python's
+    4,300-digit conversion limit), which would otherwise end the import with a traceback."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise HashsvcError(f"{subject}not valid JSON: {err.msg} (column {err.colno})") from None
+    except RecursionError:
+        raise HashsvcError(f"{subject}not readable: nested too deeply (metadata may nest at "
+                           f"most {LIMITS.metadata_depth} levels)") from None
+    except ValueError:
+        raise HashsvcError(f"{subject}not readable: a number with too many digits") from None
 
 
 def _column(name: str) -> str:

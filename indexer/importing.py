@@ -7,7 +7,6 @@ exactly as it was.
 
 from __future__ import annotations
 
-import multiprocessing
 import queue
 import threading
 from collections.abc import Iterator
@@ -16,13 +15,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hashsvc.errors import HashsvcError, ImportFileError, LineProblem
+from hashsvc.errors import ImportFileError, LineProblem
 from hashsvc.store import BulkAdder, EntryRow, Store
 from indexer.hashlists import Format, read_hash_list
+from indexer.parser_process import parse_in_child
 
 _BATCH = 50_000
 _PARSER_MIN_BYTES = 16 << 20  # ~200k CSV lines: below, starting a parser process costs more
-_PARSER_BATCH = 10_000  # lines per message from the parser process
 
 
 class _Inserter:
@@ -72,55 +71,8 @@ def _parsed(path: Path, fmt: Format, algorithm: str | None) -> Iterator[EntryRow
     NewEntry named tuples they were). Measured on 1M lines: see the README's import row.
     """
     here = read_hash_list(path, fmt, algorithm)  # checks the file and the format, at once
-    return here if path.stat().st_size < _PARSER_MIN_BYTES else _parse_elsewhere(path, fmt,
-                                                                                 algorithm)
-
-
-def _parse_elsewhere(path: Path, fmt: Format, algorithm: str | None
-                     ) -> Iterator[EntryRow | LineProblem]:
-    context = multiprocessing.get_context("spawn")  # fork is unsafe beside threads
-    batches: multiprocessing.Queue[list[EntryRow | LineProblem] | BaseException | None] = (
-        context.Queue(maxsize=8))
-    parser = context.Process(target=_parse_into, args=(path, fmt, algorithm, batches),
-                             name="import-parser", daemon=True)
-    parser.start()
-    try:
-        while True:
-            try:
-                batch = batches.get(timeout=1.0)
-            except queue.Empty:
-                if parser.is_alive():
-                    continue
-                raise HashsvcError(f"{path}: the parser process died (exit code "
-                                   f"{parser.exitcode}); nothing from this file was stored"
-                                   ) from None
-            if batch is None:
-                break
-            if isinstance(batch, BaseException):
-                raise batch
-            yield from batch
-    finally:
-        if parser.is_alive():  # stopped early: an error, or the consumer gave up
-            parser.terminate()
-        parser.join()
-
-
-def _parse_into(path: Path, fmt: Format, algorithm: str | None,
-                batches: multiprocessing.Queue[list[EntryRow | LineProblem] | BaseException | None]
-                ) -> None:
-    """The parser process: batches of parsed lines, then None; or the error that stopped it."""
-    try:
-        batch: list[EntryRow | LineProblem] = []
-        for item in read_hash_list(path, fmt, algorithm):
-            batch.append(item if isinstance(item, LineProblem) else
-                         (item.algorithm, item.hash, item.external_id, item.metadata, item.variant))
-            if len(batch) >= _PARSER_BATCH:
-                batches.put(batch)
-                batch = []
-        batches.put(batch)
-        batches.put(None)
-    except BaseException as err:  # handed to the importing process, which raises it
-        batches.put(err)
+    return here if path.stat().st_size < _PARSER_MIN_BYTES else parse_in_child(path, fmt,
+                                                                                algorithm)
 
 
 def _estimate_lines(path: Path, sample: int = 1 << 16) -> int:

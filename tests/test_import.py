@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from hashsvc.errors import HashsvcError, ImportFileError
+from hashsvc.home import DataHome
 from hashsvc.store import EntrySelector, Store
 from indexer.hashlists import detect_format
 from indexer.importing import ImportReport, import_file
+from tests.conftest import run_indexer
 
 PDQ_A = "f8f8f0cce0f4e84d0e370a22028f67f0b36e2ed596623e1d33e6339c4e9c9b22"
 PDQ_B = "d8f8f0cee0f4a84f0637022a078f67f0b36e2ed596621e1d33e6339c4e9c9b22"
@@ -171,3 +179,70 @@ def test_a_large_file_is_parsed_in_a_second_process_with_the_same_results(
     headless = _large_csv(tmp_path / "headless.csv", 150_000, header="digest,algorithm,id")
     with pytest.raises(HashsvcError, match=r"headless.csv:1: the header has no 'hash' column"):
         _import(bank, headless)
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for whoever adopted it to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_killed_import_leaves_no_process_behind_and_the_store_intact(
+    home: DataHome, tmp_path: Path
+) -> None:
+    path = _large_csv(tmp_path / "large.csv", 150_000)  # > 16 MiB: parsed in a child process
+    run_indexer(home, "bank", "create", "list", check=True)
+    run_indexer(home, "import", "list", str(_write(tmp_path / "one.txt", PDQ_A)), "--algorithm",
+                "pdq", check=True)
+    with Store(home.store_path) as store:
+        before = (store.revision(), store.stats().entries)
+    importer = subprocess.Popen(
+        [sys.executable, "-m", "indexer", "--home", str(home.root), "import", "list", str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    descendants: list[int] = []
+    try:
+        deadline = time.monotonic() + 120  # hang guards only: nothing here waits for a time
+        while not (children := _children(importer.pid)):
+            assert importer.poll() is None, "the import ended before its parser started"
+            assert time.monotonic() < deadline, "no parser process appeared"
+            time.sleep(0.01)
+        # Freeze the importer mid-import (its parser soon blocks on the full pipe), then kill it.
+        os.kill(importer.pid, signal.SIGSTOP)
+        descendants = children + [c for child in children for c in _children(child)]
+        os.kill(importer.pid, signal.SIGKILL)
+        assert importer.wait(timeout=60) == -signal.SIGKILL
+        while survivors := [pid for pid in descendants if _alive(pid)]:
+            assert time.monotonic() < deadline, f"processes outlived the import: {survivors}"
+            time.sleep(0.05)
+    finally:
+        if importer.poll() is None:
+            importer.kill()
+            importer.wait()
+        for pid in filter(_alive, descendants):  # a failed run leaves nothing behind either
+            os.kill(pid, signal.SIGKILL)
+    with Store(home.store_path) as store:  # opening it recovers the killed transaction's WAL
+        assert (store.revision(), store.stats().entries) == before
+    db = sqlite3.connect(home.store_path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text + "\n")
+    return path

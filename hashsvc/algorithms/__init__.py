@@ -7,6 +7,7 @@ from hashsvc.algorithms.exact import Md5, Sha256
 from hashsvc.algorithms.imagehash_kinds import DHash, PHash
 from hashsvc.algorithms.pdq import DIHEDRAL_TRANSFORMS, QUALITY_FLOOR, Pdq
 from hashsvc.errors import InvalidHashError
+from hashsvc.limits import quote
 
 PDQ = Pdq()
 
@@ -20,7 +21,7 @@ def get_algorithm(name: str) -> HashAlgorithm:
         return ALGORITHMS[name.lower()]
     except KeyError:
         raise InvalidHashError(
-            f"unknown algorithm {name!r} (known: {', '.join(ALGORITHMS)})"
+            f"unknown algorithm {quote(name)} (known: {', '.join(ALGORITHMS)})"
         ) from None
 
 

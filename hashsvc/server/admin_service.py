@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc
 
 from hashsvc.errors import HashsvcError
+from hashsvc.limits import check_name, loggable, quote
 from hashsvc.server import convert
 from hashsvc.server.interceptors import caller
 from hashsvc.server.runtime import Runtime
@@ -99,14 +99,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             bank = _bank_of(first)
             with self._store.bulk_add(bank) as adder:
                 position = 0
-                for request in itertools.chain([first], requests):
+                for request in _same_bank(bank, itertools.chain([first], requests)):
                     batch: list[NewEntry] = []
                     for entry in request.entries:
-                        value = convert.hash_from_proto(entry.hash, f"entries[{position}].hash")
-                        batch.append(NewEntry(
-                            value.algorithm, value.value, entry.external_id or None,
-                            json_format.MessageToDict(entry.metadata) or None,
-                        ))
+                        batch.append(convert.entry_from_proto(entry, f"entries[{position}]"))
                         position += 1
                     adder.add(batch)
         except HashsvcError as err:
@@ -123,14 +119,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         try:
             first, requests = _first(requests)
             bank = _bank_of(first)
-            selector = _merged_selector(itertools.chain([first], requests))
+            selector = _merged_selector(_same_bank(bank, itertools.chain([first], requests)))
             changed = self._store.set_disabled(bank, selector, first.disabled,
                                                first.reason or None)
         except HashsvcError as err:
             abort(context, err)
         self._runtime.refresh_delta()  # visible to this worker's scans before the call returns
         self._audit("set_entries_disabled", bank=bank, disabled=first.disabled,
-                    changed=changed, reason=first.reason)
+                    changed=changed, reason=loggable(first.reason))
         return admin_pb2.SetEntriesDisabledResponse(changed=changed)
 
     def RemoveEntries(
@@ -140,7 +136,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             first, requests = _first(requests)
             bank = _bank_of(first)
             removed = self._store.remove_entries(
-                bank, _merged_selector(itertools.chain([first], requests))
+                bank, _merged_selector(_same_bank(bank, itertools.chain([first], requests)))
             )
         except HashsvcError as err:
             abort(context, err)
@@ -197,7 +193,19 @@ def _bank_of(first: Any) -> str:
     if not first.bank:
         raise HashsvcError("the first message must name the bank")
     bank: str = first.bank
-    return bank
+    return check_name(bank)
+
+
+def _same_bank(bank: str, requests: Iterator[Any]) -> Iterator[Any]:
+    """The stream's messages, refusing any that names another bank: the stream is one
+    transaction on one bank, and a later name used to be ignored (its entries went to the
+    first bank)."""
+    for index, request in enumerate(requests):
+        if request.bank and request.bank != bank:
+            raise HashsvcError(
+                f"message[{index}] names bank {quote(request.bank)}, but this stream is for "
+                f"{quote(bank)}: send one stream per bank (later messages may leave it empty)")
+        yield request
 
 
 def _merged_selector(requests: Iterator[Any]) -> EntrySelector:

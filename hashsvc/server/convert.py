@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 from hashsvc_client.v1 import admin_pb2, types_pb2
 
 from hashsvc.algorithms import ALGORITHMS, HashValue, get_algorithm
-from hashsvc.errors import InvalidHashError
+from hashsvc.errors import HashsvcError, InvalidHashError
+from hashsvc.limits import LIMITS, check_external_id, check_metadata, representable
 from hashsvc.matcher import Match
 from hashsvc.scanner import ComputedHash, ScanOptions, ScanResult, Timings
-from hashsvc.store import Bank, EntrySelector
+from hashsvc.store import Bank, EntrySelector, NewEntry
 from hashsvc.strategies import MatchStrategies
+
+log = logging.getLogger("hashsvc.convert")
 
 ALGORITHM_TO_PROTO: dict[str, types_pb2.Algorithm.ValueType] = {
     name: types_pb2.Algorithm.Value(f"ALGORITHM_{name.upper()}") for name in ALGORITHMS
@@ -78,11 +82,45 @@ def options_from_proto(message: types_pb2.ScanOptions) -> ScanOptions:
     )
 
 
-def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
+def entry_from_proto(message: admin_pb2.NewEntry, where: str) -> NewEntry:
+    """An AddEntries entry, checked against the same limits as `indexer import`."""
+    value = hash_from_proto(message.hash, f"{where}.hash")
+    try:
+        external_id = check_external_id(message.external_id)
+    except HashsvcError as err:
+        raise HashsvcError(f"{where}.external_id: {err.message}") from None
+    try:
+        # MessageToDict refuses NaN and infinities (ValueError): they are not JSON.
+        metadata = check_metadata(json_format.MessageToDict(message.metadata))
+    except (HashsvcError, ValueError) as err:
+        reason = err.message if isinstance(err, HashsvcError) else str(err)
+        raise HashsvcError(f"{where}.metadata: {reason}") from None
+    return NewEntry(value.algorithm, value.value, external_id, metadata)
+
+
+# A Struct this large came from an entry stored before the limits: sending it could push the
+# response past what clients accept (4 MB by default), so the match is reported without it.
+# Checked metadata stays below it: a Struct spends at most ~5.5x its JSON's bytes (a list of
+# one-digit numbers: 2 bytes of JSON, 11 of Struct, each).
+_MAX_SENT_METADATA_BYTES = 8 * LIMITS.metadata_bytes
+
+
+def struct(value: dict[str, Any] | None, entry_id: int = 0) -> struct_pb2.Struct | None:
+    """An entry's metadata as a Struct, for its matches.
+
+    Entries are checked when added (`limits.check_metadata`), but a store written by an older
+    version may hold metadata no Struct can carry (a 401-digit integer, a lone surrogate, 900
+    levels of nesting); that must not fail the scan that found the entry, so such values are
+    sent as text instead (levels too deep for clients to decode included), and metadata too
+    large to send is left out. Checked metadata passes through unchanged."""
     if not value:
         return None
     message = struct_pb2.Struct()
-    message.update(value)
+    message.update(representable(value))
+    if message.ByteSize() > _MAX_SENT_METADATA_BYTES:
+        log.warning("metadata left out of a match: too large to send",
+                    extra={"entry_id": entry_id, "bytes": message.ByteSize()})
+        return None
     return message
 
 
@@ -98,7 +136,7 @@ def match_to_proto(match: Match) -> types_pb2.Match:
             f"TRANSFORM_{match.query_transform.upper()}"
         ),
         tags=match.tags,
-        metadata=struct(match.metadata),
+        metadata=struct(match.metadata, match.entry_id),
         bank_kind=BANK_KIND_TO_PROTO[match.bank_kind],
         query_trimmed=match.query_trimmed,
         entry_variant=match.entry_variant,

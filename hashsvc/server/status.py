@@ -20,8 +20,18 @@ STATUS: dict[ErrorCode, grpc.StatusCode] = {
 }
 
 
+# A status message travels percent-encoded in a trailer, which clients refuse past 8 KiB by
+# default (they then see RESOURCE_EXHAUSTED, not the error): messages quote user input through
+# `limits.quote`, and this bound (at most 3 bytes sent per byte kept) holds whatever they say.
+_MAX_MESSAGE_BYTES = 2048
+
+
 def abort(context: grpc.ServicerContext, error: HashsvcError) -> NoReturn:
-    context.abort(STATUS[error.code], error.message)
+    message = error.message
+    if len(message.encode("utf-8", "replace")) > _MAX_MESSAGE_BYTES:
+        message = message.encode("utf-8", "replace")[:_MAX_MESSAGE_BYTES].decode(
+            "utf-8", "ignore") + "..."
+    context.abort(STATUS[error.code], message)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
 from hashsvc.algorithms import ALGORITHMS
 from hashsvc.errors import HashsvcError
+from hashsvc.limits import LIMITS, check_text, quote
 from hashsvc.store import NewEntry
 from indexer.commands.common import add_command, open_store, say, show_progress
 from indexer.folders import find_images, hash_files
@@ -46,10 +48,15 @@ def parse_algorithms(text: str) -> list[str]:
 
 
 def _external_id(path: Path, roots: list[Path]) -> str:
-    for root in roots:
-        if root.is_dir() and path.is_relative_to(root):
-            return str(path.relative_to(root))
-    return path.name
+    """The path relative to the folder given, checked like every external id; a file name that
+    is not UTF-8 keeps its odd bytes as `\\xNN` escapes."""
+    relative = next((path.relative_to(root) for root in roots
+                     if root.is_dir() and path.is_relative_to(root)), Path(path.name))
+    text = os.fsencode(relative).decode("utf-8", "backslashreplace")
+    try:
+        return check_text(text, "external id", LIMITS.external_id_chars)
+    except HashsvcError as err:
+        raise HashsvcError(f"{quote(str(relative))}: {err.message}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -67,7 +74,12 @@ def _run(args: argparse.Namespace) -> int:
             failures += 1
             say(f"  skipped {result.error}")
             continue
-        external_id = _external_id(result.path, args.paths)
+        try:
+            external_id = _external_id(result.path, args.paths)
+        except HashsvcError as err:
+            failures += 1
+            say(f"  skipped {err.message}")
+            continue
         entries.extend(NewEntry(h.algorithm, h.value, external_id) for h in result.hashes)
         entries.extend(NewEntry(h.algorithm, h.value, external_id, variant=name)
                        for name, h in result.variants)
