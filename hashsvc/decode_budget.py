@@ -1,0 +1,114 @@
+"""How much memory a decode will take, estimated from the header, and a budget to admit it against.
+
+Why a budget and not only pixel caps: the memory a call takes depends on more than its pixels
+(a progressive JPEG buffers all its coefficients even when decoded at 1/8 scale; the reference
+PDQ path holds ~30 bytes per pixel at its peak), and `max_concurrent_rpcs` calls can run at once.
+Each decode's peak is estimated before it starts (`estimate_peak_bytes`) and reserved from the
+process's `MemoryBudget` until the call is done, so the calls in flight never hold more than the
+budget, whatever they send.
+
+When the budget has no room the call is refused at once with RESOURCE_EXHAUSTED rather than made
+to wait: that is how `max_concurrent_rpcs` admission already behaves (nothing queues, so a client's
+deadline is never spent waiting in a server queue and overload is visible to the caller and its
+retry policy at once), and it needs no clock, so it behaves the same on a busy machine. An image
+whose estimate exceeds the whole budget could never be admitted: it is refused as too large
+(INVALID_ARGUMENT), since retrying cannot help.
+
+Estimates, per decode, from peak RSS of fresh processes (`python loadtests/decode_memory.py`;
+2-core shared machine, 2026-12-06): the reference path (Pillow RGB, the numpy copy, pdqhash's
+float buffers, pHash/dHash, the trimmed copy) peaked at 29.6 bytes per pixel on 12 and 24 MP
+JPEGs and a 24 MP PNG; the fast path at ~4.3 bytes per decoded pixel (a 24 MP PNG, 103 MB), and
+a progressive JPEG on top of that holds its coefficients (a 24 MP 4:2:0 one: 69 MB measured,
+72 MB estimated; the 7071×7071 one: 144 MB measured, 150 MB estimated).
+"""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+
+from hashsvc.errors import DecodeBudgetExhaustedError, ImageTooLargeError
+from hashsvc.jpeg_layout import JpegLayout
+
+FULL_DECODE_BYTES_PER_PIXEL = 32  # the reference path's measured 29.6, rounded up
+REDUCED_DECODE_BYTES_PER_PIXEL = 6  # the fast path's measured ~4.3, rounded up
+DECODE_OVERHEAD_BYTES = 4 * 2**20  # decoder state, row buffers, small arrays: any image
+
+
+def estimate_peak_bytes(decoded_pixels: int, *, full: bool, layout: JpegLayout | None) -> int:
+    """Peak bytes of decoding (and hashing) an image to `decoded_pixels` pixels.
+
+    `full`: the reference path, which hashes the full-size pixels; otherwise the fast path,
+    which shrinks them at once. `layout`: a JPEG's, whose coefficient buffer (progressive and
+    multi-scan JPEGs only) comes on top, at full resolution whatever the decoded size.
+    """
+    per_pixel = FULL_DECODE_BYTES_PER_PIXEL if full else REDUCED_DECODE_BYTES_PER_PIXEL
+    coefficients = layout.coefficient_bytes if layout and layout.buffers_coefficients else 0
+    return DECODE_OVERHEAD_BYTES + decoded_pixels * per_pixel + coefficients
+
+
+class MemoryBudget:
+    """Bytes of decoding one process may have in flight; shared by every call's `Lease`."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._in_use = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    def lease(self) -> Lease:
+        return Lease(self)
+
+    def _take(self, nbytes: int, name: str) -> None:
+        if nbytes > self.capacity:
+            raise ImageTooLargeError(
+                f"{name}: decoding would take an estimated {_mb(nbytes)}, more than the decode "
+                f"memory budget of {_mb(self.capacity)} (refused before decoding)")
+        with self._lock:
+            if self._in_use + nbytes > self.capacity:
+                in_use = self._in_use
+            else:
+                self._in_use += nbytes
+                return
+        raise DecodeBudgetExhaustedError(
+            f"{name}: server busy: decoding would take an estimated {_mb(nbytes)} and "
+            f"{_mb(in_use)} of the {_mb(self.capacity)} decode memory budget is in use by other "
+            "calls; retry shortly")
+
+    def _give(self, nbytes: int) -> None:
+        with self._lock:
+            self._in_use -= nbytes
+
+
+class Lease:
+    """One call's share of a `MemoryBudget`: reservations add up and all return on `close`."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def reserve(self, nbytes: int, name: str) -> None:
+        """Hold `nbytes` more, or raise (too large for the budget, or no room just now)."""
+        self._budget._take(nbytes, name)
+        self.held += nbytes
+
+    def close(self) -> None:
+        held, self.held = self.held, 0
+        if held:
+            self._budget._give(held)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.0f} MiB"
