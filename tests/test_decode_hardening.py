@@ -8,7 +8,8 @@ reserved, never time, so they hold on a busy machine.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +81,10 @@ def avif_with_byte_flipped(offset: int) -> bytes:
     return bytes(avif)
 
 
-BROKEN_DECODER_INPUTS = {
-    "tiff-strip-offsets-rational": lambda: tiff_with_strip_offsets_of_type(5),
-    "tiff-strip-offsets-float": lambda: tiff_with_strip_offsets_of_type(11),
-    **{f"avif-flip-{offset}": (lambda offset=offset: avif_with_byte_flipped(offset))
+BROKEN_DECODER_INPUTS: dict[str, Callable[[], bytes]] = {
+    "tiff-strip-offsets-rational": partial(tiff_with_strip_offsets_of_type, 5),
+    "tiff-strip-offsets-float": partial(tiff_with_strip_offsets_of_type, 11),
+    **{f"avif-flip-{offset}": partial(avif_with_byte_flipped, offset)
        for offset in (81, 120, 209, 241)},
 }
 
