@@ -14,12 +14,15 @@ retry policy at once), and it needs no clock, so it behaves the same on a busy m
 whose estimate exceeds the whole budget could never be admitted: it is refused as too large
 (INVALID_ARGUMENT), since retrying cannot help.
 
-Estimates, per decode, from peak RSS of fresh processes (`python loadtests/decode_memory.py`;
-2-core shared machine, 2026-12-06): the reference path (Pillow RGB, the numpy copy, pdqhash's
-float buffers, pHash/dHash, the trimmed copy) peaked at 29.6 bytes per pixel on 12 and 24 MP
-JPEGs and a 24 MP PNG; the fast path at ~4.3 bytes per decoded pixel (a 24 MP PNG, 103 MB), and
-a progressive JPEG on top of that holds its coefficients (a 24 MP 4:2:0 one: 69 MB measured,
-72 MB estimated; the 7071×7071 one: 144 MB measured, 150 MB estimated).
+Estimates, per decode, from the peak RSS of a fresh process hashing one image through
+`Scanner.hash_upload` (PDQ with dihedral and trimmed queries, plus pHash/dHash on the reference
+path; 2-core shared machine, 2026-12-06): the reference path (Pillow RGB, the numpy copy,
+pdqhash's float buffers, the trimmed copy) peaked at 29.6 bytes per pixel on 12 and 24 MP JPEGs
+and a 24 MP PNG; the fast path at ~4.3 bytes per decoded pixel (a 24 MP PNG, 103 MB), and a
+progressive JPEG on top of that holds its coefficients (a 24 MP 4:2:0 one: 69 MB measured, 72 MB
+estimated; the 7071×7071 one: 144 MB measured, 150 MB estimated). What the budget does to many
+calls at once, `python loadtests/decode_memory.py` measures (README, "Decoding and limits"): 32
+of those progressive JPEGs at once took a process to 4,080 MB without it, 771 MB with 1 GiB.
 """
 
 from __future__ import annotations
