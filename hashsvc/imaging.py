@@ -212,7 +212,7 @@ def decoder_errors(name: str, fmt: str | None) -> Iterator[None]:
     gets INVALID_ARGUMENT with the decoder's message, never UNKNOWN. `fmt` None: the header
     was being read. Errors hashsvc raises on purpose pass through unchanged.
     """
-    what = f"{fmt} data" if fmt else "image header"
+    failed = f"corrupt {fmt} data" if fmt else "cannot read image header"
     try:
         yield
     except (HashsvcError, UnidentifiedImageError):
@@ -223,9 +223,9 @@ def decoder_errors(name: str, fmt: str | None) -> Iterator[None]:
     except OSError as err:
         if fmt and ("truncated" in str(err) or "broken data stream" in str(err)):
             raise TruncatedImageError(f"{name}: truncated {fmt} file: {err}") from None
-        raise CorruptImageError(f"{name}: corrupt {what}: {_describe(err)}") from None
+        raise CorruptImageError(f"{name}: {failed}: {_describe(err)}") from None
     except Exception as err:  # a decoder bug is still a bad upload to the caller
-        raise CorruptImageError(f"{name}: corrupt {what}: {_describe(err)}") from None
+        raise CorruptImageError(f"{name}: {failed}: {_describe(err)}") from None
 
 
 def _describe(err: Exception) -> str:

@@ -218,7 +218,8 @@ def test_every_reference_and_photo_jpeg_passes_the_scan_count() -> None:
 def test_decoder_failures_are_image_errors_on_every_path(recipe: str) -> None:
     data = BROKEN_DECODER_INPUTS[recipe]()
     for path in (decode, decode_reduced):
-        with pytest.raises(CorruptImageError, match=rf"^{recipe}: corrupt \w"):
+        with pytest.raises(CorruptImageError, match=rf"^{recipe}: (corrupt \w+ data|cannot "
+                           r"read image header): \S"):
             path(data, name=recipe)
     for fast in (False, True):
         with pytest.raises(CorruptImageError):
@@ -248,9 +249,10 @@ def test_the_server_answers_decoder_failures_with_invalid_argument(
     client: Client, recipe: str
 ) -> None:
     data = BROKEN_DECODER_INPUTS[recipe]()
-    with pytest.raises(InvalidArgument, match="image: corrupt"):
+    message = r"image: (corrupt \w+ data|cannot read image header): \S"
+    with pytest.raises(InvalidArgument, match=message):
         client.scan_image(data, timeout=60)
-    with pytest.raises(InvalidArgument, match="image: corrupt"):
+    with pytest.raises(InvalidArgument, match=message):
         client.hash_image(data, timeout=60)
 
 
