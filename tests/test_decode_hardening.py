@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hashsvc_client import Client, InvalidArgument
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from hashsvc.decode_budget import MemoryBudget, estimate_peak_bytes
 from hashsvc.errors import (
@@ -28,6 +29,7 @@ from hashsvc.fastpdq import decode_reduced
 from hashsvc.imaging import DEFAULT_LIMITS, Upload, decode, decoder_errors
 from hashsvc.jpeg_layout import read_layout
 from hashsvc.scanner import Scanner
+from hashsvc.server.observe import ScanObserver
 from tests.conftest import BRIDGE_ORIGINAL, encode_image
 from tests.server_process import ServerProcess
 from tests.test_server import _seed_bridge_bank
@@ -151,6 +153,17 @@ def test_calls_beyond_the_budget_are_refused_until_the_earlier_ones_finish() -> 
     assert budget.in_use == 0
     with budget.lease() as third:
         decode_reduced(progressive, lease=third)
+
+
+def test_a_budget_refusal_counts_as_overload_for_the_alert() -> None:
+    def overloads() -> float:
+        value = REGISTRY.get_sample_value("hashsvc_rejected_requests_total",
+                                          {"reason": "overload"})
+        return value or 0.0
+
+    before = overloads()
+    ScanObserver.rejected(DecodeBudgetExhaustedError("image: server busy"))
+    assert overloads() == before + 1
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast-pdq"])
