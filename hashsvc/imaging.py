@@ -32,7 +32,7 @@ from hashsvc.errors import (
     TruncatedImageError,
     UnsupportedFormatError,
 )
-from hashsvc.jpeg_layout import JpegLayout, read_layout
+from hashsvc.jpeg_layout import MAX_SEGMENTS, JpegLayout, read_layout
 
 try:  # HEIC/HEIF is optional: a missing plugin narrows the formats, it does not break decoding.
     import pillow_heif
@@ -160,6 +160,9 @@ def open_checked(data: bytes, limits: DecodeLimits, name: str) -> Opened:
         )
     if not data:
         raise CorruptImageError(f"{name}: empty file")
+    layout = read_layout(data, max_scans=limits.max_jpeg_scans)  # before Pillow parses markers
+    if layout is not None:
+        _check_jpeg_layout(name, layout, limits)
     try:
         with decoder_errors(name, None):
             image: Image.Image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
@@ -170,13 +173,7 @@ def open_checked(data: bytes, limits: DecodeLimits, name: str) -> Opened:
         ) from None
     fmt = image.format or "unknown"
     _check_dimensions(name, fmt, image.width, image.height, limits)
-    layout = read_layout(data) if fmt in SCALABLE_FORMATS else None
-    if layout is not None and layout.scans > limits.max_jpeg_scans:
-        raise ImageTooLargeError(
-            f"{name}: {fmt} with {layout.scans:,} scans exceeds the limit of "
-            f"{limits.max_jpeg_scans:,} scans (real progressive JPEGs have about 10; each scan "
-            "costs another pass over the image; refused before decoding)")
-    return Opened(image, fmt, layout)
+    return Opened(image, fmt, layout if fmt in SCALABLE_FORMATS else None)
 
 
 def load_checked(
@@ -232,6 +229,18 @@ def _describe(err: Exception) -> str:
     """The decoder's message, bounded (it can quote the file), or its type if it has none."""
     text = str(err) or type(err).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_jpeg_layout(name: str, layout: JpegLayout, limits: DecodeLimits) -> None:
+    if layout.segments > MAX_SEGMENTS:
+        raise ImageTooLargeError(
+            f"{name}: JPEG with more than {MAX_SEGMENTS:,} marker segments (real JPEGs have a "
+            "few dozen; refused before parsing)")
+    if layout.scans > limits.max_jpeg_scans:
+        raise ImageTooLargeError(
+            f"{name}: JPEG with more than {limits.max_jpeg_scans:,} scans (real progressive "
+            "JPEGs have about 10, and each scan costs another pass over the image; refused "
+            "before decoding)")
 
 
 def _check_dimensions(name: str, fmt: str, width: int, height: int, limits: DecodeLimits) -> None:
