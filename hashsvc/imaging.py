@@ -84,7 +84,7 @@ class DecodeLimits:
 
     `max_jpeg_scans` bounds a JPEG's decode time (`hashsvc.jpeg_layout`), and
     `decode_memory_budget` the memory of the decodes a process runs at once
-    (`hashsvc.decode_budget`; the server's scanner enforces it, one-off tools do not need to).
+    (`hashsvc.decode_budget`; every `Scanner` enforces it, `decode` alone does not).
     """
 
     max_bytes: int = 32 * 1024 * 1024
@@ -192,8 +192,8 @@ def load_checked(
     if pixels > limits.max_full_decode_pixels:
         raise ImageTooLargeError(
             f"{name}: {width}×{height} {opened.format} ({pixels:,} pixels) exceeds the limit of "
-            f"{limits.max_full_decode_pixels:,} pixels for an image decoded at full size "
-            "(only scans decode JPEGs at reduced scale; refused before decoding)")
+            f"{limits.max_full_decode_pixels:,} pixels for an image decoded at full size (only the "
+            "fast PDQ scan path decodes JPEGs at reduced scale; refused before decoding)")
     if lease is not None:
         lease.reserve(estimate_peak_bytes(pixels, full=full, layout=opened.jpeg), name)
     opened.image.load()

@@ -100,8 +100,8 @@ def test_a_tiny_jpeg_claiming_50_mp_is_refused_in_full_and_decoded_small_for_sca
         decode(bomb, name="bomb.jpg")
     assert str(refused.value) == (
         "bomb.jpg: 7071×7071 JPEG (49,999,041 pixels) exceeds the limit of 24,000,000 pixels "
-        "for an image decoded at full size (only scans decode JPEGs at reduced scale; "
-        "refused before decoding)")
+        "for an image decoded at full size (only the fast PDQ scan path decodes JPEGs at "
+        "reduced scale; refused before decoding)")
     with pytest.raises(ImageTooLargeError, match="decoded at full size"):
         Scanner(fast_pdq=False).hash_upload(Upload(bomb), ["pdq"])
     with pytest.raises(ImageTooLargeError, match="decoded at full size"):  # pHash: full pixels

@@ -50,8 +50,8 @@ def test_a_png_just_over_the_default_full_decode_cap_is_refused_a_jpeg_only_in_f
     message = _refusals(encode_image(image, "PNG"), DEFAULT_LIMITS)
     assert message == (
         "upload.bin: 6000×4001 PNG (24,006,000 pixels) exceeds the limit of 24,000,000 pixels "
-        "for an image decoded at full size (only scans decode JPEGs at reduced scale; "
-        "refused before decoding)")
+        "for an image decoded at full size (only the fast PDQ scan path decodes JPEGs at "
+        "reduced scale; refused before decoding)")
     # The same pixels as a JPEG: the full decode (HashImage, pHash, the reference PDQ path) is
     # refused alike; the scan fast path decodes it at 1/8 scale and hashes it.
     jpeg = encode_image(image, "JPEG")
