@@ -14,15 +14,15 @@ retry policy at once), and it needs no clock, so it behaves the same on a busy m
 whose estimate exceeds the whole budget could never be admitted: it is refused as too large
 (INVALID_ARGUMENT), since retrying cannot help.
 
-Estimates, per decode, from the peak RSS of a fresh process hashing one image through
-`Scanner.hash_upload` (PDQ with dihedral and trimmed queries, plus pHash/dHash on the reference
-path; 2-core shared machine, 2026-12-06): the reference path (Pillow RGB, the numpy copy,
-pdqhash's float buffers, the trimmed copy) peaked at 29.6 bytes per pixel on 12 and 24 MP JPEGs
-and a 24 MP PNG; the fast path at ~4.3 bytes per decoded pixel (a 24 MP PNG, 103 MB), and a
-progressive JPEG on top of that holds its coefficients (a 24 MP 4:2:0 one: 69 MB measured, 72 MB
-estimated; the 7071×7071 one: 144 MB measured, 150 MB estimated). What the budget does to many
-calls at once, `python loadtests/decode_memory.py` measures (README, "Decoding and limits"): 32
-of those progressive JPEGs at once took a process to 4,080 MB without it, 771 MB with 1 GiB.
+Estimates, per decode, are calibrated on the peak RSS of a fresh process hashing one 24 MP
+image through `Scanner.hash_upload` (PDQ with dihedral and trimmed queries, plus pHash/dHash on
+the reference path; 2-core shared machine, 2026-12-06). Fast path, bytes per decoded pixel: RGB
+PNG 4.3, LZW TIFF 4.5, palette PNG 5.4, 16-bit grey PNG 6.4, RGBA or LA PNG 8.4, RGBA WebP 16.7;
+reference path: 29.6 (RGB JPEG) to 36.3 (RGBA WebP). A progressive JPEG holds its coefficients
+on top (a 24 MP 4:2:0 one: 69 MB measured, 72 MB estimated; the 7071×7071 one: 144 MB measured,
+150 MB estimated). What the budget does to many calls at once, `python
+loadtests/decode_memory.py` measures (README, "Decoding and limits"): 32 of those progressive
+JPEGs at once took a process to 4,080 MB without it, 771 MB with 1 GiB.
 """
 
 from __future__ import annotations
@@ -33,19 +33,35 @@ from types import TracebackType
 from hashsvc.errors import DecodeBudgetExhaustedError, ImageTooLargeError
 from hashsvc.jpeg_layout import JpegLayout
 
-FULL_DECODE_BYTES_PER_PIXEL = 32  # the reference path's measured 29.6, rounded up
-REDUCED_DECODE_BYTES_PER_PIXEL = 6  # the fast path's measured ~4.3, rounded up
+# Bytes per pixel Pillow stores for a mode (RGB, RGBA, CMYK, LA and the 32-bit modes take 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# Decoders that fill a buffer of their own and copy it into the image (WebP measured: 16.7
+# bytes per pixel for RGBA on the fast path, 8.4 for the same pixels as PNG; AVIF and HEIF
+# decode the same way, assumed alike).
+_DECODER_COPY_BYTES = {"WEBP": 8, "AVIF": 8, "HEIF": 8}
+_CONVERSION_BYTES = 4  # `to_rgb`'s new image, for any mode but RGB (and the fast path's L)
+# The reference path hashes the full-size RGB image: its numpy copy, pdqhash's float buffers,
+# pHash/dHash and the trimmed copy. Measured peak: 29.6 bytes per pixel for RGB JPEGs (4 of
+# them the decoded image), 31.0 for an RGBA or 16-bit grey PNG, 36.3 for an RGBA WebP.
+_FULL_PATH_BYTES = 26
+_REDUCED_PATH_BYTES = 1  # the fast path's box-reduced copy and luma arrays are small
 DECODE_OVERHEAD_BYTES = 4 * 2**20  # decoder state, row buffers, small arrays: any image
 
 
-def estimate_peak_bytes(decoded_pixels: int, *, full: bool, layout: JpegLayout | None) -> int:
-    """Peak bytes of decoding (and hashing) an image to `decoded_pixels` pixels.
+def estimate_peak_bytes(
+    decoded_pixels: int, *, mode: str, fmt: str, full: bool, layout: JpegLayout | None
+) -> int:
+    """Peak bytes of decoding (and hashing) an image to `decoded_pixels` pixels of `mode`.
 
     `full`: the reference path, which hashes the full-size pixels; otherwise the fast path,
     which shrinks them at once. `layout`: a JPEG's, whose coefficient buffer (progressive and
     multi-scan JPEGs only) comes on top, at full resolution whatever the decoded size.
+    Calibrated on the figures above; each is a little over what was measured.
     """
-    per_pixel = FULL_DECODE_BYTES_PER_PIXEL if full else REDUCED_DECODE_BYTES_PER_PIXEL
+    per_pixel = _MODE_BYTES.get(mode, 4) + _DECODER_COPY_BYTES.get(fmt, 0)
+    if mode != "RGB" and (full or mode != "L"):
+        per_pixel += _CONVERSION_BYTES
+    per_pixel += _FULL_PATH_BYTES if full else _REDUCED_PATH_BYTES
     coefficients = layout.coefficient_bytes if layout and layout.buffers_coefficients else 0
     return DECODE_OVERHEAD_BYTES + decoded_pixels * per_pixel + coefficients
 

@@ -195,7 +195,8 @@ def load_checked(
             f"{limits.max_full_decode_pixels:,} pixels for an image decoded at full size (only the "
             "fast PDQ scan path decodes JPEGs at reduced scale; refused before decoding)")
     if lease is not None:
-        lease.reserve(estimate_peak_bytes(pixels, full=full, layout=opened.jpeg), name)
+        lease.reserve(estimate_peak_bytes(pixels, mode=opened.image.mode, fmt=opened.format,
+                                          full=full, layout=opened.jpeg), name)
     opened.image.load()
 
 

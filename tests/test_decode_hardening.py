@@ -27,7 +27,7 @@ from hashsvc.errors import (
 )
 from hashsvc.fastpdq import decode_reduced
 from hashsvc.imaging import DEFAULT_LIMITS, Upload, decode, decoder_errors
-from hashsvc.jpeg_layout import read_layout
+from hashsvc.jpeg_layout import JpegLayout, read_layout
 from hashsvc.scanner import Scanner
 from hashsvc.server.observe import ScanObserver
 from tests.conftest import BRIDGE_ORIGINAL, encode_image
@@ -124,9 +124,33 @@ def test_a_progressive_jpeg_is_estimated_to_buffer_its_coefficients() -> None:
     # 4:2:0: 442×442 MCUs of 16 px, each 2×2 luma and 2 chroma blocks of 128 bytes (~145 MB
     # measured).
     assert prog_layout.coefficient_bytes == 442 * 442 * (4 + 2) * 128
-    decoded = 884 * 884
-    assert estimate_peak_bytes(decoded, full=False, layout=base_layout) < 10 * MiB
-    assert estimate_peak_bytes(decoded, full=False, layout=prog_layout) > 140 * MiB
+    for layout, low, high in ((base_layout, 0, 10 * MiB), (prog_layout, 150_039_552, 160 * MiB)):
+        # The fast path decodes the Y plane at 1/8 scale: 884×884 bytes.
+        assert low < estimate_peak_bytes(884 * 884, mode="L", fmt="JPEG", full=False,
+                                         layout=layout) < high
+
+
+def test_estimates_cover_what_decoding_24_mp_measured() -> None:
+    """Each estimate is at least the peak RSS measured for it (`hashsvc.decode_budget`)."""
+    measured_bytes_per_pixel = [  # (mode, format, reference path?, measured)
+        ("RGB", "PNG", False, 4.3), ("P", "PNG", False, 5.4), ("I;16", "PNG", False, 6.4),
+        ("RGBA", "PNG", False, 8.4), ("LA", "PNG", False, 8.4), ("RGBA", "WEBP", False, 16.7),
+        ("RGB", "JPEG", True, 29.6), ("RGBA", "PNG", True, 31.0), ("I;16", "PNG", True, 31.0),
+        ("RGBA", "WEBP", True, 36.3),
+    ]
+    for mode, fmt, full, measured in measured_bytes_per_pixel:
+        estimate = estimate_peak_bytes(24_000_000, mode=mode, fmt=fmt, full=full, layout=None)
+        assert measured * 24_000_000 <= estimate <= 1.5 * measured * 24_000_000 + 4 * MiB, mode
+
+
+def test_the_default_budget_admits_the_costliest_image_the_default_caps_accept() -> None:
+    cap = DEFAULT_LIMITS.max_full_decode_pixels
+    cmyk = JpegLayout(6000, 4000, True, 10, 30, ((1, 1),) * 4)
+    costliest = max(
+        estimate_peak_bytes(cap, mode="RGBA", fmt="WEBP", full=True, layout=None),
+        estimate_peak_bytes(cap, mode="CMYK", fmt="JPEG", full=True, layout=cmyk),
+    )
+    assert 950 * MiB < costliest <= DEFAULT_LIMITS.decode_memory_budget
 
 
 def test_an_image_over_the_whole_budget_is_refused_as_too_large() -> None:
