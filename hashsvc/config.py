@@ -33,6 +33,7 @@ class ServerConfig:
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
     max_image_pixels: int = DEFAULT_LIMITS.max_pixels
     max_image_full_decode_pixels: int = DEFAULT_LIMITS.max_full_decode_pixels
+    decode_memory_budget: int = DEFAULT_LIMITS.decode_memory_budget  # bytes, per worker
     max_concurrent_rpcs: int = 64  # beyond this, calls fail fast with RESOURCE_EXHAUSTED
     stream_window: int = 8  # ScanImages items read ahead per stream
     workers: int = 0  # processes sharing the port; 0 = one per core
@@ -62,7 +63,8 @@ class ServerConfig:
     @property
     def limits(self) -> DecodeLimits:
         return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,
-                            max_full_decode_pixels=self.max_image_full_decode_pixels)
+                            max_full_decode_pixels=self.max_image_full_decode_pixels,
+                            decode_memory_budget=self.decode_memory_budget)
 
     def describe(self) -> dict[str, Any]:
         """For the start-up log line; holds no secret (key files hold only key hashes)."""
@@ -81,8 +83,11 @@ HELP: dict[str, str] = {
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
     "max_image_bytes": "largest accepted image, in bytes",
     "max_image_pixels": "largest accepted image, in pixels (decompression-bomb guard)",
-    "max_image_full_decode_pixels": "largest accepted image, in pixels, in a format that is "
-    "decoded at full size (every format but JPEG)",
+    "max_image_full_decode_pixels": "largest accepted image, in pixels, where it is decoded at "
+    "full size (every format; only the scan fast path decodes JPEGs at reduced scale)",
+    "decode_memory_budget": "bytes of estimated decoding memory a worker admits at once; a call "
+    "that would exceed it gets RESOURCE_EXHAUSTED, an image needing more than all of it "
+    "INVALID_ARGUMENT",
     "max_concurrent_rpcs": "calls in progress before new ones get RESOURCE_EXHAUSTED",
     "stream_window": "ScanImages items in flight per stream (flow control)",
     "workers": "server processes sharing the port (SO_REUSEPORT); 0 = one per core",

@@ -62,6 +62,14 @@ class CorruptImageError(ImageError):
     reason = "corrupt"
 
 
+class DecodeBudgetExhaustedError(HashsvcError):
+    """Decoding this image now would overrun the process's decode memory budget, which other
+    calls hold: the image is fine, the server is busy (`hashsvc.decode_budget`). Retry."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+    reason = "overloaded"
+
+
 class NotFoundError(HashsvcError):
     code = ErrorCode.NOT_FOUND
     reason = "not_found"

@@ -28,7 +28,9 @@ max 14 over 6,000 images) but slow a 1-MP photo ~1.5×: it then decodes at 1/2 s
 
 Reference-exact hashing (`indexer hash`, exports, golden vectors) stays in `hashsvc.imaging` +
 `hashsvc.algorithms.pdq`; this module is for scans. Its checks, messages and typed errors are
-`hashsvc.imaging.decode`'s, so bad input fails here exactly as it fails there.
+`hashsvc.imaging.decode`'s (`open_checked`, `load_checked`, `decoder_errors`), so bad input fails
+here exactly as it fails there; only a JPEG too large to decode at full size passes here, since
+it is decoded small.
 """
 
 from __future__ import annotations
@@ -42,11 +44,15 @@ from PIL import ExifTags, Image, ImageFile, ImageOps, JpegImagePlugin
 
 from hashsvc.algorithms.base import HashValue
 from hashsvc.algorithms.pdq import Pdq
-from hashsvc.errors import (
-    CorruptImageError,
-    TruncatedImageError,
+from hashsvc.decode_budget import Lease
+from hashsvc.imaging import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    decoder_errors,
+    load_checked,
+    open_checked,
+    to_rgb,
 )
-from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, open_checked, to_rgb
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
@@ -135,12 +141,16 @@ def decode_reduced(
     name: str = "image",
     apply_orientation: bool = True,
     reduction: Reduction = SCAN,
+    lease: Lease | None = None,
 ) -> Reduced:
-    """Decode `data` small, or raise what `hashsvc.imaging.decode` raises, with its message."""
-    image, fmt = open_checked(data, limits, name)
+    """Decode `data` small, or raise what `hashsvc.imaging.decode` raises, with its message.
+
+    `lease`: the call's share of the decode memory budget (see `hashsvc.imaging.decode`)."""
+    opened = open_checked(data, limits, name)
+    image, fmt = opened.image, opened.format
     width, height = image.size
     dct_scale = 1  # libjpeg decoded ⌈side / dct_scale⌉ pixels per side
-    try:
+    with decoder_errors(name, fmt):
         side = reduction.jpeg_min_side
         if side and isinstance(image, JpegImagePlugin.JpegImageFile):  # MPO included
             # The largest DCT scale keeping both sides >= side (none for smaller images), and
@@ -151,7 +161,7 @@ def decode_reduced(
                 dct_scale = round(width / drafted[1][2])
         if isinstance(image, ImageFile.ImageFile):  # one decoder call, not one per 64 KiB
             image.decodermaxblock = max(len(data), ImageFile.MAXBLOCK)
-        image.load()
+        load_checked(opened, limits, name, full=False, lease=lease)
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1) if apply_orientation else 1
         if orientation != 1:
             ImageOps.exif_transpose(image, in_place=True)  # after `draft`: on the small image
@@ -159,17 +169,11 @@ def decode_reduced(
                 width, height = height, width
         # A JPEG decoded as its Y plane stays grey; everything else converts as the reference.
         small = image if image.mode == "L" and side and reduction.jpeg_luma else to_rgb(image)
-    except OSError as err:  # hashsvc.imaging.decode's mapping, message for message
-        if "truncated" in str(err) or "broken data stream" in str(err):
-            raise TruncatedImageError(f"{name}: truncated {fmt} file: {err}") from None
-        raise CorruptImageError(f"{name}: corrupt {fmt} data: {err}") from None
-    except (SyntaxError, ValueError, EOFError) as err:
-        raise CorruptImageError(f"{name}: corrupt {fmt} data: {err}") from None
-    decoded = small.size
-    if dct_scale == 1 and reduction.work_side:
-        target = (min(decoded[0], reduction.work_side), min(decoded[1], reduction.work_side))
-        if target != decoded:
-            small = small.resize(target, reduction.resample)
+        decoded = small.size
+        if dct_scale == 1 and reduction.work_side:
+            target = (min(decoded[0], reduction.work_side), min(decoded[1], reduction.work_side))
+            if target != decoded:
+                small = small.resize(target, reduction.resample)
     luma: npt.NDArray[np.uint8] | Float32Array
     if small.mode == "L":
         luma = np.asarray(small)  # bytes: the operators' gather then moves a quarter as much

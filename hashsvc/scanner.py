@@ -20,8 +20,9 @@ from hashsvc.algorithms import (
     HashValue,
     get_algorithm,
 )
+from hashsvc.decode_budget import MemoryBudget
 from hashsvc.delta import Delta
-from hashsvc.errors import NotLoadedError
+from hashsvc.errors import DecodeBudgetExhaustedError, NotLoadedError
 from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
 from hashsvc.matcher import Match, Matcher, MatchOutcome, Query
 from hashsvc.snapshot import Snapshot
@@ -81,9 +82,11 @@ class Scanner:
     ) -> None:
         """`fast_pdq` hashes PDQ the scan way (hashsvc.fastpdq: small decode, 9-40x faster,
         within 10 bits of the reference); off by default until the detection-quality
-        evaluation shows it loses no recall."""
+        evaluation shows it loses no recall. Every decode a scan makes is reserved from one
+        `MemoryBudget` of `limits.decode_memory_budget` bytes, shared by the calls in flight."""
         self.limits = limits
         self.fast_pdq = fast_pdq
+        self.budget = MemoryBudget(limits.decode_memory_budget)
         self._matcher: Matcher | None = Matcher(snapshot) if snapshot is not None else None
 
     def swap(self, snapshot: Snapshot, delta: Delta | None = None) -> None:
@@ -117,7 +120,24 @@ class Scanner:
     ) -> tuple[list[HashValue], list[Query], Timings]:
         """Compute `algorithms` over an upload; with `dihedral`, PDQ yields 8 queries, and with
         `trim` as many again from the upload with its uniform borders cut away (if it has any).
-        `exact` forces the reference PDQ pipeline (hashes that will be exported or listed)."""
+        `exact` forces the reference PDQ pipeline (hashes that will be exported or listed).
+
+        The decodes are reserved from the scanner's memory budget until the hashes are done."""
+        with self.budget.lease() as lease:
+            upload.lease = lease
+            try:
+                return self._hash_upload(upload, algorithms, dihedral=dihedral, exact=exact,
+                                         trim=trim)
+            except MemoryError:  # past the estimate: this call fails cleanly, the server lives
+                raise DecodeBudgetExhaustedError(
+                    f"{upload.name}: out of memory while hashing; retry shortly") from None
+            finally:
+                upload.lease = None
+
+    def _hash_upload(
+        self, upload: Upload, algorithms: Sequence[str], *, dihedral: bool, exact: bool,
+        trim: bool,
+    ) -> tuple[list[HashValue], list[Query], Timings]:
         timings = Timings()
         kinds = [get_algorithm(name) for name in algorithms]
         fast = self.fast_pdq and upload.apply_orientation and not exact
@@ -202,7 +222,8 @@ def _pdq_queries(
     then (`trim`) the same of its trimmed box, if it has uniform borders."""
     if fast:
         started = time.perf_counter()
-        reduced = fastpdq.decode_reduced(upload.data, upload.limits, name=upload.name)
+        reduced = fastpdq.decode_reduced(upload.data, upload.limits, name=upload.name,
+                                         lease=upload.lease)
         timings.fast_decode_seconds = time.perf_counter() - started
         timings.fast_pixels = reduced.pixels
         plain = fastpdq.pdq_hashes(reduced, dihedral=dihedral)

@@ -1,8 +1,9 @@
-"""Upload caps: bytes, and pixels for formats that can only be decoded at full size.
+"""Upload caps: bytes, and pixels for every image decoded at full size.
 
 Each refusal happens before any pixel is decoded, is an `ImageTooLargeError` whose message names
-the image, its size and the limit, fails the same way on the reference and the fast PDQ path,
-and reaches a client as INVALID_ARGUMENT. The caps are settings like every other limit
+the image, its size and the limit, fails the same way on the reference and the fast PDQ path
+(except a JPEG, which only the fast path decodes small), and reaches a client as
+INVALID_ARGUMENT. The caps are settings like every other limit
 (flags > HASHSVC_* > TOML > defaults).
 """
 
@@ -43,16 +44,20 @@ def test_default_caps() -> None:
     assert DEFAULT_LIMITS.max_pixels == 50_000_000
 
 
-def test_a_png_just_over_the_default_full_decode_cap_is_refused_but_a_jpeg_is_not() -> None:
+def test_a_png_just_over_the_default_full_decode_cap_is_refused_a_jpeg_only_in_full() -> None:
     # A real 6000×4001 image (24,006,000 pixels), grey so that it encodes quickly.
     image = Image.new("L", (6000, 4001), 128)
     message = _refusals(encode_image(image, "PNG"), DEFAULT_LIMITS)
     assert message == (
         "upload.bin: 6000×4001 PNG (24,006,000 pixels) exceeds the limit of 24,000,000 pixels "
-        "for formats decoded at full size (only JPEG decodes at reduced scale; "
-        "refused before decoding)")
-    # The same pixels as a JPEG decode at 1/8 scale: accepted, and the fast path hashes it.
+        "for an image decoded at full size (only the fast PDQ scan path decodes JPEGs at "
+        "reduced scale; refused before decoding)")
+    # The same pixels as a JPEG: the full decode (HashImage, pHash, the reference PDQ path) is
+    # refused alike; the scan fast path decodes it at 1/8 scale and hashes it.
     jpeg = encode_image(image, "JPEG")
+    with pytest.raises(ImageTooLargeError, match=r"6000×4001 JPEG \(24,006,000 pixels\) exceeds"
+                       " the limit of 24,000,000 pixels for an image decoded at full size"):
+        decode(jpeg, name="upload.jpg")
     assert open_checked(jpeg, DEFAULT_LIMITS, "upload.jpg")[1] == "JPEG"
     assert pdq_fast(jpeg).quality == 0  # flat grey: PDQ's quality says there is nothing to see
 
@@ -104,10 +109,19 @@ def test_the_server_refuses_with_invalid_argument_and_the_message(
     with ServerProcess(home, *flags) as server, \
             Client(server.target, api_key=server.keys["scanner"]) as client:
         with pytest.raises(InvalidArgument, match=r"PNG \(.* pixels\) exceeds the limit of "
-                           rf"{BRIDGE_PIXELS - 1:,} pixels for formats decoded at full size"):
+                           rf"{BRIDGE_PIXELS - 1:,} pixels for an image decoded at full size"):
             client.scan_image(encode_image(BRIDGE, "PNG"), timeout=30)
         with pytest.raises(InvalidArgument, match=r"24,005,100 pixels.*decoded at full size"):
             client.scan_image(png_header_only(4899, 4900), timeout=30)
-        # The same picture as a JPEG is within every cap, and matches its bank.
-        result = client.scan_image(BRIDGE_ORIGINAL.read_bytes(), timeout=30)
-        assert [m.bank for m in result.matches] == ["bridge"]
+        # The same picture as a JPEG: the fast path decodes it small and matches its bank; the
+        # reference path, and HashImage always, decode it at full size and are refused alike.
+        jpeg = BRIDGE_ORIGINAL.read_bytes()
+        full_decode = rf"JPEG \({BRIDGE_PIXELS:,} pixels\) exceeds .* decoded at full size"
+        if fast:
+            result = client.scan_image(jpeg, timeout=30)
+            assert [m.bank for m in result.matches] == ["bridge"]
+        else:
+            with pytest.raises(InvalidArgument, match=full_decode):
+                client.scan_image(jpeg, timeout=30)
+        with pytest.raises(InvalidArgument, match=full_decode):
+            client.hash_image(jpeg, timeout=30)

@@ -47,3 +47,5 @@ class ScanObserver:
             metrics.REJECTED.labels("limits").inc()
         elif error.code == ErrorCode.INVALID_ARGUMENT:
             metrics.REJECTED.labels("invalid").inc()
+        elif error.code == ErrorCode.RESOURCE_EXHAUSTED:  # the decode memory budget is full
+            metrics.REJECTED.labels("overload").inc()
