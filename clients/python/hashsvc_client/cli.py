@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --hash-only: pdq, md5, sha256 (default pdq,md5)")
     parser.add_argument("--bank", action="append", dest="banks", default=[],
                         help="only these banks (repeatable)")
-    parser.add_argument("--no-dihedral", dest="dihedral", action="store_false")
+    parser.add_argument("--no-dihedral", dest="dihedral", action="store_false",
+                        help="do not match rotated or mirrored copies (with --hash-only: do not "
+                        "hash them either)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="local hashing processes with --hash-only (default: cores)")
     parser.add_argument("--no-recursive", dest="recursive", action="store_false")
@@ -75,10 +77,11 @@ def find_files(paths: Sequence[Path], recursive: bool) -> list[Path]:
     return found
 
 
-def _hash_job(job: tuple[Path, tuple[str, ...]]) -> tuple[str, list[bytes] | str]:
-    path, algorithms = job
+def _hash_job(job: tuple[Path, tuple[str, ...], bool]) -> tuple[str, list[bytes] | str]:
+    path, algorithms, dihedral = job
     try:
-        return str(path), [h.SerializeToString() for h in hash_file(path, algorithms)]
+        return str(path), [h.SerializeToString()
+                           for h in hash_file(path, algorithms, dihedral=dihedral)]
     except (LocalHashError, OSError) as err:
         return str(path), str(err)
 
@@ -140,7 +143,8 @@ def _hashed_items(
     algorithms = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=context) as pool:
-        for name, outcome in pool.map(_hash_job, [(p, algorithms) for p in files], chunksize=4):
+        jobs = [(p, algorithms, args.dihedral) for p in files]
+        for name, outcome in pool.map(_hash_job, jobs, chunksize=4):
             if isinstance(outcome, str):
                 failures.append({"file": name, "error": outcome, "reason": "local_hashing"})
                 continue
