@@ -61,6 +61,24 @@ def test_hashscan_folder_reports_matches_and_exits_1(
     assert match["distance"] == 0 if hash_only else 0 <= match["distance"] <= 10
 
 
+def test_hashscan_keeps_local_paths_out_of_the_server_audit_log(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Issue 12, item 18: a file's path is not its request id; the server sees a hash of it."""
+    from hashsvc_client.cli import item_id
+
+    upload = tmp_path / "private-case-folder" / "alice-upload.jpg"
+    upload.parent.mkdir()
+    upload.write_bytes(BRIDGE_ORIGINAL.read_bytes())
+    for mode in ([], ["--hash-only"]):
+        result = _hashscan(server, str(upload), *mode)
+        assert result.returncode == 1, result.stderr
+        assert _records(result.stdout)[str(upload)]["matched"]
+    audit = (server.home / "audit.jsonl").read_text()
+    assert audit.count(item_id(str(upload))) == 2
+    assert "private-case-folder" not in audit and "alice-upload" not in audit
+
+
 DIHEDRAL_COPIES = IMAGES / "dih"  # the bridge, rotated and mirrored eight ways
 
 
