@@ -9,6 +9,7 @@ anything changed since the snapshot it last published.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -196,7 +197,10 @@ class Store:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Hash lists are for this user only. SQLite gives the -wal and -shm files the mode of
+        # the database file, so creating it 0600 here keeps all three private.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
         self._db = self._connect()
         self._db.execute("PRAGMA journal_mode = WAL")

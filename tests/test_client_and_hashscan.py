@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import venv
@@ -77,6 +78,24 @@ def test_hashscan_keeps_local_paths_out_of_the_server_audit_log(
     audit = (server.home / "audit.jsonl").read_text()
     assert audit.count(item_id(str(upload))) == 2
     assert "private-case-folder" not in audit and "alice-upload" not in audit
+
+
+def test_hashscan_into_a_closed_pipe_ends_quietly(server: ServerProcess) -> None:
+    from tests.test_cli import closed_pipe_run
+
+    result = closed_pipe_run([sys.executable, "-m", "hashsvc_client.cli", "--server",
+                              server.target, "--api-key", server.keys["scanner"],
+                              str(BRIDGE_ORIGINAL)])
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+def test_healthcheck_finds_the_server_through_hashsvc_server(server: ServerProcess) -> None:
+    """As every client does: HASHSVC_SERVER names the server when --target is not given."""
+    env = {k: v for k, v in os.environ.items() if k != "HASHSVC_LISTEN"}
+    result = subprocess.run([sys.executable, "-m", "hashsvc", "healthcheck"], capture_output=True,
+                            text=True, timeout=60, env={**env, "HASHSVC_SERVER": server.target})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{server.target}: SERVING\n"
 
 
 DIHEDRAL_COPIES = IMAGES / "dih"  # the bridge, rotated and mirrored eight ways

@@ -101,7 +101,7 @@ def _thresholds(values: list[str] | None) -> dict[str, int] | None:
 
 
 def _create(args: argparse.Namespace) -> int:
-    with open_store(args) as store:
+    with open_store(args, create=True) as store:
         bank = store.create_bank(
             args.name, description=args.description or "", kind=args.kind or "match",
             tags=args.tags or (), thresholds=_thresholds(args.thresholds),
@@ -121,12 +121,18 @@ def _list(args: argparse.Namespace) -> int:
     if not banks:
         say("no banks yet: create one with `indexer bank create NAME`")
         return 0
-    print(f"{'NAME':24} {'KIND':9} {'ENABLED':7} {'ENTRIES':>10}  TAGS / THRESHOLDS / STRATEGIES")
+    rows = [("NAME", "KIND", "ENABLED", "ENTRIES", "TAGS / THRESHOLDS / STRATEGIES")]
     for bank in banks:
-        thresholds = " ".join(f"{k}={v}" for k, v in sorted(bank.thresholds.items()))
-        print(f"{bank.name:24} {bank.kind:9} {'yes' if bank.enabled else 'no':7} "
-              f"{bank.entry_count:>10,}  {','.join(bank.tags)} {thresholds} "
-              f"[{bank.strategies.describe()}]".replace("  ", " "))
+        parts = [",".join(bank.tags),
+                 " ".join(f"{k}={v}" for k, v in sorted(bank.thresholds.items())),
+                 f"[{bank.strategies.describe()}]"]
+        rows.append((bank.name, bank.kind, "yes" if bank.enabled else "no",
+                     f"{bank.entry_count:,}", " ".join(part for part in parts if part)))
+    # Columns as wide as their widest cell: names are up to 64 characters.
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for name, kind, enabled, entries, details in rows:
+        print(f"{name:{widths[0]}}  {kind:{widths[1]}}  {enabled:{widths[2]}}  "
+              f"{entries:>{widths[3]}}  {details}")
     return 0
 
 

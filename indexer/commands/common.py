@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from hashsvc.home import DataHome
+from hashsvc.home import DataHome, keep_private
 from hashsvc.store import Store
 
 Runner = Callable[[argparse.Namespace], int]
@@ -29,12 +29,15 @@ def add_command(
     return parser
 
 
-def home(args: argparse.Namespace) -> DataHome:
-    return DataHome.resolve(args.home)
+def home(args: argparse.Namespace, *, create: bool = False) -> DataHome:
+    """The data home; it must exist unless `create` (only `bank create` starts a new one)."""
+    keep_private()
+    found = DataHome.resolve(args.home)
+    return found.create() if create else found.require()
 
 
-def open_store(args: argparse.Namespace) -> Store:
-    return Store(home(args).store_path)
+def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
+    return Store(home(args, create=create).store_path)
 
 
 def emit(record: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ path, so local paths never reach the server's logs or audit trail; the output na
 Output: one JSON object per file on stdout. Exit status (for scripts):
     0  nothing matched     1  something matched     2  usage error
     3  some files could not be scanned (the others were)     4  the service failed the run
+  141  the reader of the output went away (e.g. `| head`)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from google.protobuf import json_format
 from tqdm import tqdm
 
 from hashsvc_client import _channel
+from hashsvc_client._console import console_main
 from hashsvc_client.client import Client, ScanItem
 from hashsvc_client.errors import HashsvcClientError
 from hashsvc_client.hashing import LocalHashError, hash_file
@@ -91,6 +93,7 @@ def _hash_job(job: tuple[Path, tuple[str, ...], bool]) -> tuple[str, list[bytes]
         return str(path), str(err)
 
 
+@console_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     files = find_files(args.paths, args.recursive)
