@@ -157,6 +157,8 @@ class StoreStats:
     entries: int
     disabled: int
     by_bank_algorithm: dict[str, dict[str, int]] = field(default_factory=dict)
+    # What servers match: entries not disabled, in enabled banks (snapshot plus live changes).
+    served_by_bank_algorithm: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def validate_name(name: str, what: str = "bank name") -> str:
@@ -363,8 +365,12 @@ class Store:
     ) -> Bank:
         """Change only the fields given; `thresholds` replaces the whole override map.
 
-        Changed strategies apply to scans from the next snapshot; extra hashes of known images
-        already added are not recomputed (re-add the images to get them)."""
+        Enabling or disabling a bank is live: its entries are stamped as changed, so running
+        servers add them to (or tombstone them in) their delta within a reload interval, as
+        for an entry change, whether or not a snapshot was published meanwhile. That is what
+        makes a disabled bank a staging area: import, review, enable. Changed strategies,
+        thresholds, kind and tags apply to scans from the next snapshot; extra hashes of known
+        images already added are not recomputed (re-add the images to get them)."""
         bank = self.get_bank(name)
         changes: dict[str, Any] = {}
         if new_name is not None and new_name != name:
@@ -390,6 +396,9 @@ class Store:
                 db.execute(
                     f"UPDATE banks SET {assignments} WHERE id = ?", (*changes.values(), bank.id)
                 )
+                if "enabled" in changes and bool(changes["enabled"]) != bank.enabled:
+                    db.execute(f"UPDATE entries SET changed_rev = {_REVISION} WHERE bank_id = ?",
+                               (bank.id,))
         except sqlite3.IntegrityError:
             raise AlreadyExistsError(f"bank {new_name!r} already exists") from None
         return self.get_bank(changes.get("name", name))
@@ -537,14 +546,18 @@ class Store:
             ).fetchone()
             bank_count = self._reader.execute("SELECT COUNT(*) FROM banks").fetchone()[0]
             grouped = self._reader.execute(
-                "SELECT b.name, e.algorithm, COUNT(*) FROM entries e"
-                " JOIN banks b ON b.id = e.bank_id GROUP BY b.name, e.algorithm"
+                "SELECT b.name, e.algorithm, COUNT(*), SUM(e.disabled = 0 AND b.enabled = 1)"
+                " FROM entries e JOIN banks b ON b.id = e.bank_id GROUP BY b.name, e.algorithm"
             ).fetchall()
         by_bank: dict[str, dict[str, int]] = {}
-        for bank, algorithm, count in grouped:
+        served: dict[str, dict[str, int]] = {}
+        for bank, algorithm, count, active in grouped:
             by_bank.setdefault(bank, {})[algorithm] = count
+            if active:
+                served.setdefault(bank, {})[algorithm] = active
         return StoreStats(revision=self.revision(), banks=bank_count, entries=totals[0],
-                          disabled=totals[1], by_bank_algorithm=by_bank)
+                          disabled=totals[1], by_bank_algorithm=by_bank,
+                          served_by_bank_algorithm=served)
 
 
 class BulkAdder:

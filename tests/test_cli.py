@@ -8,6 +8,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,7 +136,8 @@ def test_errors_map_to_documented_exit_codes(
 
 @pytest.mark.parametrize(
     "command",
-    [("bank", "create"), ("bank", "list"), ("bank", "update"), ("bank", "delete"), ("import",),
+    [("bank", "create"), ("bank", "list"), ("bank", "update"), ("bank", "delete"),
+     ("bank", "enable"), ("bank", "disable"), ("import",),
      ("add-images",), ("disable",), ("enable",), ("remove",), ("publish",), ("stats",),
      ("hash",), ("match",)],
 )
@@ -300,3 +302,59 @@ def test_readme_states_the_reload_interval_the_code_uses() -> None:
                     re.MULTILINE)
     assert row is not None
     assert float(row.group(1)) == ServerConfig(home=Path()).reload_interval
+
+
+# ---- issue 12, defect 17: what is live, what a publish does, and staging -----------------------
+
+
+def _scan_until(client: Any, image: bytes, *, matched: bool, polls: int = 600) -> Any:
+    """Scan until the result's `matched` is as wanted: a bounded number of calls (the sleep only
+    spaces them out), since servers apply store changes on their next reload tick."""
+    for _ in range(polls):
+        result = client.scan_image(image)
+        if result.matched == matched:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"still matched={not matched} after {polls} scans")
+
+
+def test_staged_bank_serves_nothing_until_enabled_then_goes_live_without_a_publish(
+    home: DataHome,
+) -> None:
+    from hashsvc_client import Client
+
+    pen = IMAGES / "pen-and-coaster.png"
+    run_indexer(home, "bank", "create", "live", check=True)
+    with ServerProcess(home.root) as server, \
+            Client(server.target, api_key=server.keys["scanner"]) as client:
+        staged = run_indexer(home, "bank", "create", "review", "--staged", check=True)
+        assert "none of it is served until `indexer bank enable review`" in staged.stderr
+        added = run_indexer(home, "add-images", "review", str(BRIDGE_ORIGINAL), check=True)
+        assert "staged (disabled)" in added.stderr and "publish to take effect" not in added.stderr
+        # Published while staged: the bank is not in this snapshot, and enabling it must still
+        # reach the servers through their delta.
+        version = json.loads(run_indexer(home, "publish", check=True).stdout)["version"]
+        live = run_indexer(home, "add-images", "live", str(pen), check=True)
+        assert "live on running servers within about a second" in live.stderr
+        # Once the later change to `live` is served, the server has seen the staged entries too.
+        assert _scan_until(client, pen.read_bytes(), matched=True).snapshot_version == version
+        assert not client.scan_image(BRIDGE_ORIGINAL.read_bytes()).matched
+
+        stats = json.loads(run_indexer(home, "stats", "--json", check=True).stdout)
+        assert stats["store"]["staged_banks"] == ["review"]
+        assert stats["served"] == {"entries": 2, "by_bank": {"live": {"md5": 1, "pdq": 1}}}
+        assert stats["snapshot"]["entries_changed_since"] == 2
+
+        enabled = run_indexer(home, "bank", "enable", "review", check=True)
+        assert "live on running servers within about a second" in enabled.stderr
+        result = _scan_until(client, BRIDGE_ORIGINAL.read_bytes(), matched=True)
+        assert result.matches[0].bank == "review" and result.snapshot_version == version
+        stats = json.loads(run_indexer(home, "stats", "--json", check=True).stdout)
+        assert stats["served"]["entries"] == 4 and stats["store"]["staged_banks"] == []
+        assert "served: 4 entries" in run_indexer(home, "stats", check=True).stdout
+
+        run_indexer(home, "bank", "disable", "review", check=True)
+        _scan_until(client, BRIDGE_ORIGINAL.read_bytes(), matched=False)
+        disabled = run_indexer(home, "disable", "live", "--external-id", pen.name, check=True)
+        assert "disabled 2 entries in 'live': live on running servers" in disabled.stderr
+        _scan_until(client, pen.read_bytes(), matched=False)

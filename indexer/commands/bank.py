@@ -10,7 +10,7 @@ from typing import Any
 from hashsvc.errors import HashsvcError
 from hashsvc.store import BANK_KINDS, Bank
 from hashsvc.strategies import MatchStrategies, parse_crop_list
-from indexer.commands.common import add_command, emit, open_store, say
+from indexer.commands.common import add_command, emit, open_store, say, when_served
 
 
 def register(subcommands: Any) -> None:
@@ -23,6 +23,9 @@ def register(subcommands: Any) -> None:
         "--threshold pdq=31", _create,
     )
     create.add_argument("name")
+    create.add_argument("--staged", action="store_true",
+                        help="create it disabled: import and review its entries, which no "
+                        "server matches until `indexer bank enable NAME`")
     _bank_fields(create)
 
     listing = add_command(verbs, "list", "List banks with entry counts.",
@@ -39,7 +42,17 @@ def register(subcommands: Any) -> None:
     state = update.add_mutually_exclusive_group()
     state.add_argument("--enable", dest="enabled", action="store_const", const=True)
     state.add_argument("--disable", dest="enabled", action="store_const", const=False,
-                       help="keep the bank but leave it out of the next snapshot")
+                       help="keep the bank but stop serving it (as `bank disable`)")
+
+    enable = add_command(
+        verbs, "enable", "Put a bank live: running servers match its entries within about a "
+        "second (no publish needed).", "indexer bank enable ncmec-2026-12", _enable)
+    enable.add_argument("name")
+    disable = add_command(
+        verbs, "disable", "Take a bank out of service (its entries stay in the store): running "
+        "servers stop matching it within about a second.", "indexer bank disable old-list",
+        _disable)
+    disable.add_argument("name")
 
     delete = add_command(verbs, "delete", "Delete a bank and all its entries.",
                          "indexer bank delete old-list --yes", _delete)
@@ -105,9 +118,26 @@ def _create(args: argparse.Namespace) -> int:
         bank = store.create_bank(
             args.name, description=args.description or "", kind=args.kind or "match",
             tags=args.tags or (), thresholds=_thresholds(args.thresholds),
-            strategies=_strategies(args, MatchStrategies()),
+            strategies=_strategies(args, MatchStrategies()), enabled=not args.staged,
         )
-    say(f"created {bank.kind} bank {bank.name!r} ({bank.strategies.describe()})")
+    say(f"created {bank.kind} bank {bank.name!r} ({bank.strategies.describe()})"
+        + (f"; {when_served(bank)}" if args.staged else ""))
+    return 0
+
+
+def _enable(args: argparse.Namespace) -> int:
+    return _set_enabled(args.name, args, True)
+
+
+def _disable(args: argparse.Namespace) -> int:
+    return _set_enabled(args.name, args, False)
+
+
+def _set_enabled(name: str, args: argparse.Namespace, enabled: bool) -> int:
+    with open_store(args) as store:
+        bank = store.update_bank(name, enabled=enabled)
+    say(f"{'enabled' if enabled else 'disabled'} bank {name!r} ({bank.entry_count:,} entries): "
+        f"{when_served(bank)}")
     return 0
 
 
@@ -143,7 +173,12 @@ def _update(args: argparse.Namespace) -> int:
             enabled=args.enabled, tags=args.tags, thresholds=_thresholds(args.thresholds),
             strategies=_strategies(args, store.get_bank(args.name).strategies),
         )
-    say(f"updated bank {bank.name!r} ({bank.strategies.describe()})")
+    settings = [args.rename, args.description, args.kind, args.tags, args.thresholds]
+    later = any(v is not None for v in settings) or _strategies(args, bank.strategies) is not None
+    say(f"updated bank {bank.name!r} ({bank.strategies.describe()})"
+        + (f"; {when_served(bank)}" if args.enabled is not None else "")
+        + ("; name, kind, tags, thresholds and strategies apply from the next `indexer publish`"
+           if later else ""))
     return 0
 
 
