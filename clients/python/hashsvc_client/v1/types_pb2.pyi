@@ -437,7 +437,7 @@ class Bank(_message.Message):
     description: _builtins.str
     kind: Global___BankKind.ValueType
     enabled: _builtins.bool
-    """disabled banks are left out of snapshots"""
+    """a disabled bank is not matched (live within about a"""
     entry_count: _builtins.int
     """output only"""
     created_at: _builtins.float
@@ -445,7 +445,9 @@ class Bank(_message.Message):
     updated_at: _builtins.float
     """output only, Unix seconds"""
     @_builtins.property
-    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """second) and is left out of snapshots"""
+
     @_builtins.property
     def thresholds(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """per-algorithm override, keyed "pdq", "phash", "dhash" """
