@@ -118,7 +118,8 @@ def remove_key(path: Path, name: str) -> None:
     lines = path.read_text().splitlines(keepends=True)
     headers = [i for i, line in enumerate(lines) if line.lstrip().startswith("[")]
     for start, end in zip(headers, [*headers[1:], len(lines)], strict=True):
-        if lines[start].strip() != "[[keys]]" or _table_name(lines[start:end]) != name:
+        header = lines[start].partition("#")[0].strip()
+        if header != "[[keys]]" or _table_name(lines[start:end]) != name:
             continue
         while start > 0 and lines[start - 1].lstrip().startswith("#"):
             start -= 1  # its own comment, written just above it

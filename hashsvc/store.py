@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -202,7 +202,8 @@ class Store:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Hash lists are for this user only. SQLite gives the -wal and -shm files the mode of
         # the database file, so creating it 0600 here keeps all three private.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        with suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self._lock = threading.RLock()
         self._db = self._connect()
         self._db.execute("PRAGMA journal_mode = WAL")

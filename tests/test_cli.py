@@ -250,7 +250,7 @@ def _hashsvc(*args: str) -> subprocess.CompletedProcess[str]:
 def test_keys_add_list_remove_keep_the_files_comments(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys.toml"
     keys_file.write_text("# Owned by the platform team; ticket SEC-12.\n"
-                         "\n# platform A: uploads service\n[[keys]]\nname = \"a\"\n"
+                         "\n# platform A: uploads service\n[[keys]]  # since 2026\nname = \"a\"\n"
                          "roles = [\"scan\"]  # scanning only\n"
                          f"sha256 = \"{'0' * 64}\"\n")
     added = _hashsvc("keys", "add", "b", "--role", "admin", "--keys-file", str(keys_file))
@@ -272,6 +272,13 @@ def test_keys_add_list_remove_keep_the_files_comments(tmp_path: Path) -> None:
     assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
     missing = _hashsvc("keys", "remove", "a", "--keys-file", str(keys_file))
     assert missing.returncode == 4 and "no key named 'a'" in missing.stderr
+    # A layout a line edit cannot handle safely is refused, the file left as it was.
+    inline = tmp_path / "inline.toml"
+    inline.write_text(f'keys = [{{name = "c", roles = ["scan"], sha256 = "{"1" * 64}"}}]\n')
+    before = inline.read_text()
+    refused = _hashsvc("keys", "add", "d", "--role", "scan", "--keys-file", str(inline))
+    assert refused.returncode == 3 and "edit the file by hand" in refused.stderr
+    assert inline.read_text() == before and not list(tmp_path.glob("*.pending"))
     absent = _hashsvc("keys", "list", "--keys-file", str(tmp_path / "nope.toml"))
     assert absent.returncode == 4 and "no keys file at" in absent.stderr
 
