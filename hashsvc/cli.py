@@ -2,8 +2,12 @@
 
     hashsvc serve                      on the embedded default (no configuration needed)
     hashsvc keys add NAME --role scan  make a key; prints it once, stores only its hash
-    hashsvc keys list
-    hashsvc healthcheck                exit 0 if the local server's health is SERVING
+    hashsvc keys list                  names and roles (never a key, nor its hash)
+    hashsvc keys remove NAME           revoke a key (the server re-reads keys.toml by itself)
+    hashsvc healthcheck                exit 0 if the server's health is SERVING
+
+Exit codes: 0 ok, 1 healthcheck not SERVING, 2 usage, 3 invalid input, 4 not found,
+141 the reader of the output went away.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hashsvc_client._channel import ENV_SERVER
+from hashsvc_client._console import console_main
+
 from hashsvc import __version__, config
-from hashsvc.errors import ErrorCode, HashsvcError
-from hashsvc.home import DataHome
-from hashsvc.keys import ROLES, add_key, read_keys
+from hashsvc.errors import ErrorCode, HashsvcError, NotFoundError
+from hashsvc.home import DataHome, keep_private
+from hashsvc.keys import ROLES, add_key, read_keys, remove_key
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,11 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     listing = verbs.add_parser("list", help="list key names and roles (never the keys)",
                                epilog="example:\n  hashsvc keys list",
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for sub in (add, listing):
+    remove = verbs.add_parser(
+        "remove", help="revoke a key: its entry leaves the keys file, the rest of the file "
+        "(comments included) stays as it was",
+        epilog="example:\n  hashsvc keys remove platform-a",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    remove.add_argument("name")
+    for sub in (add, listing, remove):
         sub.add_argument("--home", help="data directory (default $HASHSVC_HOME)")
         sub.add_argument("--keys-file", help="default <home>/keys.toml")
     add.set_defaults(run=_keys_add)
     listing.set_defaults(run=_keys_list)
+    remove.set_defaults(run=_keys_remove)
 
     health = commands.add_parser(
         "healthcheck", help="ask a server's grpc.health.v1 service; exit 0 if SERVING, else 1",
@@ -64,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  hashsvc healthcheck --target 127.0.0.1:50051 --timeout 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    health.add_argument("--target", help="host:port (default: $HASHSVC_LISTEN with 0.0.0.0 or "
-                        "[::] as 127.0.0.1; without it 127.0.0.1:50051)")
+    health.add_argument("--target", help="host:port (default: $HASHSVC_SERVER, as for the "
+                        "clients; else $HASHSVC_LISTEN with 0.0.0.0 or [::] as 127.0.0.1; else "
+                        "127.0.0.1:50051)")
     health.add_argument("--service", default="",
                         help='service to check (default "": the whole server)')
     health.add_argument("--timeout", type=float, default=3.0,
@@ -85,10 +101,12 @@ def _keys_file(args: argparse.Namespace) -> Path:
 def _serve(args: argparse.Namespace) -> int:
     from hashsvc.server.app import serve  # the server's imports are only paid for by `serve`
 
+    keep_private()  # the store, snapshots, keys and audit log: 0600 in a 0700 home
     return serve(config.load(args))
 
 
 def _keys_add(args: argparse.Namespace) -> int:
+    keep_private()
     path = _keys_file(args)
     key = add_key(path, args.name, args.roles)
     print(key)
@@ -99,8 +117,19 @@ def _keys_add(args: argparse.Namespace) -> int:
 
 def _keys_list(args: argparse.Namespace) -> int:
     path = _keys_file(args)
+    if not path.is_file():
+        raise NotFoundError(f"no keys file at {path}: check --home, $HASHSVC_HOME or --keys-file")
     for key in read_keys(path):
         print(f"{key.name}\t{','.join(sorted(key.roles))}")
+    return 0
+
+
+def _keys_remove(args: argparse.Namespace) -> int:
+    keep_private()
+    path = _keys_file(args)
+    remove_key(path, args.name)
+    print(f"removed key {args.name!r} from {path}; servers stop accepting it when they re-read "
+          "the file (about a second)", file=sys.stderr)
     return 0
 
 
@@ -124,7 +153,8 @@ def _healthcheck(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    target = args.target or _health_target(os.environ.get(f"{config.ENV_PREFIX}LISTEN"))
+    target = (args.target or os.environ.get(ENV_SERVER)
+              or _health_target(os.environ.get(f"{config.ENV_PREFIX}LISTEN")))
     try:
         ca_cert = args.ca_cert.read_bytes() if args.ca_cert else None
     except OSError as err:
@@ -144,6 +174,7 @@ def _healthcheck(args: argparse.Namespace) -> int:
     return 0 if serving else 1
 
 
+@console_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

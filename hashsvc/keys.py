@@ -22,7 +22,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from hashsvc.errors import AlreadyExistsError, HashsvcError
+from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
 from hashsvc.store import validate_name
 
 ROLES = ("scan", "admin")
@@ -85,7 +85,10 @@ def read_keys(path: Path) -> list[ApiKey]:
 
 
 def add_key(path: Path, name: str, roles: list[str]) -> str:
-    """Make a new key, append its hash to `path`, and return the key (shown once)."""
+    """Make a new key, append its hash to `path`, and return the key (shown once).
+
+    The file is edited as text, never rewritten from what was parsed: comments, order and
+    layout written by people stay as they were (tomllib can read TOML but not write it)."""
     validate_name(name, "key name")
     if not roles or not set(roles) <= set(ROLES):
         raise HashsvcError(f"roles must be a non-empty subset of {', '.join(ROLES)}")
@@ -93,22 +96,76 @@ def add_key(path: Path, name: str, roles: list[str]) -> str:
     if any(key.name == name for key in existing):
         raise AlreadyExistsError(f"a key named {name!r} already exists in {path}")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    existing.append(ApiKey(name, frozenset(roles), digest(key)))
-    _write_keys(path, existing)
+    new = ApiKey(name, frozenset(roles), digest(key))
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        text = _HEADER
+    if text and not text.endswith("\n"):
+        text += "\n"
+    roles_toml = ", ".join(f'"{role}"' for role in sorted(new.roles))
+    text += f'\n[[keys]]\nname = "{new.name}"\nroles = [{roles_toml}]\nsha256 = "{new.sha256}"\n'
+    _replace(path, text, [*existing, new])
     return key
 
 
-def _write_keys(path: Path, keys: list[ApiKey]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# hashsvc API keys: SHA-256 hashes only. Add keys with `hashsvc keys add`.\n"]
-    for key in keys:
-        roles = ", ".join(f'"{role}"' for role in sorted(key.roles))
-        lines.append(f'\n[[keys]]\nname = "{key.name}"\nroles = [{roles}]\n'
-                     f'sha256 = "{key.sha256}"\n')
+def remove_key(path: Path, name: str) -> None:
+    """Remove the key named `name` from `path`: its `[[keys]]` table and the comment lines just
+    above it go; every other line of the file stays as it was."""
+    existing = read_keys(path)
+    if not any(key.name == name for key in existing):
+        raise NotFoundError(f"no key named {name!r} in {path}")
+    lines = path.read_text().splitlines(keepends=True)
+    headers = [i for i, line in enumerate(lines) if line.lstrip().startswith("[")]
+    for start, end in zip(headers, [*headers[1:], len(lines)], strict=True):
+        header = lines[start].partition("#")[0].strip()
+        if header != "[[keys]]" or _table_name(lines[start:end]) != name:
+            continue
+        while start > 0 and lines[start - 1].lstrip().startswith("#"):
+            start -= 1  # its own comment, written just above it
+        content = [i for i in range(start, end) if _is_content(lines[i])]
+        stop = content[-1] + 1 if content else end
+        while stop < end and not lines[stop].strip():
+            stop += 1  # the blank lines after it; comments further down belong to what follows
+        _replace(path, "".join(lines[:start] + lines[stop:]),
+                 [key for key in existing if key.name != name])
+        return
+    raise HashsvcError(f"{path}: cannot find the [[keys]] table of {name!r} to remove it; "
+                       "edit the file by hand")
+
+
+_HEADER = "# hashsvc API keys: SHA-256 hashes only. Add keys with `hashsvc keys add`.\n"
+
+
+def _is_content(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith("#")
+
+
+def _table_name(lines: list[str]) -> object:
+    try:
+        tables = tomllib.loads("".join(lines)).get("keys", [{}])
+    except tomllib.TOMLDecodeError:
+        return None
+    return tables[0].get("name") if tables else None
+
+
+def _replace(path: Path, text: str, expected: list[ApiKey]) -> None:
+    """Write `text` to `path` atomically (0600), after checking that it parses to exactly the
+    `expected` keys: a text edit of an unusually laid-out file fails here, not in the server."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     pending = path.with_name(path.name + ".pending")
     fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write("".join(lines))
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
+    try:
+        edited = read_keys(pending)
+    except HashsvcError:
+        edited = []
+    if edited != expected:
+        pending.unlink()
+        raise HashsvcError(f"{path}: its layout defeats a safe edit (the result would not hold "
+                           "exactly the keys intended); edit the file by hand")
     pending.replace(path)

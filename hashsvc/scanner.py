@@ -24,7 +24,7 @@ from hashsvc.decode_budget import MemoryBudget
 from hashsvc.delta import Delta
 from hashsvc.errors import DecodeBudgetExhaustedError, NotLoadedError
 from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
-from hashsvc.matcher import Match, Matcher, MatchOutcome, Query
+from hashsvc.matcher import IDENTITY, Match, Matcher, MatchOutcome, Query
 from hashsvc.snapshot import Snapshot
 
 ALWAYS_COMPUTED = ("pdq",)  # reported even when no bank holds PDQ hashes: it is the lingua franca
@@ -179,14 +179,19 @@ class Scanner:
         return result
 
     def scan_hashes(
-        self, hashes: Sequence[HashValue], options: ScanOptions = ScanOptions()
+        self, hashes: Sequence[HashValue], options: ScanOptions = ScanOptions(),
+        transforms: Sequence[str] = (),
     ) -> ScanResult:
-        """The privacy-preserving path: the platform hashed the image itself."""
+        """The privacy-preserving path: the platform hashed the image itself. `transforms`
+        names the dihedral variant each hash was computed from (default: all identity); the
+        variants are queried as ScanImage queries its own, unless `options.dihedral` is off."""
         started = time.perf_counter()
         matcher = self._current()
-        result = self._match(matcher, list(hashes),
-                             [Query(h, source=i) for i, h in enumerate(hashes)], options,
-                             Timings())
+        queries = [Query(h, t, source=i) for i, (h, t) in
+                   enumerate(zip(hashes, transforms or [IDENTITY] * len(hashes), strict=True))]
+        if not options.dihedral:
+            queries = [q for q in queries if q.transform == IDENTITY]
+        result = self._match(matcher, list(hashes), queries, options, Timings())
         result.timings.total_seconds = time.perf_counter() - started
         return result
 

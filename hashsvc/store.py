@@ -9,11 +9,12 @@ anything changed since the snapshot it last published.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -155,6 +156,8 @@ class StoreStats:
     entries: int
     disabled: int
     by_bank_algorithm: dict[str, dict[str, int]] = field(default_factory=dict)
+    # What servers match: entries not disabled, in enabled banks (snapshot plus live changes).
+    served_by_bank_algorithm: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def validate_name(name: str, what: str = "bank name") -> str:
@@ -195,7 +198,11 @@ class Store:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Hash lists are for this user only. SQLite gives the -wal and -shm files the mode of
+        # the database file, so creating it 0600 here keeps all three private.
+        with suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self._lock = threading.RLock()
         self._db = self._connect()
         self._db.execute("PRAGMA journal_mode = WAL")
@@ -359,8 +366,12 @@ class Store:
     ) -> Bank:
         """Change only the fields given; `thresholds` replaces the whole override map.
 
-        Changed strategies apply to scans from the next snapshot; extra hashes of known images
-        already added are not recomputed (re-add the images to get them)."""
+        Enabling or disabling a bank is live: its entries are stamped as changed, so running
+        servers add them to (or tombstone them in) their delta within a reload interval, as
+        for an entry change, whether or not a snapshot was published meanwhile. That is what
+        makes a disabled bank a staging area: import, review, enable. Changed strategies,
+        thresholds, kind and tags apply to scans from the next snapshot; extra hashes of known
+        images already added are not recomputed (re-add the images to get them)."""
         bank = self.get_bank(name)
         changes: dict[str, Any] = {}
         if new_name is not None and new_name != name:
@@ -386,6 +397,9 @@ class Store:
                 db.execute(
                     f"UPDATE banks SET {assignments} WHERE id = ?", (*changes.values(), bank.id)
                 )
+                if "enabled" in changes and bool(changes["enabled"]) != bank.enabled:
+                    db.execute(f"UPDATE entries SET changed_rev = {_REVISION} WHERE bank_id = ?",
+                               (bank.id,))
         except sqlite3.IntegrityError:
             raise AlreadyExistsError(f"bank {quote(str(new_name))} already exists") from None
         return self.get_bank(changes.get("name", name))
@@ -535,14 +549,18 @@ class Store:
             ).fetchone()
             bank_count = self._reader.execute("SELECT COUNT(*) FROM banks").fetchone()[0]
             grouped = self._reader.execute(
-                "SELECT b.name, e.algorithm, COUNT(*) FROM entries e"
-                " JOIN banks b ON b.id = e.bank_id GROUP BY b.name, e.algorithm"
+                "SELECT b.name, e.algorithm, COUNT(*), SUM(e.disabled = 0 AND b.enabled = 1)"
+                " FROM entries e JOIN banks b ON b.id = e.bank_id GROUP BY b.name, e.algorithm"
             ).fetchall()
         by_bank: dict[str, dict[str, int]] = {}
-        for bank, algorithm, count in grouped:
+        served: dict[str, dict[str, int]] = {}
+        for bank, algorithm, count, active in grouped:
             by_bank.setdefault(bank, {})[algorithm] = count
+            if active:
+                served.setdefault(bank, {})[algorithm] = active
         return StoreStats(revision=self.revision(), banks=bank_count, entries=totals[0],
-                          disabled=totals[1], by_bank_algorithm=by_bank)
+                          disabled=totals[1], by_bank_algorithm=by_bank,
+                          served_by_bank_algorithm=served)
 
 
 class BulkAdder:

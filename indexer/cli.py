@@ -8,7 +8,9 @@ Exit codes (stable, for scripts):
     4  not found: no such bank, entry or snapshot
     5  conflict: the bank already exists
     6  failed precondition or corrupt data: no snapshot published, checksum mismatch
+    7  partly done: `import --skip-invalid` imported the valid lines but rejected some
   130  interrupted
+  141  the reader of the output went away (e.g. `indexer bank list | head -1`)
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+
+from hashsvc_client._console import console_main
 
 from hashsvc import __version__
 from hashsvc.errors import ErrorCode, HashsvcError
@@ -55,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

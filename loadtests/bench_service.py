@@ -21,6 +21,9 @@ Baselines:
 - `--before DIR`: also serve a source tree of hashsvc (e.g. `git archive` of an older commit)
   as "hashsvc (before)", to measure a change.
 
+`--calls N` bounds each round by work instead of time (N calls per loadgen process, no warm-up):
+the smoke test uses it, so that a busy machine makes the figures small, never empty.
+
 `--clients N` splits the load over N loadgen processes (one Python client tops out below what
 two server processes can answer); throughputs add up and the reported p99 is the worst client's.
 """
@@ -226,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per round")
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--calls", type=int,
+                        help="bound each round by calls (per loadgen process), not by time: "
+                             "--duration and --warmup are then ignored")
     parser.add_argument("--concurrency", type=int,
                         help="calls (streams) in flight: default 32 (hashes), 8 (image), 2 "
                              "(stream)")
@@ -243,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"loadtests/make_snapshot.py --home {args.home} --entries 1000000")
     if not os.environ.get("HASHSVC_API_KEY"):  # a key of the home's own, else the first start's
         os.environ["HASHSVC_API_KEY"] = key_file.read_text().strip()
-    common = ["--duration", str(args.duration), "--warmup", str(args.warmup)]
+    common = (["--calls", str(args.calls)] if args.calls
+              else ["--duration", str(args.duration), "--warmup", str(args.warmup)])
     figure = args.figure
     before = ([hashsvc_target("hashsvc (before)", args.home, source=args.before)]
               if args.before else [])

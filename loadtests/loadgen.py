@@ -14,6 +14,9 @@ so a single connection would load a single worker, however high the concurrency.
 
 The run is bounded twice: it stops issuing calls after `--warmup` + `--duration` seconds or after
 `--max-requests` calls (stream items), whichever comes first, and every call has a deadline.
+`--calls N` bounds the run by work alone: exactly N calls, no warm-up and no time window, so
+that a smoke test measures something however busy the machine is (its figures are then over
+the whole run, cold start included).
 Throughput counts the successful calls that end between the end of the warm-up and the end of the
 load; latency percentiles cover the successful calls that start after the warm-up; errors are
 counted by gRPC status code over every call that ends after the warm-up. Nothing is retried, so
@@ -229,8 +232,10 @@ async def stream_worker(
     (or the stream is closed), so a shallower client window stalls until the deadline.
     """
     while budget.issued < budget.max_requests and time.perf_counter() < budget.stop_at:
-        call = stub.ScanImages(metadata=metadata,
-                               timeout=max(budget.stop_at - time.perf_counter(), 0) + timeout)
+        # A timed run's streams end with it; a call-bounded one's get a deadline per item.
+        remaining = (budget.stop_at - time.perf_counter() if math.isfinite(budget.stop_at)
+                     else timeout * (budget.max_requests - budget.issued))
+        call = stub.ScanImages(metadata=metadata, timeout=max(remaining, 0) + timeout)
         sent: dict[str, float] = {}
         slots = asyncio.Semaphore(window)
 
@@ -289,6 +294,7 @@ class Settings:
     duration: float
     warmup: float
     max_requests: int
+    calls: int | None  # exactly this many calls, with no time bound (see --calls)
     batch: int
     stream_window: int
     timeout: float
@@ -319,7 +325,9 @@ async def run(settings: Settings) -> dict[str, Any]:
         stubs = [scan_pb2_grpc.ScanServiceStub(channel) for channel in channels]
         cpu_started = time.process_time()
         started = time.perf_counter()
-        budget = Budget(started + settings.warmup + settings.duration, settings.max_requests)
+        budget = (Budget(math.inf, settings.calls) if settings.calls
+                  else Budget(started + settings.warmup + settings.duration,
+                              settings.max_requests))
         recorder = Recorder()
         workers: list[Awaitable[None]] = []
         requests: Sequence[Any] = []
@@ -342,7 +350,8 @@ async def run(settings: Settings) -> dict[str, Any]:
                 workers.append(unary_worker(call, requests, i * 997, budget, recorder, metadata,
                                             settings.timeout))
         # Every call has a deadline, so this bound is only a last resort against a hung channel.
-        hard_limit = settings.warmup + settings.duration + settings.timeout + 30
+        hard_limit = (settings.timeout * settings.calls if settings.calls
+                      else settings.warmup + settings.duration) + settings.timeout + 30
         await asyncio.wait_for(asyncio.gather(*workers), timeout=hard_limit)
         wall = time.perf_counter() - started
         cpu = time.process_time() - cpu_started
@@ -465,6 +474,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-requests", type=_positive(int), default=1_000_000,
                         help="hard bound on calls (stream items), warm-up included "
                              "(default %(default)s)")
+    parser.add_argument("--calls", type=_positive(int),
+                        help="make exactly this many calls (stream items) and stop, with no "
+                             "warm-up and no time bound: --duration, --warmup and "
+                             "--max-requests are ignored (smoke tests and CI)")
     parser.add_argument("--batch", type=_positive(int), default=1,
                         help="scan-hashes: hashes per call, 1-10000 (default %(default)s)")
     parser.add_argument("--known-hashes", type=Path,
@@ -521,8 +534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(
         mode=args.mode, target=args.target, api_key=args.api_key,
         concurrency=args.concurrency, channels=min(args.channels or 8, args.concurrency),
-        duration=args.duration, warmup=args.warmup,
-        max_requests=args.max_requests, batch=args.batch, stream_window=args.stream_window,
+        duration=args.duration, warmup=0.0 if args.calls else args.warmup,
+        max_requests=args.calls or args.max_requests, calls=args.calls, batch=args.batch,
+        stream_window=args.stream_window,
         timeout=args.timeout, image=image, known_hashes=known,
         match_fraction=args.match_fraction,
     )

@@ -5,8 +5,10 @@
         --known-hashes HOME/loadtest-known-pdq.txt --only-summary
 
 Each user holds its own sync `hashsvc_client.Client` (one channel) and calls, with no wait in
-between, ScanHashes (weight 3; `--batch` hashes, `--match-fraction` of them from
-`--known-hashes`) and ScanImage (weight 1; `--image`, default the ~1 MP JPEG loadgen.py makes).
+between, ScanHashes (three calls in four; `--batch` hashes, `--match-fraction` of them from
+`--known-hashes`) and ScanImage (one in four; `--image`, default the ~1 MP JPEG loadgen.py
+makes). `--calls N` ends the run after N calls in all instead of after `-t` (smoke tests: bounded
+by work, so a busy machine makes the run slower, never empty).
 Every call fires Locust's request event: type "grpc", the method as name, its time, and on failure
 the client's exception, whose text starts with the gRPC status code.
 
@@ -31,8 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gevent  # type: ignore[import-untyped]  # locust's own dependency; no stubs
 import grpc.experimental.gevent as grpc_gevent
 import locust
+import locust.exception
 from hashsvc_client import Client, HashsvcClientError
 from locust.env import Environment
 
@@ -64,6 +68,9 @@ def _add_options(parser: argparse.ArgumentParser, **_: Any) -> None:
     parser.add_argument("--batch", type=int, default=1, help="hashsvc: hashes per ScanHashes")
     parser.add_argument("--image", default="", help="hashsvc: image for ScanImage "
                         "(default: a photos-cc0 photo upscaled to ~1 MP, JPEG q90)")
+    parser.add_argument("--calls", type=int, default=0,
+                        help="hashsvc: stop the run after this many calls in all (default: "
+                        "no bound; use -t)")
 
 
 def _refuse_remote_hosts(environment: Environment, **_: Any) -> None:
@@ -98,6 +105,12 @@ def _hash_batches(known_path: str, batch: int, match_fraction: float) -> list[An
             for request in hash_requests(batch, known, match_fraction, count=256)]
 
 
+# Calls made so far by every user of this process (gevent: one thread, no lock needed).
+_calls_made = 0
+# Three ScanHashes to one ScanImage, in a fixed order, so that any run of four calls has both.
+_MIX = ("ScanHashes", "ScanHashes", "ScanImage", "ScanHashes")
+
+
 class HashsvcUser(locust.User):
     """A platform scanning uploads: mostly hashes computed on its side, some whole images."""
 
@@ -111,6 +124,7 @@ class HashsvcUser(locust.User):
         self._batch = int(getattr(options, "batch", 1))
         self._image_path = str(getattr(options, "image", "") or "")
         self._random = random.Random()
+        self._calls = int(getattr(options, "calls", 0) or 0)
         self.client = Client(self.host, api_key=os.environ.get("HASHSVC_API_KEY"))
 
     def on_stop(self) -> None:
@@ -130,12 +144,19 @@ class HashsvcUser(locust.User):
             response_length=length, exception=exception, context={},
         )
 
-    @locust.task(3)
-    def scan_hashes(self) -> None:
-        hashes = self._random.choice(_hash_batches(self._known, self._batch, self._fraction))
-        self._timed("ScanHashes", lambda: self.client.scan_hashes(hashes))
-
-    @locust.task(1)
-    def scan_image(self) -> None:
-        image = _image(self._image_path)
-        self._timed("ScanImage", lambda: self.client.scan_image(image))
+    @locust.task
+    def scan(self) -> None:
+        global _calls_made
+        if self._calls and _calls_made >= self._calls:
+            raise locust.exception.StopUser()
+        number, _calls_made = _calls_made, _calls_made + 1
+        if _MIX[number % len(_MIX)] == "ScanImage":
+            image = _image(self._image_path)
+            self._timed("ScanImage", lambda: self.client.scan_image(image))
+        else:
+            hashes = self._random.choice(_hash_batches(self._known, self._batch, self._fraction))
+            self._timed("ScanHashes", lambda: self.client.scan_hashes(hashes))
+        if self._calls and number + 1 == self._calls and self.environment.runner is not None:
+            # The last call is in: end the run, from outside this user's greenlet (quit
+            # kills every user, and killing the caller's own greenlet hangs the process).
+            gevent.spawn(self.environment.runner.quit)

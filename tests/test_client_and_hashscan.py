@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import venv
@@ -59,6 +60,89 @@ def test_hashscan_folder_reports_matches_and_exits_1(
     # hashscan hashes locally with the reference pipeline, as the list was hashed: exact. The
     # server scans with fast PDQ, within a few bits of it (README: Performance).
     assert match["distance"] == 0 if hash_only else 0 <= match["distance"] <= 10
+
+
+def test_hashscan_keeps_local_paths_out_of_the_server_audit_log(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Issue 12, item 18: a file's path is not its request id; the server sees a hash of it."""
+    from hashsvc_client.cli import item_id
+
+    upload = tmp_path / "private-case-folder" / "alice-upload.jpg"
+    upload.parent.mkdir()
+    upload.write_bytes(BRIDGE_ORIGINAL.read_bytes())
+    for mode in ([], ["--hash-only"]):
+        result = _hashscan(server, str(upload), *mode)
+        assert result.returncode == 1, result.stderr
+        assert _records(result.stdout)[str(upload)]["matched"]
+    audit = (server.home / "audit.jsonl").read_text()
+    assert audit.count(item_id(str(upload))) == 2
+    assert "private-case-folder" not in audit and "alice-upload" not in audit
+
+
+def test_hashscan_into_a_closed_pipe_ends_quietly(server: ServerProcess) -> None:
+    from tests.test_cli import closed_pipe_run
+
+    result = closed_pipe_run([sys.executable, "-m", "hashsvc_client.cli", "--server",
+                              server.target, "--api-key", server.keys["scanner"],
+                              str(BRIDGE_ORIGINAL)])
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+def test_healthcheck_finds_the_server_through_hashsvc_server(server: ServerProcess) -> None:
+    """As every client does: HASHSVC_SERVER names the server when --target is not given."""
+    env = {k: v for k, v in os.environ.items() if k != "HASHSVC_LISTEN"}
+    result = subprocess.run([sys.executable, "-m", "hashsvc", "healthcheck"], capture_output=True,
+                            text=True, timeout=60, env={**env, "HASHSVC_SERVER": server.target})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{server.target}: SERVING\n"
+
+
+DIHEDRAL_COPIES = IMAGES / "dih"  # the bridge, rotated and mirrored eight ways
+
+
+def test_hash_only_matches_rotated_and_flipped_copies_as_images_do(server: ServerProcess) -> None:
+    """Issue 12, defect 16: the local hashing sends the 8 dihedral PDQ hashes, marked, so all 8
+    reference copies match through the hashes path and report the transform ScanImage reports;
+    --no-dihedral turns it off."""
+    files = sorted(DIHEDRAL_COPIES.iterdir())
+    assert len(files) == 8
+    as_images = _records(_hashscan(server, str(DIHEDRAL_COPIES)).stdout)
+    hashed = _hashscan(server, str(DIHEDRAL_COPIES), "--hash-only")
+    assert hashed.returncode == 1, hashed.stderr
+    as_hashes = _records(hashed.stdout)
+    transforms = set()
+    for path in files:
+        by_image, by_hash = as_images[str(path)]["matches"], as_hashes[str(path)]["matches"]
+        assert by_hash and by_image, path.name
+        assert by_hash[0]["query_transform"] == by_image[0]["query_transform"], path.name
+        transforms.add(by_hash[0]["query_transform"])
+    assert len(transforms) == 8  # each copy matched through its own variant
+    plain = _records(_hashscan(server, str(DIHEDRAL_COPIES), "--hash-only", "--no-dihedral").stdout)
+    assert [p.name for p in files if plain[str(p)]["matched"]] == ["bridge-1-original.jpg"]
+
+
+def test_scan_hashes_of_hash_file_matches_every_dihedral_copy(server: ServerProcess) -> None:
+    from hashsvc_client import InvalidArgument
+    from hashsvc_client.hashing import hash_file
+    from hashsvc_client.v1 import types_pb2
+
+    with Client(server.target, api_key=server.keys["scanner"]) as client:
+        for path in sorted(DIHEDRAL_COPIES.iterdir()):
+            hashes = hash_file(path)
+            assert len(hashes) == 2 + 7 and hashes[0].transform == types_pb2.TRANSFORM_UNSPECIFIED
+            result = client.scan_hashes(hashes)
+            assert result.matched, path.name
+            match = result.matches[0]
+            assert hashes[match.hash_index].transform in (match.query_transform,
+                                                          types_pb2.TRANSFORM_UNSPECIFIED)
+            # The server honours disable_dihedral for marked hashes as it does for images.
+            plain_only = client.scan_hashes(hashes, dihedral=False)
+            assert plain_only.matched == (path.name == "bridge-1-original.jpg")
+        digest = hash_file(DIHEDRAL_COPIES / "bridge-1-original.jpg", ("md5",))[0]
+        digest.transform = types_pb2.TRANSFORM_ROTATE_90
+        with pytest.raises(InvalidArgument, match="perceptual hashes only"):
+            client.scan_hashes([digest])
 
 
 def test_hashscan_exit_codes(server: ServerProcess, tmp_path: Path) -> None:

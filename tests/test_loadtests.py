@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LOADGEN = ROOT / "loadtests" / "loadgen.py"
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 MODES = ("scan-image", "scan-hashes", "stream")
+# Smoke runs are bounded by calls, never by a time window: a busy machine makes them slower,
+# not empty (a 1-second window once completed no call at all).
+CALLS = 24
 # A dev dependency: missing, its test fails (never skips), since CI must prove the locustfile runs.
 LOCUST_INSTALLED = importlib.util.find_spec("locust") is not None
 
@@ -57,8 +60,7 @@ def runs(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> dic
     known = str(server.home / KNOWN_FILE)
     commands: dict[str, list[str]] = {
         mode: [sys.executable, str(LOADGEN), mode, "--target", server.target,
-               "--concurrency", "4", "--warmup", "0.3", "--duration", "1.5",
-               "--max-requests", "100000", "--json", str(out / f"{mode}.json"),
+               "--concurrency", "4", "--calls", str(CALLS), "--json", str(out / f"{mode}.json"),
                *(["--batch", "5", "--known-hashes", known, "--match-fraction", "0.5"]
                  if mode == "scan-hashes" else [])]
         for mode in MODES
@@ -66,7 +68,7 @@ def runs(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> dic
     if LOCUST_INSTALLED:  # otherwise its test fails, saying so; the loadgen tests still run
         commands["locust"] = [
             sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "2",
-            "-r", "2", "-t", "3s", "--host", server.target, "--only-summary",
+            "-r", "2", "--calls", str(CALLS), "--host", server.target, "--only-summary",
             "--json-file", str(out / "locust"), "--known-hashes", known,
         ]
     outcomes: dict[str, Run] = {}
@@ -93,7 +95,8 @@ def test_loadgen_mode_does_real_work_without_errors(runs: dict[str, Run], mode: 
     result = run.result
     assert result == json.loads(run.stdout.splitlines()[-1])  # printed and written alike
     assert (result["mode"], result["concurrency"], result["channels"]) == (mode, 4, 4)
-    assert result["requests"] > 0 and result["ok"] == result["requests"]
+    assert result["requests"] == result["ok"] == result["issued_total"] == CALLS
+    assert result["stopped_by"] == "max-requests"
     assert result["throughput_per_second"] > 0
     assert result["errors"] == {} and result["error_count"] == 0
     latency = result["latency_ms"]
@@ -140,7 +143,7 @@ def test_bench_service_prints_baseline_and_hashsvc_side_by_side(
     out = tmp_path / "figures.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "loadtests" / "bench_service.py"), figure,
-         "--home", str(server.home), "--rounds", "1", "--duration", "1", "--warmup", "0.3",
+         "--home", str(server.home), "--rounds", "1", "--calls", "12",
          "--concurrency", "4", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "HASHSVC_API_KEY": server.keys["admin"]},

@@ -12,7 +12,7 @@ from hashsvc_client.v1 import admin_pb2, types_pb2
 from hashsvc.algorithms import ALGORITHMS, HashValue, get_algorithm
 from hashsvc.errors import HashsvcError, InvalidHashError
 from hashsvc.limits import LIMITS, check_external_id, check_metadata, representable
-from hashsvc.matcher import Match
+from hashsvc.matcher import IDENTITY, Match
 from hashsvc.scanner import ComputedHash, ScanOptions, ScanResult, Timings
 from hashsvc.store import Bank, EntrySelector, NewEntry
 from hashsvc.strategies import MatchStrategies
@@ -66,6 +66,29 @@ def hash_from_proto(message: types_pb2.Hash, where: str) -> HashValue:
 
 def hashes_from_proto(messages: Sequence[types_pb2.Hash], field: str) -> list[HashValue]:
     return [hash_from_proto(m, f"{field}[{i}]") for i, m in enumerate(messages)]
+
+
+_PLAIN = (types_pb2.TRANSFORM_UNSPECIFIED, types_pb2.TRANSFORM_IDENTITY)
+
+
+def transforms_from_proto(messages: Sequence[types_pb2.Hash], field: str) -> list[str]:
+    """Each hash's `transform` as the matcher names it ("identity" when unset), so that a
+    caller's rotated variant reports its transform as a ScanImage variant does."""
+    names: list[str] = []
+    for index, message in enumerate(messages):
+        if message.transform in _PLAIN:
+            names.append(IDENTITY)
+            continue
+        where = f"{field}[{index}]"
+        try:
+            name = types_pb2.Transform.Name(message.transform)
+        except ValueError:
+            raise InvalidHashError(f"{where}: unknown transform {message.transform}") from None
+        if get_algorithm(algorithm_name(message.algorithm, where)).exact:
+            raise InvalidHashError(f"{where}: {name} applies to perceptual hashes only, not to "
+                                   "a digest of the file bytes")
+        names.append(name.removeprefix("TRANSFORM_").lower())
+    return names
 
 
 _DEFAULT_OPTIONS = ScanOptions()

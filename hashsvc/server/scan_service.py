@@ -79,7 +79,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
                 "(use several calls or the ScanImages stream)"
             )
         values = convert.hashes_from_proto(messages, "hashes")
-        return self._scanner.scan_hashes(values, convert.options_from_proto(options))
+        return self._scanner.scan_hashes(values, convert.options_from_proto(options),
+                                         convert.transforms_from_proto(messages, "hashes"))
 
     def HashImage(
         self, request: scan_pb2.HashImageRequest, context: grpc.ServicerContext

@@ -11,7 +11,7 @@ from hashsvc.algorithms import ALGORITHMS
 from hashsvc.errors import HashsvcError
 from hashsvc.limits import LIMITS, check_text, quote
 from hashsvc.store import NewEntry
-from indexer.commands.common import add_command, open_store, say, show_progress
+from indexer.commands.common import add_command, open_store, say, show_progress, when_served
 from indexer.folders import find_images, hash_files
 
 DEFAULT_ALGORITHMS = ("pdq", "md5")
@@ -85,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
                        for name, h in result.variants)
     with open_store(args) as store:
         added = store.add_entries(args.bank, entries)
+        bank = store.get_bank(args.bank)
     say(f"{len(files) - failures:,} images hashed, {failures:,} skipped; "
-        f"added {added.added:,} entries, duplicates {added.duplicates:,}")
+        f"added {added.added:,} entries, duplicates {added.duplicates:,}: {when_served(bank)}")
     return 3 if failures else 0

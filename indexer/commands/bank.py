@@ -10,7 +10,7 @@ from typing import Any
 from hashsvc.errors import HashsvcError
 from hashsvc.store import BANK_KINDS, Bank
 from hashsvc.strategies import MatchStrategies, parse_crop_list
-from indexer.commands.common import add_command, emit, open_store, say
+from indexer.commands.common import add_command, emit, open_store, say, when_served
 
 
 def register(subcommands: Any) -> None:
@@ -23,6 +23,9 @@ def register(subcommands: Any) -> None:
         "--threshold pdq=31", _create,
     )
     create.add_argument("name")
+    create.add_argument("--staged", action="store_true",
+                        help="create it disabled: import and review its entries, which no "
+                        "server matches until `indexer bank enable NAME`")
     _bank_fields(create)
 
     listing = add_command(verbs, "list", "List banks with entry counts.",
@@ -39,7 +42,17 @@ def register(subcommands: Any) -> None:
     state = update.add_mutually_exclusive_group()
     state.add_argument("--enable", dest="enabled", action="store_const", const=True)
     state.add_argument("--disable", dest="enabled", action="store_const", const=False,
-                       help="keep the bank but leave it out of the next snapshot")
+                       help="keep the bank but stop serving it (as `bank disable`)")
+
+    enable = add_command(
+        verbs, "enable", "Put a bank live: running servers match its entries within about a "
+        "second (no publish needed).", "indexer bank enable ncmec-2026-12", _enable)
+    enable.add_argument("name")
+    disable = add_command(
+        verbs, "disable", "Take a bank out of service (its entries stay in the store): running "
+        "servers stop matching it within about a second.", "indexer bank disable old-list",
+        _disable)
+    disable.add_argument("name")
 
     delete = add_command(verbs, "delete", "Delete a bank and all its entries.",
                          "indexer bank delete old-list --yes", _delete)
@@ -101,13 +114,30 @@ def _thresholds(values: list[str] | None) -> dict[str, int] | None:
 
 
 def _create(args: argparse.Namespace) -> int:
-    with open_store(args) as store:
+    with open_store(args, create=True) as store:
         bank = store.create_bank(
             args.name, description=args.description or "", kind=args.kind or "match",
             tags=args.tags or (), thresholds=_thresholds(args.thresholds),
-            strategies=_strategies(args, MatchStrategies()),
+            strategies=_strategies(args, MatchStrategies()), enabled=not args.staged,
         )
-    say(f"created {bank.kind} bank {bank.name!r} ({bank.strategies.describe()})")
+    say(f"created {bank.kind} bank {bank.name!r} ({bank.strategies.describe()})"
+        + (f"; {when_served(bank)}" if args.staged else ""))
+    return 0
+
+
+def _enable(args: argparse.Namespace) -> int:
+    return _set_enabled(args.name, args, True)
+
+
+def _disable(args: argparse.Namespace) -> int:
+    return _set_enabled(args.name, args, False)
+
+
+def _set_enabled(name: str, args: argparse.Namespace, enabled: bool) -> int:
+    with open_store(args) as store:
+        bank = store.update_bank(name, enabled=enabled)
+    say(f"{'enabled' if enabled else 'disabled'} bank {name!r} ({bank.entry_count:,} entries): "
+        f"{when_served(bank)}")
     return 0
 
 
@@ -121,12 +151,18 @@ def _list(args: argparse.Namespace) -> int:
     if not banks:
         say("no banks yet: create one with `indexer bank create NAME`")
         return 0
-    print(f"{'NAME':24} {'KIND':9} {'ENABLED':7} {'ENTRIES':>10}  TAGS / THRESHOLDS / STRATEGIES")
+    rows = [("NAME", "KIND", "ENABLED", "ENTRIES", "TAGS / THRESHOLDS / STRATEGIES")]
     for bank in banks:
-        thresholds = " ".join(f"{k}={v}" for k, v in sorted(bank.thresholds.items()))
-        print(f"{bank.name:24} {bank.kind:9} {'yes' if bank.enabled else 'no':7} "
-              f"{bank.entry_count:>10,}  {','.join(bank.tags)} {thresholds} "
-              f"[{bank.strategies.describe()}]".replace("  ", " "))
+        parts = [",".join(bank.tags),
+                 " ".join(f"{k}={v}" for k, v in sorted(bank.thresholds.items())),
+                 f"[{bank.strategies.describe()}]"]
+        rows.append((bank.name, bank.kind, "yes" if bank.enabled else "no",
+                     f"{bank.entry_count:,}", " ".join(part for part in parts if part)))
+    # Columns as wide as their widest cell: names are up to 64 characters.
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for name, kind, enabled, entries, details in rows:
+        print(f"{name:{widths[0]}}  {kind:{widths[1]}}  {enabled:{widths[2]}}  "
+              f"{entries:>{widths[3]}}  {details}")
     return 0
 
 
@@ -137,7 +173,12 @@ def _update(args: argparse.Namespace) -> int:
             enabled=args.enabled, tags=args.tags, thresholds=_thresholds(args.thresholds),
             strategies=_strategies(args, store.get_bank(args.name).strategies),
         )
-    say(f"updated bank {bank.name!r} ({bank.strategies.describe()})")
+    settings = [args.rename, args.description, args.kind, args.tags, args.thresholds]
+    later = any(v is not None for v in settings) or _strategies(args, bank.strategies) is not None
+    say(f"updated bank {bank.name!r} ({bank.strategies.describe()})"
+        + (f"; {when_served(bank)}" if args.enabled is not None else "")
+        + ("; name, kind, tags, thresholds and strategies apply from the next `indexer publish`"
+           if later else ""))
     return 0
 
 

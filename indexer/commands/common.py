@@ -8,8 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from hashsvc.home import DataHome
-from hashsvc.store import Store
+from hashsvc.home import DataHome, keep_private
+from hashsvc.store import Bank, Store
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -29,12 +29,27 @@ def add_command(
     return parser
 
 
-def home(args: argparse.Namespace) -> DataHome:
-    return DataHome.resolve(args.home)
+def home(args: argparse.Namespace, *, create: bool = False) -> DataHome:
+    """The data home; it must exist unless `create` (only `bank create` starts a new one)."""
+    keep_private()
+    found = DataHome.resolve(args.home)
+    return found.create() if create else found.require()
 
 
-def open_store(args: argparse.Namespace) -> Store:
-    return Store(home(args).store_path)
+def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
+    return Store(home(args, create=create).store_path)
+
+
+def when_served(bank: Bank) -> str:
+    """What an entry change in `bank` means for running servers, for the command's summary.
+
+    Servers apply store changes within a reload interval (0.1 s by default) through their
+    in-memory delta; a publish is only the compaction of those changes into a new snapshot."""
+    if not bank.enabled:
+        return (f"bank {bank.name!r} is staged (disabled): none of it is served until "
+                f"`indexer bank enable {bank.name}`")
+    return ("live on running servers within about a second; `indexer publish` later compacts "
+            "the changes into a new snapshot")
 
 
 def emit(record: dict[str, Any]) -> None:

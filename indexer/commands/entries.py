@@ -8,20 +8,21 @@ from typing import Any
 from hashsvc.algorithms import parse_hash
 from hashsvc.errors import HashsvcError
 from hashsvc.store import EntrySelector
-from indexer.commands.common import add_command, open_store, say
+from indexer.commands.common import add_command, open_store, say, when_served
 
 
 def register(subcommands: Any) -> None:
     disable = add_command(
         subcommands, "disable",
         "Disable entries (e.g. confirmed false positives): kept in the store with the reason, "
-        "left out of the next snapshot.",
+        "no longer matched by running servers within about a second (no publish needed).",
         "indexer disable my-bank --external-id img-0042 --reason 'false positive, ticket 881'",
         _disable,
     )
-    enable = add_command(subcommands, "enable", "Re-enable disabled entries.",
-                         "indexer enable my-bank --id 17", _enable)
-    remove = add_command(subcommands, "remove", "Delete entries from a bank for good.",
+    enable = add_command(subcommands, "enable", "Re-enable disabled entries (live within about "
+                         "a second).", "indexer enable my-bank --id 17", _enable)
+    remove = add_command(subcommands, "remove", "Delete entries from a bank for good (live "
+                         "within about a second).",
                          "indexer remove my-bank --hash pdq:f8f8f0cc...", _remove)
     for parser in (disable, enable, remove):
         parser.add_argument("bank")
@@ -51,19 +52,22 @@ def _selector(args: argparse.Namespace) -> EntrySelector:
 def _disable(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         count = store.set_disabled(args.bank, _selector(args), True, args.reason)
-    say(f"disabled {count:,} entries in {args.bank!r} (publish to take effect)")
+        bank = store.get_bank(args.bank)
+    say(f"disabled {count:,} entries in {args.bank!r}: {when_served(bank)}")
     return 0 if count else 4
 
 
 def _enable(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         count = store.set_disabled(args.bank, _selector(args), False)
-    say(f"enabled {count:,} entries in {args.bank!r} (publish to take effect)")
+        bank = store.get_bank(args.bank)
+    say(f"enabled {count:,} entries in {args.bank!r}: {when_served(bank)}")
     return 0 if count else 4
 
 
 def _remove(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         count = store.remove_entries(args.bank, _selector(args))
-    say(f"removed {count:,} entries from {args.bank!r} (publish to take effect)")
+        bank = store.get_bank(args.bank)
+    say(f"removed {count:,} entries from {args.bank!r}: {when_served(bank)}")
     return 0 if count else 4

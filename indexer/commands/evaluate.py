@@ -60,6 +60,9 @@ def _run(args: argparse.Namespace) -> int:
         transforms=_pick(args.transforms, BY_NAME, "transform"),
         target_fpr=args.target_fpr, workers=args.workers, progress=show_progress(),
     )
+    # Said before the run (minutes long), and again with the results, not discovered after.
+    if missing_plots := report.plots_unavailable():
+        say(f"warning: plots will not be drawn: {missing_plots}")
     evaluation = evaluate(config)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = report.summarise(evaluation)
@@ -73,6 +76,9 @@ def _run(args: argparse.Namespace) -> int:
             f"{method['fpr_at_default']:.2g}; recall {100 * method['recall_at_default']:.1f}% "
             f"(threshold {method['threshold_at_target']} for FPR <= {config.target_fpr:g}: "
             f"{100 * method['recall_at_target']:.1f}%)")
+    if missing_plots:
+        say(f"warning: no plots were drawn: {missing_plots}; the report and results.json "
+            "are complete")
     if summary["pairs"] * config.target_fpr < 1:
         say(f"warning: {summary['pairs']:,} pairs cannot resolve a false-positive rate of "
             f"{config.target_fpr:g}: the thresholds for it are optimistic; use more originals "

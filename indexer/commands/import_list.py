@@ -13,6 +13,7 @@ from indexer.hashlists import FORMATS, detect_format
 from indexer.importing import import_file
 
 _SHOWN = 50
+EXIT_PARTIAL = 7  # the valid lines were imported, some invalid ones were skipped (indexer.cli)
 
 
 def register(subcommands: Any) -> None:
@@ -29,7 +30,8 @@ def register(subcommands: Any) -> None:
     parser.add_argument("--algorithm", choices=tuple(ALGORITHMS),
                         help="for lines without an algorithm column (required for .txt)")
     parser.add_argument("--skip-invalid", action="store_true",
-                        help="import the valid lines and list the invalid ones")
+                        help="import the valid lines and list the invalid ones; exits 7 if "
+                        "any line was rejected")
     parser.add_argument("--rejects", type=Path, metavar="FILE",
                         help="write every rejected line (file:line: reason) here")
 
@@ -57,4 +59,10 @@ def _run(args: argparse.Namespace) -> int:
             rejects.extend(str(p) for p in report.rejected)
     if args.rejects is not None:
         args.rejects.write_text("".join(f"{line}\n" for line in rejects))
-    return 3 if failed else 0
+    if failed:
+        return 3
+    if rejects:  # --skip-invalid left lines out: a script must not take that for a clean import
+        say(f"{len(rejects):,} invalid lines were rejected and not imported "
+            f"(exit {EXIT_PARTIAL})")
+        return EXIT_PARTIAL
+    return 0

@@ -1,4 +1,4 @@
-"""`indexer publish`: build a snapshot from the store and make it current."""
+"""`indexer publish`: compact the store into a new snapshot and make it current."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from indexer.commands.common import add_command, emit, home, open_store, say
 def register(subcommands: Any) -> None:
     parser = add_command(
         subcommands, "publish",
-        "Build a snapshot of every enabled bank and switch `current` to it atomically. "
-        "Servers watching the snapshot directory pick it up without a restart. "
+        "Compact the store into a new snapshot of every enabled bank and switch `current` to "
+        "it atomically; servers pick it up without a restart. Entry changes and banks enabled "
+        "or disabled are already live on running servers (within about a second, from an "
+        "in-memory delta): publishing keeps that delta small, so run it after large imports "
+        "or on a schedule. Bank names, kinds, tags, thresholds and strategies change here. "
         "Does nothing if the store has not changed since the current snapshot.",
         "indexer publish --keep 5", _run,
     )

@@ -1,4 +1,10 @@
-"""`indexer stats`: what the store holds and what the current snapshot serves."""
+"""`indexer stats`: what the store holds, what running servers match, and the current snapshot.
+
+Servers match the current snapshot plus every store change made since it (their delta, applied
+within a reload interval), so what they serve is the store's active entries: not disabled, in
+enabled banks. That is the figure to read; the snapshot's own counts lag until the next publish
+compacts the changes into it.
+"""
 
 from __future__ import annotations
 
@@ -12,28 +18,35 @@ from indexer.commands.common import add_command, home, open_store
 
 def register(subcommands: Any) -> None:
     parser = add_command(subcommands, "stats",
-                         "Show entry counts per bank and algorithm, and the current snapshot.",
+                         "Show entry counts per bank and algorithm: stored, served by running "
+                         "servers (live changes included), and in the current snapshot.",
                          "indexer stats --json", _run)
     parser.add_argument("--json", action="store_true")
 
 
 def _run(args: argparse.Namespace) -> int:
+    data_home = home(args)
     with open_store(args) as store:
         stats = store.stats()
-    snapshots_dir = home(args).snapshots_dir
-    version = current_version(snapshots_dir)
+        staged = sorted(bank.name for bank in store.list_banks() if not bank.enabled)
+        version = current_version(data_home.snapshots_dir)
+        manifest = read_manifest(data_home.snapshots_dir / version) if version else None
+        changed = (len(store.changes_since(int(manifest["store_revision"])).changed)
+                   if manifest else None)
+    served = sum(sum(counts.values()) for counts in stats.served_by_bank_algorithm.values())
     snapshot: dict[str, Any] | None = None
-    if version is not None:
-        manifest = read_manifest(snapshots_dir / version)
+    if manifest is not None:
         snapshot = {"version": version, "created_at": manifest["created_at"],
                     "store_revision": manifest["store_revision"],
                     "up_to_date": manifest["store_revision"] == stats.revision,
-                    "counts": manifest["counts"]}
+                    "entries_changed_since": changed, "counts": manifest["counts"]}
     report = {
         "store": {"revision": stats.revision, "banks": stats.banks, "entries": stats.entries,
-                  "disabled": stats.disabled, "by_bank": stats.by_bank_algorithm},
+                  "disabled": stats.disabled, "staged_banks": staged,
+                  "by_bank": stats.by_bank_algorithm},
+        "served": {"entries": served, "by_bank": stats.served_by_bank_algorithm},
         "snapshot": snapshot,
-        "versions_on_disk": list_versions(snapshots_dir),
+        "versions_on_disk": list_versions(data_home.snapshots_dir),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -41,10 +54,17 @@ def _run(args: argparse.Namespace) -> int:
     print(f"store: {stats.entries:,} entries ({stats.disabled:,} disabled) in {stats.banks} "
           f"banks, revision {stats.revision}")
     for bank, counts in sorted(stats.by_bank_algorithm.items()):
-        print(f"  {bank}: " + ", ".join(f"{n:,} {a}" for a, n in sorted(counts.items())))
+        state = " (staged: disabled bank, not served)" if bank in staged else ""
+        print(f"  {bank}: " + ", ".join(f"{n:,} {a}" for a, n in sorted(counts.items())) + state)
+    print(f"served: {served:,} entries, what running servers match now (live changes "
+          "included)")
     if snapshot is None:
-        print("snapshot: none published yet (run `indexer publish`)")
+        print("snapshot: none published yet (run `indexer publish`; a starting server also "
+              "publishes one)")
+    elif snapshot["up_to_date"]:
+        print(f"snapshot: {version}, {snapshot['counts']['entries']:,} entries (up to date)")
     else:
-        state = "up to date" if snapshot["up_to_date"] else "store has unpublished changes"
-        print(f"snapshot: {version}, {snapshot['counts']['entries']:,} entries ({state})")
+        print(f"snapshot: {version}, {snapshot['counts']['entries']:,} entries; {changed:,} "
+              "entries changed since are served live from the store (`indexer publish` "
+              "compacts them into a new snapshot)")
     return 0

@@ -159,6 +159,8 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
                       "optimistic."]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    elif missing := plots_unavailable():
+        lines += ["", "## Plots", "", f"Not drawn: {missing}."]
     if summary["errors"]:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in summary["errors"]]
     return "\n".join(lines) + "\n"
@@ -168,9 +170,21 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+PLOTS_EXTRA = "pip install 'hashsvc[evaluate]'"
+
+
+def plots_unavailable() -> str | None:
+    """Why the plots cannot be drawn (matplotlib, an optional extra, is missing), or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return f"matplotlib is not installed ({PLOTS_EXTRA})"
+    return None
+
+
 def plot(summary: dict[str, Any], directory: Path) -> list[str]:
-    """recall_vs_fpr.png, recall_by_group.png and recall_by_transform.png; [] (and no error)
-    without matplotlib."""
+    """recall_vs_fpr.png, recall_by_group.png and recall_by_transform.png; [] without
+    matplotlib (`plots_unavailable` says so, for the caller to tell the user)."""
     try:
         import matplotlib  # optional: the `evaluate` extra
         matplotlib.use("Agg")

@@ -121,7 +121,7 @@ def scan_image_request(
 
 
 def scan_hashes_request(
-    hashes: Iterable[HashLike], request_id: str, banks: Sequence[str]
+    hashes: Iterable[HashLike], request_id: str, banks: Sequence[str], dihedral: bool = True
 ) -> scan_pb2.ScanHashesRequest:
     return scan_pb2.ScanHashesRequest(hashes=to_hashes(hashes), request_id=request_id,
-                                      options=scan_options(banks))
+                                      options=scan_options(banks, dihedral=dihedral))

@@ -57,9 +57,9 @@ class AsyncClient:
 
     async def scan_hashes(
         self, hashes: Iterable[HashLike], *, request_id: str = "", banks: Sequence[str] = (),
-        timeout: float | None = None,
+        dihedral: bool = True, timeout: float | None = None,
     ) -> types_pb2.ScanResult:
-        request = _channel.scan_hashes_request(hashes, request_id, banks)
+        request = _channel.scan_hashes_request(hashes, request_id, banks, dihedral)
         try:
             response = await self._scan.ScanHashes(request, timeout=timeout or self.timeout,
                                                    metadata=self._metadata)

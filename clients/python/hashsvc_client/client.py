@@ -71,10 +71,12 @@ class Client:
 
     def scan_hashes(
         self, hashes: Iterable[HashLike], *, request_id: str = "", banks: Sequence[str] = (),
-        timeout: float | None = None,
+        dihedral: bool = True, timeout: float | None = None,
     ) -> types_pb2.ScanResult:
-        """Match hashes computed by the caller (see `hashsvc_client.hashing`)."""
-        request = _channel.scan_hashes_request(hashes, request_id, banks)
+        """Match hashes computed by the caller (see `hashsvc_client.hashing`, whose PDQ hashes
+        include the rotated and flipped variants, so rotated copies match as with scan_image).
+        `dihedral=False` has the server skip the hashes marked as such variants."""
+        request = _channel.scan_hashes_request(hashes, request_id, banks, dihedral)
         return self._call(self._scan.ScanHashes, request, timeout).result
 
     def scan_images(

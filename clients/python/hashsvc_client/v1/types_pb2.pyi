@@ -132,12 +132,20 @@ class Hash(_message.Message):
     HEX_FIELD_NUMBER: _builtins.int
     RAW_FIELD_NUMBER: _builtins.int
     QUALITY_FIELD_NUMBER: _builtins.int
+    TRANSFORM_FIELD_NUMBER: _builtins.int
     algorithm: Global___Algorithm.ValueType
     hex: _builtins.str
     raw: _builtins.bytes
     quality: _builtins.int
     """PDQ quality (0-100) if known. A PDQ hash below the quality floor (50) is not matched unless
     ScanOptions.match_low_quality is set.
+    """
+    transform: Global___Transform.ValueType
+    """ScanHashes only: the rotation or flip the caller applied to its image before hashing it, so
+    that the caller can send an upload's 8 dihedral PDQ hashes (what ScanImage queries) and a
+    match through one of them reports it as Match.query_transform. Unset means IDENTITY. Such a
+    hash is skipped with ScanOptions.disable_dihedral and by banks that do not match rotated
+    copies; perceptual kinds only.
     """
     def __init__(
         self,
@@ -146,10 +154,11 @@ class Hash(_message.Message):
         hex: _builtins.str = ...,
         raw: _builtins.bytes = ...,
         quality: _builtins.int | None = ...,
+        transform: Global___Transform.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_quality", b"_quality", "hex", b"hex", "quality", b"quality", "raw", b"raw", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quality", b"_quality", "algorithm", b"algorithm", "hex", b"hex", "quality", b"quality", "raw", b"raw", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quality", b"_quality", "algorithm", b"algorithm", "hex", b"hex", "quality", b"quality", "raw", b"raw", "transform", b"transform", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__quality: _TypeAlias = _typing.Literal["quality"]  # noqa: Y015
     _WhichOneofArgType__quality: _TypeAlias = _typing.Literal["_quality", b"_quality"]  # noqa: Y015
@@ -428,7 +437,7 @@ class Bank(_message.Message):
     description: _builtins.str
     kind: Global___BankKind.ValueType
     enabled: _builtins.bool
-    """disabled banks are left out of snapshots"""
+    """a disabled bank is not matched (live within about a"""
     entry_count: _builtins.int
     """output only"""
     created_at: _builtins.float
@@ -436,7 +445,9 @@ class Bank(_message.Message):
     updated_at: _builtins.float
     """output only, Unix seconds"""
     @_builtins.property
-    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """second) and is left out of snapshots"""
+
     @_builtins.property
     def thresholds(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """per-algorithm override, keyed "pdq", "phash", "dhash" """
