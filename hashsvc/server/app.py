@@ -13,6 +13,7 @@ import os
 from hashsvc import __version__, logs
 from hashsvc.config import ServerConfig
 from hashsvc.keys import add_key
+from hashsvc.server.keyfile import load_keys
 from hashsvc.server.ports import refuse_if_in_use
 from hashsvc.snapshot import current_version, publish
 from hashsvc.store import Store
@@ -57,6 +58,7 @@ def _ensure_keys(config: ServerConfig) -> None:
         return
     keys_file = config.resolved_keys_file
     if keys_file.exists():
+        load_keys(keys_file)  # a file that does not load refuses the start, in one line
         return
     key = add_key(keys_file, "bootstrap-admin", ["admin"])
     key_path = config.home / "bootstrap-admin.key"

@@ -27,7 +27,9 @@ from typing import Any
 import grpc
 
 from hashsvc import metrics
+from hashsvc.errors import HashsvcError
 from hashsvc.keys import KeyRing
+from hashsvc.server.keyfile import file_signature, load_keys
 
 log = logging.getLogger("hashsvc.rpc")
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="-")
@@ -48,30 +50,47 @@ def required_role(method: str) -> str | None:
 
 class KeyFile:
     """The keys file, re-read when it changes (checked at most once a second), so keys can be
-    added or revoked without a restart."""
+    added or revoked without a restart.
+
+    A file that does not load (a typo mid-edit, a half-copied file) must not turn every call
+    into UNKNOWN: the last good keys keep serving, the error is logged once per change of the
+    file (it names the file and the line, never key material: the file holds only hashes), and
+    `hashsvc_keys_file_valid` drops to 0 so an alert fires. At start-up there are no good keys
+    to keep, so the error is raised (serve refuses to start).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._checked = 0.0
-        self._mtime: float | None = None
-        self._ring = KeyRing([])
-        self.refresh(force=True)
+        self._signature: tuple[int, int, int] | None = None
+        self._ring = load_keys(path)
+        self._signature = file_signature(path)
+        metrics.KEYS_FILE_VALID.set(1)
+        log.info("loaded API keys", extra={"keys": len(self._ring), "file": str(path)})
 
-    def refresh(self, force: bool = False) -> KeyRing:
+    def refresh(self) -> KeyRing:
         now = time.monotonic()
-        if not force and now - self._checked < 1.0:
+        if now - self._checked < 1.0:
             return self._ring
         with self._lock:
             self._checked = now
+            signature = file_signature(self.path)
+            if signature == self._signature:
+                return self._ring
+            self._signature = signature  # tried once per change, whatever the outcome
             try:
-                mtime = self.path.stat().st_mtime
-            except FileNotFoundError:
-                mtime = None
-            if force or mtime != self._mtime:
-                self._ring = KeyRing.load(self.path)
-                self._mtime = mtime
-                log.info("loaded API keys", extra={"keys": len(self._ring), "file": str(self.path)})
+                self._ring = load_keys(self.path)
+            except HashsvcError as err:
+                metrics.KEYS_RELOAD_FAILURES.inc()
+                metrics.KEYS_FILE_VALID.set(0)
+                log.error("keys file not loaded; the previous keys stay in effect",
+                          extra={"file": str(self.path), "error": err.message,
+                                 "keys": len(self._ring)})
+            else:
+                metrics.KEYS_FILE_VALID.set(1)
+                log.info("loaded API keys", extra={"keys": len(self._ring),
+                                                   "file": str(self.path)})
         return self._ring
 
 
