@@ -34,7 +34,11 @@ class ServerConfig:
     max_image_pixels: int = DEFAULT_LIMITS.max_pixels
     max_image_full_decode_pixels: int = DEFAULT_LIMITS.max_full_decode_pixels
     max_concurrent_rpcs: int = 64  # beyond this, calls fail fast with RESOURCE_EXHAUSTED
+    max_streams_per_key: int = 32  # request streams one API key may hold open at once
+    max_streams_per_connection: int = 16  # ... and one connection
+    stream_idle_timeout: float = 60.0  # seconds a stream may wait on its client, then it ends
     stream_window: int = 8  # ScanImages items read ahead per stream
+    stream_buffer_bytes: int = 16 << 20  # ... and bytes of their requests held at once
     workers: int = 0  # processes sharing the port; 0 = one per core
     metrics_listen: str = "0.0.0.0:9090"  # Prometheus /metrics; empty = off
     audit_log: Path | None = None  # default: <home>/audit.jsonl
@@ -84,7 +88,14 @@ HELP: dict[str, str] = {
     "max_image_full_decode_pixels": "largest accepted image, in pixels, in a format that is "
     "decoded at full size (every format but JPEG)",
     "max_concurrent_rpcs": "calls in progress before new ones get RESOURCE_EXHAUSTED",
+    "max_streams_per_key": "request streams (ScanImages, admin uploads) one API key may have "
+    "open at once; more get RESOURCE_EXHAUSTED",
+    "max_streams_per_connection": "request streams one connection may have open at once",
+    "stream_idle_timeout": "seconds a ScanImages stream may wait on its client (no request "
+    "while nothing is pending, or a response not taken) before it is ended",
     "stream_window": "ScanImages items in flight per stream (flow control)",
+    "stream_buffer_bytes": "bytes of ScanImages requests held per stream (a single larger "
+    "item is still taken, alone)",
     "workers": "server processes sharing the port (SO_REUSEPORT); 0 = one per core",
     "metrics_listen": "host:port for Prometheus /metrics (empty: off; port 0: any)",
     "audit_log": "JSON-lines audit trail of matches; default <home>/audit.jsonl",

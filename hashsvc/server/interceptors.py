@@ -7,11 +7,10 @@ Why one: all of them need the caller's identity and the call's outcome, and a se
 would time the first. The caller's key *name* is put in a context variable for the servicers
 (audit); the key itself is compared by hash and never stored or logged.
 
-Admission: at most `max_in_flight` scan/admin calls run at once; the next one fails fast with
-RESOURCE_EXHAUSTED (and is counted) instead of queueing without bound. This is done here rather
-than with gRPC's `maximum_concurrent_rpcs` alone because gRPC rejects before any interceptor
-runs, so its rejections could be neither counted nor explained; gRPC's limit stays as a backstop
-a little above this one, leaving room for health checks.
+Admission: at most `max_concurrent_rpcs` scan/admin calls run at once, decided as each call
+arrives (see admission.py); the next one is refused with RESOURCE_EXHAUSTED at once, without its
+body being read, and counted like every other call. Streams are also limited per key and per
+connection (`StreamLimits`), so that one client cannot hold every slot.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import grpc
 from hashsvc import metrics
 from hashsvc.errors import HashsvcError
 from hashsvc.keys import KeyRing
+from hashsvc.server.admission import AdmissionPool, StreamLimits
 from hashsvc.server.keyfile import file_signature, load_keys
 
 log = logging.getLogger("hashsvc.rpc")
@@ -98,17 +98,18 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Wraps each scan/admin method's handler once, the first time the method is called.
 
     Why once: gRPC asks the interceptor for every call, and building closures and a new handler
-    per call cost about as much as a whole one-hash ScanHashes. The key is therefore read from
-    the call's own metadata inside the wrapper, not from the per-call `HandlerCallDetails`.
+    per call cost about as much as a whole one-hash ScanHashes. Per call it only picks the
+    admitted or the refusing handler; the key is read from the call's own metadata inside the
+    wrapper, not from the per-call `HandlerCallDetails`.
     """
 
-    def __init__(self, keys: KeyFile | None, max_in_flight: int) -> None:
+    def __init__(self, keys: KeyFile | None, pool: AdmissionPool, streams: StreamLimits) -> None:
         self._keys = keys  # None: --insecure-no-auth
-        self._lock = threading.Lock()
-        self._in_flight = 0
+        self._pool = pool
+        self._streams = streams
         self._published: int | None = None
-        self._max_in_flight = max_in_flight
-        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped handler)
+        # method -> (handler, admitted handler, refusing handler; None for public methods)
+        self._wrapped: dict[str, tuple[Any, Any, Any]] = {}
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
@@ -118,12 +119,15 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return None
         method: str = details.method
         cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
+        if cached is None or cached[0] is not handler:
+            role = required_role(method)
+            record = _Recorder(method)
+            cached = (handler, handler, None) if role is None else (
+                handler, self._wrap(handler, method, role, record), self._refusal(handler, record))
+            self._wrapped[method] = cached
+        if cached[2] is None or self._pool.has_room():
             return cached[1]
-        role = required_role(method)
-        wrapped = handler if role is None else self._wrap(handler, method, role)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return cached[2]
 
     def _caller(self, context: grpc.ServicerContext, role: str, method: str) -> str:
         """The caller's key name; aborts the call (counted) if it may not make it."""
@@ -144,20 +148,13 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         context.abort(*denial)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
-    def _admit(self, context: grpc.ServicerContext) -> None:
-        with self._lock:
-            admitted = self._in_flight < self._max_in_flight
-            if admitted:
-                self._in_flight += 1
-        if not admitted:
-            metrics.REJECTED.labels("overload").inc()
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"server overloaded: {self._max_in_flight} calls in progress "
-                          "(max_concurrent_rpcs); retry with backoff")
-
-    def _release(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
+    def _open_stream(self, context: grpc.ServicerContext, name: str) -> tuple[str, str]:
+        connection = context.peer()
+        refused = self._streams.open(name, connection)
+        if refused is not None:
+            metrics.REJECTED.labels("streams").inc()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+        return name, connection
 
     def publish_in_flight(self) -> None:
         """Set the in-flight gauge from the count, if it changed (the runtime's watcher calls
@@ -168,25 +165,48 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         worker's GIL time in py-spy on one-hash ScanHashes). A gauge is sampled by each scrape
         anyway; 100 ms of lag does not change what it shows.
         """
-        count = self._in_flight
+        count = self._pool.in_flight
         if count != self._published:
             metrics.IN_FLIGHT.set(count)
             self._published = count
 
-    def _wrap(self, handler: Any, method: str, role: str) -> Any:
-        """The same handler, authenticated, admitted, run with the caller's name set, measured
-        and logged. Unary and streaming calls share every step; only the body differs."""
-        record = _Recorder(method)
+    def _refusal(self, handler: Any, record: _Recorder) -> Any:
+        """A handler that refuses the call as overloaded without reading its request.
+
+        Declared as request-streaming whatever the method is: gRPC then calls it at once with an
+        unread request iterator, where a unary handler would first wait for the whole upload."""
+        message = (f"server overloaded: {self._pool.limit} calls in progress "
+                   "(max_concurrent_rpcs); retry with backoff")
+
+        def refuse(_requests: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            metrics.REJECTED.labels("overload").inc()
+            try:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            except BaseException as refused:
+                record(context, "-", started, refused)
+                raise
+
+        factory = (grpc.stream_stream_rpc_method_handler if handler.response_streaming
+                   else grpc.stream_unary_rpc_method_handler)
+        return factory(refuse, request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
+
+    def _wrap(self, handler: Any, method: str, role: str, record: _Recorder) -> Any:
+        """The same handler, authenticated, run on the admission pool with the caller's name
+        set, measured and logged. Unary and streaming calls share every step; only the body
+        differs."""
+        stream = bool(handler.request_streaming)
 
         def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def call(request: Any, context: grpc.ServicerContext) -> Any:
-                with _Call(self, context, role, method, record):
+                with _Call(self, context, role, method, record, stream):
                     return behavior(request, context)
             return call
 
         def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                with _Call(self, context, role, method, record):
+                with _Call(self, context, role, method, record, stream):
                     yield from behavior(request, context)
             return call
 
@@ -194,7 +214,11 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
             behavior = getattr(handler, kind)
             if behavior is not None:
-                return handler._replace(**{kind: wrap(behavior)})
+                wrapped = wrap(behavior)
+                # gRPC runs a behavior that carries this attribute on that pool instead of its
+                # own (grpc._server._select_thread_pool_for_behavior).
+                wrapped.experimental_thread_pool = self._pool  # type: ignore[attr-defined]
+                return handler._replace(**{kind: wrapped})
         return handler
 
 
@@ -208,22 +232,23 @@ def _bearer_token(metadata: Any) -> str | None:
 
 
 class _Call:
-    """One call's bracket: authenticate, admit and name the caller on entry; release and record
-    on exit, whatever happened. A class rather than @contextmanager because it runs on every
-    call, and a generator-based one costs more."""
+    """One admitted call's bracket: authenticate, count a stream and name the caller on entry;
+    uncount and record on exit, whatever happened. A class rather than @contextmanager because
+    it runs on every call, and a generator-based one costs more."""
 
-    __slots__ = ("_admitted", "_context", "_name", "_owner", "_record", "_started", "_token")
+    __slots__ = ("_context", "_name", "_owner", "_record", "_started", "_stream", "_token")
 
     def __init__(self, owner: CallInterceptor, context: grpc.ServicerContext, role: str,
-                 method: str, record: _Recorder) -> None:
+                 method: str, record: _Recorder, stream: bool) -> None:
         self._owner, self._context, self._record = owner, context, record
         self._started = time.perf_counter()
-        self._name, self._admitted = "-", False
+        self._name = "-"
+        self._stream: tuple[str, str] | None = None
         self._token: contextvars.Token[str] | None = None
         try:
             self._name = owner._caller(context, role, method)
-            owner._admit(context)
-            self._admitted = True
+            if stream:
+                self._stream = owner._open_stream(context, self._name)
         except BaseException as exc:  # refused: recorded too, then raised to gRPC
             record(context, self._name, self._started, exc)
             raise
@@ -235,8 +260,8 @@ class _Call:
                  traceback: object) -> None:
         if self._token is not None:
             caller.reset(self._token)
-        if self._admitted:
-            self._owner._release()
+        if self._stream is not None:
+            self._owner._streams.close(*self._stream)
         self._record(self._context, self._name, self._started, error)
 
 

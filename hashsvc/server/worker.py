@@ -31,6 +31,7 @@ from hashsvc import logs
 from hashsvc.config import ServerConfig
 from hashsvc.errors import HashsvcError
 from hashsvc.server.admin_service import AdminServicer
+from hashsvc.server.admission import AdmissionPool, StreamLimits
 from hashsvc.server.interceptors import CallInterceptor, KeyFile
 from hashsvc.server.observe import ScanObserver
 from hashsvc.server.ports import AddressInUseError
@@ -40,7 +41,7 @@ from hashsvc.server.scan_service import ScanServicer
 log = logging.getLogger("hashsvc.server")
 
 _MESSAGE_OVERHEAD = 1 << 20  # room for the rest of a ScanImage request around the image
-_HEALTH_SLOTS = 8  # calls admitted beyond max_concurrent_rpcs: health checks, reflection
+_OTHER_THREADS = 8  # health checks, reflection and refusals: none of them waits on a client
 DRAIN_SECONDS = 20.0
 
 
@@ -51,15 +52,18 @@ def create_server(
     # gRPC itself rejects messages over this with RESOURCE_EXHAUSTED; images up to it but over
     # max_image_bytes get a precise INVALID_ARGUMENT from the decoder instead.
     max_message = config.max_image_bytes + _MESSAGE_OVERHEAD
-    # A thread for every admitted call plus health checks, so that admission (the interceptor's
-    # limit) is the only queue, and it does not grow: see interceptors.py.
-    slots = config.max_concurrent_rpcs + _HEALTH_SLOTS
-    interceptor = CallInterceptor(keys, config.max_concurrent_rpcs)
+    # Admitted scan/admin calls run on the admission pool, a thread each; everything else on
+    # the server's own small pool. gRPC's own limit is off: admission is the one gate, so that
+    # every refusal is counted (admission.py).
+    interceptor = CallInterceptor(
+        keys, AdmissionPool(config.max_concurrent_rpcs),
+        StreamLimits(per_key=config.max_streams_per_key,
+                     per_connection=config.max_streams_per_connection))
     runtime.gauge_updaters.append(interceptor.publish_in_flight)
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=slots, thread_name_prefix="rpc"),
+        ThreadPoolExecutor(max_workers=_OTHER_THREADS, thread_name_prefix="rpc-other"),
         interceptors=[interceptor],
-        maximum_concurrent_rpcs=slots,
+        maximum_concurrent_rpcs=None,
         options=[
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", 64 << 20),
