@@ -38,7 +38,7 @@ class ServerConfig:
     max_streams_per_connection: int = 16  # ... and one connection
     stream_idle_timeout: float = 60.0  # seconds a stream may wait on its client, then it ends
     stream_window: int = 8  # ScanImages items read ahead per stream
-    stream_buffer_bytes: int = 16 << 20  # ... and bytes of their requests held at once
+    stream_buffer_bytes: int = 8 << 20  # ... and bytes of their requests held at once
     workers: int = 0  # processes sharing the port; 0 = one per core
     metrics_listen: str = "0.0.0.0:9090"  # Prometheus /metrics; empty = off
     audit_log: Path | None = None  # default: <home>/audit.jsonl

@@ -51,7 +51,8 @@ IN_FLIGHT = Gauge(
 REJECTED = Counter(
     "hashsvc_rejected_requests_total",
     "Calls refused: auth (missing/unknown key, wrong role), limits (image too large/small), "
-    "invalid (corrupt image, malformed hash), overload (max_concurrent_rpcs reached)",
+    "invalid (corrupt image, malformed hash), overload (max_concurrent_rpcs reached), streams "
+    "(max_streams_per_key or max_streams_per_connection reached)",
     ["reason"],
 )
 
