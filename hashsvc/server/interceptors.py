@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from hashsvc.server.keyfile import file_signature, load_keys
 log = logging.getLogger("hashsvc.rpc")
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="-")
 
+_REFLECTION = "/grpc.reflection."
 ROLE_BY_SERVICE = {
     "/hashsvc.v1.ScanService/": "scan",
     "/hashsvc.v1.AdminService/": "admin",
@@ -107,6 +109,9 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._keys = keys  # None: --insecure-no-auth
         self._pool = pool
         self._streams = streams
+        # Reflection streams need no key and stay open as long as their client likes: on a pool
+        # of their own they can only ever hold up each other, never refusals or health checks.
+        self._reflection_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="reflection")
         self._published: int | None = None
         # method -> (handler, admitted handler, refusing handler; None for public methods)
         self._wrapped: dict[str, tuple[Any, Any, Any]] = {}
@@ -122,8 +127,13 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if cached is None or cached[0] is not handler:
             role = required_role(method)
             record = _Recorder(method)
-            cached = (handler, handler, None) if role is None else (
-                handler, self._wrap(handler, method, role, record), self._refusal(handler, record))
+            if role is None:
+                public = (_on_pool(handler, self._reflection_pool)
+                          if method.startswith(_REFLECTION) else handler)
+                cached = (handler, public, None)
+            else:
+                cached = (handler, self._wrap(handler, method, role, record),
+                          self._refusal(handler, record))
             self._wrapped[method] = cached
         if cached[2] is None or self._pool.has_room():
             return cached[1]
@@ -220,6 +230,19 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 wrapped.experimental_thread_pool = self._pool  # type: ignore[attr-defined]
                 return handler._replace(**{kind: wrapped})
         return handler
+
+
+def _on_pool(handler: Any, pool: ThreadPoolExecutor) -> Any:
+    """The same handler, run on `pool` instead of the server's own."""
+    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        behavior = getattr(handler, kind)
+        if behavior is not None:
+            def run(request: Any, context: grpc.ServicerContext,
+                    behavior: Callable[..., Any] = behavior) -> Any:
+                return behavior(request, context)
+            run.experimental_thread_pool = pool  # type: ignore[attr-defined]
+            return handler._replace(**{kind: run})
+    return handler
 
 
 def _bearer_token(metadata: Any) -> str | None:
