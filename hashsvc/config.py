@@ -108,6 +108,11 @@ HELP: dict[str, str] = {
 }
 
 
+# Admission and stream bounds: 0 would refuse every call, or end every stream at once.
+POSITIVE = frozenset({"max_concurrent_rpcs", "max_streams_per_key", "max_streams_per_connection",
+                      "stream_window", "stream_buffer_bytes", "stream_idle_timeout"})
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", type=Path,
                         help=f"TOML file of these settings (or ${ENV_PREFIX}CONFIG)")
@@ -144,6 +149,8 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> S
             if name not in known:
                 raise HashsvcError(f"{source}: unknown setting {name!r}")
             values[name] = _coerce(source, name, str(known[name].type), raw)
+            if name in POSITIVE and not values[name] > 0:
+                raise HashsvcError(f"{source}: {name} must be above 0, got {raw!r}")
     return ServerConfig(**values)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import queue
 import threading
 import time
@@ -13,6 +14,8 @@ import pytest
 from hashsvc_client import Client, ResourceExhausted
 from hashsvc_client.v1 import scan_pb2, scan_pb2_grpc
 
+from hashsvc import config
+from hashsvc.errors import HashsvcError
 from hashsvc.server.streams import ReadAhead
 from tests.conftest import PHOTOS
 from tests.server_process import ServerProcess
@@ -184,6 +187,15 @@ def test_a_client_that_stops_reading_loses_its_stream_not_the_slot(tmp_path: Pat
         samples = _samples(server.scrape())
         assert _value(samples, "hashsvc_requests_total", method="ScanImages",
                       code="DEADLINE_EXCEEDED") == 1
+
+
+@pytest.mark.parametrize("flag", ["--max-streams-per-key", "--stream-idle-timeout",
+                                  "--max-concurrent-rpcs"])
+def test_admission_bounds_must_be_positive(flag: str) -> None:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    with pytest.raises(HashsvcError, match="must be above 0"):
+        config.load(parser.parse_args([flag, "0"]), {})
 
 
 def test_read_ahead_holds_items_and_bytes_and_one_large_item_alone() -> None:
