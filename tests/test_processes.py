@@ -16,15 +16,17 @@ from tests.server_process import ServerProcess
 from tests.test_server import _seed_bridge_bank
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=["1", "2"], ids=["first-1-worker", "first-2-workers"])
+def running(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ServerProcess]:
     home = tmp_path_factory.mktemp("first")
     _seed_bridge_bank(home)
-    with ServerProcess(home, "--workers", "2") as process:
+    with ServerProcess(home, "--workers", request.param) as process:
         yield process
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["second-1-worker", "second-2-workers"])
 def test_a_second_server_on_a_port_in_use_is_refused_in_one_line(
     running: ServerProcess, tmp_path: Path, workers: str
 ) -> None:

@@ -36,7 +36,10 @@ def split_listen(listen: str) -> tuple[str, int, socket.AddressFamily]:
 
 def refuse_if_in_use(listen: str) -> int:
     """The concrete port `listen` names (port 0: one the kernel picks now), or AddressInUseError
-    if any socket is already bound to it, with or without SO_REUSEPORT."""
+    if any socket is already bound to it, with or without SO_REUSEPORT. A Unix socket
+    (`unix:PATH`) is left to gRPC, whose bind fails by itself when the path is taken."""
+    if listen.startswith("unix:"):
+        return 0
     host, port, family = split_listen(listen)
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
