@@ -36,7 +36,7 @@ class ServerConfig:
     max_concurrent_rpcs: int = 64  # beyond this, calls fail fast with RESOURCE_EXHAUSTED
     max_streams_per_key: int = 32  # request streams one API key may hold open at once
     max_streams_per_connection: int = 16  # ... and one connection
-    stream_idle_timeout: float = 60.0  # seconds a stream may wait on its client, then it ends
+    client_idle_timeout: float = 60.0  # seconds a call may wait on its client, then it ends
     stream_window: int = 8  # ScanImages items read ahead per stream
     stream_buffer_bytes: int = 8 << 20  # ... and bytes of their requests held at once
     workers: int = 0  # processes sharing the port; 0 = one per core
@@ -91,8 +91,8 @@ HELP: dict[str, str] = {
     "max_streams_per_key": "request streams (ScanImages, admin uploads) one API key may have "
     "open at once; more get RESOURCE_EXHAUSTED",
     "max_streams_per_connection": "request streams one connection may have open at once",
-    "stream_idle_timeout": "seconds a ScanImages stream may wait on its client (no request "
-    "while nothing is pending, or a response not taken) before it is ended",
+    "client_idle_timeout": "seconds a call may wait on its client (an upload not finished, no "
+    "ScanImages request while nothing is pending, an answer not taken) before it is ended",
     "stream_window": "ScanImages items in flight per stream (flow control)",
     "stream_buffer_bytes": "bytes of ScanImages requests held per stream (a single larger "
     "item is still taken, alone)",
@@ -110,7 +110,7 @@ HELP: dict[str, str] = {
 
 # Admission and stream bounds: 0 would refuse every call, or end every stream at once.
 POSITIVE = frozenset({"max_concurrent_rpcs", "max_streams_per_key", "max_streams_per_connection",
-                      "stream_window", "stream_buffer_bytes", "stream_idle_timeout"})
+                      "stream_window", "stream_buffer_bytes", "client_idle_timeout"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

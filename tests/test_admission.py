@@ -145,7 +145,7 @@ def test_idle_streams_end_and_free_their_slot(tmp_path: Path) -> None:
     """Before the fix a stream without a deadline that sent nothing held its slot forever."""
     home = tmp_path / "home"
     _seed_bridge_bank(home)
-    flags = ("--max-concurrent-rpcs", "1", "--stream-idle-timeout", "1")
+    flags = ("--max-concurrent-rpcs", "1", "--client-idle-timeout", "1")
     with ServerProcess(home, *flags) as server:
         key = server.keys["scanner"]
         with grpc.insecure_channel(server.target) as channel:
@@ -153,7 +153,7 @@ def test_idle_streams_end_and_free_their_slot(tmp_path: Path) -> None:
             with pytest.raises(grpc.RpcError) as ended:
                 next(held.responses)
             assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert "stream_idle_timeout" in ended.value.details()
+            assert "client_idle_timeout" in ended.value.details()
             held.abandon()
             # Its slot is free again: the one slot takes a call.
             with Client(server.target, api_key=key) as client:
@@ -162,10 +162,10 @@ def test_idle_streams_end_and_free_their_slot(tmp_path: Path) -> None:
 
 def test_a_client_that_stops_reading_loses_its_stream_not_the_slot(tmp_path: Path) -> None:
     """A client that sends but never reads: the server's answers back up until gRPC's send
-    blocks, and after `stream_idle_timeout` the stream is cancelled and its slot freed."""
+    blocks, and after `client_idle_timeout` the stream is cancelled and its slot freed."""
     home = tmp_path / "home"
     _seed_bridge_bank(home)
-    flags = ("--max-concurrent-rpcs", "1", "--stream-idle-timeout", "1")
+    flags = ("--max-concurrent-rpcs", "1", "--client-idle-timeout", "1")
     with ServerProcess(home, *flags) as server:
         key = server.keys["scanner"]
 
@@ -177,7 +177,7 @@ def test_a_client_that_stops_reading_loses_its_stream_not_the_slot(tmp_path: Pat
             call = scan_pb2_grpc.ScanServiceStub(channel).ScanImages(
                 requests(), metadata=(("authorization", f"Bearer {key}"),), timeout=300)
             deadline = time.monotonic() + 120  # hang guard only
-            while "its client took no answer" not in server.log:
+            while "the client to take an answer" not in server.log:
                 assert time.monotonic() < deadline, server.log
                 time.sleep(0.1)
             # The one slot is free again while the unread call is still open on the client.
@@ -189,13 +189,42 @@ def test_a_client_that_stops_reading_loses_its_stream_not_the_slot(tmp_path: Pat
                       code="DEADLINE_EXCEEDED") == 1
 
 
-@pytest.mark.parametrize("flag", ["--max-streams-per-key", "--stream-idle-timeout",
+@pytest.mark.parametrize("flag", ["--max-streams-per-key", "--client-idle-timeout",
                                   "--max-concurrent-rpcs"])
 def test_admission_bounds_must_be_positive(flag: str) -> None:
     parser = argparse.ArgumentParser()
     config.add_arguments(parser)
     with pytest.raises(HashsvcError, match="must be above 0"):
         config.load(parser.parse_args([flag, "0"]), {})
+
+
+def test_an_upload_that_never_arrives_ends_and_frees_its_slot(tmp_path: Path) -> None:
+    """A unary call whose client sends its headers but never its request: gRPC waited for the
+    request forever, on one of the slots, before the handler (and so any check) ran."""
+    home = tmp_path / "home"
+    _seed_bridge_bank(home)
+    flags = ("--max-concurrent-rpcs", "1", "--client-idle-timeout", "1")
+    with ServerProcess(home, *flags) as server, grpc.insecure_channel(server.target) as channel:
+        key = server.keys["scanner"]
+        never: threading.Event = threading.Event()
+
+        def nothing() -> Iterator[scan_pb2.ScanHashesRequest]:
+            never.wait(120)
+            yield from ()
+
+        stuck = channel.stream_unary(  # the unary method, called as if its request streamed
+            "/hashsvc.v1.ScanService/ScanHashes",
+            request_serializer=scan_pb2.ScanHashesRequest.SerializeToString,
+            response_deserializer=scan_pb2.ScanHashesResponse.FromString,
+        ).future(nothing(), metadata=(("authorization", f"Bearer {key}"),), timeout=60)
+        assert stuck.exception(timeout=90).code() == grpc.StatusCode.CANCELLED  # the server's
+        never.set()
+        with Client(server.target, api_key=key) as client:  # the one slot is free again
+            assert client.scan_hashes([("pdq", BRIDGE_PDQ)]).matched
+        samples = _samples(server.scrape())
+        assert _value(samples, "hashsvc_requests_total", method="ScanHashes",
+                      code="DEADLINE_EXCEEDED") == 1
+        assert "the request to arrive" in server.log
 
 
 def test_read_ahead_holds_items_and_bytes_and_one_large_item_alone() -> None:

@@ -31,6 +31,7 @@ from hashsvc.errors import HashsvcError
 from hashsvc.keys import KeyRing
 from hashsvc.server.admission import AdmissionPool, StreamLimits
 from hashsvc.server.keyfile import file_signature, load_keys
+from hashsvc.server.streams import ClientWatch
 
 log = logging.getLogger("hashsvc.rpc")
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="-")
@@ -105,9 +106,11 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     wrapper, not from the per-call `HandlerCallDetails`.
     """
 
-    def __init__(self, keys: KeyFile | None, pool: AdmissionPool, streams: StreamLimits) -> None:
+    def __init__(self, keys: KeyFile | None, pool: AdmissionPool, watch: ClientWatch,
+                 streams: StreamLimits) -> None:
         self._keys = keys  # None: --insecure-no-auth
         self._pool = pool
+        self._watch = watch
         self._streams = streams
         # Reflection streams need no key and stay open as long as their client likes: on a pool
         # of their own they can only ever hold up each other, never refusals or health checks.
@@ -205,36 +208,68 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def _wrap(self, handler: Any, method: str, role: str, record: _Recorder) -> Any:
         """The same handler, authenticated, run on the admission pool with the caller's name
         set, measured and logged. Unary and streaming calls share every step; only the body
-        differs."""
+        differs.
+
+        A unary request is declared streamed and received here (`_receive`): gRPC would read it
+        before calling the handler, on one of the admission slots, and wait for it forever. So
+        the key is checked before the upload is read, and an upload that does not arrive within
+        `client_idle_timeout` ends the call.
+        """
         stream = bool(handler.request_streaming)
+        receive = _as_is if stream else self._receive
 
         def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def call(request: Any, context: grpc.ServicerContext) -> Any:
+            def call(requests: Any, context: grpc.ServicerContext) -> Any:
                 with _Call(self, context, role, method, record, stream):
-                    return behavior(request, context)
+                    return behavior(receive(requests, context), context)
             return call
 
         def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            def call(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 with _Call(self, context, role, method, record, stream):
-                    yield from behavior(request, context)
+                    yield from behavior(receive(requests, context), context)
             return call
 
-        wrap = streaming if handler.response_streaming else unary
-        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                wrapped = wrap(behavior)
-                # gRPC runs a behavior that carries this attribute on that pool instead of its
-                # own (grpc._server._select_thread_pool_for_behavior).
-                wrapped.experimental_thread_pool = self._pool  # type: ignore[attr-defined]
-                return handler._replace(**{kind: wrapped})
-        return handler
+        behavior = next(getattr(handler, kind) for kind in _KINDS if getattr(handler, kind))
+        wrapped = (streaming if handler.response_streaming else unary)(behavior)
+        # gRPC runs a behavior that carries this attribute on that pool instead of its own
+        # (grpc._server._select_thread_pool_for_behavior).
+        wrapped.experimental_thread_pool = self._pool  # type: ignore[attr-defined]
+        kinds: dict[str, Any] = dict.fromkeys(_KINDS)
+        kinds["stream_stream" if handler.response_streaming else "stream_unary"] = wrapped
+        return handler._replace(request_streaming=True, **kinds)
+
+    def _receive(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        """The one request of a unary call, waited for under the client watch."""
+        token = id(context)
+        self._watch.waiting(token, context, "the request to arrive")
+        try:
+            request = next(requests, None)
+        except grpc.RpcError:
+            request = None
+        finally:
+            self._watch.done(token)
+        if request is None:
+            if context.is_active():
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              "expected one request message, got none")
+            # Gone before its request arrived: cancelled by its client, or by the watch (which
+            # set DEADLINE_EXCEEDED). Abort, so that gRPC does not log it as a server error.
+            context.abort(context.code() or grpc.StatusCode.CANCELLED,
+                          "the call ended before its request arrived")
+        return request
+
+
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+def _as_is(requests: Any, _context: grpc.ServicerContext) -> Any:
+    return requests
 
 
 def _on_pool(handler: Any, pool: ThreadPoolExecutor) -> Any:
     """The same handler, run on `pool` instead of the server's own."""
-    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+    for kind in _KINDS:
         behavior = getattr(handler, kind)
         if behavior is not None:
             def run(request: Any, context: grpc.ServicerContext,

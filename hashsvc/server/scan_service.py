@@ -20,7 +20,7 @@ from hashsvc.server.interceptors import caller
 from hashsvc.server.observe import ScanObserver
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.status import STATUS, abort, check_deadline
-from hashsvc.server.streams import ReadAhead, SendWatch
+from hashsvc.server.streams import ClientWatch, ReadAhead
 
 MAX_HASHES_PER_CALL = 10_000
 
@@ -32,13 +32,14 @@ def _request_id() -> str:
 
 class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     def __init__(
-        self, runtime: Runtime, stream_pool: ThreadPoolExecutor, observer: ScanObserver
+        self, runtime: Runtime, stream_pool: ThreadPoolExecutor, observer: ScanObserver,
+        watch: ClientWatch,
     ) -> None:
         self._runtime = runtime
         self._scanner = runtime.scanner
         self._observe = observer
         self._stream_pool = stream_pool
-        self._send_watch = SendWatch(runtime.config.stream_idle_timeout)
+        self._watch = watch
 
     def ScanImage(
         self, request: scan_pb2.ScanImageRequest, context: grpc.ServicerContext
@@ -108,7 +109,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         flow control holds a fast sender back instead of its items piling up in server memory;
         meanwhile every finished item is answered at once, so a client that waits for each
         answer before sending more is never stalled behind a window it will not fill. A stream
-        that waits on its client for `stream_idle_timeout` ends (see streams.py).
+        that waits on its client for `client_idle_timeout` ends (see streams.py).
         """
         config = self._runtime.config
         read_ahead = ReadAhead(config.stream_window, config.stream_buffer_bytes)
@@ -150,20 +151,20 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             while True:
                 try:
                     # Nothing pending while this waits: the stream waits on its client.
-                    future = ordered.get(timeout=self._send_watch.timeout)
+                    future = ordered.get(timeout=self._watch.timeout)
                 except queue.Empty:
                     context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"no request for {self._send_watch.timeout:g} s while "
-                                  "nothing was pending: stream ended (stream_idle_timeout)")
+                                  f"no request for {self._watch.timeout:g} s while "
+                                  "nothing was pending: stream ended (client_idle_timeout)")
                 if future is None:
                     return
                 response = future.result()
                 read_ahead.answered()
-                self._send_watch.sending(stream, context)
+                self._watch.waiting(stream, context, "the client to take an answer")
                 yield response
-                self._send_watch.sent(stream)
+                self._watch.done(stream)
         finally:
-            self._send_watch.sent(stream)
+            self._watch.done(stream)
 
     def _scan_item(
         self, request: scan_pb2.ScanImagesRequest, options: types_pb2.ScanOptions, name: str

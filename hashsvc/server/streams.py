@@ -1,13 +1,14 @@
-"""What one ScanImages stream may hold, and for how long it may wait on its client.
+"""What one call may hold, and for how long it may wait on its client.
 
-A stream holds an admission slot for as long as it is open, so its cost must not be the
-client's to choose:
+A call holds an admission slot for as long as it is open, so its cost must not be the client's
+to choose:
 - `ReadAhead`: requests are read only while fewer than `stream_window` items *and* fewer than
   `stream_buffer_bytes` of requests are held, so a client that sends fast (or that stops taking
   answers) is held back by HTTP/2 flow control instead of filling the server's memory;
-- `SendWatch`: a stream whose client stops taking answers is ended after `stream_idle_timeout`
-  seconds (its answer is stuck inside gRPC, so only a watcher thread can see it); a stream that
-  sends nothing while nothing is pending is ended by the servicer itself after the same time.
+- `ClientWatch`: a call whose upload does not arrive, or whose client stops taking answers, is
+  ended after `client_idle_timeout` seconds (the wait is inside gRPC, so only a watcher thread
+  can see it); a stream that sends nothing while nothing is pending is ended by the servicer
+  itself after the same time.
 """
 
 from __future__ import annotations
@@ -71,32 +72,32 @@ class ReadAhead:
         return True
 
 
-class SendWatch:
-    """Ends streams whose answer has waited for the client longer than `timeout` seconds.
+class ClientWatch:
+    """Ends calls that have waited on their client longer than `timeout` seconds.
 
-    The servicer marks an answer before handing it to gRPC and unmarks it after; gRPC blocks in
-    between while HTTP/2 flow control says the client has not read enough. One thread checks all
-    streams, so marking costs a dict update per answer.
+    A call marks each wait that only its client can end (its upload to arrive, an answer to be
+    taken) and unmarks it after; gRPC blocks in between, so only another thread can see a wait
+    that never ends. One thread checks every call; marking costs a dict update.
     """
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._sending: dict[int, tuple[float, grpc.ServicerContext]] = {}
+        self._waiting: dict[int, tuple[float, grpc.ServicerContext, str]] = {}
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def sending(self, stream: int, context: grpc.ServicerContext) -> None:
+    def waiting(self, token: int, context: grpc.ServicerContext, for_what: str) -> None:
         if self._thread is None:
             self._start()
-        self._sending[stream] = (time.monotonic(), context)
+        self._waiting[token] = (time.monotonic(), context, for_what)
 
-    def sent(self, stream: int) -> None:
-        self._sending.pop(stream, None)
+    def done(self, token: int) -> None:
+        self._waiting.pop(token, None)
 
     def _start(self) -> None:
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, name="stream-send-watch",
+                self._thread = threading.Thread(target=self._watch, name="client-watch",
                                                 daemon=True)
                 self._thread.start()
 
@@ -104,12 +105,13 @@ class SendWatch:
         while True:
             time.sleep(min(1.0, self.timeout / 4))
             now = time.monotonic()
-            for stream, (since, context) in list(self._sending.items()):
-                if now - since > self.timeout and self._sending.pop(stream, None) is not None:
-                    log.info("stream ended: its client took no answer",
-                             extra={"peer": context.peer(), "stream_idle_timeout": self.timeout})
-                    # Recorded as DEADLINE_EXCEEDED; the client, which is not reading, sees its
-                    # stream cancelled.
+            for token, (since, context, for_what) in list(self._waiting.items()):
+                if now - since > self.timeout and self._waiting.pop(token, None) is not None:
+                    log.info("call ended: its client was too slow", extra={
+                        "peer": context.peer(), "waited_for": for_what,
+                        "client_idle_timeout": self.timeout})
+                    # Recorded as DEADLINE_EXCEEDED; the client sees its call cancelled.
                     context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
-                    context.set_details(f"the client took no answer for {self.timeout:g} s")
+                    context.set_details(f"waited {self.timeout:g} s for {for_what} "
+                                        "(client_idle_timeout)")
                     context.cancel()

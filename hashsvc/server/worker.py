@@ -37,6 +37,7 @@ from hashsvc.server.observe import ScanObserver
 from hashsvc.server.ports import AddressInUseError
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.scan_service import ScanServicer
+from hashsvc.server.streams import ClientWatch
 
 log = logging.getLogger("hashsvc.server")
 
@@ -55,8 +56,9 @@ def create_server(
     # Admitted scan/admin calls run on the admission pool, a thread each; everything else on
     # the server's own small pool. gRPC's own limit is off: admission is the one gate, so that
     # every refusal is counted (admission.py).
+    watch = ClientWatch(config.client_idle_timeout)
     interceptor = CallInterceptor(
-        keys, AdmissionPool(config.max_concurrent_rpcs),
+        keys, AdmissionPool(config.max_concurrent_rpcs), watch,
         StreamLimits(per_key=config.max_streams_per_key,
                      per_connection=config.max_streams_per_connection))
     runtime.gauge_updaters.append(interceptor.publish_in_flight)
@@ -74,7 +76,7 @@ def create_server(
                                      thread_name_prefix="stream-item")
     observer = ScanObserver(runtime.audit)
     scan_pb2_grpc.add_ScanServiceServicer_to_server(
-        ScanServicer(runtime, stream_pool, observer), server
+        ScanServicer(runtime, stream_pool, observer, watch), server
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
     health_pb2_grpc.add_HealthServicer_to_server(runtime.health, server)
