@@ -9,8 +9,9 @@ would time the first. The caller's key *name* is put in a context variable for t
 
 Admission: at most `max_concurrent_rpcs` scan/admin calls run at once, decided as each call
 arrives (see admission.py); the next one is refused with RESOURCE_EXHAUSTED at once, without its
-body being read, and counted like every other call. Streams are also limited per key and per
-connection (`StreamLimits`), so that one client cannot hold every slot.
+body being read, and counted like every other call. So that one client cannot hold every slot,
+streams are also limited per key and per connection (`StreamLimits`), and every wait on the
+client (an upload, an answer not taken) is bounded by `client_idle_timeout` (`ClientWatch`).
 """
 
 from __future__ import annotations
