@@ -35,7 +35,11 @@ class ServerConfig:
     max_image_full_decode_pixels: int = DEFAULT_LIMITS.max_full_decode_pixels
     decode_memory_budget: int = DEFAULT_LIMITS.decode_memory_budget  # bytes, per worker
     max_concurrent_rpcs: int = 64  # beyond this, calls fail fast with RESOURCE_EXHAUSTED
+    max_streams_per_key: int = 32  # request streams one API key may hold open at once
+    max_streams_per_connection: int = 16  # ... and one connection
+    client_idle_timeout: float = 60.0  # seconds a call may wait on its client, then it ends
     stream_window: int = 8  # ScanImages items read ahead per stream
+    stream_buffer_bytes: int = 8 << 20  # ... and bytes of their requests held at once
     workers: int = 0  # processes sharing the port; 0 = one per core
     metrics_listen: str = "0.0.0.0:9090"  # Prometheus /metrics; empty = off
     audit_log: Path | None = None  # default: <home>/audit.jsonl
@@ -89,7 +93,14 @@ HELP: dict[str, str] = {
     "that would exceed it gets RESOURCE_EXHAUSTED, an image needing more than all of it "
     "INVALID_ARGUMENT",
     "max_concurrent_rpcs": "calls in progress before new ones get RESOURCE_EXHAUSTED",
+    "max_streams_per_key": "request streams (ScanImages, admin uploads) one API key may have "
+    "open at once; more get RESOURCE_EXHAUSTED",
+    "max_streams_per_connection": "request streams one connection may have open at once",
+    "client_idle_timeout": "seconds a call may wait on its client (an upload not finished, no "
+    "ScanImages request while nothing is pending, an answer not taken) before it is ended",
     "stream_window": "ScanImages items in flight per stream (flow control)",
+    "stream_buffer_bytes": "bytes of ScanImages requests held per stream (a single larger "
+    "item is still taken, alone)",
     "workers": "server processes sharing the port (SO_REUSEPORT); 0 = one per core",
     "metrics_listen": "host:port for Prometheus /metrics (empty: off; port 0: any)",
     "audit_log": "JSON-lines audit trail of matches; default <home>/audit.jsonl",
@@ -100,6 +111,11 @@ HELP: dict[str, str] = {
     "reload_interval": "seconds between checks for a new snapshot or store changes",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
+
+
+# Admission and stream bounds: 0 would refuse every call, or end every stream at once.
+POSITIVE = frozenset({"max_concurrent_rpcs", "max_streams_per_key", "max_streams_per_connection",
+                      "stream_window", "stream_buffer_bytes", "client_idle_timeout"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,6 +154,8 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> S
             if name not in known:
                 raise HashsvcError(f"{source}: unknown setting {name!r}")
             values[name] = _coerce(source, name, str(known[name].type), raw)
+            if name in POSITIVE and not values[name] > 0:
+                raise HashsvcError(f"{source}: {name} must be above 0, got {raw!r}")
     return ServerConfig(**values)
 
 

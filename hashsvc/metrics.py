@@ -52,7 +52,7 @@ REJECTED = Counter(
     "hashsvc_rejected_requests_total",
     "Calls refused: auth (missing/unknown key, wrong role), limits (image too large/small), "
     "invalid (corrupt image, malformed hash), overload (max_concurrent_rpcs reached, decode "
-    "memory budget full)",
+    "memory budget full), streams (max_streams_per_key or max_streams_per_connection reached)",
     ["reason"],
 )
 
@@ -86,6 +86,14 @@ SNAPSHOT_LOAD_SECONDS = Histogram(
 )
 SNAPSHOT_LOAD_FAILURES = Counter(
     "hashsvc_snapshot_load_failures_total", "Snapshots refused (corrupt or unreadable)"
+)
+KEYS_FILE_VALID = Gauge(
+    "hashsvc_keys_file_valid",
+    "0 while the keys file on disk does not load (the last good keys stay in effect), else 1",
+    multiprocess_mode="livemin",
+)
+KEYS_RELOAD_FAILURES = Counter(
+    "hashsvc_keys_reload_failures_total", "Changes to the keys file that did not load"
 )
 WORKER_RESTARTS = Counter(
     "hashsvc_worker_restarts_total", "Worker processes restarted by the supervisor after a crash"

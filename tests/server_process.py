@@ -38,6 +38,11 @@ class ServerProcess:
         self.metrics_port = next((int(r["port"]) for r in self.records()
                                   if r.get("message") == "metrics"), None)
 
+    @property
+    def pid(self) -> int:
+        """The `hashsvc serve` process: the supervisor with several workers."""
+        return self._process.pid
+
     def scrape(self) -> str:
         """The text of /metrics, as Prometheus would scrape it."""
         import urllib.request

@@ -13,6 +13,8 @@ import os
 from hashsvc import __version__, logs
 from hashsvc.config import ServerConfig
 from hashsvc.keys import add_key
+from hashsvc.server.keyfile import load_keys
+from hashsvc.server.ports import refuse_if_in_use
 from hashsvc.snapshot import current_version, publish
 from hashsvc.store import Store
 
@@ -24,6 +26,7 @@ def serve(config: ServerConfig) -> int:
     config.home.mkdir(parents=True, exist_ok=True)
     log.info("starting hashsvc", extra={"version": __version__, "config": config.describe(),
                                         "workers": config.resolved_workers})
+    refuse_if_in_use(config.listen)  # before touching the home: a second server changes nothing
     prepare(config)
     if config.resolved_workers > 1:
         from hashsvc.server.supervisor import supervise
@@ -55,6 +58,7 @@ def _ensure_keys(config: ServerConfig) -> None:
         return
     keys_file = config.resolved_keys_file
     if keys_file.exists():
+        load_keys(keys_file)  # a file that does not load refuses the start, in one line
         return
     key = add_key(keys_file, "bootstrap-admin", ["admin"])
     key_path = config.home / "bootstrap-admin.key"

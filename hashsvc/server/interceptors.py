@@ -7,11 +7,11 @@ Why one: all of them need the caller's identity and the call's outcome, and a se
 would time the first. The caller's key *name* is put in a context variable for the servicers
 (audit); the key itself is compared by hash and never stored or logged.
 
-Admission: at most `max_in_flight` scan/admin calls run at once; the next one fails fast with
-RESOURCE_EXHAUSTED (and is counted) instead of queueing without bound. This is done here rather
-than with gRPC's `maximum_concurrent_rpcs` alone because gRPC rejects before any interceptor
-runs, so its rejections could be neither counted nor explained; gRPC's limit stays as a backstop
-a little above this one, leaving room for health checks.
+Admission: at most `max_concurrent_rpcs` scan/admin calls run at once, decided as each call
+arrives (see admission.py); the next one is refused with RESOURCE_EXHAUSTED at once, without its
+body being read, and counted like every other call. So that one client cannot hold every slot,
+streams are also limited per key and per connection (`StreamLimits`), and every wait on the
+client (an upload, an answer not taken) is bounded by `client_idle_timeout` (`ClientWatch`).
 """
 
 from __future__ import annotations
@@ -21,17 +21,23 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from hashsvc import metrics
+from hashsvc.errors import HashsvcError
 from hashsvc.keys import KeyRing
+from hashsvc.server.admission import AdmissionPool, StreamLimits
+from hashsvc.server.keyfile import file_signature, load_keys
+from hashsvc.server.streams import ClientWatch
 
 log = logging.getLogger("hashsvc.rpc")
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="-")
 
+_REFLECTION = "/grpc.reflection."
 ROLE_BY_SERVICE = {
     "/hashsvc.v1.ScanService/": "scan",
     "/hashsvc.v1.AdminService/": "admin",
@@ -48,30 +54,47 @@ def required_role(method: str) -> str | None:
 
 class KeyFile:
     """The keys file, re-read when it changes (checked at most once a second), so keys can be
-    added or revoked without a restart."""
+    added or revoked without a restart.
+
+    A file that does not load (a typo mid-edit, a half-copied file) must not turn every call
+    into UNKNOWN: the last good keys keep serving, the error is logged once per change of the
+    file (it names the file and the line, never key material: the file holds only hashes), and
+    `hashsvc_keys_file_valid` drops to 0 so an alert fires. At start-up there are no good keys
+    to keep, so the error is raised (serve refuses to start).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._checked = 0.0
-        self._mtime: float | None = None
-        self._ring = KeyRing([])
-        self.refresh(force=True)
+        self._signature: tuple[int, int, int] | None = None
+        self._ring = load_keys(path)
+        self._signature = file_signature(path)
+        metrics.KEYS_FILE_VALID.set(1)
+        log.info("loaded API keys", extra={"keys": len(self._ring), "file": str(path)})
 
-    def refresh(self, force: bool = False) -> KeyRing:
+    def refresh(self) -> KeyRing:
         now = time.monotonic()
-        if not force and now - self._checked < 1.0:
+        if now - self._checked < 1.0:
             return self._ring
         with self._lock:
             self._checked = now
+            signature = file_signature(self.path)
+            if signature == self._signature:
+                return self._ring
+            self._signature = signature  # tried once per change, whatever the outcome
             try:
-                mtime = self.path.stat().st_mtime
-            except FileNotFoundError:
-                mtime = None
-            if force or mtime != self._mtime:
-                self._ring = KeyRing.load(self.path)
-                self._mtime = mtime
-                log.info("loaded API keys", extra={"keys": len(self._ring), "file": str(self.path)})
+                self._ring = load_keys(self.path)
+            except HashsvcError as err:
+                metrics.KEYS_RELOAD_FAILURES.inc()
+                metrics.KEYS_FILE_VALID.set(0)
+                log.error("keys file not loaded; the previous keys stay in effect",
+                          extra={"file": str(self.path), "error": err.message,
+                                 "keys": len(self._ring)})
+            else:
+                metrics.KEYS_FILE_VALID.set(1)
+                log.info("loaded API keys", extra={"keys": len(self._ring),
+                                                   "file": str(self.path)})
         return self._ring
 
 
@@ -79,17 +102,23 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Wraps each scan/admin method's handler once, the first time the method is called.
 
     Why once: gRPC asks the interceptor for every call, and building closures and a new handler
-    per call cost about as much as a whole one-hash ScanHashes. The key is therefore read from
-    the call's own metadata inside the wrapper, not from the per-call `HandlerCallDetails`.
+    per call cost about as much as a whole one-hash ScanHashes. Per call it only picks the
+    admitted or the refusing handler; the key is read from the call's own metadata inside the
+    wrapper, not from the per-call `HandlerCallDetails`.
     """
 
-    def __init__(self, keys: KeyFile | None, max_in_flight: int) -> None:
+    def __init__(self, keys: KeyFile | None, pool: AdmissionPool, watch: ClientWatch,
+                 streams: StreamLimits) -> None:
         self._keys = keys  # None: --insecure-no-auth
-        self._lock = threading.Lock()
-        self._in_flight = 0
+        self._pool = pool
+        self._watch = watch
+        self._streams = streams
+        # Reflection streams need no key and stay open as long as their client likes: on a pool
+        # of their own they can only ever hold up each other, never refusals or health checks.
+        self._reflection_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="reflection")
         self._published: int | None = None
-        self._max_in_flight = max_in_flight
-        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped handler)
+        # method -> (handler, admitted handler, refusing handler; None for public methods)
+        self._wrapped: dict[str, tuple[Any, Any, Any]] = {}
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
@@ -99,12 +128,20 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return None
         method: str = details.method
         cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
+        if cached is None or cached[0] is not handler:
+            role = required_role(method)
+            record = _Recorder(method)
+            if role is None:
+                public = (_on_pool(handler, self._reflection_pool)
+                          if method.startswith(_REFLECTION) else handler)
+                cached = (handler, public, None)
+            else:
+                cached = (handler, self._wrap(handler, method, role, record),
+                          self._refusal(handler, record))
+            self._wrapped[method] = cached
+        if cached[2] is None or self._pool.has_room():
             return cached[1]
-        role = required_role(method)
-        wrapped = handler if role is None else self._wrap(handler, method, role)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return cached[2]
 
     def _caller(self, context: grpc.ServicerContext, role: str, method: str) -> str:
         """The caller's key name; aborts the call (counted) if it may not make it."""
@@ -125,20 +162,13 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         context.abort(*denial)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
-    def _admit(self, context: grpc.ServicerContext) -> None:
-        with self._lock:
-            admitted = self._in_flight < self._max_in_flight
-            if admitted:
-                self._in_flight += 1
-        if not admitted:
-            metrics.REJECTED.labels("overload").inc()
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"server overloaded: {self._max_in_flight} calls in progress "
-                          "(max_concurrent_rpcs); retry with backoff")
-
-    def _release(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
+    def _open_stream(self, context: grpc.ServicerContext, name: str) -> tuple[str, str]:
+        connection = context.peer()
+        refused = self._streams.open(name, connection)
+        if refused is not None:
+            metrics.REJECTED.labels("streams").inc()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+        return name, connection
 
     def publish_in_flight(self) -> None:
         """Set the in-flight gauge from the count, if it changed (the runtime's watcher calls
@@ -149,34 +179,106 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         worker's GIL time in py-spy on one-hash ScanHashes). A gauge is sampled by each scrape
         anyway; 100 ms of lag does not change what it shows.
         """
-        count = self._in_flight
+        count = self._pool.in_flight
         if count != self._published:
             metrics.IN_FLIGHT.set(count)
             self._published = count
 
-    def _wrap(self, handler: Any, method: str, role: str) -> Any:
-        """The same handler, authenticated, admitted, run with the caller's name set, measured
-        and logged. Unary and streaming calls share every step; only the body differs."""
-        record = _Recorder(method)
+    def _refusal(self, handler: Any, record: _Recorder) -> Any:
+        """A handler that refuses the call as overloaded without reading its request.
+
+        Declared as request-streaming whatever the method is: gRPC then calls it at once with an
+        unread request iterator, where a unary handler would first wait for the whole upload."""
+        message = (f"server overloaded: {self._pool.limit} calls in progress "
+                   "(max_concurrent_rpcs); retry with backoff")
+
+        def refuse(_requests: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            metrics.REJECTED.labels("overload").inc()
+            try:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            except BaseException as refused:
+                record(context, "-", started, refused)
+                raise
+
+        factory = (grpc.stream_stream_rpc_method_handler if handler.response_streaming
+                   else grpc.stream_unary_rpc_method_handler)
+        return factory(refuse, request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
+
+    def _wrap(self, handler: Any, method: str, role: str, record: _Recorder) -> Any:
+        """The same handler, authenticated, run on the admission pool with the caller's name
+        set, measured and logged. Unary and streaming calls share every step; only the body
+        differs.
+
+        A unary request is declared streamed and received here (`_receive`): gRPC would read it
+        before calling the handler, on one of the admission slots, and wait for it forever. So
+        the key is checked before the upload is read, and an upload that does not arrive within
+        `client_idle_timeout` ends the call.
+        """
+        stream = bool(handler.request_streaming)
+        receive = _as_is if stream else self._receive
 
         def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def call(request: Any, context: grpc.ServicerContext) -> Any:
-                with _Call(self, context, role, method, record):
-                    return behavior(request, context)
+            def call(requests: Any, context: grpc.ServicerContext) -> Any:
+                with _Call(self, context, role, method, record, stream):
+                    return behavior(receive(requests, context), context)
             return call
 
         def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                with _Call(self, context, role, method, record):
-                    yield from behavior(request, context)
+            def call(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                with _Call(self, context, role, method, record, stream):
+                    yield from behavior(receive(requests, context), context)
             return call
 
-        wrap = streaming if handler.response_streaming else unary
-        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                return handler._replace(**{kind: wrap(behavior)})
-        return handler
+        behavior = next(getattr(handler, kind) for kind in _KINDS if getattr(handler, kind))
+        wrapped = (streaming if handler.response_streaming else unary)(behavior)
+        # gRPC runs a behavior that carries this attribute on that pool instead of its own
+        # (grpc._server._select_thread_pool_for_behavior).
+        wrapped.experimental_thread_pool = self._pool  # type: ignore[attr-defined]
+        kinds: dict[str, Any] = dict.fromkeys(_KINDS)
+        kinds["stream_stream" if handler.response_streaming else "stream_unary"] = wrapped
+        return handler._replace(request_streaming=True, **kinds)
+
+    def _receive(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        """The one request of a unary call, waited for under the client watch."""
+        token = id(context)
+        self._watch.waiting(token, context, "the request to arrive")
+        try:
+            request = next(requests, None)
+        except grpc.RpcError:
+            request = None
+        finally:
+            self._watch.done(token)
+        if request is None:
+            if context.is_active():
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              "expected one request message, got none")
+            # Gone before its request arrived: cancelled by its client, or by the watch (which
+            # set DEADLINE_EXCEEDED). Abort, so that gRPC does not log it as a server error.
+            context.abort(context.code() or grpc.StatusCode.CANCELLED,
+                          "the call ended before its request arrived")
+        return request
+
+
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+def _as_is(requests: Any, _context: grpc.ServicerContext) -> Any:
+    return requests
+
+
+def _on_pool(handler: Any, pool: ThreadPoolExecutor) -> Any:
+    """The same handler, run on `pool` instead of the server's own."""
+    for kind in _KINDS:
+        behavior = getattr(handler, kind)
+        if behavior is not None:
+            def run(request: Any, context: grpc.ServicerContext,
+                    behavior: Callable[..., Any] = behavior) -> Any:
+                return behavior(request, context)
+            run.experimental_thread_pool = pool  # type: ignore[attr-defined]
+            return handler._replace(**{kind: run})
+    return handler
 
 
 def _bearer_token(metadata: Any) -> str | None:
@@ -189,22 +291,23 @@ def _bearer_token(metadata: Any) -> str | None:
 
 
 class _Call:
-    """One call's bracket: authenticate, admit and name the caller on entry; release and record
-    on exit, whatever happened. A class rather than @contextmanager because it runs on every
-    call, and a generator-based one costs more."""
+    """One admitted call's bracket: authenticate, count a stream and name the caller on entry;
+    uncount and record on exit, whatever happened. A class rather than @contextmanager because
+    it runs on every call, and a generator-based one costs more."""
 
-    __slots__ = ("_admitted", "_context", "_name", "_owner", "_record", "_started", "_token")
+    __slots__ = ("_context", "_name", "_owner", "_record", "_started", "_stream", "_token")
 
     def __init__(self, owner: CallInterceptor, context: grpc.ServicerContext, role: str,
-                 method: str, record: _Recorder) -> None:
+                 method: str, record: _Recorder, stream: bool) -> None:
         self._owner, self._context, self._record = owner, context, record
         self._started = time.perf_counter()
-        self._name, self._admitted = "-", False
+        self._name = "-"
+        self._stream: tuple[str, str] | None = None
         self._token: contextvars.Token[str] | None = None
         try:
             self._name = owner._caller(context, role, method)
-            owner._admit(context)
-            self._admitted = True
+            if stream:
+                self._stream = owner._open_stream(context, self._name)
         except BaseException as exc:  # refused: recorded too, then raised to gRPC
             record(context, self._name, self._started, exc)
             raise
@@ -216,8 +319,8 @@ class _Call:
                  traceback: object) -> None:
         if self._token is not None:
             caller.reset(self._token)
-        if self._admitted:
-            self._owner._release()
+        if self._stream is not None:
+            self._owner._streams.close(*self._stream)
         self._record(self._context, self._name, self._started, error)
 
 

@@ -20,6 +20,7 @@ from hashsvc.server.interceptors import caller
 from hashsvc.server.observe import ScanObserver
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.status import STATUS, abort, check_deadline
+from hashsvc.server.streams import ClientWatch, ReadAhead
 
 MAX_HASHES_PER_CALL = 10_000
 
@@ -31,13 +32,14 @@ def _request_id() -> str:
 
 class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     def __init__(
-        self, runtime: Runtime, stream_pool: ThreadPoolExecutor, observer: ScanObserver
+        self, runtime: Runtime, stream_pool: ThreadPoolExecutor, observer: ScanObserver,
+        watch: ClientWatch,
     ) -> None:
         self._runtime = runtime
         self._scanner = runtime.scanner
         self._observe = observer
         self._stream_pool = stream_pool
-        self._window = max(1, runtime.config.stream_window)
+        self._watch = watch
 
     def ScanImage(
         self, request: scan_pb2.ScanImageRequest, context: grpc.ServicerContext
@@ -102,14 +104,16 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     def ScanImages(
         self, requests: Iterator[scan_pb2.ScanImagesRequest], context: grpc.ServicerContext
     ) -> Iterator[scan_pb2.ScanImagesResponse]:
-        """Items run on a shared pool, at most `stream_window` per stream; answers keep order.
+        """Items run on a shared pool, within the stream's read-ahead; answers keep order.
 
-        A reader thread takes requests off the stream only while the window has room, so HTTP/2
+        A reader thread takes requests off the stream only while `ReadAhead` has room, so HTTP/2
         flow control holds a fast sender back instead of its items piling up in server memory;
         meanwhile every finished item is answered at once, so a client that waits for each
-        answer before sending more is never stalled behind a window it will not fill.
+        answer before sending more is never stalled behind a window it will not fill. A stream
+        that waits on its client for `client_idle_timeout` ends (see streams.py).
         """
-        window = threading.BoundedSemaphore(self._window)
+        config = self._runtime.config
+        read_ahead = ReadAhead(config.stream_window, config.stream_buffer_bytes)
         ordered: queue.SimpleQueue[Future[scan_pb2.ScanImagesResponse] | None] = (
             queue.SimpleQueue()
         )
@@ -117,26 +121,51 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
 
         def read() -> None:
             defaults = types_pb2.ScanOptions()
+            first = True
             try:
-                for index, request in enumerate(requests):
-                    if index == 0 and request.HasField("options"):
+                while read_ahead.wait_for_room(context.is_active):
+                    request = next(requests, None)
+                    if request is None:
+                        return
+                    if first and request.HasField("options"):
                         defaults = request.options
+                    first = False
                     options = request.options if request.HasField("options") else defaults
-                    while not window.acquire(timeout=0.5):
-                        if not context.is_active():
-                            return
-                    ordered.put(self._stream_pool.submit(self._scan_item, request, options,
-                                                         name))
+                    size = request.ByteSize()
+                    if not read_ahead.take(size, context.is_active):
+                        return
+                    future = self._stream_pool.submit(self._scan_item, request, options, name)
+
+                    def freed(_done: Future[scan_pb2.ScanImagesResponse], size: int = size) -> None:
+                        read_ahead.scanned(size)
+
+                    future.add_done_callback(freed)
+                    ordered.put(future)
             except grpc.RpcError:
                 pass  # the client went away mid-stream: nothing left to answer
             finally:
                 ordered.put(None)
 
         threading.Thread(target=read, name="stream-reader", daemon=True).start()
-        while (future := ordered.get()) is not None:
-            response = future.result()
-            window.release()
-            yield response
+        stream = id(read_ahead)
+        try:
+            while True:
+                try:
+                    # Nothing pending while this waits: the stream waits on its client.
+                    future = ordered.get(timeout=self._watch.timeout)
+                except queue.Empty:
+                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"no request for {self._watch.timeout:g} s while "
+                                  "nothing was pending: stream ended (client_idle_timeout)")
+                if future is None:
+                    return
+                response = future.result()
+                read_ahead.answered()
+                self._watch.waiting(stream, context, "the client to take an answer")
+                yield response
+                self._watch.done(stream)
+        finally:
+            self._watch.done(stream)
 
     def _scan_item(
         self, request: scan_pb2.ScanImagesRequest, options: types_pb2.ScanOptions, name: str

@@ -1,7 +1,10 @@
 """Several worker processes sharing one port, supervised.
 
-- The port is reserved here (bound with SO_REUSEPORT, never listened on) so that port 0 resolves
-  to one concrete port that every worker then binds; the kernel spreads connections across them.
+- The port is refused if anything is bound to it already, then reserved here (see ports.py) so
+  that port 0 resolves to one concrete port that every worker then binds with SO_REUSEPORT; the
+  kernel spreads connections across them.
+- Workers exit when the supervisor dies, even by SIGKILL (see worker.exit_with_supervisor), so
+  no orphan keeps serving a port nobody supervises.
 - Workers are *spawned*, not forked: gRPC and OpenMP threads do not survive a fork, and a fresh
   interpreter imports prometheus_client only after PROMETHEUS_MULTIPROC_DIR is set.
 - Each worker loads the snapshot itself (memory-mapped, so N workers share one copy in the page
@@ -13,16 +16,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -31,25 +31,13 @@ from types import FrameType
 
 from hashsvc.config import ServerConfig
 from hashsvc.errors import HashsvcError
+from hashsvc.server.ports import reserve_port
 
 log = logging.getLogger("hashsvc.supervisor")
 
 DRAIN_TIMEOUT = 30.0
 READY_TIMEOUT = 120.0
 MAX_RESTART_DELAY = 30.0
-
-
-@contextlib.contextmanager
-def _reserve_port(listen: str) -> Iterator[tuple[str, int]]:
-    host, _, port_text = listen.rpartition(":")
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host.strip("[]"), int(port_text)))
-        yield host, int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 def supervise(config: ServerConfig) -> int:
@@ -80,14 +68,15 @@ def _supervise(config: ServerConfig, metrics_dir: str) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with _reserve_port(config.listen) as (host, port):
+    with reserve_port(config.listen) as (host, port):
         worker_config = replace(config, listen=f"{host}:{port}")
         start_metrics_server(config.metrics_listen, multiprocess_dir=metrics_dir)
 
         ready: SimpleQueue[int] = context.SimpleQueue()
 
         def start(index: int) -> BaseProcess:
-            process = context.Process(target=worker_main, args=(worker_config, index, ready),
+            process = context.Process(target=worker_main,
+                                      args=(worker_config, index, ready, os.getpid()),
                                       name=f"hashsvc-worker-{index}")
             process.start()
             return process

@@ -4,14 +4,17 @@
 port 0. `run_worker` serves until a signal, then drains: health turns NOT_SERVING (load balancers
 stop sending), new calls are refused, and calls in flight get `DRAIN_SECONDS` to finish.
 With several workers (`supervisor.py`) each binds the same port with SO_REUSEPORT and the kernel
-spreads connections across them.
+spreads connections across them, and `exit_with_supervisor` makes it stop when the supervisor
+dies, however it dies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,15 +31,18 @@ from hashsvc import logs
 from hashsvc.config import ServerConfig
 from hashsvc.errors import HashsvcError
 from hashsvc.server.admin_service import AdminServicer
+from hashsvc.server.admission import AdmissionPool, StreamLimits
 from hashsvc.server.interceptors import CallInterceptor, KeyFile
 from hashsvc.server.observe import ScanObserver
+from hashsvc.server.ports import AddressInUseError
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.scan_service import ScanServicer
+from hashsvc.server.streams import ClientWatch
 
 log = logging.getLogger("hashsvc.server")
 
 _MESSAGE_OVERHEAD = 1 << 20  # room for the rest of a ScanImage request around the image
-_HEALTH_SLOTS = 8  # calls admitted beyond max_concurrent_rpcs: health checks, reflection
+_OTHER_THREADS = 8  # health checks, reflection and refusals: none of them waits on a client
 DRAIN_SECONDS = 20.0
 
 
@@ -47,15 +53,19 @@ def create_server(
     # gRPC itself rejects messages over this with RESOURCE_EXHAUSTED; images up to it but over
     # max_image_bytes get a precise INVALID_ARGUMENT from the decoder instead.
     max_message = config.max_image_bytes + _MESSAGE_OVERHEAD
-    # A thread for every admitted call plus health checks, so that admission (the interceptor's
-    # limit) is the only queue, and it does not grow: see interceptors.py.
-    slots = config.max_concurrent_rpcs + _HEALTH_SLOTS
-    interceptor = CallInterceptor(keys, config.max_concurrent_rpcs)
+    # Admitted scan/admin calls run on the admission pool, a thread each; everything else on
+    # the server's own small pool. gRPC's own limit is off: admission is the one gate, so that
+    # every refusal is counted (admission.py).
+    watch = ClientWatch(config.client_idle_timeout)
+    interceptor = CallInterceptor(
+        keys, AdmissionPool(config.max_concurrent_rpcs), watch,
+        StreamLimits(per_key=config.max_streams_per_key,
+                     per_connection=config.max_streams_per_connection))
     runtime.gauge_updaters.append(interceptor.publish_in_flight)
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=slots, thread_name_prefix="rpc"),
+        ThreadPoolExecutor(max_workers=_OTHER_THREADS, thread_name_prefix="rpc-other"),
         interceptors=[interceptor],
-        maximum_concurrent_rpcs=slots,
+        maximum_concurrent_rpcs=None,
         options=[
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", 64 << 20),
@@ -66,7 +76,7 @@ def create_server(
                                      thread_name_prefix="stream-item")
     observer = ScanObserver(runtime.audit)
     scan_pb2_grpc.add_ScanServiceServicer_to_server(
-        ScanServicer(runtime, stream_pool, observer), server
+        ScanServicer(runtime, stream_pool, observer, watch), server
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
     health_pb2_grpc.add_HealthServicer_to_server(runtime.health, server)
@@ -76,10 +86,14 @@ def create_server(
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ), server)
-    port = server.add_secure_port(config.listen, _credentials(config)) if config.tls_cert \
-        else server.add_insecure_port(config.listen)
+    try:
+        port = server.add_secure_port(config.listen, _credentials(config)) if config.tls_cert \
+            else server.add_insecure_port(config.listen)
+    except RuntimeError:  # grpc: "Failed to bind to address ..."; the probe (ports.py) ran first
+        port = 0
     if port == 0:
-        raise HashsvcError(f"cannot listen on {config.listen}")
+        raise AddressInUseError(f"cannot listen on {config.listen}: the address is in use or "
+                                "not available here")
     return server, port, stream_pool
 
 
@@ -96,9 +110,13 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials:
 
 def run_worker(
     config: ServerConfig, *, reuse_port: bool = False, index: int = 0,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[], None] | None = None, supervisor_pid: int | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT, then drain. The caller has configured logging."""
+    """Serve until SIGTERM/SIGINT (or, with `supervisor_pid`, until that process is gone), then
+    drain. The caller has configured logging."""
+    stopping = threading.Event()
+    if supervisor_pid is not None:
+        exit_with_supervisor(supervisor_pid, stopping)
     faiss.omp_set_num_threads(1)  # one thread per query: OpenMP made single queries far slower
     runtime = Runtime(config)
     runtime.start()
@@ -107,8 +125,6 @@ def run_worker(
     log.info("worker ready", extra={"worker": index, "pid": os.getpid(), "port": port})
     if on_ready is not None:
         on_ready()
-
-    stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("draining", extra={"worker": index, "signal": signal.Signals(signum).name,
@@ -130,8 +146,39 @@ def run_worker(
     return 0
 
 
-def worker_main(config: ServerConfig, index: int, ready: SimpleQueue[int]) -> None:
+def worker_main(
+    config: ServerConfig, index: int, ready: SimpleQueue[int], supervisor_pid: int
+) -> None:
     """Entry point of a spawned worker process (see supervisor.py)."""
     logs.configure(config.log_level)
     raise SystemExit(run_worker(config, reuse_port=True, index=index,
-                                on_ready=lambda: ready.put(index)))
+                                on_ready=lambda: ready.put(index), supervisor_pid=supervisor_pid))
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_supervisor(supervisor_pid: int, stopping: threading.Event) -> None:
+    """Drain and exit once the supervisor is gone, even if it was SIGKILLed.
+
+    Why: an orphaned worker keeps listening on the shared port and serving, with nobody to
+    restart, stop or count it. On Linux the kernel sends SIGTERM (which drains) the moment the
+    parent dies (PR_SET_PDEATHSIG); everywhere, and as a backstop, a thread notices within a
+    second that the parent process changed (the worker was re-parented). The check right after
+    prctl covers a supervisor that died before the request was made.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed; relying on the parent watch",
+                        extra={"errno": ctypes.get_errno()})
+
+    def watch() -> None:
+        while not stopping.wait(1.0):
+            if os.getppid() != supervisor_pid:
+                log.error("supervisor is gone; draining", extra={"supervisor": supervisor_pid})
+                stopping.set()
+
+    if os.getppid() != supervisor_pid:
+        stopping.set()
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
