@@ -83,6 +83,21 @@ def _burst(target: str, key: str, calls: int) -> dict[str, int]:
     return outcomes
 
 
+def _await_count(server: ServerProcess, method: str, code: str, expected: int) -> None:
+    """Wait until the server has recorded `expected` calls of `method` ending in `code`.
+
+    The client can see its call end a moment before the handler's thread records it, so the
+    count is polled (bounded by a hang guard), never read once."""
+    deadline = time.monotonic() + 60
+    while True:
+        samples = _samples(server.scrape())
+        if _value(samples, "hashsvc_requests_total", method=method, code=code) == expected:
+            return
+        assert time.monotonic() < deadline, {
+            key: value for key, value in samples.items() if key[0] == "hashsvc_requests_total"}
+        time.sleep(0.1)
+
+
 def test_every_refusal_is_ours_and_counted(tmp_path: Path) -> None:
     """Before the fix most of a burst was refused by gRPC's own limit ("Concurrent RPC limit
     exceeded!"), which neither hashsvc_requests_total nor hashsvc_rejected_requests_total saw."""
@@ -184,9 +199,7 @@ def test_a_client_that_stops_reading_loses_its_stream_not_the_slot(tmp_path: Pat
             with Client(server.target, api_key=key) as client:
                 assert client.scan_hashes([("pdq", BRIDGE_PDQ)]).matched
             call.cancel()
-        samples = _samples(server.scrape())
-        assert _value(samples, "hashsvc_requests_total", method="ScanImages",
-                      code="DEADLINE_EXCEEDED") == 1
+        _await_count(server, "ScanImages", "DEADLINE_EXCEEDED", 1)
 
 
 @pytest.mark.parametrize("flag", ["--max-streams-per-key", "--client-idle-timeout",
@@ -221,9 +234,7 @@ def test_an_upload_that_never_arrives_ends_and_frees_its_slot(tmp_path: Path) ->
         never.set()
         with Client(server.target, api_key=key) as client:  # the one slot is free again
             assert client.scan_hashes([("pdq", BRIDGE_PDQ)]).matched
-        samples = _samples(server.scrape())
-        assert _value(samples, "hashsvc_requests_total", method="ScanHashes",
-                      code="DEADLINE_EXCEEDED") == 1
+        _await_count(server, "ScanHashes", "DEADLINE_EXCEEDED", 1)
         assert "the request to arrive" in server.log
 
 
