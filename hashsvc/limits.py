@@ -33,6 +33,7 @@ class InputLimits:
     reason_chars: int = 1_024  # why entries were disabled
     quoted_chars: int = 64  # of any user input quoted back in an error message
     logged_chars: int = 200  # of free text (a disable reason) written to the server log
+    request_id_chars: int = 128  # a scan's request/item id, echoed back and written to the audit
 
 
 LIMITS = InputLimits()
@@ -58,6 +59,15 @@ def loggable(text: str) -> str:
     cut = text[:LIMITS.logged_chars]
     clean = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in cut)
     return clean + ("..." if len(text) > len(cut) else "")
+
+
+def check_request_id(value: str, what: str) -> str:
+    """A caller's id for a scan: it is echoed in the response and written to the audit log, so
+    it is bounded like every other input (a 10 MB id once went into both)."""
+    if len(value) > LIMITS.request_id_chars:
+        raise HashsvcError(f"{what} {quote(value)} is over the limit of "
+                           f"{LIMITS.request_id_chars} characters")
+    return value
 
 
 def check_text(value: str, what: str, max_chars: int) -> str:

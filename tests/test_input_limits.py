@@ -301,3 +301,17 @@ def test_a_stored_entry_with_unrepresentable_metadata_is_still_reported(tmp_path
     metadata = dict(match.metadata)
     assert metadata["fine"] == "kept" and metadata["big"] == "7" * 401
     assert metadata["text"] == "\\udfff" and metadata["nan"] == "nan"
+
+
+def test_scan_and_item_ids_are_bounded_like_every_other_input(admin: Client) -> None:
+    """A caller's id is echoed back and written to the audit log: a 1 MB one is refused, and
+    quoted back only as a prefix."""
+    huge = "r" * (1 << 20)
+    with pytest.raises(InvalidArgument, match="request_id 'rrrr") as err:
+        admin.scan_hashes([("pdq", _pdq(1))], request_id=huge)
+    assert len(err.value.details) < 400
+    fine = "r" * LIMITS.request_id_chars
+    assert admin.scan_hashes([("pdq", _pdq(1))], request_id=fine).request_id == fine
+    item = next(iter(admin.scan_images([(huge, [("pdq", _pdq(1))])])))
+    assert item.WhichOneof("outcome") == "error" and "item id 'rrrr" in item.error.message
+    assert len(item.id) == LIMITS.request_id_chars

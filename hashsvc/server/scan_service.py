@@ -14,6 +14,7 @@ from hashsvc_client.v1 import scan_pb2, scan_pb2_grpc, types_pb2
 from hashsvc.algorithms import ALGORITHMS
 from hashsvc.errors import HashsvcError
 from hashsvc.imaging import Upload
+from hashsvc.limits import LIMITS, check_request_id, quote
 from hashsvc.scanner import ComputedHash, ScanResult
 from hashsvc.server import convert
 from hashsvc.server.interceptors import caller
@@ -44,8 +45,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     def ScanImage(
         self, request: scan_pb2.ScanImageRequest, context: grpc.ServicerContext
     ) -> scan_pb2.ScanImageResponse:
-        request_id = request.request_id or _request_id()
         try:
+            request_id = check_request_id(request.request_id, "request_id") or _request_id()
             options = convert.options_from_proto(request.options)
             check_deadline(context, "decoding")
             result = self._scanner.scan_image(request.image, options)
@@ -59,8 +60,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     def ScanHashes(
         self, request: scan_pb2.ScanHashesRequest, context: grpc.ServicerContext
     ) -> scan_pb2.ScanHashesResponse:
-        request_id = request.request_id or _request_id()
         try:
+            request_id = check_request_id(request.request_id, "request_id") or _request_id()
             result = self._scan_hashes(request.hashes, request.options)
         except HashsvcError as err:
             self._observe.rejected(err)
@@ -171,21 +172,21 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         self, request: scan_pb2.ScanImagesRequest, options: types_pb2.ScanOptions, name: str
     ) -> scan_pb2.ScanImagesResponse:
         try:
+            check_request_id(request.id, "item id")
             item = request.WhichOneof("item")
             if item == "image":
                 result = self._scanner.scan_image(
-                    request.image, convert.options_from_proto(options), name=f"item {request.id!r}"
-                )
+                    request.image, convert.options_from_proto(options),
+                    name=f"item {quote(request.id)}")
             elif item == "hashes":
                 result = self._scan_hashes(request.hashes.hashes, options)
             else:
-                raise HashsvcError(f"item {request.id!r}: send an image or hashes")
+                raise HashsvcError(f"item {quote(request.id)}: send an image or hashes")
         except HashsvcError as err:
             self._observe.rejected(err)
-            return scan_pb2.ScanImagesResponse(id=request.id, error=scan_pb2.ItemError(
-                code=STATUS[err.code].value[0], message=err.message,
-                reason=err.reason,
-            ))
+            error = scan_pb2.ItemError(code=STATUS[err.code].value[0], message=err.message,
+                                       reason=err.reason)
+            return scan_pb2.ScanImagesResponse(id=request.id[:LIMITS.request_id_chars], error=error)
         self._observe.scanned(method="ScanImages", request_id=request.id, caller=name,
                               result=result, image_bytes=len(request.image))
         return scan_pb2.ScanImagesResponse(id=request.id,
