@@ -38,6 +38,15 @@ class ServerProcess:
         self.metrics_port = next((int(r["port"]) for r in self.records()
                                   if r.get("message") == "metrics"), None)
 
+    @property
+    def pid(self) -> int:
+        """The server's process (with --workers N, the supervisor; its workers are children)."""
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._process.poll() is None
+
     def scrape(self) -> str:
         """The text of /metrics, as Prometheus would scrape it."""
         import urllib.request
