@@ -1,0 +1,445 @@
+"""Kill imports and publishes at random points, publish under load, serve bad snapshots.
+
+    python loadtests/chaos.py --entries 1000000 --import-kills 10 --publish-kills 17 \
+        --publishes 24 --seed 1 --json chaos.json
+
+On a fresh data home of `--entries` PDQ entries (built by make_snapshot.py), each section checks
+one guarantee and records every check:
+
+- imports: `indexer import` of a new `--import-lines` list (large enough for the parser
+  process) SIGKILLed after a seeded random delay. Then the store passes `PRAGMA
+  integrity_check`, holds either none or all of the list, `current` loads, and no process of
+  the import is left running after `--orphan-grace` seconds.
+- publishes: `indexer publish` SIGKILLed at a seeded random point: after a delay, when its
+  temporary directory appears, or as soon as it switched `current` (while it removes old
+  versions). Then `current` loads and nothing is left running; at the end one more publish must
+  leave only complete versions (a half-deleted version directory is planted first).
+- load: `--publishes` publishes while loadgen keeps ScanHashes and ScanImage calls in flight
+  against a 2-worker server, in rounds of bounded call counts: 0 failed calls, and every
+  worker ends up serving the last version.
+- bad snapshots: `current` pointed at a broken copy of the good snapshot (truncated array,
+  manifest without `files`, manifest as a JSON array, fewer rows than the manifest with
+  checksums that match, and an intact copy under another name). A broken one must be refused
+  and counted in hashsvc_snapshot_load_failures_total while known hashes keep matching; the
+  intact copy must load once, not in a loop; pointing `current` back must serve the good one.
+
+Prints the checks and one JSON object (also `--json PATH`); exits 1 if any check failed.
+Processes are killed only by the ids this tool started them with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # run as `python loadtests/chaos.py`: find `loadtests`
+    sys.path.insert(0, str(_ROOT))
+
+import numpy as np  # noqa: E402
+from hashsvc_client import Client  # noqa: E402
+from hashsvc_client.errors import HashsvcClientError  # noqa: E402
+
+from hashsvc.errors import SnapshotError  # noqa: E402
+from hashsvc.snapshot import current_version, load_current  # noqa: E402
+from hashsvc.store import NewEntry, Store  # noqa: E402
+from loadtests import loadgen, processes  # noqa: E402
+from loadtests.make_snapshot import BANK, KNOWN_FILE, build_home  # noqa: E402
+from tests.server_process import ServerProcess  # noqa: E402
+
+BAD_SNAPSHOTS = ("truncated_array", "manifest_without_files", "manifest_json_array",
+                 "fewer_rows", "copied_dir")
+
+
+@dataclass
+class Report:
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, section: str, name: str, ok: bool, detail: str = "") -> bool:
+        self.checks.append({"section": section, "check": name, "ok": ok, "detail": detail})
+        print(f"  {'ok  ' if ok else 'FAIL'} {section}: {name}{': ' + detail if detail else ''}",
+              flush=True)
+        return ok
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [c for c in self.checks if not c["ok"]]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    """Poll until `condition`; False after `timeout` (a hang guard, never a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+def indexer(home: Path, *args: str) -> subprocess.Popen[bytes]:
+    """The real CLI in its own session, so that whatever it leaves behind can be found."""
+    return subprocess.Popen([sys.executable, "-m", "indexer", "--home", str(home), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, cwd=_ROOT)
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def leftovers(session: int, grace: float) -> list[int]:
+    """Processes of a killed command's session still running after `grace` seconds; killed."""
+    wait_for(lambda: not processes.session_members(session), grace, 0.2)
+    left = processes.session_members(session)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def serve(home: Path, *flags: str) -> ServerProcess:
+    """A real server on `home` with keys of its own (each server adds two to keys.toml)."""
+    suffix = os.urandom(4).hex()
+    server = ServerProcess(home, *flags, keys={f"admin-{suffix}": ["admin"],
+                                               f"scanner-{suffix}": ["scan"]})
+    server.keys["admin"], server.keys["scanner"] = (server.keys[f"admin-{suffix}"],
+                                                    server.keys[f"scanner-{suffix}"])
+    return server
+
+
+def entry_count(home: Path) -> int:
+    with sqlite3.connect(home / "store.sqlite") as db:
+        return int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+
+def integrity(home: Path) -> str:
+    db = sqlite3.connect(home / "store.sqlite")
+    try:
+        return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        db.close()
+
+
+def check_current(report: Report, section: str, snapshots: Path) -> None:
+    try:
+        loaded = load_current(snapshots)
+        report.check(section, "current loads", True, f"{loaded.version}, "
+                     f"{loaded.entry_count:,} entries")
+    except SnapshotError as err:
+        report.check(section, "current loads", False, err.message)
+
+
+# ---- kills --------------------------------------------------------------------------------------
+
+
+def kill_imports(report: Report, home: Path, args: argparse.Namespace, rng: random.Random) -> None:
+    for round_ in range(args.import_kills):
+        listing = home.parent / f"chaos-import-{round_}.txt"
+        raw = rng.randbytes(32 * args.import_lines).hex()
+        listing.write_text("".join(raw[i:i + 64] + "\n" for i in range(0, len(raw), 64)))
+        before = entry_count(home)
+        delay = rng.uniform(0.05, args.max_kill_delay)
+        process = indexer(home, "import", BANK, str(listing), "--algorithm", "pdq")
+        finished = wait_for(lambda p=process: p.poll() is not None, delay)  # type: ignore[misc]
+        kill(process)
+        section = f"import kill {round_ + 1} at {delay:.2f} s"
+        listing.unlink()
+        left = leftovers(process.pid, args.orphan_grace)
+        report.check(section, "no process left running", not left,
+                     f"{len(left)} left (pids {left}), killed now" if left else "")
+        report.check(section, "integrity_check", (result := integrity(home)) == "ok", result)
+        after = entry_count(home)
+        report.check(section, "all or nothing", after in (before, before + args.import_lines),
+                     f"{after - before:+,} entries ({'finished' if finished else 'killed'})")
+        check_current(report, section, home / "snapshots")
+
+
+def _add_entries(home: Path, count: int, rng: random.Random) -> None:
+    with Store(home / "store.sqlite") as store:
+        store.add_entries(BANK, (NewEntry("pdq", rng.randbytes(32), None) for _ in range(count)))
+
+
+def _triggered(trigger: str, snapshots: Path, before: str | None) -> bool:
+    if trigger == "temporary directory":
+        return any(p.name.startswith(".tmp-") for p in snapshots.iterdir())
+    if trigger == "current switched":
+        return current_version(snapshots) != before
+    return False  # "delay": only the time limit ends the wait
+
+
+def kill_publishes(report: Report, home: Path, args: argparse.Namespace,
+                   rng: random.Random) -> None:
+    snapshots = home / "snapshots"
+    for round_ in range(args.publish_kills):
+        _add_entries(home, 100, rng)
+        before = current_version(snapshots)
+        trigger = rng.choice(("delay", "temporary directory", "current switched"))
+        delay = rng.uniform(0.05, args.max_kill_delay)
+        process = indexer(home, "publish")
+        limit = delay if trigger == "delay" else 120.0
+        wait_for(lambda p=process, t=trigger, b=before: (  # type: ignore[misc]
+            p.poll() is not None or _triggered(t, snapshots, b)), limit, 0.001)
+        kill(process)
+        section = f"publish kill {round_ + 1} ({trigger}" + (
+            f" {delay:.2f} s)" if trigger == "delay" else ")")
+        left = leftovers(process.pid, args.orphan_grace)
+        report.check(section, "no process left running", not left, f"pids {left}" if left else "")
+        check_current(report, section, snapshots)
+    # A publish killed inside its clean-up leaves a version without manifest; plant one, then
+    # the next publish must leave only complete versions and no temporaries.
+    good = current_version(snapshots)
+    assert good is not None
+    planted = snapshots / "20000101T000000.000000Z-r0"
+    shutil.copytree(snapshots / good, planted)
+    (planted / "manifest.json").unlink()
+    done = subprocess.run([sys.executable, "-m", "indexer", "--home", str(home), "publish",
+                           "--force"], capture_output=True, text=True, cwd=_ROOT, check=False)
+    report.check("publish after kills", "succeeds", done.returncode == 0,
+                 done.stderr.strip()[-300:])
+    stray = sorted(p.name for p in snapshots.iterdir()
+                   if p.is_dir() and not (p / "manifest.json").exists())
+    report.check("publish after kills", "only complete versions left", not stray,
+                 f"left: {', '.join(stray)}" if stray else "")
+    check_current(report, "publish after kills", snapshots)
+
+
+# ---- publishes under load -----------------------------------------------------------------------
+
+
+def _loader(server: ServerProcess, home: Path, calls: int, stop: threading.Event,
+            totals: dict[str, Any]) -> None:
+    """Rounds of bounded loadgen runs, alternating ScanHashes and ScanImage, until `stop`."""
+    known = loadgen.read_known_hashes(home / KNOWN_FILE)
+    image = loadgen.make_jpeg(loadgen.default_photo())
+    modes = ("scan-hashes", "scan-image")
+    while not stop.is_set():
+        mode = modes[totals["rounds"] % 2]
+        settings = loadgen.Settings(
+            mode=mode, target=server.target, api_key=server.keys["scanner"], concurrency=4,
+            channels=4, duration=600.0, warmup=0.0, max_requests=calls, batch=10,
+            stream_window=16, timeout=30.0, image=image if mode == "scan-image" else None,
+            known_hashes=known, match_fraction=0.5)
+        result = asyncio.run(loadgen.run(settings))
+        totals["rounds"] += 1
+        totals["calls"] += result["issued_total"]
+        for code, count in result["errors"].items():
+            totals["errors"][code] = totals["errors"].get(code, 0) + count
+
+
+def publishes_under_load(report: Report, home: Path, args: argparse.Namespace,
+                         rng: random.Random) -> None:
+    snapshots = home / "snapshots"
+    totals: dict[str, Any] = {"rounds": 0, "calls": 0, "errors": {}}
+    with serve(home, "--workers", "2") as server:
+        stop = threading.Event()
+        loader = threading.Thread(target=_loader, args=(server, home, args.load_calls, stop,
+                                                        totals), daemon=True)
+        loader.start()
+        wait_for(lambda: totals["rounds"] > 0 or not loader.is_alive(), 120)
+        published = 0
+        for _ in range(args.publishes):
+            _add_entries(home, 10, rng)
+            done = subprocess.run([sys.executable, "-m", "indexer", "--home", str(home),
+                                   "publish"], capture_output=True, cwd=_ROOT, check=False)
+            published += done.returncode == 0
+        stop.set()
+        loader.join(timeout=600)
+        last = current_version(snapshots)
+        served = set()
+        for _ in range(4):  # fresh connections reach either worker
+            with Client(server.target, api_key=server.keys["admin"]) as admin:
+                wait_for(lambda a=admin: a.index_status().version == last, 60, 0.2)  # type: ignore[misc]
+                served.add(admin.index_status().version)
+    report.check("publishes under load", "every publish succeeded", published == args.publishes,
+                 f"{published}/{args.publishes}")
+    errors = sum(totals["errors"].values())
+    report.check("publishes under load", "0 failed calls", errors == 0 and totals["calls"] > 0,
+                 f"{totals['calls']:,} calls in {totals['rounds']} rounds, errors "
+                 f"{totals['errors'] or 0}")
+    report.check("publishes under load", "workers serve the last version", served == {last},
+                 f"served {sorted(served)}, current {last}")
+    report.figures["publishes_under_load"] = {"publishes": published, "calls": totals["calls"],
+                                              "failed_calls": errors}
+
+
+# ---- bad snapshots ------------------------------------------------------------------------------
+
+
+def _switch_current(snapshots: Path, version: str) -> None:
+    pending = snapshots / "current.chaos"
+    pending.write_text(version + "\n")
+    pending.replace(snapshots / "current")
+
+
+def _metric(server: ServerProcess, name: str) -> float:
+    found = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", server.scrape(), re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def break_snapshot(directory: Path, kind: str) -> None:
+    manifest_path = directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    ids = directory / "entries.ids.npy"
+    if kind == "truncated_array":
+        with ids.open("r+b") as handle:
+            handle.truncate(ids.stat().st_size // 2)
+    elif kind == "manifest_without_files":
+        del manifest["files"]
+        manifest_path.write_text(json.dumps(manifest))
+    elif kind == "manifest_json_array":
+        manifest_path.write_text(json.dumps([manifest]))
+    elif kind == "fewer_rows":  # checksums made to match: only the lengths tell
+        rows = np.load(ids)
+        np.save(ids, rows[: len(rows) // 2])
+        from hashsvc.snapshot import _sha256
+
+        manifest["files"]["entries.ids.npy"] = {"sha256": _sha256(ids),
+                                                "bytes": ids.stat().st_size}
+        manifest_path.write_text(json.dumps(manifest))
+
+
+def _scan_known(server: ServerProcess, known: list[str]) -> tuple[int, int]:
+    """(errors, misses) over scans of hashes the good snapshot lists."""
+    errors = misses = 0
+    with Client(server.target, api_key=server.keys["scanner"]) as client:
+        for value in known:
+            try:
+                misses += not client.scan_hashes([("pdq", value)]).matches
+            except HashsvcClientError:
+                errors += 1
+    return errors, misses
+
+
+def bad_snapshots(report: Report, home: Path, args: argparse.Namespace) -> None:
+    snapshots = home / "snapshots"
+    good = current_version(snapshots)
+    assert good is not None
+    known = loadgen.read_known_hashes(home / KNOWN_FILE)[:20]
+    refused = 0
+    with serve(home, "--workers", "1", "--reload-interval", "0.1") as server, \
+            Client(server.target, api_key=server.keys["admin"]) as admin:
+        for kind in BAD_SNAPSHOTS:
+            section = f"bad snapshot {kind}"
+            name = f"{good}-copy-{kind}"
+            shutil.copytree(snapshots / good, snapshots / name)
+            break_snapshot(snapshots / name, kind)
+            failures = _metric(server, "hashsvc_snapshot_load_failures_total")
+            loads = _metric(server, "hashsvc_snapshot_load_duration_seconds_count")
+            _switch_current(snapshots, name)
+            looked = wait_for(lambda f=failures, n=loads: (  # type: ignore[misc]
+                _metric(server, "hashsvc_snapshot_load_failures_total") > f
+                or _metric(server, "hashsvc_snapshot_load_duration_seconds_count") > n), 30, 0.1)
+            if kind == "copied_dir":
+                time.sleep(20 * 0.1)  # twenty reload intervals: a loop would load ~20 times
+                count = _metric(server, "hashsvc_snapshot_load_duration_seconds_count") - loads
+                report.check(section, "loaded once, not in a loop", looked and count <= 1,
+                             f"{count:g} loads in 20 reload intervals")
+            else:
+                counted = _metric(server, "hashsvc_snapshot_load_failures_total") - failures
+                report.check(section, "refused and counted", counted >= 1,
+                             f"hashsvc_snapshot_load_failures_total {counted:+g}")
+                refused += counted >= 1
+                errors, misses = _scan_known(server, known)
+                report.check(section, "old snapshot still serving", errors == 0 and misses == 0
+                             and admin.index_status().version == good,
+                             f"{errors} errors, {misses} misses in {len(known)} scans")
+            _switch_current(snapshots, good)
+            back = wait_for(lambda: admin.index_status().version == good, 30, 0.1)
+            errors, misses = _scan_known(server, known)
+            report.check(section, "pointing current back serves the good one",
+                         back and errors == 0 and misses == 0,
+                         f"serving {admin.index_status().version}; {errors} errors, "
+                         f"{misses} misses in {len(known)} scans")
+            shutil.rmtree(snapshots / name)
+    report.figures["bad_snapshots"] = {"kinds": len(BAD_SNAPSHOTS) - 1, "refused": refused}
+
+
+# ---- the command --------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=200_000,
+                        help="PDQ entries in the store (default %(default)s; the issue: 1M)")
+    parser.add_argument("--import-kills", type=int, default=5)
+    parser.add_argument("--import-lines", type=int, default=300_000,
+                        help="lines of each killed import (default %(default)s, ~19 MB: past "
+                             "the 16 MB at which the importer starts a parser process)")
+    parser.add_argument("--publish-kills", type=int, default=5)
+    parser.add_argument("--max-kill-delay", type=float, default=3.0,
+                        help="kills land after 0.05 s to this many seconds (default %(default)s)")
+    parser.add_argument("--orphan-grace", type=float, default=10.0,
+                        help="seconds a killed command's children get to exit on their own")
+    parser.add_argument("--publishes", type=int, default=5, help="publishes under load")
+    parser.add_argument("--load-calls", type=int, default=400,
+                        help="calls per loadgen round during the publishes (default %(default)s)")
+    parser.add_argument("--no-bad-snapshots", dest="bad_snapshots", action="store_false")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--home", type=Path, help="where to build the store (default: a "
+                        "temporary directory, removed afterwards); must not exist")
+    parser.add_argument("--json", type=Path, help="also write the report object here")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    rng = random.Random(args.seed)
+    report = Report()
+    with tempfile.TemporaryDirectory(prefix="hashsvc-chaos-") as scratch:
+        home = args.home or Path(scratch) / "home"
+        started = time.perf_counter()
+        built = build_home(home, args.entries, known_sample=100, seed=args.seed)
+        print(f"chaos: {built['added']:,} entries in {home}", flush=True)
+        kill_imports(report, home, args, rng)
+        kill_publishes(report, home, args, rng)
+        if args.publishes:
+            publishes_under_load(report, home, args, rng)
+        if args.bad_snapshots:
+            bad_snapshots(report, home, args)
+        seconds = time.perf_counter() - started
+    kills = args.import_kills + args.publish_kills
+    result = {"tool": "chaos", "seed": args.seed, "entries": args.entries, "kills": kills,
+              "checks": report.checks, "failed": len(report.failed),
+              "seconds": round(seconds, 1), **report.figures}
+    lost = [c for c in report.checks if c["check"] in ("all or nothing", "integrity_check",
+                                                       "current loads") and not c["ok"]]
+    load = report.figures.get("publishes_under_load", {})
+    result["figures"] = [
+        f"chaos: {kills} SIGKILLs ({args.import_kills} imports, {args.publish_kills} "
+        f"publishes) on {args.entries:,} entries: {len(lost)} checks of lost or partial data "
+        "failed",
+        f"chaos: {load.get('publishes', 0)} publishes under load, {load.get('calls', 0):,} "
+        f"calls, {load.get('failed_calls', 0)} failed",
+        f"chaos: {report.figures.get('bad_snapshots', {}).get('refused', 0)} of "
+        f"{len(BAD_SNAPSHOTS) - 1} bad snapshots refused and counted",
+        f"chaos: {len(report.failed)} of {len(report.checks)} checks failed",
+    ]
+    text = json.dumps(result)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print("\n".join(result["figures"]))
+    print(f"chaos: {'GUARANTEE BROKEN' if report.failed else 'guarantees kept'}")
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
