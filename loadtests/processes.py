@@ -81,3 +81,11 @@ def reset_peak(pid: int) -> None:
     """Set the peak (VmHWM) back to the current RSS, so that the next peak is one call's."""
     with contextlib.suppress(OSError):
         (_PROC / str(pid) / "clear_refs").write_text("5")
+
+
+def command_line(pid: int) -> str:
+    try:
+        return (_PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace").strip()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return ""

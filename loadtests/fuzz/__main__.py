@@ -11,7 +11,8 @@ Modes (default: all three):
             and the store passes `PRAGMA integrity_check`;
   server    a real `hashsvc serve` on loopback: ScanImage and HashImage for every image,
             ScanHashes for every stored list and every hostile hash string.
-The issue's recipes (issue 12, defects 3-6) run first in the image modes (--no-recipes: not).
+The issue's recipes (issue 12: defects 3-6 as images, 1 and 7 as hash lists) run first
+(--no-recipes: not).
 
 The guarantee: every input is answered (ok), or refused with a message (invalid_argument,
 resource_exhausted), within the hang guard and the memory budget, and an import stores all of
@@ -63,11 +64,14 @@ def _images(args: argparse.Namespace) -> Iterator[FuzzImage]:
 
 def _lists(args: argparse.Namespace) -> Iterator[HashList]:
     if args.only:
+        recipes = {r.name: r for r in hashlines.recipes()}
         for name in args.only:
-            if (match := _NAME.match(name)) and match[1] == "list":
+            if name in recipes:
+                yield recipes[name]
+            elif (match := _NAME.match(name)) and match[1] == "list":
                 yield hashlines.generate_one(int(match[2]), int(match[3]))
         return
-    yield from hashlines.generate(args.seed, args.lists)
+    yield from hashlines.generate(args.seed, args.lists, with_recipes=args.recipes)
 
 
 def _progress(mode: str, total: int) -> Any:
@@ -98,6 +102,7 @@ def _save(tallies: list[Tally], directory: Path) -> list[str]:
     directory.mkdir(parents=True, exist_ok=True)
     names = {f.input for tally in tallies for f in tally.failures}
     recipes = {r.name: r.data for r in images.recipes()}
+    recipes.update({r.name: r.content for r in hashlines.recipes()})
     saved = []
     for name in sorted(names):
         match = _NAME.match(name)

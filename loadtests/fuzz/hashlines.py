@@ -40,35 +40,35 @@ def _deep(depth: int) -> str:
     return '{"a":' * depth + "1" + "}" * depth
 
 
-# A hostile JSON-lines value: (name, the raw JSON text of one line's "metadata" or "external_id"
-# member, the defect of issue 12 it reproduces).
-def _json_member(rng: random.Random) -> tuple[str, str, str]:
-    choices: list[tuple[str, Callable[[], str], str]] = [
-        ("int-401-digits", lambda: '"metadata": {"n": ' + "9" * 401 + "}", "1"),
-        ("int-4301-digits", lambda: '"metadata": {"n": ' + "9" * 4301 + "}", "7"),
-        ("negative-int-500-digits", lambda: '"metadata": {"n": -' + "7" * 500 + "}", "1"),
-        ("float-1e400", lambda: '"metadata": {"x": 1e400}', ""),
-        ("nan", lambda: '"metadata": {"x": NaN, "y": -Infinity}', ""),
-        ("nested-900", lambda: '"metadata": ' + _deep(900), "1"),
-        ("nested-1000", lambda: '"metadata": ' + _deep(1000), "7"),
-        ("nested-5000", lambda: '"metadata": ' + _deep(5000), "7"),
-        ("array-nested-3000", lambda: '"metadata": {"a": ' + "[" * 3000 + "]" * 3000 + "}", "7"),
-        ("surrogate-in-metadata", lambda: '"metadata": {"s": "\\udfff"}', "1"),
-        ("surrogate-metadata-key", lambda: '"metadata": {"\\ud800": 1}', "1"),
-        ("surrogate-external-id", lambda: '"external_id": "x\\udfffy"', "7"),
-        ("nul-in-external-id", lambda: '"external_id": "a\\u0000b"', ""),
-        ("metadata-array", lambda: '"metadata": [1, 2, 3]', ""),
-        ("metadata-string", lambda: '"metadata": "text"', ""),
-        ("metadata-1mb", lambda: '"metadata": {"s": "' + "m" * (1 << 20) + '"}', "13"),
-        ("metadata-20k-keys", lambda: '"metadata": {'
-         + ",".join(f'"k{i}": {i}' for i in range(20_000)) + "}", "13"),
-        ("external-id-513", lambda: '"external_id": "' + "e" * 513 + '"', ""),
-        ("external-id-1mb", lambda: '"external_id": "' + "e" * (1 << 20) + '"', "13"),
-        ("external-id-number", lambda: '"external_id": 12345678901234567890123', ""),
-        ("unknown-column", lambda: '"colour": {"deep": [1, {"x": null}]}', ""),
-    ]
-    name, make, defect = rng.choice(choices)
-    return name, make(), defect
+# Hostile JSON-lines members: (name, the raw JSON text of one line's "metadata" or
+# "external_id" member, the defect of issue 12 it reproduces). Built lazily: some are megabytes.
+_MEMBERS: tuple[tuple[str, Callable[[], str], str], ...] = (
+    ("int-401-digits", lambda: '"metadata": {"n": ' + "9" * 401 + "}", "1"),
+    ("int-4301-digits", lambda: '"metadata": {"n": ' + "9" * 4301 + "}", "7"),
+    ("negative-int-500-digits", lambda: '"metadata": {"n": -' + "7" * 500 + "}", "1"),
+    ("float-1e400", lambda: '"metadata": {"x": 1e400}', ""),
+    ("nan", lambda: '"metadata": {"x": NaN, "y": -Infinity}', ""),
+    ("nested-900", lambda: '"metadata": ' + _deep(900), "1"),
+    ("nested-1000", lambda: '"metadata": ' + _deep(1000), "7"),
+    ("nested-5000", lambda: '"metadata": ' + _deep(5000), "7"),
+    ("array-nested-3000", lambda: '"metadata": {"a": ' + "[" * 3000 + "]" * 3000 + "}", "7"),
+    ("surrogate-in-metadata", lambda: '"metadata": {"s": "\\udfff"}', "1"),
+    ("surrogate-metadata-key", lambda: '"metadata": {"\\ud800": 1}', "1"),
+    ("surrogate-external-id", lambda: '"external_id": "x\\udfffy"', "7"),
+    ("nul-in-external-id", lambda: '"external_id": "a\\u0000b"', ""),
+    ("metadata-array", lambda: '"metadata": [1, 2, 3]', ""),
+    ("metadata-string", lambda: '"metadata": "text"', ""),
+    ("metadata-1mb", lambda: '"metadata": {"s": "' + "m" * (1 << 20) + '"}', "13"),
+    ("metadata-20k-keys", lambda: '"metadata": {'
+     + ",".join(f'"k{i}": {i}' for i in range(20_000)) + "}", "13"),
+    ("external-id-513", lambda: '"external_id": "' + "e" * 513 + '"', ""),
+    ("external-id-1mb", lambda: '"external_id": "' + "e" * (1 << 20) + '"', "13"),
+    ("external-id-number", lambda: '"external_id": 12345678901234567890123', ""),
+    ("unknown-column", lambda: '"colour": {"deep": [1, {"x": null}]}', ""),
+)
+# The issue's own lines (defects 1 and 7): every run starts with them.
+RECIPE_MEMBERS = ("int-401-digits", "nested-900", "surrogate-in-metadata", "nested-1000",
+                  "int-4301-digits", "surrogate-external-id")
 
 
 def _bad_hash(rng: random.Random, algorithm: str) -> tuple[str, str]:
@@ -87,16 +87,17 @@ def _bad_hash(rng: random.Random, algorithm: str) -> tuple[str, str]:
     return rng.choice(choices)
 
 
-def _jsonl(rng: random.Random, index: int, seed: int) -> HashList:
+def _jsonl(rng: random.Random, index: int, seed: int, member: str | None = None) -> HashList:
     algorithm = rng.choice(("pdq", "md5", "sha256"))
     good = [_hex(rng, algorithm) for _ in range(rng.randrange(1, 6))]
     lines = [json.dumps({"hash": h, "algorithm": algorithm, "external_id": f"g{seed}-{index}-{i}"})
              for i, h in enumerate(good)]
     hashes = [(algorithm, h) for h in good]
-    if rng.random() < 0.6:
-        member_name, member, defect = _json_member(rng)
+    if member is not None or rng.random() < 0.6:
+        member_name, make, defect = next(m for m in _MEMBERS if m[0] == member) if member \
+            else rng.choice(_MEMBERS)
         hostile = _hex(rng, algorithm)
-        line = '{"hash": "' + hostile + '", "algorithm": "' + algorithm + '", ' + member + "}"
+        line = '{"hash": "' + hostile + '", "algorithm": "' + algorithm + '", ' + make() + "}"
         hashes.append((algorithm, hostile))
     else:
         hash_name, value = _bad_hash(rng, algorithm)
@@ -105,7 +106,9 @@ def _jsonl(rng: random.Random, index: int, seed: int) -> HashList:
         if hash_name == "upper-and-lower":
             hashes.append((algorithm, value.lower()))
     lines.insert(rng.randrange(len(lines) + 1), line)
-    return HashList(f"list-{seed}-{index}:jsonl:{member_name}", f"list-{index}.jsonl",
+    name = (f"recipe:d{defect}-{member_name}" if member
+            else f"list-{seed}-{index}:jsonl:{member_name}")
+    return HashList(name, f"list{index}.jsonl",
                     ("\n".join(lines) + "\n").encode("utf-8", "surrogatepass"),
                     tuple(hashes), defect=defect)
 
@@ -173,7 +176,14 @@ def generate_one(seed: int, index: int) -> HashList:
     return make(rng, index, seed)
 
 
-def generate(seed: int, count: int) -> Iterator[HashList]:
+def recipes() -> list[HashList]:
+    return [_jsonl(random.Random(i), -1 - i, 0, member) for i, member in enumerate(RECIPE_MEMBERS)]
+
+
+def generate(seed: int, count: int, *, with_recipes: bool = True) -> Iterator[HashList]:
+    """The recipes (if asked), then `count` generated lists."""
+    if with_recipes:
+        yield from recipes()
     for index in range(count):
         yield generate_one(seed, index)
 
