@@ -15,6 +15,7 @@ store must pass `PRAGMA integrity_check` at the end.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sqlite3
@@ -112,7 +113,7 @@ def run_decoders(inputs: Iterable[FuzzImage], tally: Tally, guard: Guard,
     scanner = Scanner(fast_pdq=True)
     for count, item in enumerate(inputs, 1):
         for path in DECODE_PATHS:
-            run = run_forked(lambda data=item.data, p=path: decode_work(scanner, data, p),
+            run = run_forked(functools.partial(decode_work, scanner, item.data, path),
                              timeout=guard.hang_seconds, memory_cap_mb=guard.memory_cap_mb,
                              quiet=True)
             tally.add(classify(item.name, path, run, guard), must_refuse=path in item.refuse)

@@ -15,7 +15,8 @@ is `unknown`. Memory is the server process's peak RSS during the call above its 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,18 @@ class Target:
         return result
 
 
+def _scan_image(data: bytes, timeout: float, client: Client) -> Any:
+    return client.scan_image(data, timeout=timeout)
+
+
+def _hash_image(data: bytes, timeout: float, client: Client) -> Any:
+    return client.hash_image(data, timeout=timeout)
+
+
+def _scan_hashes(hashes: Sequence[tuple[str, str]], timeout: float, client: Client) -> Any:
+    return client.scan_hashes(hashes, timeout=timeout)
+
+
 def prepare_home(root: Path, lists: Iterable[HashList], guard: Guard) -> list[HashList]:
     """Import every list (keeping those the importer accepted) and publish a snapshot."""
     home = new_home(root, guard)
@@ -116,20 +129,20 @@ def run_server(images: Iterable[FuzzImage], lists: Iterable[HashList],
     timeout = guard.hang_seconds
     try:
         for count, item in enumerate(images, 1):
-            tally.add(target.call(item.name, "scan", lambda c, d=item.data: c.scan_image(
-                d, timeout=timeout)), must_refuse="scan" in item.refuse)
-            tally.add(target.call(item.name, "hash", lambda c, d=item.data: c.hash_image(
-                d, timeout=timeout)), must_refuse="hash" in item.refuse)
+            tally.add(target.call(item.name, "scan", partial(_scan_image, item.data, timeout)),
+                      must_refuse="scan" in item.refuse)
+            tally.add(target.call(item.name, "hash", partial(_hash_image, item.data, timeout)),
+                      must_refuse="hash" in item.refuse)
             if progress is not None:
                 progress(count)
         for listed in stored:
             for start in range(0, len(listed.hashes), _HASH_BATCH):
                 batch = listed.hashes[start:start + _HASH_BATCH]
-                tally.add(target.call(listed.name, "scan-hashes", lambda c, b=batch: (
-                    c.scan_hashes(b, timeout=timeout))))
+                tally.add(target.call(listed.name, "scan-hashes",
+                                      partial(_scan_hashes, batch, timeout)))
         for name, algorithm, value in hostile:
-            tally.add(target.call(name, "scan-hashes", lambda c, a=algorithm, v=value: (
-                c.scan_hashes([(a, v)], timeout=timeout))))
+            tally.add(target.call(name, "scan-hashes",
+                                  partial(_scan_hashes, ((algorithm, value),), timeout)))
     finally:
         target.close()
     if target.restarts:
