@@ -7,7 +7,8 @@ On a fresh data home of `--entries` PDQ entries (built by make_snapshot.py), eac
 one guarantee and records every check:
 
 - imports: `indexer import` of a new `--import-lines` list (large enough for the parser
-  process) SIGKILLed after a seeded random delay. Then the store passes `PRAGMA
+  process) SIGKILLed after a seeded random delay, or (every other kill) once its parser
+  process has worked for half a CPU second. Then the store passes `PRAGMA
   integrity_check`, holds either none or all of the list, `current` loads, and no process of
   the import is left running after `--orphan-grace` seconds.
 - publishes: `indexer publish` SIGKILLed at a seeded random point: after a delay, when its
@@ -157,10 +158,17 @@ def kill_imports(report: Report, home: Path, args: argparse.Namespace, rng: rand
         listing.write_text("".join(raw[i:i + 64] + "\n" for i in range(0, len(raw), 64)))
         before = entry_count(home)
         delay = rng.uniform(0.05, args.max_kill_delay)
+        # Every other kill lands once the parser process has worked for half a CPU second:
+        # it is then batches ahead of the inserter, blocked on its full queue.
+        trigger = "delay" if round_ % 2 else "parser busy"
         process = indexer(home, "import", BANK, str(listing), "--algorithm", "pdq")
-        finished = wait_for(lambda p=process: p.poll() is not None, delay)  # type: ignore[misc]
+        finished = wait_for(lambda p=process, t=trigger: (  # type: ignore[misc]
+            p.poll() is not None or (t != "delay" and _parser_busy(p.pid))),
+            delay if trigger == "delay" else 120.0, 0.01)
+        finished = finished and process.poll() is not None
         kill(process)
-        section = f"import kill {round_ + 1} at {delay:.2f} s"
+        section = f"import kill {round_ + 1} ({trigger}" + (
+            f" {delay:.2f} s)" if trigger == "delay" else ")")
         listing.unlink()
         left = leftovers(process.pid, args.orphan_grace)
         report.check(section, "no process left running", not left,
@@ -170,6 +178,11 @@ def kill_imports(report: Report, home: Path, args: argparse.Namespace, rng: rand
         report.check(section, "all or nothing", after in (before, before + args.import_lines),
                      f"{after - before:+,} entries ({'finished' if finished else 'killed'})")
         check_current(report, section, home / "snapshots")
+
+
+def _parser_busy(pid: int) -> bool:
+    return any(processes.cpu_seconds(child) >= 0.5 and "spawn_main" in
+               processes.command_line(child) for child in processes.descendants(pid))
 
 
 def _add_entries(home: Path, count: int, rng: random.Random) -> None:
@@ -188,10 +201,12 @@ def _triggered(trigger: str, snapshots: Path, before: str | None) -> bool:
 def kill_publishes(report: Report, home: Path, args: argparse.Namespace,
                    rng: random.Random) -> None:
     snapshots = home / "snapshots"
+    triggers = ["delay", "temporary directory", "current switched"]
+    rng.shuffle(triggers)  # each in turn, in a seeded order
     for round_ in range(args.publish_kills):
         _add_entries(home, 100, rng)
         before = current_version(snapshots)
-        trigger = rng.choice(("delay", "temporary directory", "current switched"))
+        trigger = triggers[round_ % len(triggers)]
         delay = rng.uniform(0.05, args.max_kill_delay)
         process = indexer(home, "publish")
         limit = delay if trigger == "delay" else 120.0
@@ -381,8 +396,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--entries", type=int, default=200_000,
                         help="PDQ entries in the store (default %(default)s; the issue: 1M)")
     parser.add_argument("--import-kills", type=int, default=5)
-    parser.add_argument("--import-lines", type=int, default=300_000,
-                        help="lines of each killed import (default %(default)s, ~19 MB: past "
+    parser.add_argument("--import-lines", type=int, default=600_000,
+                        help="lines of each killed import (default %(default)s, ~39 MB: past "
                              "the 16 MB at which the importer starts a parser process)")
     parser.add_argument("--publish-kills", type=int, default=5)
     parser.add_argument("--max-kill-delay", type=float, default=3.0,

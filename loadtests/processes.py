@@ -8,6 +8,7 @@ process that has gone, because the processes watched here are being killed on pu
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 _PROC = Path("/proc")
@@ -89,3 +90,11 @@ def command_line(pid: int) -> str:
             errors="replace").strip()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return ""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (0 if it has gone)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

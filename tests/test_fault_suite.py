@@ -43,19 +43,20 @@ def _failures(report: dict[str, Any]) -> str:
                      for f in report["failures"])
 
 
-# Per mode: generated images (plus the issue's recipes), hash lists, hostile ScanHashes hashes.
-FUZZ_SIZES = {"decoders": ("100", "0", "0"), "importer": ("0", "200", "0"),
-              "server": ("40", "40", "60")}
+# Per mode: generated images (plus the issue's recipes), hash lists, hostile ScanHashes hashes,
+# and processes (the decoders fork a child per input and path, two at a time).
+FUZZ_SIZES = {"decoders": ("100", "0", "0", "2"), "importer": ("0", "200", "0", "1"),
+              "server": ("40", "40", "60", "1")}
 
 
 @pytest.mark.parametrize("mode", list(FUZZ_SIZES))
 def test_fuzz_breaks_no_guarantee(mode: str, tmp_path: Path) -> None:
     """No UNKNOWN, traceback, hang, crash, memory over budget, partial import or recipe input
     let through, over a few hundred hostile inputs."""
-    images, lists, hashes = FUZZ_SIZES[mode]
+    images, lists, hashes, jobs = FUZZ_SIZES[mode]
     code, report, output = run_tool(
         tmp_path, "-m", "loadtests.fuzz", "--modes", mode, "--seed", str(SEED), "--inputs",
-        images, "--lists", lists, "--hashes", hashes)
+        images, "--lists", lists, "--hashes", hashes, "--jobs", jobs)
     tally = report["modes"][mode]
     assert not tally["failures"], (f"{tally['failed']} failing run(s) in {mode}; by kind "
                                    f"{tally['failure_kinds']}:\n{_failures(tally)}")
@@ -69,7 +70,7 @@ def test_chaos_kills_publishes_and_bad_snapshots(tmp_path: Path) -> None:
     call, and every bad snapshot is refused, counted, and leaves the old one serving."""
     code, report, output = run_tool(
         tmp_path, "loadtests/chaos.py", "--seed", str(SEED), "--entries", "20000",
-        "--import-kills", "2", "--import-lines", "300000", "--publish-kills", "3",
+        "--import-kills", "2", "--import-lines", "600000", "--publish-kills", "3",
         "--max-kill-delay", "1.5", "--publishes", "3", "--load-calls", "100")
     failed = "\n".join(f"  {c['section']}: {c['check']}: {c['detail']}"
                        for c in report["checks"] if not c["ok"])

@@ -48,7 +48,7 @@ class Guard:
     """Per-input bounds: a hang guard, the memory an input may take, and a hard cap (past it an
     allocation fails inside the child, so a bomb cannot take the machine down)."""
 
-    hang_seconds: float = 20.0
+    hang_seconds: float = 60.0
     memory_budget_mb: float = 1024.0
     memory_cap_mb: float = 3072.0
 

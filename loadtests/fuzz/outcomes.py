@@ -122,6 +122,19 @@ class Tally:
         if self.largest is None or result.peak_mb > self.largest.peak_mb:
             self.largest = result
 
+    def merge(self, other: Tally) -> None:
+        """Fold in a tally of the same mode run elsewhere (another job of a `--jobs` run)."""
+        self.runs += other.runs
+        self.counts.update(other.counts)
+        self.kinds.update(other.kinds)
+        self.failure_kinds.update(other.failure_kinds)
+        self.failures.extend(other.failures[:_SHOWN_FAILURES - len(self.failures)])
+        self.notes.extend(other.notes)
+        for mine, theirs, key in ((self.slowest, other.slowest, "seconds"),
+                                  (self.largest, other.largest, "peak_mb")):
+            if theirs is not None and (mine is None or getattr(theirs, key) > getattr(mine, key)):
+                setattr(self, "slowest" if key == "seconds" else "largest", theirs)
+
     @property
     def failed(self) -> int:
         return sum(n for outcome, n in self.counts.items() if outcome not in ACCEPTABLE)
