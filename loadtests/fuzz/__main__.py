@@ -19,8 +19,9 @@ resource_exhausted), within the hang guard and the memory budget, and an import 
 a file or nothing. Any other outcome (unknown, traceback, hang, crash, memory, partial) is a
 failure: it is listed with its input's name, and the exit code is 1. Re-run one input with
 `--only NAME` (names are reproducible from the seed); `--save-failures DIR` writes the failing
-inputs' bytes. `--atheris-runs N` adds a coverage-guided atheris run of the decoders (skipped,
-with a message, where atheris is not installed).
+inputs' bytes. The optional mode `atheris` runs atheris (libFuzzer) over the decoders for
+`--atheris-runs` inputs; where atheris is not installed (`pip install atheris`) it is skipped
+with a message.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from loadtests.fuzz.images import FuzzImage  # noqa: E402
 from loadtests.fuzz.inprocess import Guard, run_decoders, run_importer  # noqa: E402
 from loadtests.fuzz.outcomes import Tally  # noqa: E402
 
-MODES = ("decoders", "importer", "server")
+MODES = ("decoders", "importer", "server")  # the default
+OPTIONAL_MODES = ("atheris",)
 _NAME = re.compile(r"^(img|list)-(-?\d+)-(\d+):")
 
 
@@ -115,10 +117,11 @@ def _atheris(args: argparse.Namespace) -> dict[str, Any]:
     done = subprocess.run(command, capture_output=True, text=True, cwd=_ROOT, check=False)
     output = done.stdout + done.stderr
     skipped = "atheris is not installed" in output
+    finding = re.search(r"=== Uncaught Python exception: ===\n(.*?)\n==\d+==", output, re.S)
     return {"runs": args.atheris_runs, "exit": done.returncode, "skipped": skipped,
-            "seconds": round(time.perf_counter() - started, 1),
-            "failed": done.returncode != 0, "tail": output[-3000:] if done.returncode else "",
-            "stats": re.findall(r"stat::\w+:\s*\d+", output)}
+            "seconds": round(time.perf_counter() - started, 1), "failed": done.returncode != 0,
+            "finding": (finding.group(1) if finding else output[-3000:]) if done.returncode
+            else "", "stats": re.findall(r"stat::\w+:\s*\d+", output)}
 
 
 def _save(tallies: list[Tally], directory: Path) -> list[str]:
@@ -147,7 +150,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m loadtests.fuzz", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", default=",".join(MODES),
-                        help="comma-separated, of: " + ", ".join(MODES) + " (default: all)")
+                        help="comma-separated, of: " + ", ".join(MODES + OPTIONAL_MODES)
+                        + " (default: " + ",".join(MODES) + ")")
     parser.add_argument("--inputs", type=int, default=300, help="generated images, besides "
                         "the recipes (default %(default)s)")
     parser.add_argument("--lists", type=int, help="generated hash lists (default: inputs / 3)")
@@ -172,15 +176,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1,
                         help="decoders: inputs run in this many processes at once (default "
                              "%(default)s; times then include their contention)")
-    parser.add_argument("--atheris-runs", type=int, default=0,
-                        help="also run atheris over the decoders for this many inputs")
+    parser.add_argument("--atheris-runs", type=int, default=100_000,
+                        help="mode atheris: inputs of the coverage-guided run (default "
+                             "%(default)s)")
     parser.add_argument("--save-failures", type=Path, metavar="DIR",
                         help="write every failing input's bytes here")
     parser.add_argument("--json", type=Path, help="also write the report object to this file")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if unknown := set(args.modes) - set(MODES):
-        parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}; known: {', '.join(MODES)}")
+    if unknown := set(args.modes) - set(MODES + OPTIONAL_MODES):
+        parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}; known: "
+                     f"{', '.join(MODES + OPTIONAL_MODES)}")
     if args.lists is None:
         args.lists = max(1, args.inputs // 3)
     return args
@@ -193,7 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     image_count = len(list(_images(args))) if args.only else args.inputs + (
         len(images.recipes()) if args.recipes else 0)
     with tempfile.TemporaryDirectory(prefix="hashsvc-fuzz-") as scratch:
-        for mode in args.modes:
+        for mode in (m for m in args.modes if m in MODES):
             tally = Tally(mode)
             started = time.perf_counter()
             if mode == "decoders":
@@ -221,10 +227,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "modes": {t.mode: {**t.as_dict(), "seconds": seconds[t.mode]} for t in tallies},
         "failed": sum(t.failed for t in tallies),
     }
-    if args.atheris_runs:
+    if "atheris" in args.modes:
         report["atheris"] = _atheris(args)
-        print("atheris: " + ("skipped: atheris is not installed" if report["atheris"]["skipped"]
-                             else f"{args.atheris_runs} runs, exit {report['atheris']['exit']}"))
+        found = report["atheris"]
+        print("atheris: " + ("skipped: atheris is not installed (pip install atheris)"
+                             if found["skipped"] else f"{args.atheris_runs} runs, exit "
+                             f"{found['exit']}" + (f"; found:\n{found['finding']}"
+                                                   if found["failed"] else "")))
     if args.save_failures:
         report["saved"] = _save(tallies, args.save_failures)
     report["figures"] = [
