@@ -114,8 +114,9 @@ def _atheris(args: argparse.Namespace) -> dict[str, Any]:
                str(args.atheris_runs), "--seed", str(args.seed), "--hang-seconds",
                str(int(args.hang_seconds))]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=_ROOT, check=False)
-    output = done.stdout + done.stderr
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          cwd=_ROOT, check=False)  # one stream: libFuzzer's order kept
+    output = done.stdout
     skipped = "atheris is not installed" in output
     finding = re.search(r"=== Uncaught Python exception: ===\n(.*?)\n==\d+==", output, re.S)
     return {"runs": args.atheris_runs, "exit": done.returncode, "skipped": skipped,
