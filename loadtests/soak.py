@@ -92,19 +92,26 @@ def process_roles(server: ServerProcess) -> dict[int, str]:
     return roles
 
 
+def bounded_round(server: ServerProcess, mode: str, calls: int, image: loadgen.TestImage,
+                  known: list[str]) -> dict[str, Any]:
+    """One loadgen run of `calls` calls (4 in flight, 4 connections), bounded by count: its
+    duration is only a hang guard. ScanHashes batches hold 10 hashes, half of them listed."""
+    settings = loadgen.Settings(
+        mode=mode, target=server.target, api_key=server.keys["scanner"], concurrency=4,
+        channels=4, duration=3600.0, warmup=0.0, max_requests=calls, batch=10,
+        stream_window=16, timeout=60.0, image=None if mode == "scan-hashes" else image,
+        known_hashes=known, match_fraction=0.5)
+    return asyncio.run(loadgen.run(settings))
+
+
 def loadgen_rounds(soak: Soak, server: ServerProcess, home: Path, round_calls: int) -> None:
     known = loadgen.read_known_hashes(home / KNOWN_FILE)
     image = loadgen.make_jpeg(loadgen.default_photo())
     rounds = 0
     while not soak.done():
         mode = LOADGEN_MODES[rounds % len(LOADGEN_MODES)]
-        settings = loadgen.Settings(
-            mode=mode, target=server.target, api_key=server.keys["scanner"], concurrency=4,
-            channels=4, duration=3600.0, warmup=0.0,
-            max_requests=max(1, min(round_calls, soak.max_calls - soak.total)), batch=10,
-            stream_window=16, timeout=60.0, image=None if mode == "scan-hashes" else image,
-            known_hashes=known, match_fraction=0.5)
-        result = asyncio.run(loadgen.run(settings))
+        calls = max(1, min(round_calls, soak.max_calls - soak.total))
+        result = bounded_round(server, mode, calls, image, known)
         soak.record(mode, result["issued_total"], result["errors"])
         rounds += 1
 

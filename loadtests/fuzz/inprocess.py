@@ -174,7 +174,7 @@ def new_home(root: Path, guard: Guard) -> Path:
     return home
 
 
-_ADDED = re.compile(r": added ([\d,]+),")
+_ADDED = re.compile(r"\badded ([\d,]+)")
 
 
 def import_one(home: Path, item: HashList, directory: Path, guard: Guard) -> Result:
@@ -197,7 +197,8 @@ def import_one(home: Path, item: HashList, directory: Path, guard: Guard) -> Res
             result.outcome = outcomes.INVALID_ARGUMENT
             result.kind = outcomes.message_kind(text)
             result.message = outcomes.short(text)
-    reported = int(added.group(1).replace(",", "")) if added and code == 0 else 0
+    # A refused file must add nothing; an accepted one what it says it added (if it says).
+    reported = (int(added.group(1).replace(",", "")) if added else delta) if code == 0 else 0
     if delta != reported:
         result.outcome, result.kind = outcomes.PARTIAL, f"{delta} stored, {reported} reported"
         result.message = (f"exit {code}: the store changed by {delta} entries; "
