@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -42,8 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,47 +49,18 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # run as `python loadtests/chaos.py`: find `loadtests`
     sys.path.insert(0, str(_ROOT))
 
-import numpy as np  # noqa: E402
 from hashsvc_client import Client  # noqa: E402
-from hashsvc_client.errors import HashsvcClientError  # noqa: E402
 
 from hashsvc.errors import SnapshotError  # noqa: E402
 from hashsvc.snapshot import current_version, load_current  # noqa: E402
 from hashsvc.store import NewEntry, Store  # noqa: E402
 from loadtests import loadgen, processes  # noqa: E402
+from loadtests.chaos_snapshots import BAD_SNAPSHOTS, bad_snapshots  # noqa: E402
+from loadtests.checks import Report, serve, wait_for  # noqa: E402
 from loadtests.fuzz.inprocess import entry_count, integrity  # noqa: E402
 from loadtests.make_snapshot import BANK, KNOWN_FILE, build_home  # noqa: E402
 from loadtests.soak import bounded_round  # noqa: E402
 from tests.server_process import ServerProcess  # noqa: E402
-
-BAD_SNAPSHOTS = ("truncated_array", "manifest_without_files", "manifest_json_array",
-                 "fewer_rows", "copied_dir")
-
-
-@dataclass
-class Report:
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    def check(self, section: str, name: str, ok: bool, detail: str = "") -> bool:
-        self.checks.append({"section": section, "check": name, "ok": ok, "detail": detail})
-        print(f"  {'ok  ' if ok else 'FAIL'} {section}: {name}{': ' + detail if detail else ''}",
-              flush=True)
-        return ok
-
-    @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [c for c in self.checks if not c["ok"]]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    """Poll until `condition`; False after `timeout` (a hang guard, never a measurement)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 def indexer(home: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -114,16 +83,6 @@ def leftovers(session: int, grace: float) -> list[int]:
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     return left
-
-
-def serve(home: Path, *flags: str) -> ServerProcess:
-    """A real server on `home` with keys of its own (each server adds two to keys.toml)."""
-    suffix = os.urandom(4).hex()
-    server = ServerProcess(home, *flags, keys={f"admin-{suffix}": ["admin"],
-                                               f"scanner-{suffix}": ["scan"]})
-    server.keys["admin"], server.keys["scanner"] = (server.keys[f"admin-{suffix}"],
-                                                    server.keys[f"scanner-{suffix}"])
-    return server
 
 
 def check_current(report: Report, section: str, snapshots: Path) -> None:
@@ -274,98 +233,6 @@ def publishes_under_load(report: Report, home: Path, args: argparse.Namespace,
                  f"served {sorted(served)}, current {last}")
     report.figures["publishes_under_load"] = {"publishes": published, "calls": totals["calls"],
                                               "failed_calls": errors}
-
-
-# ---- bad snapshots ------------------------------------------------------------------------------
-
-
-def _switch_current(snapshots: Path, version: str) -> None:
-    pending = snapshots / "current.chaos"
-    pending.write_text(version + "\n")
-    pending.replace(snapshots / "current")
-
-
-def _metric(server: ServerProcess, name: str) -> float:
-    found = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", server.scrape(), re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
-
-
-def break_snapshot(directory: Path, kind: str) -> None:
-    manifest_path = directory / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    ids = directory / "entries.ids.npy"
-    if kind == "truncated_array":
-        with ids.open("r+b") as handle:
-            handle.truncate(ids.stat().st_size // 2)
-    elif kind == "manifest_without_files":
-        del manifest["files"]
-        manifest_path.write_text(json.dumps(manifest))
-    elif kind == "manifest_json_array":
-        manifest_path.write_text(json.dumps([manifest]))
-    elif kind == "fewer_rows":  # checksums made to match: only the lengths tell
-        rows = np.load(ids)
-        np.save(ids, rows[: len(rows) // 2])
-        from hashsvc.snapshot import _sha256
-
-        manifest["files"]["entries.ids.npy"] = {"sha256": _sha256(ids),
-                                                "bytes": ids.stat().st_size}
-        manifest_path.write_text(json.dumps(manifest))
-
-
-def _scan_known(server: ServerProcess, known: list[str]) -> tuple[int, int]:
-    """(errors, misses) over scans of hashes the good snapshot lists."""
-    errors = misses = 0
-    with Client(server.target, api_key=server.keys["scanner"]) as client:
-        for value in known:
-            try:
-                misses += not client.scan_hashes([("pdq", value)]).matches
-            except HashsvcClientError:
-                errors += 1
-    return errors, misses
-
-
-def bad_snapshots(report: Report, home: Path, args: argparse.Namespace) -> None:
-    snapshots = home / "snapshots"
-    good = current_version(snapshots)
-    assert good is not None
-    known = loadgen.read_known_hashes(home / KNOWN_FILE)[:20]
-    refused = 0
-    with serve(home, "--workers", "1", "--reload-interval", "0.1") as server, \
-            Client(server.target, api_key=server.keys["admin"]) as admin:
-        for kind in BAD_SNAPSHOTS:
-            section = f"bad snapshot {kind}"
-            name = f"{good}-copy-{kind}"
-            shutil.copytree(snapshots / good, snapshots / name)
-            break_snapshot(snapshots / name, kind)
-            failures = _metric(server, "hashsvc_snapshot_load_failures_total")
-            loads = _metric(server, "hashsvc_snapshot_load_duration_seconds_count")
-            _switch_current(snapshots, name)
-            wait_for(lambda f=failures, n=loads: (  # type: ignore[misc]
-                _metric(server, "hashsvc_snapshot_load_failures_total") > f
-                or _metric(server, "hashsvc_snapshot_load_duration_seconds_count") > n), 30, 0.1)
-            if kind == "copied_dir":
-                time.sleep(20 * 0.1)  # twenty reload intervals: a loop would load ~20 times
-                count = _metric(server, "hashsvc_snapshot_load_duration_seconds_count") - loads
-                report.check(section, "loaded once, not in a loop", count <= 1,
-                             f"{count:g} loads in 20 reload intervals")
-            else:
-                counted = _metric(server, "hashsvc_snapshot_load_failures_total") - failures
-                report.check(section, "refused and counted", counted >= 1,
-                             f"hashsvc_snapshot_load_failures_total {counted:+g}")
-                refused += counted >= 1
-                errors, misses = _scan_known(server, known)
-                report.check(section, "old snapshot still serving", errors == 0 and misses == 0
-                             and admin.index_status().version == good,
-                             f"{errors} errors, {misses} misses in {len(known)} scans")
-            _switch_current(snapshots, good)
-            back = wait_for(lambda: admin.index_status().version == good, 30, 0.1)
-            errors, misses = _scan_known(server, known)
-            report.check(section, "pointing current back serves the good one",
-                         back and errors == 0 and misses == 0,
-                         f"serving {admin.index_status().version}; {errors} errors, "
-                         f"{misses} misses in {len(known)} scans")
-            shutil.rmtree(snapshots / name)
-    report.figures["bad_snapshots"] = {"kinds": len(BAD_SNAPSHOTS) - 1, "refused": refused}
 
 
 # ---- the command --------------------------------------------------------------------------------
