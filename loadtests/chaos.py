@@ -22,7 +22,8 @@ one guarantee and records every check:
   manifest without `files`, manifest as a JSON array, fewer rows than the manifest with
   checksums that match, and an intact copy under another name). A broken one must be refused
   and counted in hashsvc_snapshot_load_failures_total while known hashes keep matching; the
-  intact copy must load once, not in a loop; pointing `current` back must serve the good one.
+  intact copy must be loaded (or refused) once, not in a loop; pointing `current` back must
+  serve the good one.
 
 Prints the checks and one JSON object (also `--json PATH`); exits 1 if any check failed.
 Processes are killed only by the ids this tool started them with.

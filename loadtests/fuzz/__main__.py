@@ -72,7 +72,9 @@ def _images(args: argparse.Namespace, job: int = 0, jobs: int = 1) -> Iterator[F
 
 def _decoder_job(args: argparse.Namespace, guard: Guard, job: int) -> Tally:
     tally = Tally("decoders")
-    run_decoders(_images(args, job, args.jobs), tally, guard)
+    share = len(range(job, args.inputs, args.jobs))
+    run_decoders(_images(args, job, args.jobs), tally, guard,
+                 _progress(f"decoders job {job + 1}/{args.jobs}", share))
     return tally
 
 
