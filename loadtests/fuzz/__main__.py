@@ -16,12 +16,13 @@ The issue's recipes (issue 12: defects 3-6 as images, 1 and 7 as hash lists) run
 
 The guarantee: every input is answered (ok), or refused with a message (invalid_argument,
 resource_exhausted), within the hang guard and the memory budget, and an import stores all of
-a file or nothing. Any other outcome (unknown, traceback, hang, crash, memory, partial) is a
-failure: it is listed with its input's name, and the exit code is 1. Re-run one input with
-`--only NAME` (names are reproducible from the seed); `--save-failures DIR` writes the failing
-inputs' bytes. The optional mode `atheris` runs atheris (libFuzzer) over the decoders for
-`--atheris-runs` inputs; where atheris is not installed (`pip install atheris`) it is skipped
-with a message.
+a file or nothing and names the file and line of what it refused. Any other outcome (unknown,
+traceback, hang, crash, memory, partial, unlocated, not_refused) is a failure: it is listed
+with its input's name, and the exit code is 1. Re-run one input with `--only NAME` (names are
+reproducible from the seed); `--save-failures DIR` writes the failing inputs' bytes.
+
+The optional mode `atheris` runs atheris (libFuzzer) over the decoders for `--atheris-runs`
+inputs; where atheris is not installed (`pip install atheris`) it is skipped with a message.
 """
 
 from __future__ import annotations

@@ -193,6 +193,9 @@ def import_one(home: Path, item: HashList, directory: Path, guard: Guard) -> Res
         if "Traceback (most recent call last)" in text or code == 1:
             result.outcome, result.kind = outcomes.TRACEBACK, _exception_name(text)
             result.message = _exception_line(text) + _where(text)
+        elif code != 0 and not re.search(re.escape(path.name) + r":\d+", text):
+            result.outcome, result.kind = outcomes.UNLOCATED, outcomes.message_kind(text)
+            result.message = f"exit {code}, no file:line in: {outcomes.short(text)}"
         elif code != 0:
             result.outcome = outcomes.INVALID_ARGUMENT
             result.kind = outcomes.message_kind(text)

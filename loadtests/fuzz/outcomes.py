@@ -11,6 +11,7 @@ Outcome classes, from fine to broken:
 - `crash`: the process died (a signal, e.g. a segfault in a decoder);
 - `memory`: the input took more memory than the per-input budget (or hit the hard cap);
 - `partial`: an import stored some of a file but not all, or left the store failing its check;
+- `unlocated`: an import refused a file without naming the file and line of what was wrong;
 - `not_refused`: one of the issue's recipe inputs was accepted where the issue says it must be
   refused (a limit that exists but does not apply on that path).
 
@@ -34,9 +35,10 @@ CRASH = "crash"
 MEMORY = "memory"
 PARTIAL = "partial"
 NOT_REFUSED = "not_refused"
+UNLOCATED = "unlocated"
 ACCEPTABLE = frozenset({OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED})
 OUTCOMES = (OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNKNOWN, TRACEBACK, HANG, CRASH, MEMORY,
-            PARTIAL, NOT_REFUSED)
+            PARTIAL, UNLOCATED, NOT_REFUSED)
 
 _SHOWN_FAILURES = 200
 
