@@ -40,8 +40,12 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
-        """The `hashsvc serve` process: the supervisor with several workers."""
+        """The server's process (with --workers N, the supervisor; its workers are children)."""
         return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._process.poll() is None
 
     def scrape(self) -> str:
         """The text of /metrics, as Prometheus would scrape it."""
