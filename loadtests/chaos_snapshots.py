@@ -21,6 +21,7 @@ from hashsvc_client import Client
 from hashsvc_client.errors import HashsvcClientError
 
 from hashsvc.snapshot import current_version
+from hashsvc.snapshot.loading import sha256_file
 from loadtests import loadgen
 from loadtests.checks import Report, serve, wait_for
 from loadtests.make_snapshot import KNOWN_FILE
@@ -56,9 +57,7 @@ def break_snapshot(directory: Path, kind: str) -> None:
     elif kind == "fewer_rows":  # checksums made to match: only the lengths tell
         rows = np.load(ids)
         np.save(ids, rows[: len(rows) // 2])
-        from hashsvc.snapshot import _sha256
-
-        manifest["files"]["entries.ids.npy"] = {"sha256": _sha256(ids),
+        manifest["files"]["entries.ids.npy"] = {"sha256": sha256_file(ids),
                                                 "bytes": ids.stat().st_size}
         manifest_path.write_text(json.dumps(manifest))
 

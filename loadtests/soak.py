@@ -98,7 +98,7 @@ def bounded_round(server: ServerProcess, mode: str, calls: int, image: loadgen.T
     duration is only a hang guard. ScanHashes batches hold 10 hashes, half of them listed."""
     settings = loadgen.Settings(
         mode=mode, target=server.target, api_key=server.keys["scanner"], concurrency=4,
-        channels=4, duration=3600.0, warmup=0.0, max_requests=calls, batch=10,
+        channels=4, duration=3600.0, warmup=0.0, max_requests=calls, calls=calls, batch=10,
         stream_window=16, timeout=60.0, image=None if mode == "scan-hashes" else image,
         known_hashes=known, match_fraction=0.5)
     return asyncio.run(loadgen.run(settings))
