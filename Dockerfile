@@ -8,7 +8,7 @@
 FROM python:3.11-slim-trixie AS builder
 
 # pdqhash (Meta's PDQ C++ code) is published only as a source distribution, and hashsvc's search
-# kernel (hashsvc/_mih.c) is C: both need a compiler, which stays in this stage.
+# kernel (hashsvc/matching/_mih.c) is C: both need a compiler, which stays in this stage.
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends g++=4:14.2.0-1 \
     && rm -rf /var/lib/apt/lists/*

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hashsvc.matcher import Match
+from hashsvc.matching.matcher import Match
 from hashsvc.scanner import ScanResult
 
 

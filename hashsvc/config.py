@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from hashsvc.errors import HashsvcError
+from hashsvc.hashing.imaging import DEFAULT_LIMITS, DecodeLimits
 from hashsvc.home import DataHome
-from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits
 
 ENV_PREFIX = "HASHSVC_"
 
@@ -44,7 +44,7 @@ class ServerConfig:
     metrics_listen: str = "0.0.0.0:9090"  # Prometheus /metrics; empty = off
     audit_log: Path | None = None  # default: <home>/audit.jsonl
     audit_all_scans: bool = False  # audit every scan, not only those that matched
-    scan_fast_pdq: bool = True  # PDQ for scans via hashsvc.fastpdq (9-40x faster on JPEGs)
+    scan_fast_pdq: bool = True  # PDQ for scans via hashsvc.hashing.fastpdq (9-40x faster on JPEGs)
     reload_interval: float = 0.1  # seconds between checks for a new snapshot or store changes
     log_level: str = "INFO"
 

@@ -64,7 +64,7 @@ class CorruptImageError(ImageError):
 
 class DecodeBudgetExhaustedError(HashsvcError):
     """Decoding this image now would overrun the process's decode memory budget, which other
-    calls hold: the image is fine, the server is busy (`hashsvc.decode_budget`). Retry."""
+    calls hold: the image is fine, the server is busy (`hashsvc.hashing.decode_budget`). Retry."""
 
     code = ErrorCode.RESOURCE_EXHAUSTED
     reason = "overloaded"

@@ -11,8 +11,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hashsvc import fastpdq, variants
-from hashsvc.algorithms import (
+from hashsvc.errors import DecodeBudgetExhaustedError, NotLoadedError
+from hashsvc.hashing import fastpdq
+from hashsvc.hashing.algorithms import (
     ALGORITHMS,
     DIHEDRAL_TRANSFORMS,
     PDQ,
@@ -20,11 +21,11 @@ from hashsvc.algorithms import (
     HashValue,
     get_algorithm,
 )
-from hashsvc.decode_budget import MemoryBudget
-from hashsvc.delta import Delta
-from hashsvc.errors import DecodeBudgetExhaustedError, NotLoadedError
-from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
-from hashsvc.matcher import IDENTITY, Match, Matcher, MatchOutcome, Query
+from hashsvc.hashing.decode_budget import MemoryBudget
+from hashsvc.hashing.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
+from hashsvc.matching import variants
+from hashsvc.matching.delta import Delta
+from hashsvc.matching.matcher import IDENTITY, Match, Matcher, MatchOutcome, Query
 from hashsvc.snapshot import Snapshot
 
 ALWAYS_COMPUTED = ("pdq",)  # reported even when no bank holds PDQ hashes: it is the lingua franca
@@ -80,7 +81,7 @@ class Scanner:
         self, snapshot: Snapshot | None = None, limits: DecodeLimits = DEFAULT_LIMITS,
         *, fast_pdq: bool = False,
     ) -> None:
-        """`fast_pdq` hashes PDQ the scan way (hashsvc.fastpdq: small decode, 9-40x faster,
+        """`fast_pdq` hashes PDQ the scan way (hashsvc.hashing.fastpdq: small decode, 9-40x faster,
         within 10 bits of the reference); off by default until the detection-quality
         evaluation shows it loses no recall. Every decode a scan makes is reserved from one
         `MemoryBudget` of `limits.decode_memory_budget` bytes, shared by the calls in flight."""

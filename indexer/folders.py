@@ -17,11 +17,11 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from hashsvc.algorithms import PDQ, HashValue, get_algorithm
 from hashsvc.errors import HashsvcError, ImageError
-from hashsvc.imaging import Upload
-from hashsvc.strategies import PLAIN, MatchStrategies
-from hashsvc.variants import index_variants
+from hashsvc.hashing.algorithms import PDQ, HashValue, get_algorithm
+from hashsvc.hashing.imaging import Upload
+from hashsvc.matching.strategies import PLAIN, MatchStrategies
+from hashsvc.matching.variants import index_variants
 
 J = TypeVar("J")
 R = TypeVar("R")

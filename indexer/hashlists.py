@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from hashsvc.algorithms import get_algorithm
 from hashsvc.errors import HashsvcError, LineProblem
+from hashsvc.hashing.algorithms import get_algorithm
 from hashsvc.limits import LIMITS, check_external_id, check_metadata
 from hashsvc.store import NewEntry
 

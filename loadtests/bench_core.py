@@ -25,8 +25,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from hashsvc.algorithms import PDQ
-from hashsvc.imaging import Upload
+from hashsvc.hashing.algorithms import PDQ
+from hashsvc.hashing.imaging import Upload
 from hashsvc.snapshot import load_current, publish
 from hashsvc.store import NewEntry, Store
 

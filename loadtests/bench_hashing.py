@@ -1,4 +1,4 @@
-"""PDQ hashing of uploads: the reference pipeline vs the scan fast path (`hashsvc.fastpdq`).
+"""PDQ hashing of uploads: the reference pipeline vs the scan fast path (`hashsvc.hashing.fastpdq`).
 
     python loadtests/bench_hashing.py                    the full run (about 15 min on 2 cores)
     python loadtests/bench_hashing.py --smoke            a few seconds, for CI
@@ -42,10 +42,10 @@ import numpy as np
 import pdqhash
 from PIL import Image, ImageFile
 
-from hashsvc import fastpdq
-from hashsvc.algorithms import PDQ
-from hashsvc.fastpdq import SCAN, pdq_fast
-from hashsvc.imaging import DecodeLimits, Upload
+from hashsvc.hashing import fastpdq
+from hashsvc.hashing.algorithms import PDQ
+from hashsvc.hashing.fastpdq import SCAN, pdq_fast
+from hashsvc.hashing.imaging import DecodeLimits, Upload
 
 DATA = Path(os.environ.get("HASHSVC_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
 REFERENCE = DATA / "pdq-reference" / "images"

@@ -1,5 +1,5 @@
 """Exact PDQ radius search, side by side: FAISS flat (the baseline), FAISS multi-hash (what HMA
-uses) and hashsvc's multi-index hashing (hashsvc/mih.py), on one core, at the PDQ threshold.
+uses) and hashsvc's multi-index hashing (`matching/mih.py`), on one core, at the PDQ threshold.
 
     python loadtests/bench_search.py                        1M and 10M, random and clustered codes
     python loadtests/bench_search.py --sizes 1000000 --queries 500
@@ -48,8 +48,8 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
-from hashsvc.algorithms import PDQ  # noqa: E402
-from hashsvc.mih import MultiIndexHash  # noqa: E402
+from hashsvc.hashing.algorithms import PDQ  # noqa: E402
+from hashsvc.matching.mih import MultiIndexHash  # noqa: E402
 from loadtests.bench_core import _clustered_codes  # noqa: E402
 
 RADIUS = PDQ.default_threshold

@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image
 
 from hashsvc.errors import HashsvcError
-from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
+from hashsvc.hashing.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
 from hashsvc.scanner import Scanner
 
 DATA = Path(os.environ.get("HASHSVC_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))

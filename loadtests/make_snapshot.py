@@ -27,9 +27,9 @@ if str(_ROOT) not in sys.path:  # run as `python loadtests/make_snapshot.py`: fi
 
 import numpy as np  # noqa: E402
 
-from hashsvc.algorithms import PDQ  # noqa: E402
+from hashsvc.hashing.algorithms import PDQ  # noqa: E402
+from hashsvc.hashing.imaging import Upload  # noqa: E402
 from hashsvc.home import DataHome  # noqa: E402
-from hashsvc.imaging import Upload  # noqa: E402
 from hashsvc.snapshot import publish  # noqa: E402
 from hashsvc.store import NewEntry, Store  # noqa: E402
 from loadtests.bench_core import _clustered_codes  # noqa: E402

@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from hashsvc.algorithms import ALGORITHMS, DIHEDRAL_TRANSFORMS, PDQ, QUALITY_FLOOR, parse_hash
 from hashsvc.errors import InvalidHashError
-from hashsvc.imaging import Upload
+from hashsvc.hashing.algorithms import (
+    ALGORITHMS,
+    DIHEDRAL_TRANSFORMS,
+    PDQ,
+    QUALITY_FLOOR,
+    parse_hash,
+)
+from hashsvc.hashing.imaging import Upload
 from tests.conftest import IMAGES, GoldenRow, golden_rows, hamming
 
 ROWS = golden_rows()
@@ -76,7 +82,7 @@ def test_low_quality_is_reported() -> None:
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS.values()), ids=lambda a: a.name)
 def test_textual_form_round_trips_and_is_strict(algorithm: object) -> None:
-    from hashsvc.algorithms import HashAlgorithm
+    from hashsvc.hashing.algorithms import HashAlgorithm
 
     assert isinstance(algorithm, HashAlgorithm)
     value = algorithm.compute(_upload(IMAGES / "misc" / "wee.jpg"))
@@ -94,7 +100,7 @@ def test_textual_form_round_trips_and_is_strict(algorithm: object) -> None:
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS.values()), ids=lambda a: a.name)
 def test_hashes_tell_images_apart_and_survive_reencoding(algorithm: object) -> None:
-    from hashsvc.algorithms import HashAlgorithm
+    from hashsvc.hashing.algorithms import HashAlgorithm
 
     assert isinstance(algorithm, HashAlgorithm)
     a = algorithm.compute(_upload(IMAGES / "bridge-mods" / "aaa-orig.jpg"))

@@ -18,16 +18,16 @@ from hashsvc_client import Client, InvalidArgument
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from hashsvc.decode_budget import MemoryBudget, estimate_peak_bytes
 from hashsvc.errors import (
     CorruptImageError,
     DecodeBudgetExhaustedError,
     ImageError,
     ImageTooLargeError,
 )
-from hashsvc.fastpdq import decode_reduced
-from hashsvc.imaging import DEFAULT_LIMITS, Upload, decode, decoder_errors
-from hashsvc.jpeg_layout import JpegLayout, read_layout
+from hashsvc.hashing.decode_budget import MemoryBudget, estimate_peak_bytes
+from hashsvc.hashing.fastpdq import decode_reduced
+from hashsvc.hashing.imaging import DEFAULT_LIMITS, Upload, decode, decoder_errors
+from hashsvc.hashing.jpeg_layout import JpegLayout, read_layout
 from hashsvc.scanner import Scanner
 from hashsvc.server.observe import ScanObserver
 from tests.conftest import BRIDGE_ORIGINAL, encode_image
@@ -131,7 +131,7 @@ def test_a_progressive_jpeg_is_estimated_to_buffer_its_coefficients() -> None:
 
 
 def test_estimates_cover_what_decoding_24_mp_measured() -> None:
-    """Each estimate is at least the peak RSS measured for it (`hashsvc.decode_budget`)."""
+    """Each estimate is at least the peak RSS measured for it (`hashsvc.hashing.decode_budget`)."""
     measured_bytes_per_pixel = [  # (mode, format, reference path?, measured)
         ("RGB", "PNG", False, 4.3), ("P", "PNG", False, 5.4), ("I;16", "PNG", False, 6.4),
         ("RGBA", "PNG", False, 8.4), ("LA", "PNG", False, 8.4), ("RGBA", "WEBP", False, 16.7),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashsvc.algorithms import HashValue
-from hashsvc.delta import Delta
+from hashsvc.hashing.algorithms import HashValue
 from hashsvc.home import DataHome
-from hashsvc.matcher import Matcher, Query
+from hashsvc.matching.delta import Delta
+from hashsvc.matching.matcher import Matcher, Query
 from hashsvc.snapshot import load_current, publish
 from hashsvc.store import EntrySelector, NewEntry, Store
 

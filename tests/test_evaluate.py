@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from hashsvc import snapshot as snapshots
+from hashsvc.hashing.imaging import Upload
 from hashsvc.home import DataHome
-from hashsvc.imaging import Upload
 from hashsvc.scanner import Scanner
 from hashsvc.store import Store
 from indexer.evaluation.hashing import HASHSVC_STRATEGIES, METHODS, Job, run_job

@@ -1,4 +1,4 @@
-"""The scan fast path for PDQ (`hashsvc.fastpdq`) on real images: agreement, errors, orientation.
+"""The scan fast path for PDQ (`fastpdq`) on real images: agreement, errors, orientation.
 
 Agreement is Meta's bar for a PDQ port: within 10 bits of the reference for images of quality
 >= 80. The reference here is hashsvc's exact path (`imaging.decode` + `pdqhash`).
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hashsvc.algorithms import DIHEDRAL_TRANSFORMS, PDQ
 from hashsvc.errors import ImageError
-from hashsvc.fastpdq import EXACT, SCAN, decode_reduced, pdq_fast, pdq_hashes
-from hashsvc.imaging import DecodeLimits, Upload, decode
+from hashsvc.hashing.algorithms import DIHEDRAL_TRANSFORMS, PDQ
+from hashsvc.hashing.fastpdq import EXACT, SCAN, decode_reduced, pdq_fast, pdq_hashes
+from hashsvc.hashing.imaging import DecodeLimits, Upload, decode
 from tests.conftest import (
     BRIDGE_ORIGINAL,
     IMAGES,

@@ -8,7 +8,6 @@ import io
 import pytest
 from PIL import Image
 
-from hashsvc.algorithms import PDQ
 from hashsvc.errors import (
     CorruptImageError,
     ImageTooLargeError,
@@ -16,7 +15,8 @@ from hashsvc.errors import (
     TruncatedImageError,
     UnsupportedFormatError,
 )
-from hashsvc.imaging import SUPPORTED_FORMATS, DecodeLimits, Upload, decode
+from hashsvc.hashing.algorithms import PDQ
+from hashsvc.hashing.imaging import SUPPORTED_FORMATS, DecodeLimits, Upload, decode
 from tests.conftest import BRIDGE_ORIGINAL, IMAGES, encode_image, hamming, png_header_only
 
 BRIDGE = Image.open(BRIDGE_ORIGINAL).convert("RGB")
@@ -90,7 +90,7 @@ def test_tiny_images_below_the_minimum_are_refused() -> None:
 
 
 def test_exact_hashes_hash_the_original_bytes_without_decoding() -> None:
-    from hashsvc.algorithms import ALGORITHMS
+    from hashsvc.hashing.algorithms import ALGORITHMS
 
     data = b"not an image at all"
     upload = Upload(data)

@@ -17,8 +17,8 @@ from PIL import Image
 
 from hashsvc import config
 from hashsvc.errors import ImageTooLargeError
-from hashsvc.fastpdq import pdq_fast
-from hashsvc.imaging import DEFAULT_LIMITS, DecodeLimits, decode, open_checked
+from hashsvc.hashing.fastpdq import pdq_fast
+from hashsvc.hashing.imaging import DEFAULT_LIMITS, DecodeLimits, decode, open_checked
 from tests.conftest import BRIDGE_ORIGINAL, encode_image, png_header_only
 from tests.server_process import ServerProcess
 from tests.test_config import _parse

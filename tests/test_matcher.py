@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hashsvc.algorithms import PDQ, HashValue, get_algorithm
 from hashsvc.errors import NotFoundError
+from hashsvc.hashing.algorithms import PDQ, HashValue, get_algorithm
 from hashsvc.home import DataHome
-from hashsvc.matcher import Matcher, Query
+from hashsvc.matching.matcher import Matcher, Query
 from hashsvc.snapshot import load_current, publish
 from hashsvc.store import NewEntry, Store
 

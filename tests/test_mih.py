@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from hashsvc.algorithms import PDQ
-from hashsvc.mih import FILES, Method, MultiIndexHash, default_layout
+from hashsvc.hashing.algorithms import PDQ
+from hashsvc.matching.mih import FILES, Method, MultiIndexHash, default_layout
 from loadtests.bench_core import _clustered_codes
 
 THRESHOLD = PDQ.default_threshold  # the project's own constant: a drifted copy would hide bugs

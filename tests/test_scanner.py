@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hashsvc.algorithms import PDQ, HashValue
 from hashsvc.errors import NotLoadedError
+from hashsvc.hashing.algorithms import PDQ, HashValue
+from hashsvc.hashing.imaging import Upload
 from hashsvc.home import DataHome
-from hashsvc.imaging import Upload
 from hashsvc.scanner import Scanner, ScanOptions
 from hashsvc.snapshot import load_current, publish
 from hashsvc.store import NewEntry, Store

@@ -29,8 +29,8 @@ from hashsvc_client.hashing import hash_file
 from hashsvc_client.v1 import types_pb2
 from PIL import Image, ImageOps
 
-from hashsvc.algorithms import PDQ
-from hashsvc.imaging import Upload
+from hashsvc.hashing.algorithms import PDQ
+from hashsvc.hashing.imaging import Upload
 from hashsvc.snapshot import publish
 from hashsvc.store import NewEntry, Store
 from tests.conftest import BRIDGE_ORIGINAL, IMAGES, PHOTOS, hamming, png_header_only

@@ -21,8 +21,8 @@ from grpc_health.v1 import health_pb2
 from hashsvc_client import Client
 from prometheus_client import REGISTRY
 
-from hashsvc.algorithms import HashValue
 from hashsvc.config import ServerConfig
+from hashsvc.hashing.algorithms import HashValue
 from hashsvc.home import DataHome
 from hashsvc.server.runtime import Runtime
 from hashsvc.snapshot import publish

@@ -11,15 +11,15 @@ import pytest
 from PIL import Image, ImageOps
 
 from hashsvc import snapshot as snapshots
-from hashsvc.algorithms import PDQ
-from hashsvc.delta import Delta
 from hashsvc.errors import HashsvcError
+from hashsvc.hashing.algorithms import PDQ
+from hashsvc.hashing.imaging import Upload
 from hashsvc.home import DataHome
-from hashsvc.imaging import Upload
+from hashsvc.matching.delta import Delta
+from hashsvc.matching.strategies import MatchStrategies, parse_crop_list
+from hashsvc.matching.variants import content_box
 from hashsvc.scanner import Scanner, ScanOptions
 from hashsvc.store import EntrySelector, NewEntry, Store
-from hashsvc.strategies import MatchStrategies, parse_crop_list
-from hashsvc.variants import content_box
 from indexer.folders import hash_file
 from tests.conftest import PHOTOS, hamming, run_indexer
 

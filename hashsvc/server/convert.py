@@ -9,13 +9,13 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 from hashsvc_client.v1 import admin_pb2, types_pb2
 
-from hashsvc.algorithms import ALGORITHMS, HashValue, get_algorithm
 from hashsvc.errors import HashsvcError, InvalidHashError
+from hashsvc.hashing.algorithms import ALGORITHMS, HashValue, get_algorithm
 from hashsvc.limits import LIMITS, check_external_id, check_metadata, representable
-from hashsvc.matcher import IDENTITY, Match
+from hashsvc.matching.matcher import IDENTITY, Match
+from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.scanner import ComputedHash, ScanOptions, ScanResult, Timings
 from hashsvc.store import Bank, EntrySelector, NewEntry
-from hashsvc.strategies import MatchStrategies
 
 log = logging.getLogger("hashsvc.convert")
 

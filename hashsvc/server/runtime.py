@@ -24,8 +24,8 @@ from grpc_health.v1 import health, health_pb2
 from hashsvc import metrics
 from hashsvc.audit import AuditLog
 from hashsvc.config import ServerConfig
-from hashsvc.delta import Delta
 from hashsvc.errors import SnapshotError
+from hashsvc.matching.delta import Delta
 from hashsvc.scanner import Scanner
 from hashsvc.snapshot import Snapshot, current_version, load, version_dir
 from hashsvc.store import Store

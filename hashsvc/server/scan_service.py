@@ -11,9 +11,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import grpc
 from hashsvc_client.v1 import scan_pb2, scan_pb2_grpc, types_pb2
 
-from hashsvc.algorithms import ALGORITHMS
 from hashsvc.errors import HashsvcError
-from hashsvc.imaging import Upload
+from hashsvc.hashing.algorithms import ALGORITHMS
+from hashsvc.hashing.imaging import Upload
 from hashsvc.limits import LIMITS, check_request_id, quote
 from hashsvc.scanner import ComputedHash, ScanResult
 from hashsvc.server import convert

@@ -25,13 +25,13 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from hashsvc.algorithms import get_algorithm
 from hashsvc.errors import NoSnapshotError, SnapshotError
-from hashsvc.mih import FILES as MIH_FILES
-from hashsvc.mih import MultiIndexHash
+from hashsvc.hashing.algorithms import get_algorithm
+from hashsvc.matching.mih import FILES as MIH_FILES
+from hashsvc.matching.mih import MultiIndexHash
+from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.snapshot.manifest import read_manifest
 from hashsvc.snapshot.model import CURRENT, MANIFEST, BankInfo, HashTable, Snapshot, StringTable
-from hashsvc.strategies import MatchStrategies
 
 
 def list_versions(snapshots_dir: Path) -> list[str]:

@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hashsvc.algorithms import ALGORITHMS
 from hashsvc.errors import SnapshotError
+from hashsvc.hashing.algorithms import ALGORITHMS
 from hashsvc.snapshot.model import FORMAT_VERSION, MANIFEST, READABLE_FORMATS
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

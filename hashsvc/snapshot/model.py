@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hashsvc.algorithms import get_algorithm
-from hashsvc.strategies import PLAIN, MatchStrategies
+from hashsvc.hashing.algorithms import get_algorithm
+from hashsvc.matching.strategies import PLAIN, MatchStrategies
 
 FORMAT_VERSION = 2  # 2: PDQ indexed by multi-index hashing; format 1 (FAISS) still loads
 READABLE_FORMATS = (1, 2)

@@ -25,10 +25,10 @@ import numpy as np
 import numpy.typing as npt
 
 from hashsvc import __version__
-from hashsvc.algorithms import ALGORITHMS, get_algorithm
 from hashsvc.errors import SnapshotError
-from hashsvc.mih import CODE_BITS as MIH_BITS
-from hashsvc.mih import MultiIndexHash
+from hashsvc.hashing.algorithms import ALGORITHMS, get_algorithm
+from hashsvc.matching.mih import CODE_BITS as MIH_BITS
+from hashsvc.matching.mih import MultiIndexHash
 from hashsvc.snapshot.loading import current_version, list_versions, sha256_file, version_dir
 from hashsvc.snapshot.manifest import read_manifest
 from hashsvc.snapshot.model import CURRENT, FORMAT_VERSION, MANIFEST, PublishResult, StringTable

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hashsvc.algorithms import ALGORITHMS
 from hashsvc.errors import HashsvcError
+from hashsvc.hashing.algorithms import ALGORITHMS
 from hashsvc.limits import LIMITS, check_text, quote
 from hashsvc.store import NewEntry
 from indexer.commands.common import add_command, open_store, say, show_progress, when_served

@@ -8,8 +8,8 @@ import json
 from typing import Any
 
 from hashsvc.errors import HashsvcError
+from hashsvc.matching.strategies import MatchStrategies, parse_crop_list
 from hashsvc.store import BANK_KINDS, Bank
-from hashsvc.strategies import MatchStrategies, parse_crop_list
 from indexer.commands.common import add_command, emit, open_store, say, when_served
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hashsvc.algorithms import parse_hash
 from hashsvc.errors import HashsvcError
+from hashsvc.hashing.algorithms import parse_hash
 from hashsvc.store import EntrySelector
 from indexer.commands.common import add_command, open_store, say, when_served
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hashsvc.algorithms import ALGORITHMS, QUALITY_FLOOR
+from hashsvc.hashing.algorithms import ALGORITHMS, QUALITY_FLOOR
 from indexer.commands.add_images import parse_algorithms
 from indexer.commands.common import add_command, emit, show_progress
 from indexer.folders import find_images, hash_files

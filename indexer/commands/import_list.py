@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hashsvc.algorithms import ALGORITHMS
 from hashsvc.errors import ImportFileError
+from hashsvc.hashing.algorithms import ALGORITHMS
 from indexer.commands.common import add_command, open_store, say, show_progress
 from indexer.hashlists import FORMATS, detect_format
 from indexer.importing import import_file

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hashsvc.errors import ImageError
-from hashsvc.matcher import Match
+from hashsvc.matching.matcher import Match
 from hashsvc.scanner import Scanner, ScanOptions, ScanResult
 from hashsvc.snapshot import load_current
 from indexer.commands.common import add_command, emit, home

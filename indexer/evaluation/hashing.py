@@ -16,12 +16,12 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from hashsvc.algorithms import QUALITY_FLOOR, get_algorithm
 from hashsvc.errors import HashsvcError
-from hashsvc.imaging import Upload
-from hashsvc.matcher import Query
+from hashsvc.hashing.algorithms import QUALITY_FLOOR, get_algorithm
+from hashsvc.hashing.imaging import Upload
+from hashsvc.matching.matcher import Query
+from hashsvc.matching.strategies import DEFAULT_CROP_GRID, PLAIN, MatchStrategies
 from hashsvc.scanner import Scanner
-from hashsvc.strategies import DEFAULT_CROP_GRID, PLAIN, MatchStrategies
 from indexer.evaluation.transforms import BY_NAME
 from indexer.folders import hash_file
 

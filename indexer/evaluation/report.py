@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from hashsvc.algorithms import get_algorithm
+from hashsvc.hashing.algorithms import get_algorithm
 from indexer.evaluation.metrics import recall_curve
 from indexer.evaluation.run import Evaluation
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hashsvc.algorithms import get_algorithm
 from hashsvc.errors import HashsvcError
+from hashsvc.hashing.algorithms import get_algorithm
 from indexer.evaluation.hashing import Job, Method, run_job
 from indexer.evaluation.metrics import PairCounts, pair_histogram
 from indexer.evaluation.transforms import Transform

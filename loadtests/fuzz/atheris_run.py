@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(SKIPPED)
         return 0
     with atheris.instrument_imports():
-        from hashsvc import fastpdq, imaging
+        from hashsvc.hashing import fastpdq, imaging
     from hashsvc.errors import HashsvcError
 
     def one_input(data: bytes) -> None:

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hashsvc.algorithms import ALGORITHMS
 from hashsvc.errors import ErrorCode, HashsvcError
-from hashsvc.imaging import Upload
+from hashsvc.hashing.algorithms import ALGORITHMS
+from hashsvc.hashing.imaging import Upload
 from hashsvc.scanner import Scanner
 from indexer.cli import main as indexer_main
 from loadtests.fuzz import outcomes

@@ -8,8 +8,8 @@ from __future__ import annotations
 import hashlib
 from typing import ClassVar
 
-from hashsvc.algorithms.base import HashValue, HexCodec
-from hashsvc.imaging import Upload
+from hashsvc.hashing.algorithms.base import HashValue, HexCodec
+from hashsvc.hashing.imaging import Upload
 
 
 class _Digest(HexCodec):

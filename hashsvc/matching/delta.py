@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hashsvc.algorithms import get_algorithm
+from hashsvc.hashing.algorithms import get_algorithm
 from hashsvc.snapshot import BankInfo
 from hashsvc.store import Bank, StoreChanges
 

@@ -1,4 +1,4 @@
-"""The extra PDQ hashes the matching strategies (`hashsvc.strategies`) compute.
+"""The extra PDQ hashes the matching strategies (`hashsvc.matching.strategies`) compute.
 
 Query side: the hash(es) of an upload with its uniform borders trimmed. Index side: for a known
 image added from a file, the hashes of its trimmed box and of centred crops. Both sides use the
@@ -14,11 +14,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from hashsvc.algorithms import PDQ, HashValue
-from hashsvc.borders import DETECT_SIDE, Box, trim_box
-from hashsvc.fastpdq import Reduced, pdq_hashes
-from hashsvc.imaging import Upload
-from hashsvc.strategies import TRIMMED, MatchStrategies, crop_variant_name
+from hashsvc.hashing.algorithms import PDQ, HashValue
+from hashsvc.hashing.borders import DETECT_SIDE, Box, trim_box
+from hashsvc.hashing.fastpdq import Reduced, pdq_hashes
+from hashsvc.hashing.imaging import Upload
+from hashsvc.matching.strategies import TRIMMED, MatchStrategies, crop_variant_name
 
 
 def content_box(image: Image.Image) -> Box | None:

@@ -12,8 +12,8 @@ import numpy as np
 import numpy.typing as npt
 import pdqhash
 
-from hashsvc.algorithms.base import HashValue, HexCodec
-from hashsvc.imaging import Upload
+from hashsvc.hashing.algorithms.base import HashValue, HexCodec
+from hashsvc.hashing.imaging import Upload
 
 # Below this quality a PDQ hash is dominated by flat regions and matches unrelated images;
 # ThreatExchange recommends ignoring such hashes, so scans report them instead of matching.

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from hashsvc.algorithms.base import HashAlgorithm, HashValue
-from hashsvc.algorithms.exact import Md5, Sha256
-from hashsvc.algorithms.imagehash_kinds import DHash, PHash
-from hashsvc.algorithms.pdq import DIHEDRAL_TRANSFORMS, QUALITY_FLOOR, Pdq
 from hashsvc.errors import InvalidHashError
+from hashsvc.hashing.algorithms.base import HashAlgorithm, HashValue
+from hashsvc.hashing.algorithms.exact import Md5, Sha256
+from hashsvc.hashing.algorithms.imagehash_kinds import DHash, PHash
+from hashsvc.hashing.algorithms.pdq import DIHEDRAL_TRANSFORMS, QUALITY_FLOOR, Pdq
 from hashsvc.limits import quote
 
 PDQ = Pdq()

@@ -23,7 +23,6 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from hashsvc.decode_budget import Lease, estimate_peak_bytes
 from hashsvc.errors import (
     CorruptImageError,
     HashsvcError,
@@ -32,7 +31,8 @@ from hashsvc.errors import (
     TruncatedImageError,
     UnsupportedFormatError,
 )
-from hashsvc.jpeg_layout import MAX_SEGMENTS, JpegLayout, read_layout
+from hashsvc.hashing.decode_budget import Lease, estimate_peak_bytes
+from hashsvc.hashing.jpeg_layout import MAX_SEGMENTS, JpegLayout, read_layout
 
 try:  # HEIC/HEIF is optional: a missing plugin narrows the formats, it does not break decoding.
     import pillow_heif
@@ -65,7 +65,7 @@ RGBArray = npt.NDArray[np.uint8]
 
 
 # Formats whose decoder can produce a reduced image without decoding every pixel (libjpeg's DCT
-# scaling, used by `hashsvc.fastpdq`); every other format costs a full decode.
+# scaling, used by `hashsvc.hashing.fastpdq`); every other format costs a full decode.
 SCALABLE_FORMATS: tuple[str, ...] = ("JPEG", "MPO")
 
 
@@ -82,9 +82,9 @@ class DecodeLimits:
     took 7.8 s and 1.5 GB. The "cap" rows of `loadtests/bench_hashing.py` time them against the
     reference.
 
-    `max_jpeg_scans` bounds a JPEG's decode time (`hashsvc.jpeg_layout`), and
+    `max_jpeg_scans` bounds a JPEG's decode time (`hashsvc.hashing.jpeg_layout`), and
     `decode_memory_budget` the memory of the decodes a process runs at once
-    (`hashsvc.decode_budget`; every `Scanner` enforces it, `decode` alone does not).
+    (`hashsvc.hashing.decode_budget`; every `Scanner` enforces it, `decode` alone does not).
     """
 
     max_bytes: int = 32 * 1024 * 1024

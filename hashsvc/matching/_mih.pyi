@@ -1,4 +1,4 @@
-"""Types of the C kernel (hashsvc/_mih.c); hashsvc.mih is its only caller."""
+"""Types of the C kernel (hashsvc/matching/_mih.c); hashsvc.matching.mih is its only caller."""
 
 from typing import Any
 

@@ -31,7 +31,7 @@ import threading
 from types import TracebackType
 
 from hashsvc.errors import DecodeBudgetExhaustedError, ImageTooLargeError
-from hashsvc.jpeg_layout import JpegLayout
+from hashsvc.hashing.jpeg_layout import JpegLayout
 
 # Bytes per pixel Pillow stores for a mode (RGB, RGBA, CMYK, LA and the 32-bit modes take 4).
 _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}

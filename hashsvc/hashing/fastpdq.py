@@ -26,9 +26,9 @@ bicubic, Hamming and Lanczos, and 512 px (p99 2, max 4 bits) costs little more t
 (p99 6). 256 px instead of 192 would tighten JPEG agreement (p99 2, max 4 bits against p99 6,
 max 14 over 6,000 images) but slow a 1-MP photo ~1.5×: it then decodes at 1/2 scale, not 1/4.
 
-Reference-exact hashing (`indexer hash`, exports, golden vectors) stays in `hashsvc.imaging` +
-`hashsvc.algorithms.pdq`; this module is for scans. Its checks, messages and typed errors are
-`hashsvc.imaging.decode`'s (`open_checked`, `load_checked`, `decoder_errors`), so bad input fails
+Reference-exact hashing (`indexer hash`, exports, golden vectors) stays in `imaging` +
+`algorithms.pdq`; this module is for scans. Its checks, messages and typed errors are
+`imaging.decode`'s (`open_checked`, `load_checked`, `decoder_errors`), so bad input fails
 here exactly as it fails there; only a JPEG too large to decode at full size passes here, since
 it is decoded small.
 """
@@ -42,10 +42,10 @@ import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, ImageFile, ImageOps, JpegImagePlugin
 
-from hashsvc.algorithms.base import HashValue
-from hashsvc.algorithms.pdq import Pdq
-from hashsvc.decode_budget import Lease
-from hashsvc.imaging import (
+from hashsvc.hashing.algorithms.base import HashValue
+from hashsvc.hashing.algorithms.pdq import Pdq
+from hashsvc.hashing.decode_budget import Lease
+from hashsvc.hashing.imaging import (
     DEFAULT_LIMITS,
     DecodeLimits,
     decoder_errors,
@@ -143,9 +143,9 @@ def decode_reduced(
     reduction: Reduction = SCAN,
     lease: Lease | None = None,
 ) -> Reduced:
-    """Decode `data` small, or raise what `hashsvc.imaging.decode` raises, with its message.
+    """Decode `data` small, or raise what `hashsvc.hashing.imaging.decode` raises, with its message.
 
-    `lease`: the call's share of the decode memory budget (see `hashsvc.imaging.decode`)."""
+    `lease`: the call's share of the decode memory budget (see `hashsvc.hashing.imaging.decode`)."""
     opened = open_checked(data, limits, name)
     image, fmt = opened.image, opened.format
     width, height = image.size
@@ -295,7 +295,7 @@ def _bits(coefficients: FloatArray) -> bytes:
     """pdqBuffer16x16ToBits: bit i·16+j is set when that coefficient exceeds the median.
 
     The median is torben's, the lower of the two middle values; the 256-bit number is stored
-    big-endian, as `hashsvc.algorithms.pdq` packs `pdqhash`'s output.
+    big-endian, as `hashsvc.hashing.algorithms.pdq` packs `pdqhash`'s output.
     """
     values = coefficients.astype(np.float32).ravel()
     median = np.partition(values, 127)[127]

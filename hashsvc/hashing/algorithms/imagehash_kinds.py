@@ -9,8 +9,8 @@ from typing import ClassVar
 import imagehash
 import numpy as np
 
-from hashsvc.algorithms.base import HashValue, HexCodec
-from hashsvc.imaging import Upload
+from hashsvc.hashing.algorithms.base import HashValue, HexCodec
+from hashsvc.hashing.imaging import Upload
 
 
 class _ImageHashKind(HexCodec):

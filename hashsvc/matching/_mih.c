@@ -1,4 +1,4 @@
-/* The two inner loops of hashsvc.mih, in C: probing the multi-index tables and verifying the
+/* The two inner loops of hashsvc.matching.mih, in C: probing the multi-index tables and verifying the
  * candidates, and the brute-force scan it falls back to.
  *
  * Why C: in NumPy a single query costs ~30 array calls of fixed overhead, and a batch pays for
@@ -341,7 +341,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_mih", "The inner loops of hashsvc.mih (see _mih.c).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_mih", "The inner loops of hashsvc.matching.mih (see _mih.c).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

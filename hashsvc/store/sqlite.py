@@ -13,19 +13,28 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
-from hashsvc.algorithms import get_algorithm
 from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
-from hashsvc.limits import LIMITS, check_name, check_tags, check_text, quote
-from hashsvc.strategies import PLAIN, MatchStrategies
-
-BankKind = Literal["match", "allowlist"]
-BANK_KINDS: tuple[BankKind, ...] = ("match", "allowlist")
+from hashsvc.limits import LIMITS, check_tags, check_text, quote
+from hashsvc.matching.strategies import MatchStrategies
+from hashsvc.store.model import (
+    AddResult,
+    Bank,
+    Entry,
+    EntrySelector,
+    NewEntry,
+    StoreChanges,
+    StoreStats,
+    _validate_description,
+    _validate_kind,
+    validate_name,
+    validate_thresholds,
+)
+from hashsvc.store.sqlite_bulk import REVISION_SQL, BulkAdder
 
 SCHEMA_VERSION = 4
 _ENTRIES_V4 = """
@@ -71,122 +80,6 @@ CREATE INDEX IF NOT EXISTS entries_by_changed_rev ON entries (changed_rev);
 CREATE INDEX IF NOT EXISTS removed_entries_by_rev ON removed_entries (rev);
 """
 
-
-@dataclass(frozen=True)
-class Bank:
-    id: int
-    name: str
-    description: str
-    kind: BankKind
-    enabled: bool
-    tags: tuple[str, ...]
-    thresholds: dict[str, int]
-    created_at: float
-    updated_at: float
-    entry_count: int = 0
-    strategies: MatchStrategies = PLAIN
-
-
-class NewEntry(NamedTuple):
-    """An entry as a hash list or an image folder supplies it, before it has an id.
-
-    A NamedTuple, not a dataclass: imports make millions of them, and a tuple is the cheapest
-    object Python has."""
-
-    algorithm: str  # the fields are in BulkAdder's INSERT order: it binds an entry as it is
-    hash: bytes
-    external_id: str | None = None
-    metadata: dict[str, Any] | None = None
-    variant: str = ""  # "" for the hash itself; else which strategy's extra hash (strategies.py)
-
-
-# What BulkAdder inserts: a NewEntry, or the same fields as a plain tuple (cheaper to pickle).
-EntryRow = tuple[str, bytes, str | None, dict[str, Any] | None, str]
-
-
-@dataclass(frozen=True)
-class Entry:
-    id: int
-    bank: str
-    algorithm: str
-    hash: bytes
-    external_id: str | None
-    metadata: dict[str, Any] | None
-    added_at: float
-    disabled: bool
-    disabled_reason: str | None
-    variant: str = ""
-
-
-@dataclass
-class AddResult:
-    added: int = 0
-    duplicates: int = 0
-
-    def __iadd__(self, other: AddResult) -> AddResult:
-        self.added += other.added
-        self.duplicates += other.duplicates
-        return self
-
-
-@dataclass(frozen=True)
-class EntrySelector:
-    """Which entries of a bank an operation touches: by id, by external id, or by hash."""
-
-    ids: Sequence[int] = ()
-    external_ids: Sequence[str] = ()
-    hashes: Sequence[tuple[str, bytes]] = ()
-
-    def is_empty(self) -> bool:
-        return not (self.ids or self.external_ids or self.hashes)
-
-
-@dataclass(frozen=True)
-class StoreChanges:
-    revision: int
-    changed: frozenset[int]  # entry ids changed (added, disabled, enabled, removed)
-    # (id, bank, algorithm, hash, external_id, metadata JSON, variant)
-    active: list[tuple[Any, ...]]
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    revision: int
-    banks: int
-    entries: int
-    disabled: int
-    by_bank_algorithm: dict[str, dict[str, int]] = field(default_factory=dict)
-    # What servers match: entries not disabled, in enabled banks (snapshot plus live changes).
-    served_by_bank_algorithm: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def validate_name(name: str, what: str = "bank name") -> str:
-    return check_name(name, what)
-
-
-def _validate_description(description: str) -> str:
-    return check_text(description, "description", LIMITS.description_chars)
-
-
-def validate_thresholds(thresholds: dict[str, int]) -> dict[str, int]:
-    clean: dict[str, int] = {}
-    for name, value in thresholds.items():
-        algorithm = get_algorithm(name)
-        if algorithm.exact:
-            raise HashsvcError(f"{algorithm.name} is an exact hash: it has no threshold")
-        if not isinstance(value, int) or not 0 <= value <= algorithm.bits:
-            raise HashsvcError(
-                f"invalid {algorithm.name} threshold {value!r}: must be 0..{algorithm.bits}"
-            )
-        clean[algorithm.name] = value
-    return clean
-
-
-def _validate_kind(kind: str) -> BankKind:
-    if kind not in BANK_KINDS:
-        raise HashsvcError(
-            f"invalid bank kind {quote(kind)}: must be one of {', '.join(BANK_KINDS)}")
-    return kind
 
 
 class Store:
@@ -275,7 +168,7 @@ class Store:
         """One write transaction that bumps the revision; rolled back on any exception.
 
         The new revision is set first, so that entry changes made inside the transaction can
-        stamp themselves with it (`_REVISION`): that is what lets servers apply changes made
+        stamp themselves with it (`REVISION_SQL`): that is what lets servers apply changes made
         since their snapshot without a rebuild (see `changes_since`).
         """
         with self._lock:
@@ -398,7 +291,7 @@ class Store:
                     f"UPDATE banks SET {assignments} WHERE id = ?", (*changes.values(), bank.id)
                 )
                 if "enabled" in changes and bool(changes["enabled"]) != bank.enabled:
-                    db.execute(f"UPDATE entries SET changed_rev = {_REVISION} WHERE bank_id = ?",
+                    db.execute(f"UPDATE entries SET changed_rev = {REVISION_SQL} WHERE bank_id = ?",
                                (bank.id,))
         except sqlite3.IntegrityError:
             raise AlreadyExistsError(f"bank {quote(str(new_name))} already exists") from None
@@ -409,7 +302,7 @@ class Store:
         bank = self.get_bank(name)
         with self._write() as db:
             db.execute(f"INSERT OR REPLACE INTO removed_entries (entry_id, rev)"
-                       f" SELECT id, {_REVISION} FROM entries WHERE bank_id = ?", (bank.id,))
+                       f" SELECT id, {REVISION_SQL} FROM entries WHERE bank_id = ?", (bank.id,))
             db.execute("DELETE FROM entries WHERE bank_id = ?", (bank.id,))
             db.execute("DELETE FROM banks WHERE id = ?", (bank.id,))
         return bank.entry_count
@@ -481,7 +374,7 @@ class Store:
             for where, args in _selector_sql(bank.id, selector, alias=""):
                 changed += db.execute(
                     f"UPDATE entries SET disabled = ?, disabled_reason = ?,"
-                    f" changed_rev = {_REVISION} {where}",
+                    f" changed_rev = {REVISION_SQL} {where}",
                     (int(disabled), reason if disabled else None, *args),
                 ).rowcount
         return changed
@@ -492,7 +385,7 @@ class Store:
         with self._write() as db:
             for where, args in _selector_sql(bank.id, selector, alias=""):
                 db.execute(f"INSERT OR REPLACE INTO removed_entries (entry_id, rev)"
-                           f" SELECT id, {_REVISION} FROM entries {where}", args)
+                           f" SELECT id, {REVISION_SQL} FROM entries {where}", args)
                 removed += db.execute(f"DELETE FROM entries {where}", args).rowcount
         return removed
 
@@ -563,107 +456,6 @@ class Store:
                           served_by_bank_algorithm=served)
 
 
-class BulkAdder:
-    """Adds entries inside an open transaction (see `Store.bulk_add`), counting duplicates.
-
-    Random hashes make every insert a random B-tree update of each index on `entries`. When the
-    rows to come outnumber those already there (`expected` >= `_REBUILD_MIN` and the store's
-    size), the indexes are dropped and rebuilt by `finish`: one sort each, measured at about a
-    quarter of the CPU that updating them row by row costs (1M rows: 2.6 s to insert without
-    the unique index plus 2.0 s to build it, against 8.1 s with it). Without the unique index
-    the rows go in unchecked, so `finish` builds it first, and if the bank now holds a hash
-    twice, deletes this import's later copies (counting them as duplicates, as INSERT OR IGNORE
-    would have) and builds it again. Same transaction, so a failed import rolls it all back.
-    """
-
-    def __init__(self, db: sqlite3.Connection, bank_id: int, *, expected: int = 0) -> None:
-        self._db = db
-        revision = int(db.execute(f"SELECT {_REVISION}").fetchone()[0])
-        # Constants are part of the statement, not bound per row: ~10% of the insert's CPU.
-        self._sql = (
-            "INSERT OR IGNORE INTO entries (bank_id, algorithm, hash, external_id, metadata,"
-            f" added_at, changed_rev, variant) VALUES ({int(bank_id)}, ?, ?, ?, ?,"
-            f" {time.time()!r}, {revision}, ?)"
-        )
-        self._bank_id = bank_id
-        self._rebuild: dict[str, str] = {}
-        self._last_old_id = 0
-        self._cache_size: int | None = None
-        if expected >= _REBUILD_MIN:
-            existing = db.execute("SELECT COALESCE(MAX(id), 0) FROM entries").fetchone()[0]
-            if expected >= existing:  # MAX(id) >= COUNT(*), and O(log n)
-                self._last_old_id = int(existing)
-                self._rebuild = self._drop_indexes()
-            self._grow_cache((existing + expected) * _INDEX_BYTES_PER_ROW)
-        self.result = AddResult()
-
-    def _grow_cache(self, wanted: int) -> None:
-        """Keep the UNIQUE index's pages in the cache for the whole import.
-
-        Inserts touch that index at random; once it outgrows the cache, SQLite spills dirty pages
-        to the WAL and rewrites them there again and again (a 10M-row import wrote 16 GB and
-        ran for minutes). The cache only grows as pages are used; `close` shrinks it back.
-        """
-        current = int(self._db.execute("PRAGMA cache_size").fetchone()[0])
-        wanted_kib = min(wanted, _MAX_CACHE_BYTES) // 1024
-        if current < 0 and wanted_kib > -current:
-            self._cache_size = current
-            self._db.execute(f"PRAGMA cache_size = -{wanted_kib}")
-
-    def _drop_indexes(self) -> dict[str, str]:
-        """Drop the indexes of `entries`; returns the statements that recreate them, by name."""
-        rows = self._db.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'entries'"
-            " AND sql IS NOT NULL"  # NULL: a constraint's own index (none since schema 4)
-        ).fetchall()
-        for name, _ in rows:
-            self._db.execute(f'DROP INDEX "{name}"')
-        return dict(rows)
-
-    def add(self, entries: Iterable[EntryRow]) -> AddResult:
-        # An entry is already the statement's parameters, in order, once its metadata is JSON:
-        # most lists have none, and their entries are bound as they are.
-        rows: list[tuple[Any, ...]] = [
-            e if e[3] is None else
-            (e[0], e[1], e[2], json.dumps(e[3], sort_keys=True) if e[3] else None, e[4])
-            for e in entries
-        ]
-        before = self._db.total_changes
-        self._db.executemany(self._sql, rows)
-        added = self._db.total_changes - before
-        batch = AddResult(added=added, duplicates=len(rows) - added)
-        self.result += batch
-        return batch
-
-    def finish(self) -> None:
-        """Recreate what the constructor dropped; called by `Store.bulk_add` before COMMIT."""
-        unique = self._rebuild.pop("entries_unique", None)
-        if unique is not None:
-            try:
-                self._db.execute(unique)
-            except sqlite3.IntegrityError:  # a hash twice in the bank: keep its first row
-                removed = self._db.execute(
-                    "DELETE FROM entries WHERE bank_id = ? AND id > ? AND id NOT IN"
-                    " (SELECT MIN(id) FROM entries WHERE bank_id = ? GROUP BY algorithm, hash)",
-                    (self._bank_id, self._last_old_id, self._bank_id)).rowcount
-                self.result.added -= removed
-                self.result.duplicates += removed
-                self._db.execute(unique)
-        for sql in self._rebuild.values():
-            self._db.execute(sql)
-        self._rebuild = {}
-
-    def close(self) -> None:
-        """Give back the cache grown for this import (after COMMIT or ROLLBACK alike)."""
-        if self._cache_size is not None:
-            self._db.execute(f"PRAGMA cache_size = {self._cache_size}")
-            self._cache_size = None
-
-
-_REVISION = "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'revision')"
-_REBUILD_MIN = 100_000  # rows: below, rebuilding indexes is not worth a thought
-_INDEX_BYTES_PER_ROW = 96  # cache for a large import: the UNIQUE index, ~60 B a row, and room
-_MAX_CACHE_BYTES = 2 << 30
 _CHUNK = 500  # selector items per statement: far below SQLite's bound-variable limit
 
 

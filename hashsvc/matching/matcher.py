@@ -8,7 +8,7 @@ Allowlist banks hold known-benign hashes (confirmed false positives, stock image
 that matches an allowlist entry suppresses every match of the same algorithm for that scan; the
 suppressed matches are returned separately so the result can say why nothing was reported.
 
-Matching strategies (hashsvc.strategies) are per bank: a hit found through a rotated or trimmed
+Matching strategies (`strategies`) are per bank: a hit found through a rotated or trimmed
 query counts only for banks that use that strategy, and a known image's extra hashes (trimmed,
 cropped) are reported as one match per image, the closest, naming the variant that matched.
 """
@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hashsvc.algorithms import HashValue, get_algorithm
-from hashsvc.delta import Delta
 from hashsvc.errors import NotFoundError
-from hashsvc.mih import MultiIndexHash
+from hashsvc.hashing.algorithms import HashValue, get_algorithm
+from hashsvc.matching.delta import Delta
+from hashsvc.matching.mih import MultiIndexHash
+from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.snapshot import BankInfo, HashTable, Snapshot
-from hashsvc.strategies import MatchStrategies
 
 IDENTITY = "identity"
 

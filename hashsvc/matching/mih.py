@@ -1,7 +1,7 @@
 """Exact Hamming radius search over 256-bit codes by multi-index hashing.
 
 The layout, the build and the search plans are here, in NumPy; the search itself (probing,
-verifying, scanning) is a small C kernel, hashsvc/_mih.c, because in NumPy a query paid ~30 array
+verifying, scanning) is a small C kernel, `_mih.c`, because in NumPy a query paid ~30 array
 calls of fixed overhead and a batch paid for temporaries as large as its candidates (at 1M codes,
 r = 31, measured by loadtests/bench_search.py: a single query 0.16 ms warm and 0.54 ms with cold
 caches in NumPy, 0.05 and 0.14 ms in C; in batches ~120 µs a query in NumPy, ~40 µs in C).
@@ -68,14 +68,14 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from hashsvc import _mih
+from hashsvc.matching import _mih
 
 CODE_BYTES: Final = 32
 CODE_BITS: Final = CODE_BYTES * 8
 FILES: Final = ("codes", "layout", "ids", "offsets")
 
 # Costs per bucket probed, per candidate verified and per code scanned, in ns, of the C kernel
-# (hashsvc/_mih.c) on this project's 2-core EPYC, at 1M random codes and r = 31 (1,409 probes:
+# (`_mih.c`) on this project's 2-core EPYC, at 1M random codes and r = 31 (1,409 probes:
 # 17 µs a query; 1,419 candidates: 22 µs; a scan: 1.3 ms). They only choose between two exact
 # paths, so rough values are enough.
 _COST_PROBE: Final = 12.0

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
 from hashsvc.errors import InvalidHashError
-from hashsvc.imaging import Upload
+from hashsvc.hashing.imaging import Upload
 
 _HEX_DIGITS = frozenset(string.hexdigits)
 
