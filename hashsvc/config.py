@@ -46,6 +46,10 @@ class ServerConfig:
     audit_all_scans: bool = False  # audit every scan, not only those that matched
     scan_fast_pdq: bool = True  # PDQ for scans via hashsvc.hashing.fastpdq (9-40x faster on JPEGs)
     reload_interval: float = 0.1  # seconds between checks for a new snapshot or store changes
+    snapshots: str = ""  # snapshot repository: a directory or s3://bucket/prefix; default below
+    snapshot_cache: Path | None = None  # default: <home>/snapshot-cache
+    s3_endpoint_url: str = ""  # default: $AWS_ENDPOINT_URL, else AWS S3
+    snapshot_poll_interval: float = 5.0  # seconds between reads of a bucket's pointer (jittered)
     log_level: str = "INFO"
 
     @property
@@ -61,6 +65,14 @@ class ServerConfig:
         return self.audit_log or self.home / "audit.jsonl"
 
     @property
+    def resolved_snapshots(self) -> str:
+        return self.snapshots or str(self.data_home.snapshots_dir)
+
+    @property
+    def resolved_snapshot_cache(self) -> Path:
+        return self.snapshot_cache or self.home / "snapshot-cache"
+
+    @property
     def resolved_workers(self) -> int:
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)
 
@@ -71,8 +83,11 @@ class ServerConfig:
                             decode_memory_budget=self.decode_memory_budget)
 
     def describe(self) -> dict[str, Any]:
-        """For the start-up log line; holds no secret (key files hold only key hashes)."""
-        return {f.name: str(v) if isinstance(v, Path) else v
+        """For the start-up log line; holds no secret (key files hold only key hashes, and a
+        URL's user:password@ is redacted)."""
+        from hashsvc.snapshot.repository import redact
+
+        return {f.name: str(v) if isinstance(v, Path) else redact(v) if isinstance(v, str) else v
                 for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
 
@@ -109,13 +124,24 @@ HELP: dict[str, str] = {
     "the reference for 99.9%% of quality>=80 images, same recall in `indexer evaluate`); "
     "--no-scan-fast-pdq hashes scans with the reference pipeline",
     "reload_interval": "seconds between checks for a new snapshot or store changes",
+    "snapshots": "snapshot repository: a directory, or s3://bucket/prefix for an S3-compatible "
+    "bucket (credentials from the standard AWS environment and config files); default "
+    "<home>/snapshots",
+    "snapshot_cache": "where snapshots fetched from a bucket are kept and memory-mapped from; "
+    "default <home>/snapshot-cache",
+    "s3_endpoint_url": "endpoint of the S3-compatible service (MinIO, Ceph RGW, GCS...); "
+    "default $AWS_ENDPOINT_URL, else AWS S3",
+    "snapshot_poll_interval": "seconds between reads of a bucket's pointer for a new snapshot, "
+    "each wait drawn from 0.5-1.5 times this so replicas do not poll in step (a local "
+    "directory is read every --reload-interval)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 
 
 # Admission and stream bounds: 0 would refuse every call, or end every stream at once.
 POSITIVE = frozenset({"max_concurrent_rpcs", "max_streams_per_key", "max_streams_per_connection",
-                      "stream_window", "stream_buffer_bytes", "client_idle_timeout"})
+                      "stream_window", "stream_buffer_bytes", "client_idle_timeout",
+                      "snapshot_poll_interval"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -89,6 +89,24 @@ class NoSnapshotError(SnapshotError):
     code = ErrorCode.FAILED_PRECONDITION
 
 
+class SnapshotFetchError(SnapshotError):
+    """A snapshot in a repository that cannot be used as it is: an object `missing`, `partial`
+    (shorter than the manifest says) or `corrupt` (wrong sha256), or a manifest `invalid`.
+    Retrying does not help until the repository changes, so the version is refused."""
+
+    def __init__(self, message: str, fetch_reason: str) -> None:
+        super().__init__(message)
+        self.fetch_reason = fetch_reason
+
+
+class RepositoryUnavailableError(HashsvcError):
+    """The snapshot repository (a bucket) could not be reached or answered with an error: a
+    replica keeps serving what it has and tries again on its next poll."""
+
+    code = ErrorCode.UNAVAILABLE
+    reason = "unavailable"
+
+
 class NotLoadedError(HashsvcError):
     """A scanner asked to scan before any snapshot was loaded: retry shortly."""
 

@@ -87,6 +87,28 @@ SNAPSHOT_LOAD_SECONDS = Histogram(
 SNAPSHOT_LOAD_FAILURES = Counter(
     "hashsvc_snapshot_load_failures_total", "Snapshots refused (corrupt or unreadable)"
 )
+SNAPSHOT_FETCH_FAILURES = Counter(
+    "hashsvc_snapshot_fetch_failures_total",
+    "Failures to fetch a snapshot from its repository: unavailable (the bucket could not be "
+    "reached; retried at the next poll), missing, partial or corrupt (an object; the version is "
+    "refused), invalid (its manifest or the pointer)",
+    ["reason"],
+)
+for _reason in ("unavailable", "missing", "partial", "corrupt", "invalid"):
+    SNAPSHOT_FETCH_FAILURES.labels(_reason)  # exported as 0 from the start, so alerts see it
+SNAPSHOT_POINTER_AGE = Gauge(
+    "hashsvc_snapshot_pointer_age_seconds",
+    "Seconds since the snapshot repository's pointer was last read successfully (grows while a "
+    "bucket is unreachable)",
+    multiprocess_mode="livemax",
+)
+SNAPSHOT_FETCHED_OBJECTS = Counter(
+    "hashsvc_snapshot_fetched_objects_total",
+    "Snapshot files downloaded from a bucket into the local cache (files already cached are not)",
+)
+SNAPSHOT_FETCHED_BYTES = Counter(
+    "hashsvc_snapshot_fetched_bytes_total", "Bytes of snapshot files downloaded from a bucket"
+)
 KEYS_FILE_VALID = Gauge(
     "hashsvc_keys_file_valid",
     "0 while the keys file on disk does not load (the last good keys stay in effect), else 1",

@@ -17,7 +17,7 @@ from hashsvc.server import convert
 from hashsvc.server.interceptors import caller
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.status import abort
-from hashsvc.snapshot import current_version, publish
+from hashsvc.snapshot import publish
 from hashsvc.store import EntrySelector, NewEntry
 
 log = logging.getLogger("hashsvc.admin")
@@ -148,7 +148,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.PublishSnapshotRequest, context: grpc.ServicerContext
     ) -> admin_pb2.PublishSnapshotResponse:
         try:
-            result = publish(self._store, self._runtime.snapshots_dir, force=request.force)
+            result = publish(self._store, self._runtime.repository, force=request.force)
         except HashsvcError as err:
             abort(context, err)
         # Serve it before answering, so a scan right after this call already sees the change.
@@ -164,7 +164,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetIndexStatusRequest, context: grpc.ServicerContext
     ) -> admin_pb2.GetIndexStatusResponse:
         snapshot = self._runtime.scanner.snapshot
-        on_disk = current_version(self._runtime.snapshots_dir) or ""
+        on_disk = self._runtime.current_in_repository() or ""
         response = admin_pb2.GetIndexStatusResponse(
             current_on_disk=on_disk, failed_loads=self._runtime.failed_loads
         )

@@ -15,7 +15,8 @@ from hashsvc.config import ServerConfig
 from hashsvc.keys import add_key
 from hashsvc.server.keyfile import load_keys
 from hashsvc.server.ports import refuse_if_in_use
-from hashsvc.snapshot import current_version, publish
+from hashsvc.snapshot import publish
+from hashsvc.snapshot.repository import open_repository
 from hashsvc.store import Store
 
 log = logging.getLogger("hashsvc.server")
@@ -42,8 +43,10 @@ def serve(config: ServerConfig) -> int:
 def prepare(config: ServerConfig) -> None:
     """Things done once, before any worker starts, so workers never race to do them."""
     _ensure_keys(config)
-    snapshots = config.data_home.snapshots_dir
-    if current_version(snapshots) is None:
+    snapshots = open_repository(
+        config.resolved_snapshots, cache_dir=config.resolved_snapshot_cache,
+        endpoint_url=config.s3_endpoint_url or None)
+    if snapshots.current_version() is None:  # an unreachable bucket: a one-line error, exit 1
         with Store(config.data_home.store_path) as store:
             result = publish(store, snapshots)
         log.info("no snapshot yet: published one from the store", extra={"version": result.version})

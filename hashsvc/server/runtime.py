@@ -1,11 +1,16 @@
 """What a running server holds: the store, the scanner and its snapshot, and health.
 
-Hot reload: a watcher thread reads `snapshots/current` every `reload_interval` seconds. A version
-is the directory name `current` holds, so a reload happens exactly when that name changes. A new
-version is loaded (and verified: manifest, checksums, every array against the counts) beside the
-one being served, then swapped in with one reference assignment, so no call fails or waits. A
-snapshot that fails to load, for whatever reason, is refused: counted, logged once, and not
-retried until `current` names another version; the old one keeps serving.
+Hot reload: a watcher thread reads the snapshot repository's pointer (`snapshots/current`, or
+`current` in a bucket; see hashsvc/snapshot/repository.py). A local directory is read every
+`reload_interval` seconds; a bucket every `snapshot_poll_interval`, each wait drawn from 0.5-1.5
+times that so a fleet of replicas never polls in step. A version is the name the pointer holds,
+so a reload happens exactly when that name changes. A new version is checked out (from a bucket:
+downloaded into the local cache, only the objects it lacks, each verified), loaded (and verified:
+manifest, checksums, every array against the counts) beside the one being served, then swapped
+in with one reference assignment, so no call fails or waits. A snapshot that fails to fetch or
+load is refused: counted, logged once, and not retried until the pointer names another version;
+the old one keeps serving. A repository that cannot be reached is not a refusal: the replica
+keeps serving, logs the outage once, counts it, and reports the seconds since its last good read.
 
 Freshness: on the same tick the watcher reads the store's revision; when it has moved, the
 entries changed since the snapshot become a new `Delta` (see delta.py), swapped in the same way.
@@ -15,6 +20,7 @@ An admin call that changes entries refreshes its own worker's delta before it re
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -24,10 +30,12 @@ from grpc_health.v1 import health, health_pb2
 from hashsvc import metrics
 from hashsvc.audit import AuditLog
 from hashsvc.config import ServerConfig
-from hashsvc.errors import SnapshotError
+from hashsvc.errors import RepositoryUnavailableError, SnapshotError, SnapshotFetchError
 from hashsvc.matching.delta import Delta
 from hashsvc.scanner import Scanner
-from hashsvc.snapshot import Snapshot, current_version, load, version_dir
+from hashsvc.snapshot import Snapshot, load
+from hashsvc.snapshot.cache import FetchStats
+from hashsvc.snapshot.repository import open_repository
 from hashsvc.store import Store
 
 log = logging.getLogger("hashsvc.runtime")
@@ -38,7 +46,10 @@ SERVICES = ("hashsvc.v1.ScanService", "hashsvc.v1.AdminService")
 class Runtime:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.snapshots_dir = config.data_home.snapshots_dir
+        self.repository = open_repository(
+            config.resolved_snapshots, cache_dir=config.resolved_snapshot_cache,
+            endpoint_url=config.s3_endpoint_url or None,
+            poll_interval=config.snapshot_poll_interval)
         self.store = Store(config.data_home.store_path)
         self.scanner = Scanner(limits=config.limits, fast_pdq=config.scan_fast_pdq)
         self.audit = AuditLog(config.resolved_audit_log, all_scans=config.audit_all_scans)
@@ -46,6 +57,10 @@ class Runtime:
         self.failed_loads = 0
         self._refused: str | None = None
         self._watch_problem: str | None = None  # the last pass's failure, so it is logged once
+        self._outage: str | None = None  # the repository's last failure, so it is logged once
+        self._pointer: str | None = None  # what the pointer named when last read
+        self._pointer_read_at = time.time()
+        self._next_poll = 0.0  # time.monotonic() of the next pointer read the watcher makes
         self._reload_lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -76,35 +91,78 @@ class Runtime:
             self.health.set(service, status)
 
     def reload(self) -> bool:
-        """Load `current` if it is new; True if a new snapshot is now being served."""
+        """Load the version the pointer names if it is new; True if a new snapshot is now being
+        served. Reads the pointer now, whatever the poll schedule."""
         with self._reload_lock:
-            version = current_version(self.snapshots_dir)
+            interval = self.repository.poll_interval
+            self._next_poll = time.monotonic() + interval * random.uniform(0.5, 1.5)
+            try:
+                version = self.repository.current_version()
+            except RepositoryUnavailableError as err:
+                self._repository_unavailable(err)
+                return False
+            self._pointer, self._pointer_read_at = version, time.time()
             loaded = self.scanner.snapshot
             if version != self._refused:
-                self._refused = None  # `current` moved on: that version may be tried again later
+                self._refused = None  # the pointer moved on: that version may be tried again
             if version is None or version == self._refused:
+                self._repository_available()
                 return False
             if loaded is not None and loaded.version == version:
+                self._repository_available()
                 return False
             started = time.perf_counter()
             try:
-                snapshot = load(version_dir(self.snapshots_dir, version))
+                with self.repository.checkout(version) as (directory, fetched):
+                    snapshot = load(directory)
+            except RepositoryUnavailableError as err:  # not the version's fault: next poll
+                self._repository_unavailable(err)
+                return False
             except Exception as err:  # any failure to load is a refusal, not a retry loop
+                self._repository_available()
                 self._refuse(version, err)
                 return False
+            self._repository_available()
             self.scanner.swap(snapshot, self._delta_for(snapshot))
             self.set_serving(True)
             seconds = time.perf_counter() - started
-            self._record_loaded(snapshot, seconds)
+            self._record_loaded(snapshot, seconds, fetched)
             log.info("serving snapshot", extra={
                 "version": version, "entries": snapshot.entry_count,
                 "load_seconds": round(seconds, 3),
+                "downloaded_objects": fetched.downloaded_objects,
+                "downloaded_bytes": fetched.downloaded_bytes,
             })
+            self.repository.retain({version} | ({loaded.version} if loaded else set()))
             return True
+
+    def current_in_repository(self) -> str | None:
+        """The version the pointer names: read now from a local directory, as last polled from
+        a bucket (an admin call must not wait on one)."""
+        if self.repository.poll_interval == 0:
+            return self.repository.current_version()
+        return self._pointer
+
+    def _repository_unavailable(self, err: RepositoryUnavailableError) -> None:
+        metrics.SNAPSHOT_FETCH_FAILURES.labels("unavailable").inc()
+        if self._outage != err.message:
+            loaded = self.scanner.snapshot
+            log.error("snapshot repository unavailable; still serving what this replica has",
+                      extra={"error": err.message,
+                             "serving": loaded.version if loaded else None})
+        self._outage = err.message
+
+    def _repository_available(self) -> None:
+        if self._outage is not None:
+            log.info("snapshot repository reachable again",
+                     extra={"repository": self.repository.location})
+        self._outage = None
 
     def _refuse(self, version: str, err: Exception) -> None:
         self.failed_loads += 1
         metrics.SNAPSHOT_LOAD_FAILURES.inc()
+        if isinstance(err, SnapshotFetchError):
+            metrics.SNAPSHOT_FETCH_FAILURES.labels(err.fetch_reason).inc()
         self._refused = version
         loaded = self.scanner.snapshot
         error = err.message if isinstance(err, SnapshotError) else f"{type(err).__name__}: {err}"
@@ -125,8 +183,10 @@ class Runtime:
         changes = self.store.changes_since(int(snapshot.manifest["store_revision"]))
         return Delta.build(changes, self.store.list_banks())
 
-    def _record_loaded(self, snapshot: Snapshot, seconds: float) -> None:
+    def _record_loaded(self, snapshot: Snapshot, seconds: float, fetched: FetchStats) -> None:
         metrics.SNAPSHOT_LOAD_SECONDS.observe(seconds)
+        metrics.SNAPSHOT_FETCHED_OBJECTS.inc(fetched.downloaded_objects)
+        metrics.SNAPSHOT_FETCHED_BYTES.inc(fetched.downloaded_bytes)
         metrics.SNAPSHOT_LOADED.set(1)
         metrics.SNAPSHOT_CREATED.set(snapshot.created_at)
         metrics.SNAPSHOT_LOADED_AT.set(snapshot.loaded_at)
@@ -153,7 +213,9 @@ class Runtime:
         try:
             for update in self.gauge_updaters:
                 update()
-            self.reload()
+            if time.monotonic() >= self._next_poll:
+                self.reload()
+            metrics.SNAPSHOT_POINTER_AGE.set(time.time() - self._pointer_read_at)
             self.refresh_delta()
             snapshot = self.scanner.snapshot
             if snapshot is not None:

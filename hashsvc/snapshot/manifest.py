@@ -25,14 +25,24 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 def read_manifest(directory: Path) -> dict[str, Any]:
     """The manifest of the snapshot in `directory`, checked against the schema below."""
     try:
-        manifest: object = json.loads((directory / MANIFEST).read_text())
+        text = (directory / MANIFEST).read_bytes()
     except FileNotFoundError:
         raise SnapshotError(f"snapshot {directory}: {MANIFEST} is missing") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
         raise SnapshotError(f"snapshot {directory}: {MANIFEST} cannot be read: {err}") from None
+    return parse_manifest(text, f"snapshot {directory}: {MANIFEST}")
+
+
+def parse_manifest(text: bytes, where: str) -> dict[str, Any]:
+    """A manifest from its bytes (a file, or an object in a bucket), checked; `where` names it
+    in the refusal."""
+    try:
+        manifest: object = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise SnapshotError(f"{where} cannot be read: {err}") from None
     except (json.JSONDecodeError, RecursionError) as err:
-        raise SnapshotError(f"snapshot {directory}: {MANIFEST} is not valid JSON: {err}") from None
-    return _checked(manifest, f"snapshot {directory}: {MANIFEST}")
+        raise SnapshotError(f"{where} is not valid JSON: {err}") from None
+    return _checked(manifest, where)
 
 
 def _checked(manifest: object, where: str) -> dict[str, Any]:

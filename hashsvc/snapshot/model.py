@@ -45,6 +45,8 @@ class PublishResult:
     path: Path
     manifest: dict[str, Any]
     seconds: float
+    uploaded_objects: int = 0  # to a bucket; only files it did not already hold
+    uploaded_bytes: int = 0
 
 
 class StringTable:

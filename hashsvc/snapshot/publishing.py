@@ -1,21 +1,18 @@
 """Building a snapshot of the store and making it current, safely against crashes and rivals.
 
-Everything is written to a temporary directory, fsync'd and renamed, and only then is
-`snapshots/current` (a one-line file naming the version) replaced by an atomic rename, so a reader
-never sees half a snapshot and a crash at any point leaves the previous one in force.
+The snapshot is written to a temporary directory and fsync'd; the repository (repository.py)
+then makes it current: a local directory by a rename and an atomic switch of `current`, a bucket
+by uploading every file, then the manifest, then the pointer. Either way a reader never sees half
+a snapshot and a crash at any point leaves the previous one in force.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
-import re
-import shutil
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,49 +26,48 @@ from hashsvc.errors import SnapshotError
 from hashsvc.hashing.algorithms import ALGORITHMS, get_algorithm
 from hashsvc.matching.mih import CODE_BITS as MIH_BITS
 from hashsvc.matching.mih import MultiIndexHash
-from hashsvc.snapshot.loading import current_version, list_versions, sha256_file, version_dir
-from hashsvc.snapshot.manifest import read_manifest
-from hashsvc.snapshot.model import CURRENT, FORMAT_VERSION, MANIFEST, PublishResult, StringTable
+from hashsvc.snapshot.loading import sha256_file
+from hashsvc.snapshot.model import FORMAT_VERSION, MANIFEST, PublishResult, StringTable
+from hashsvc.snapshot.repository import (
+    TMP_PREFIX,
+    LocalRepository,
+    SnapshotRepository,
+    fsync_dir,
+)
 from hashsvc.store import Store
-
-_TMP_PREFIX = ".tmp-"
-_TOMBSTONE_PREFIX = ".deleting-"
-_VERSION_NAME = re.compile(r"\d{8}T\d{6}\.\d{6}Z-r\d+")  # what _new_version makes
 
 
 def publish(
-    store: Store, snapshots_dir: Path, *, force: bool = False, keep: int = 3
+    store: Store, repository: SnapshotRepository | Path, *, force: bool = False, keep: int = 3
 ) -> PublishResult:
     """Build a snapshot of `store` and make it current, unless nothing changed (or `force`).
 
-    Safe against concurrent publishers (an exclusive lock) and against a crash at any instant
-    (temporary directory, fsync, rename; `current` switched last).
+    `repository` is a snapshot repository, or the path of a local one. Safe against concurrent
+    publishers on one machine (the repository's lock) and against a crash at any instant
+    (temporary directory, fsync, rename; the pointer switched last).
     """
     started = time.perf_counter()
-    snapshots_dir.mkdir(parents=True, exist_ok=True)
-    with _publish_lock(snapshots_dir):
-        _sweep_leftovers(snapshots_dir)
+    if isinstance(repository, Path):
+        repository = LocalRepository(repository)
+    with repository.publishing() as staging_root:
         revision = store.revision()
-        current = current_version(snapshots_dir)
+        current = repository.current_version()
         if current is not None and not force:
             # A `current` that cannot be read is replaced, not kept: publishing is the way out.
             with contextlib.suppress(SnapshotError):
-                path = version_dir(snapshots_dir, current)
-                manifest = read_manifest(path)
+                manifest = repository.read_manifest(current)
                 if manifest["store_revision"] == revision:
-                    return PublishResult(current, False, path, manifest,
+                    return PublishResult(current, False, staging_root / current, manifest,
                                          time.perf_counter() - started)
         version = _new_version(revision)
-        temporary = snapshots_dir / f"{_TMP_PREFIX}{version}"
+        temporary = staging_root / f"{TMP_PREFIX}{version}"
         temporary.mkdir()
         manifest = _write_snapshot(store, temporary, version, revision)
-        _fsync_dir(temporary)
-        final = snapshots_dir / version
-        temporary.rename(final)
-        _fsync_dir(snapshots_dir)
-        _switch_current(snapshots_dir, version)
-        _remove_old_versions(snapshots_dir, keep=max(keep, 2))
-    return PublishResult(version, True, final, manifest, time.perf_counter() - started)
+        fsync_dir(temporary)
+        final, transfer = repository.commit(temporary, version, manifest)
+        repository.collect_garbage(keep=max(keep, 2))
+    return PublishResult(version, True, final, manifest, time.perf_counter() - started,
+                         transfer.uploaded_objects, transfer.uploaded_bytes)
 
 
 def _write_snapshot(store: Store, directory: Path, version: str, revision: int) -> dict[str, Any]:
@@ -214,76 +210,7 @@ class _FileWriter:
 # ---- publishing helpers ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _publish_lock(snapshots_dir: Path) -> Iterator[None]:
-    with (snapshots_dir / ".publish.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _new_version(revision: int) -> str:
     """Versions sort by creation time and say which store revision they hold."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return f"{stamp}-r{revision}"
-
-
-def _switch_current(snapshots_dir: Path, version: str) -> None:
-    pending = snapshots_dir / f"{CURRENT}.pending"
-    with pending.open("w") as handle:
-        handle.write(version + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    pending.replace(snapshots_dir / CURRENT)
-    _fsync_dir(snapshots_dir)
-
-
-def _sweep_leftovers(snapshots_dir: Path) -> None:
-    """Remove what a killed publisher leaves behind; safe under the publish lock.
-
-    That is: half-written `.tmp-*` snapshots, `.deleting-*` tombstones of versions it was
-    removing, and version directories without a manifest (a removal killed part-way before
-    removals went through a tombstone). None of them can be loaded, and nothing else would ever
-    delete them. The version `current` names is never touched, whatever state it is in.
-    """
-    current = current_version(snapshots_dir)
-    for path in snapshots_dir.iterdir():
-        if path.name == current or path.is_symlink() or not path.is_dir():
-            continue
-        if (path.name.startswith((_TMP_PREFIX, _TOMBSTONE_PREFIX))
-                or (_VERSION_NAME.fullmatch(path.name) and not (path / MANIFEST).exists())):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _remove_old_versions(snapshots_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` versions (a server may still be loading the previous one). Only
-    versions a publisher named are counted and pruned: a directory copied in by hand is the
-    operator's.
-
-    Each version is first renamed to a `.deleting-*` tombstone, atomically, and only then
-    deleted: a publisher killed during the deletion leaves a tombstone that the next one sweeps,
-    never a half-deleted directory that still looks like a version.
-    """
-    current = current_version(snapshots_dir)
-    published = [v for v in list_versions(snapshots_dir) if _VERSION_NAME.fullmatch(v)]
-    doomed = [v for v in sorted(published, reverse=True)[keep:] if v != current]
-    tombstones = []
-    for version in doomed:
-        tombstone = snapshots_dir / f"{_TOMBSTONE_PREFIX}{version}"
-        with contextlib.suppress(OSError):  # left for the next publish to retry
-            (snapshots_dir / version).rename(tombstone)
-            tombstones.append(tombstone)
-    if tombstones:
-        _fsync_dir(snapshots_dir)
-    for tombstone in tombstones:
-        shutil.rmtree(tombstone, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
