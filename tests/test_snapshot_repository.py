@@ -234,6 +234,40 @@ def test_an_unreachable_bucket_leaves_the_replica_serving_and_says_so(
         replica.stop()
 
 
+def test_the_pointer_is_read_on_a_jittered_schedule_not_every_pass(
+    served: tuple[Runtime, S3Repository, Any], home: DataHome, s3_endpoint: str, bucket: str,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    hour = 3600.0
+    replicas = [Runtime(ServerConfig(home=home.root, snapshots=f"s3://{bucket}/hashsvc",
+                                     snapshot_cache=tmp_path / f"cache-{i}",
+                                     s3_endpoint_url=s3_endpoint, snapshot_poll_interval=hour))
+                for i in range(2)]
+    try:
+        for replica in replicas:
+            assert replica.reload()
+        reads = 0
+        read = replicas[0].repository.current_version
+
+        def counted() -> str | None:
+            nonlocal reads
+            reads += 1
+            return read()
+
+        monkeypatch.setattr(replicas[0].repository, "current_version", counted)
+        for _ in range(PASSES):
+            replicas[0].tick()
+        assert reads == 0  # the watcher's 0.1 s passes do not each read the bucket
+        waits = [r._next_poll - time.monotonic() for r in replicas]
+        assert all(0.5 * hour - 60 < wait <= 1.5 * hour for wait in waits)
+        assert waits[0] != waits[1]  # drawn per replica: no herd
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
 def test_garbage_collection_keeps_what_the_pointer_and_keep_need(
     home: DataHome, s3_endpoint: str, bucket: str, tmp_path: Path
 ) -> None:
@@ -256,6 +290,9 @@ def test_garbage_collection_keeps_what_the_pointer_and_keep_need(
     client.put_object(Bucket=bucket, Key="hashsvc/current", Body=f"{kept[0].version}\n".encode())
     repository.collect_garbage(keep=1)
     assert set(_keys(s3_endpoint, bucket, "objects/")) == {f"hashsvc/objects/{d}" for d in used}
+    # The publisher's local copies are pruned the same way.
+    assert {p.name for p in (tmp_path / "cache" / "versions").iterdir()} == {
+        r.version for r in kept}
 
 
 def test_the_replica_cache_keeps_only_what_it_serves(

@@ -142,7 +142,8 @@ class S3Repository:
             stats.uploaded_bytes += size
         self._put(f"manifests/{version}.json", (staged / MANIFEST).read_bytes())
         self._put(POINTER, f"{version}\n".encode())
-        return self.cache.adopt(version, staged, manifest), stats
+        with self.cache.shared():
+            return self.cache.adopt(version, staged, manifest), stats
 
     def collect_garbage(self, keep: int) -> None:
         """Delete old manifests, then the objects no remaining manifest names.
@@ -172,6 +173,7 @@ class S3Repository:
             if key.rsplit("/", 1)[-1] not in used and modified < young:
                 self._call("delete an unused object", self._client.delete_object,
                            Bucket=self.bucket, Key=key)
+        self.cache.prune(set(versions) - doomed)  # the publisher's own copies, likewise
 
     # ---- the bucket ------------------------------------------------------------------------
 
