@@ -230,6 +230,14 @@ def test_an_unreachable_bucket_leaves_the_replica_serving_and_says_so(
                    if r.getMessage().startswith("snapshot repository unavailable")]
         assert len(outages) == 1  # logged when it starts, not on every pass
         assert bucket in outages[0].__dict__["error"] and SECRET not in caplog.text
+        # A replica (re)started during the outage serves what its cache holds.
+        restarted = _replica(home, endpoint, bucket, tmp_path / "replica-cache")
+        try:
+            assert restarted.reload()
+            assert restarted.scanner.snapshot is not None
+            assert restarted.scanner.snapshot.version == first.version
+        finally:
+            restarted.stop()
     finally:
         replica.stop()
 
@@ -326,7 +334,7 @@ def test_the_server_serves_from_a_bucket_and_bad_buckets_are_one_line_errors(
     version = json.loads(done.stdout)["version"]
     server = ServerProcess(home.root, "--snapshots", url, "--s3-endpoint-url", s3_endpoint,
                            "--snapshot-cache", str(tmp_path / "server-cache"),
-                           "--snapshot-poll-interval", "0.2")
+                           "--snapshot-poll-interval", "0.2", "--workers", "2")
     try:
         with Client(server.target, api_key=server.keys["admin"]) as client:
             assert client.index_status().version == version

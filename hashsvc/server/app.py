@@ -12,6 +12,7 @@ import os
 
 from hashsvc import __version__, logs
 from hashsvc.config import ServerConfig
+from hashsvc.errors import RepositoryUnavailableError
 from hashsvc.keys import add_key
 from hashsvc.server.keyfile import load_keys
 from hashsvc.server.ports import refuse_if_in_use
@@ -46,7 +47,15 @@ def prepare(config: ServerConfig) -> None:
     snapshots = open_repository(
         config.resolved_snapshots, cache_dir=config.resolved_snapshot_cache,
         endpoint_url=config.s3_endpoint_url or None)
-    if snapshots.current_version() is None:  # an unreachable bucket: a one-line error, exit 1
+    try:
+        current = snapshots.current_version()
+    except RepositoryUnavailableError:
+        if snapshots.fallback() is None:
+            raise  # nothing to serve and perhaps a wrong bucket: a one-line error, exit 3
+        log.warning("snapshot repository unavailable at start; serving the newest cached "
+                    "snapshot", extra={"repository": snapshots.location})
+        return
+    if current is None:
         with Store(config.data_home.store_path) as store:
             result = publish(store, snapshots)
         log.info("no snapshot yet: published one from the store", extra={"version": result.version})

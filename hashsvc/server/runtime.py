@@ -96,20 +96,24 @@ class Runtime:
         with self._reload_lock:
             interval = self.repository.poll_interval
             self._next_poll = time.monotonic() + interval * random.uniform(0.5, 1.5)
+            loaded = self.scanner.snapshot
             try:
                 version = self.repository.current_version()
+                self._pointer, self._pointer_read_at = version, time.time()
+                self._repository_available()
             except RepositoryUnavailableError as err:
                 self._repository_unavailable(err)
-                return False
-            self._pointer, self._pointer_read_at = version, time.time()
-            loaded = self.scanner.snapshot
+                # Started during an outage: serve what the cache holds rather than nothing.
+                version = self.repository.fallback() if loaded is None else None
+                if version is None:
+                    return False
+                log.warning("serving the newest cached snapshot until the repository is "
+                            "reachable", extra={"version": version})
             if version != self._refused:
                 self._refused = None  # the pointer moved on: that version may be tried again
             if version is None or version == self._refused:
-                self._repository_available()
                 return False
             if loaded is not None and loaded.version == version:
-                self._repository_available()
                 return False
             started = time.perf_counter()
             try:
@@ -119,10 +123,8 @@ class Runtime:
                 self._repository_unavailable(err)
                 return False
             except Exception as err:  # any failure to load is a refusal, not a retry loop
-                self._repository_available()
                 self._refuse(version, err)
                 return False
-            self._repository_available()
             self.scanner.swap(snapshot, self._delta_for(snapshot))
             self.set_serving(True)
             seconds = time.perf_counter() - started

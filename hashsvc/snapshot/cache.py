@@ -64,6 +64,13 @@ class SnapshotCache:
         directory = self.versions / version
         return directory if (directory / MANIFEST).is_file() else None
 
+    def newest(self) -> str | None:
+        """The newest complete version in the cache (versions sort by creation time)."""
+        if not self.versions.is_dir():
+            return None
+        return max((p.name for p in self.versions.iterdir()
+                    if not p.name.startswith(".") and (p / MANIFEST).is_file()), default=None)
+
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         """Held while installing or loading a version, so that no prune removes it meanwhile."""

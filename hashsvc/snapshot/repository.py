@@ -78,6 +78,11 @@ class SnapshotRepository(Protocol):
         """Forget local copies of versions other than these (a replica's cache)."""
         ...
 
+    def fallback(self) -> str | None:
+        """The newest version this node can load without reaching the repository (from its
+        cache), for a replica that starts while its bucket is unreachable."""
+        ...
+
 
 def open_repository(location: str | Path, *, cache_dir: Path, endpoint_url: str | None = None,
                     poll_interval: float = 5.0) -> SnapshotRepository:
@@ -153,6 +158,9 @@ class LocalRepository:
 
     def retain(self, versions: set[str]) -> None:
         return  # the directory is the repository itself: the publisher prunes it
+
+    def fallback(self) -> str | None:
+        return None  # a local directory is never unreachable: there is nothing to fall back on
 
     def _sweep_leftovers(self) -> None:
         """Remove what a killed publisher leaves behind; safe under the publish lock.

@@ -108,6 +108,9 @@ class S3Repository:
     def retain(self, versions: set[str]) -> None:
         self.cache.prune(versions)
 
+    def fallback(self) -> str | None:
+        return self.cache.newest()
+
     # ---- publishing ------------------------------------------------------------------------
 
     @contextlib.contextmanager
