@@ -95,8 +95,10 @@ class SnapshotCache:
             stats.downloaded_objects += 1
             stats.downloaded_bytes += size
         existing = self.version_dir(version)
-        if existing is not None and (existing / MANIFEST).read_bytes() == manifest_text:
-            return existing, stats
+        if existing is not None:
+            if (existing / MANIFEST).read_bytes() == manifest_text:
+                return existing, stats
+            shutil.rmtree(existing, ignore_errors=True)  # a stale copy under a reused name
         staging = self.versions / f"{_TMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
         staging.mkdir(parents=True)
         for name, entry in files.items():
@@ -104,11 +106,9 @@ class SnapshotCache:
         _write_durably(staging / MANIFEST, manifest_text)
         _fsync_dir(staging)
         final = self.versions / version
-        if final.exists():  # another worker installed it first, or a stale copy: replace it
-            shutil.rmtree(final, ignore_errors=True)
         try:
             staging.rename(final)
-        except OSError:  # another worker won the race with the same content
+        except OSError:  # another worker installed it meanwhile (and may be loading it): keep it
             shutil.rmtree(staging, ignore_errors=True)
         _fsync_dir(self.versions)
         return final, stats
