@@ -43,14 +43,18 @@ def _free_port() -> int:
     return port
 
 
-@pytest.fixture(scope="session", autouse=True)
-def aws_environment() -> None:
+@pytest.fixture(scope="module", autouse=True)
+def aws_environment() -> Iterator[None]:
     """Credentials for moto (it accepts any); servers started by the tests inherit them."""
+    saved = dict(os.environ)
     os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET,
                        "AWS_DEFAULT_REGION": "us-east-1"})
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
@@ -351,3 +355,17 @@ def test_the_server_serves_from_a_bucket_and_bad_buckets_are_one_line_errors(
     assert "no-such-bucket-here" in failed.stderr and "Traceback" not in failed.stderr
     assert "hunter2" not in failed.stderr and SECRET not in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_the_repository_benchmark_smoke() -> None:
+    """loadtests/bench_repository.py, as the README runs it, at 20,000 entries."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "loadtests" / "bench_repository.py"),
+                           "--smoke", "--algorithm", "md5"],
+                          capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(done.stdout)
+    second = report["second_fetch"]
+    assert second["entries"] == report["first_fetch"]["entries"] + 10
+    assert second["downloaded_objects"] == report["second_publish"]["uploaded_objects"]
+    assert second["reused_objects"] > 0 and 0 < report["second_fetch_share_of_snapshot"] < 1
+    assert "pdq.mih.codes.npy" in report["unchanged_files"]
