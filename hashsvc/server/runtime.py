@@ -1,16 +1,20 @@
 """What a running server holds: the store, the scanner and its snapshot, and health.
 
-Hot reload: a watcher thread reads the snapshot repository's pointer (`snapshots/current`, or
-`current` in a bucket; see hashsvc/snapshot/repository.py). A local directory is read every
-`reload_interval` seconds; a bucket every `snapshot_poll_interval`, each wait drawn from 0.5-1.5
-times that so a fleet of replicas never polls in step. A version is the name the pointer holds,
-so a reload happens exactly when that name changes. A new version is checked out (from a bucket:
-downloaded into the local cache, only the objects it lacks, each verified), loaded (and verified:
-manifest, checksums, every array against the counts) beside the one being served, then swapped
-in with one reference assignment, so no call fails or waits. A snapshot that fails to fetch or
-load is refused: counted, logged once, and not retried until the pointer names another version;
-the old one keeps serving. A repository that cannot be reached is not a refusal: the replica
-keeps serving, logs the outage once, counts it, and reports the seconds since its last good read.
+Hot reload: the snapshot repository's pointer (`snapshots/current`, or `current` in a bucket;
+see hashsvc/snapshot/repository.py) is read by the watcher thread every `reload_interval` seconds
+for a local directory. A bucket is read by a poller thread of its own, every
+`snapshot_poll_interval`, each wait drawn from 0.5-1.5 times that so a fleet of replicas never
+polls in step; its network calls (and their timeouts and retries while a bucket is unreachable)
+never hold up the watcher's store changes, and only the swap takes the lock they share.
+
+A version is the name the pointer holds, so a reload happens exactly when that name changes. A
+new version is checked out (from a bucket: downloaded into the local cache, only the objects it
+lacks, each verified), loaded (and verified: manifest, checksums, every array against the
+counts) beside the one being served, then swapped in with one reference assignment, so no call
+fails or waits. A snapshot that fails to fetch or load is refused: counted, logged once, and not
+retried until the pointer names another version; the old one keeps serving. A repository that
+cannot be reached is not a refusal: the replica keeps serving, logs the outage once, counts it,
+and reports the seconds since its last good read.
 
 Freshness: on the same tick the watcher reads the store's revision; when it has moved, the
 entries changed since the snapshot become a new `Delta` (see delta.py), swapped in the same way.
@@ -60,10 +64,11 @@ class Runtime:
         self._outage: str | None = None  # the repository's last failure, so it is logged once
         self._pointer: str | None = None  # what the pointer named when last read
         self._pointer_read_at = time.time()
-        self._next_poll = 0.0  # time.monotonic() of the next pointer read the watcher makes
-        self._reload_lock = threading.Lock()
+        self._fetch_lock = threading.Lock()  # one reload at a time: pointer, fetch, load
+        self._reload_lock = threading.Lock()  # the swap of a snapshot or a delta
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._poller: threading.Thread | None = None
         self._entry_labels: set[tuple[str, str]] = set()
         # Called by the watcher on every pass: gauges kept current from here rather than per call.
         self.gauge_updaters: list[Callable[[], None]] = []
@@ -75,12 +80,17 @@ class Runtime:
         self.reload()
         self._watcher = threading.Thread(target=self._watch, name="snapshot-watcher", daemon=True)
         self._watcher.start()
+        if self.repository.poll_interval > 0:
+            self._poller = threading.Thread(target=self._poll, name="snapshot-poller",
+                                            daemon=True)
+            self._poller.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self.set_serving(False)
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
+        for thread in (self._watcher, self._poller):
+            if thread is not None:
+                thread.join(timeout=5)
         self.store.close()
         self.audit.close()
 
@@ -93,9 +103,7 @@ class Runtime:
     def reload(self) -> bool:
         """Load the version the pointer names if it is new; True if a new snapshot is now being
         served. Reads the pointer now, whatever the poll schedule."""
-        with self._reload_lock:
-            interval = self.repository.poll_interval
-            self._next_poll = time.monotonic() + interval * random.uniform(0.5, 1.5)
+        with self._fetch_lock:
             loaded = self.scanner.snapshot
             try:
                 version = self.repository.current_version()
@@ -125,7 +133,8 @@ class Runtime:
             except Exception as err:  # any failure to load is a refusal, not a retry loop
                 self._refuse(version, err)
                 return False
-            self.scanner.swap(snapshot, self._delta_for(snapshot))
+            with self._reload_lock:
+                self.scanner.swap(snapshot, self._delta_for(snapshot))
             self.set_serving(True)
             seconds = time.perf_counter() - started
             self._record_loaded(snapshot, seconds, fetched)
@@ -208,6 +217,18 @@ class Runtime:
         while not self._stopping.wait(self.config.reload_interval):
             self.tick()
 
+    def next_poll_wait(self) -> float:
+        """Seconds until the poller next reads a bucket's pointer: jittered, so that replicas
+        started together (a rollout) spread their reads instead of arriving as a herd."""
+        return self.repository.poll_interval * random.uniform(0.5, 1.5)
+
+    def _poll(self) -> None:
+        while not self._stopping.wait(self.next_poll_wait()):
+            try:
+                self.reload()
+            except Exception:  # the poller must outlive any one bad poll (a store error, say)
+                log.exception("snapshot poll failed; retrying at the next poll")
+
     def tick(self) -> None:
         """One pass of the watcher: gauges, a new snapshot, store changes. Never raises, since
         the watcher must outlive any one bad pass; a failure that repeats pass after pass (the
@@ -215,7 +236,7 @@ class Runtime:
         try:
             for update in self.gauge_updaters:
                 update()
-            if time.monotonic() >= self._next_poll:
+            if self.repository.poll_interval == 0:  # a local directory; a bucket has a poller
                 self.reload()
             metrics.SNAPSHOT_POINTER_AGE.set(time.time() - self._pointer_read_at)
             self.refresh_delta()
