@@ -345,6 +345,14 @@ def test_the_server_serves_from_a_bucket_and_bad_buckets_are_one_line_errors(
     assert len(failed.stderr.strip().splitlines()) == 1
 
 
+def test_the_start_up_log_redacts_a_password_in_an_endpoint(tmp_path: Path) -> None:
+    config = ServerConfig(home=tmp_path, snapshots="s3://bucket/prefix",
+                          s3_endpoint_url="https://user:hunter2@minio.internal:9000")
+    described = json.dumps(config.describe())
+    assert "hunter2" not in described and "minio.internal:9000" in described
+    assert "s3://bucket/prefix" in described
+
+
 def test_the_repository_benchmark_smoke() -> None:
     """loadtests/bench_repository.py, as the README runs it, at 20,000 entries."""
     root = Path(__file__).resolve().parents[1]
