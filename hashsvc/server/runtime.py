@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health
 
 from hashsvc import metrics
 from hashsvc.audit import AuditLog
@@ -27,12 +27,11 @@ from hashsvc.config import ServerConfig
 from hashsvc.errors import SnapshotError
 from hashsvc.matching.delta import Delta
 from hashsvc.scanner import Scanner
+from hashsvc.server.readiness import SERVICES_BY_ROLE, Readiness
 from hashsvc.snapshot import Snapshot, current_version, load, version_dir
 from hashsvc.store import Store
 
 log = logging.getLogger("hashsvc.runtime")
-
-SERVICES = ("hashsvc.v1.ScanService", "hashsvc.v1.AdminService")
 
 
 class Runtime:
@@ -52,7 +51,8 @@ class Runtime:
         self._entry_labels: set[tuple[str, str]] = set()
         # Called by the watcher on every pass: gauges kept current from here rather than per call.
         self.gauge_updaters: list[Callable[[], None]] = []
-        self.set_serving(False)
+        self.readiness = Readiness(self.health, SERVICES_BY_ROLE[config.role],
+                                   config.max_snapshot_age)  # NOT_SERVING until a snapshot loads
         metrics.SNAPSHOT_LOADED.set(0)
 
     def start(self) -> None:
@@ -63,23 +63,18 @@ class Runtime:
 
     def stop(self) -> None:
         self._stopping.set()
-        self.set_serving(False)
+        self.readiness.drain()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         self.store.close()
         self.audit.close()
-
-    def set_serving(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for service in ("", *SERVICES):
-            self.health.set(service, status)
 
     def reload(self) -> bool:
         """Load `current` if it is new; True if a new snapshot is now being served."""
         with self._reload_lock:
             version = current_version(self.snapshots_dir)
             loaded = self.scanner.snapshot
+            self.readiness.track(served=loaded.version if loaded else None, current=version)
             if version != self._refused:
                 self._refused = None  # `current` moved on: that version may be tried again later
             if version is None or version == self._refused:
@@ -93,7 +88,7 @@ class Runtime:
                 self._refuse(version, err)
                 return False
             self.scanner.swap(snapshot, self._delta_for(snapshot))
-            self.set_serving(True)
+            self.readiness.track(served=version, current=version)
             seconds = time.perf_counter() - started
             self._record_loaded(snapshot, seconds)
             log.info("serving snapshot", extra={
