@@ -72,10 +72,6 @@ class Readiness:
             self._draining = True
             self._publish()
 
-    @property
-    def serving(self) -> bool:
-        return bool(self._status)
-
     def _too_far_behind(self) -> bool:
         return (self._max_age > 0 and self._behind_since is not None
                 and self._clock() - self._behind_since > self._max_age)
