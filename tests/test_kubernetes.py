@@ -25,6 +25,8 @@ from hashsvc import config
 from hashsvc.config import ServerConfig
 from hashsvc.server.keyfile import load_keys
 from hashsvc.server.readiness import LIVENESS
+from loadtests.make_snapshot import build_home
+from loadtests.replica_memory import measure
 from tests.kustomize import KustomizeError, Object, load_objects, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,3 +232,13 @@ def test_every_manifest_file_is_used() -> None:
         if manifest.name != "kustomization.yaml":
             assert manifest.resolve() in listed, f"{manifest} is in no kustomization.yaml"
             assert load_objects(manifest)
+
+
+def test_the_sizing_measurement_runs(tmp_path: Path) -> None:
+    """loadtests/replica_memory.py, which the memory requests come from, still measures."""
+    home = tmp_path / "home"
+    build_home(home, 500)
+    result = measure(home, workers=1, hash_scans=20, photo_scans=2, connections=2)
+    assert result["hash_scans"] == 20 and result["photo_scans"] == 2
+    assert result["replica_pss_mib"] > 0 and result["snapshot_mib"] > 0
+    assert all(p["rss"] >= p["private"] > 0 for p in result["processes"].values())
