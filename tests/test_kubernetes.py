@@ -114,7 +114,7 @@ def test_the_overlay_sets_namespace_image_and_patches(rendered: list[Object]) ->
     assert {d["spec"]["template"]["spec"]["containers"][0]["image"]
             for d in deployments.values()} == {"registry.example.com/hashsvc:0.1.0"}
     assert _by_kind(rendered, "HorizontalPodAutoscaler")["hashsvc-scan"]["spec"][
-        "maxReplicas"] == 24
+        "maxReplicas"] == 48
     settings = _by_kind(rendered, "ConfigMap")["hashsvc-settings"]["data"]
     assert settings["HASHSVC_MAX_CONCURRENT_RPCS"] == "128"  # the patch
     assert settings["HASHSVC_LISTEN"] == "0.0.0.0:50051"  # the base, kept
