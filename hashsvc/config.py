@@ -20,6 +20,9 @@ from hashsvc.home import DataHome
 
 ENV_PREFIX = "HASHSVC_"
 
+# What a process serves (README "Roles"): a scan replica, the admin service, or both at once.
+ROLES = ("scan", "admin", "all")
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -50,6 +53,9 @@ class ServerConfig:
     snapshot_cache: Path | None = None  # default: <home>/snapshot-cache
     s3_endpoint_url: str = ""  # default: $AWS_ENDPOINT_URL, else AWS S3
     snapshot_poll_interval: float = 5.0  # seconds between reads of a bucket's pointer (jittered)
+    role: str = "all"  # scan: ScanService; admin: AdminService and publishing; all: both
+    max_snapshot_age: float = 0.0  # seconds behind the repository before NOT_SERVING; 0 = off
+    max_connection_age: float = 0.0  # seconds before a client connection is closed; 0 = never
     log_level: str = "INFO"
 
     @property
@@ -134,6 +140,13 @@ HELP: dict[str, str] = {
     "snapshot_poll_interval": "seconds between reads of a bucket's pointer for a new snapshot, "
     "each wait drawn from 0.5-1.5 times this so replicas do not poll in step (a local "
     "directory is read every --reload-interval)",
+    "role": "what this process serves: scan (ScanService; publishes nothing, creates no key), "
+    "admin (AdminService and publishing) or all (both: the embedded default)",
+    "max_snapshot_age": "seconds the served snapshot may stay behind the repository's current "
+    "one (still loading, or refused) before health turns NOT_SERVING; 0 = no limit",
+    "max_connection_age": "seconds after which the server asks a client to reconnect (so that "
+    "clients balancing over DNS, e.g. a Kubernetes headless Service, find new replicas); "
+    "0 = never",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 
@@ -142,6 +155,7 @@ HELP: dict[str, str] = {
 POSITIVE = frozenset({"max_concurrent_rpcs", "max_streams_per_key", "max_streams_per_connection",
                       "stream_window", "stream_buffer_bytes", "client_idle_timeout",
                       "snapshot_poll_interval"})
+NOT_NEGATIVE = frozenset({"max_snapshot_age", "max_connection_age"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -182,6 +196,11 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> S
             values[name] = _coerce(source, name, str(known[name].type), raw)
             if name in POSITIVE and not values[name] > 0:
                 raise HashsvcError(f"{source}: {name} must be above 0, got {raw!r}")
+            if name in NOT_NEGATIVE and not values[name] >= 0:
+                raise HashsvcError(f"{source}: {name} must be 0 (off) or more, got {raw!r}")
+            if name == "role" and values[name] not in ROLES:
+                raise HashsvcError(f"{source}: role must be one of {', '.join(ROLES)}, "
+                                   f"got {raw!r}")
     return ServerConfig(**values)
 
 

@@ -12,7 +12,7 @@ import os
 
 from hashsvc import __version__, logs
 from hashsvc.config import ServerConfig
-from hashsvc.errors import RepositoryUnavailableError
+from hashsvc.errors import HashsvcError, RepositoryUnavailableError
 from hashsvc.keys import add_key
 from hashsvc.server.keyfile import load_keys
 from hashsvc.server.ports import refuse_if_in_use
@@ -27,7 +27,7 @@ def serve(config: ServerConfig) -> int:
     logs.configure(config.log_level)
     config.home.mkdir(parents=True, exist_ok=True)
     log.info("starting hashsvc", extra={"version": __version__, "config": config.describe(),
-                                        "workers": config.resolved_workers})
+                                        "workers": config.resolved_workers, "role": config.role})
     refuse_if_in_use(config.listen)  # before touching the home: a second server changes nothing
     prepare(config)
     if config.resolved_workers > 1:
@@ -42,8 +42,13 @@ def serve(config: ServerConfig) -> int:
 
 
 def prepare(config: ServerConfig) -> None:
-    """Things done once, before any worker starts, so workers never race to do them."""
+    """Things done once, before any worker starts, so workers never race to do them.
+
+    A scan replica writes nothing here: it neither makes a key nor publishes; it serves what the
+    admin service publishes, and is not ready until the first snapshot is there."""
     _ensure_keys(config)
+    if config.role == "scan":
+        return
     snapshots = open_repository(
         config.resolved_snapshots, cache_dir=config.resolved_snapshot_cache,
         endpoint_url=config.s3_endpoint_url or None)
@@ -72,6 +77,10 @@ def _ensure_keys(config: ServerConfig) -> None:
     if keys_file.exists():
         load_keys(keys_file)  # a file that does not load refuses the start, in one line
         return
+    if config.role == "scan":
+        raise HashsvcError(f"no API keys file at {keys_file}: a scan replica creates no keys; "
+                           "give it the admin service's keys file (--keys-file), or run "
+                           "--insecure-no-auth for a local trial")
     key = add_key(keys_file, "bootstrap-admin", ["admin"])
     key_path = config.home / "bootstrap-admin.key"
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

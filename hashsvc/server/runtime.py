@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health
 
 from hashsvc import metrics
 from hashsvc.audit import AuditLog
@@ -37,14 +37,13 @@ from hashsvc.config import ServerConfig
 from hashsvc.errors import RepositoryUnavailableError, SnapshotError, SnapshotFetchError
 from hashsvc.matching.delta import Delta
 from hashsvc.scanner import Scanner
+from hashsvc.server.readiness import SERVICES_BY_ROLE, Readiness
 from hashsvc.snapshot import Snapshot, load
 from hashsvc.snapshot.cache import FetchStats
 from hashsvc.snapshot.repository import open_repository
 from hashsvc.store import Store
 
 log = logging.getLogger("hashsvc.runtime")
-
-SERVICES = ("hashsvc.v1.ScanService", "hashsvc.v1.AdminService")
 
 
 class Runtime:
@@ -72,7 +71,8 @@ class Runtime:
         self._entry_labels: set[tuple[str, str]] = set()
         # Called by the watcher on every pass: gauges kept current from here rather than per call.
         self.gauge_updaters: list[Callable[[], None]] = []
-        self.set_serving(False)
+        self.readiness = Readiness(self.health, SERVICES_BY_ROLE[config.role],
+                                   config.max_snapshot_age)  # NOT_SERVING until a snapshot loads
         metrics.SNAPSHOT_LOADED.set(0)
 
     def start(self) -> None:
@@ -87,18 +87,12 @@ class Runtime:
 
     def stop(self) -> None:
         self._stopping.set()
-        self.set_serving(False)
+        self.readiness.drain()
         for thread in (self._watcher, self._poller):
             if thread is not None:
                 thread.join(timeout=5)
         self.store.close()
         self.audit.close()
-
-    def set_serving(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for service in ("", *SERVICES):
-            self.health.set(service, status)
 
     def reload(self) -> bool:
         """Load the version the pointer names if it is new; True if a new snapshot is now being
@@ -117,6 +111,7 @@ class Runtime:
                     return False
                 log.warning("serving the newest cached snapshot until the repository is "
                             "reachable", extra={"version": version})
+            self.readiness.track(served=loaded.version if loaded else None, current=version)
             if version != self._refused:
                 self._refused = None  # the pointer moved on: that version may be tried again
             if version is None or version == self._refused:
@@ -135,7 +130,7 @@ class Runtime:
                 return False
             with self._reload_lock:
                 self.scanner.swap(snapshot, self._delta_for(snapshot))
-            self.set_serving(True)
+            self.readiness.track(served=version, current=version)
             seconds = time.perf_counter() - started
             self._record_loaded(snapshot, seconds, fetched)
             log.info("serving snapshot", extra={

@@ -25,7 +25,7 @@ import faiss
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc, scan_pb2, scan_pb2_grpc
+from hashsvc_client.v1 import admin_pb2_grpc, scan_pb2_grpc
 
 from hashsvc import logs
 from hashsvc.config import ServerConfig
@@ -35,6 +35,7 @@ from hashsvc.server.admission import AdmissionPool, StreamLimits
 from hashsvc.server.interceptors import CallInterceptor, KeyFile
 from hashsvc.server.observe import ScanObserver
 from hashsvc.server.ports import AddressInUseError
+from hashsvc.server.readiness import ADMIN_SERVICE, SCAN_SERVICE, SERVICES_BY_ROLE
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.scan_service import ScanServicer
 from hashsvc.server.streams import ClientWatch
@@ -70,20 +71,23 @@ def create_server(
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", 64 << 20),
             ("grpc.so_reuseport", int(reuse_port)),
+            *_connection_age_options(config.max_connection_age),
         ],
     )
     stream_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
                                      thread_name_prefix="stream-item")
-    observer = ScanObserver(runtime.audit)
-    scan_pb2_grpc.add_ScanServiceServicer_to_server(
-        ScanServicer(runtime, stream_pool, observer, watch), server
-    )
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
+    # The role decides which services exist here: a scan replica has no AdminService at all, so
+    # a call to it gets UNIMPLEMENTED rather than reaching code that would write to the store.
+    services = SERVICES_BY_ROLE[config.role]
+    if SCAN_SERVICE in services:
+        scan_pb2_grpc.add_ScanServiceServicer_to_server(
+            ScanServicer(runtime, stream_pool, ScanObserver(runtime.audit), watch), server
+        )
+    if ADMIN_SERVICE in services:
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
     health_pb2_grpc.add_HealthServicer_to_server(runtime.health, server)
     reflection.enable_server_reflection((
-        scan_pb2.DESCRIPTOR.services_by_name["ScanService"].full_name,
-        admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        *services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ), server)
     try:
@@ -95,6 +99,16 @@ def create_server(
         raise AddressInUseError(f"cannot listen on {config.listen}: the address is in use or "
                                 "not available here")
     return server, port, stream_pool
+
+
+def _connection_age_options(seconds: float) -> list[tuple[str, int]]:
+    """With a limit, each connection is closed (GOAWAY, calls in flight finish first) after
+    about that long, so a client re-resolves its target and spreads calls over replicas added
+    since it connected; without one a long-lived client never sees a scaled-up replica."""
+    if seconds <= 0:
+        return []
+    return [("grpc.max_connection_age_ms", int(seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(DRAIN_SECONDS * 1000))]
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials:
@@ -138,7 +152,7 @@ def run_worker(
                                    "tls": config.tls_cert is not None,
                                    "mutual_tls": config.tls_client_ca is not None})
     stopping.wait()
-    runtime.set_serving(False)
+    runtime.readiness.drain()
     server.stop(grace=DRAIN_SECONDS).wait()
     stream_pool.shutdown(wait=False, cancel_futures=True)
     runtime.stop()

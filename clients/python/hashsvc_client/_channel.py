@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -17,8 +18,12 @@ ENV_API_KEY = "HASHSVC_API_KEY"
 DEFAULT_SERVER = "localhost:50051"
 
 # gRPC's own retry machinery: backoff with jitter, only on UNAVAILABLE, only for calls that are
-# safe to repeat (every scan; the read-only admin calls).
+# safe to repeat (every scan; the read-only admin calls). round_robin: a connection to every
+# address the target names (several addresses, or a DNS name such as a Kubernetes headless
+# Service with one record per replica), each call to the next ready one; an address that fails
+# is skipped until it reconnects, and a call that failed on one is retried on another.
 _SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [{
         "name": [
             {"service": "hashsvc.v1.ScanService"},
@@ -61,9 +66,56 @@ class Tls:
         )
 
 
-def resolve(target: str | None, api_key: str | None) -> tuple[str, str | None]:
-    return (target or os.environ.get(ENV_SERVER) or DEFAULT_SERVER,
+Target = str | Sequence[str]
+
+# gRPC target schemes whose text names the addresses itself; passed through unchanged.
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+
+
+def resolve(target: Target | None, api_key: str | None) -> tuple[str, str | None]:
+    """The channel target and API key, from the arguments or the environment.
+
+    `target` is one address (`host:port`), a gRPC target (`dns:///name:port`, `ipv4:a:p,b:p`,
+    ...), or several addresses, as a list or comma-separated (`10.0.0.1:50051,10.0.0.2:50051`);
+    calls are balanced across every address (round_robin). Raises ValueError for a list that
+    gRPC cannot take as one target."""
+    chosen: Target = target or os.environ.get(ENV_SERVER) or DEFAULT_SERVER
+    return (channel_target(chosen),
             api_key if api_key is not None else os.environ.get(ENV_API_KEY))
+
+
+def channel_target(target: Target) -> str:
+    """One gRPC target for `target`. Several addresses become one `ipv4:` or `ipv6:` target,
+    which gRPC balances itself: they must be IP literals of one family, since gRPC has no
+    target naming several hosts; several replicas behind one name are a `dns:///` target."""
+    text = target if isinstance(target, str) else ",".join(target)
+    text = text.strip()
+    if text.startswith(_SCHEMES) or "," not in text:
+        if not text:
+            raise ValueError("no server address given")
+        return text
+    addresses = [part.strip() for part in text.split(",") if part.strip()]
+    families = {_ip_family(address) for address in addresses}
+    if len(families) != 1:
+        raise ValueError(f"several addresses ({text}) must be IPv4 addresses, or IPv6 ones, not "
+                         "both")
+    return f"{families.pop()}:{','.join(addresses)}"
+
+
+def _ip_family(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"server address {address!r} needs a port (host:port)")
+    try:
+        ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        raise ValueError(
+            f"server address {address!r} in a list must be an IP address: gRPC balances over "
+            "a list of addresses, or over the records of one name given as "
+            "dns:///NAME:PORT (for example a Kubernetes headless Service)") from None
+    if ip.version == 6 and not host.startswith("["):
+        raise ValueError(f"IPv6 server address {address!r} needs brackets: [ADDRESS]:PORT")
+    return f"ipv{ip.version}"
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:

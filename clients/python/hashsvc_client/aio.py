@@ -1,6 +1,7 @@
 """The asyncio client for the scan path, for platforms whose upload handlers are async.
 
-Same behaviour as `Client` (deadlines, retries on UNAVAILABLE, API key, errors mapped to
+Same behaviour as `Client` (deadlines, retries on UNAVAILABLE, API key, one or several server
+addresses balanced per call, errors mapped to
 `hashsvc_client.errors`); administration stays on the sync `Client`, as it is not latency-bound.
 """
 
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 import grpc
 
 from hashsvc_client import _channel
-from hashsvc_client._channel import HashLike, Tls
+from hashsvc_client._channel import HashLike, Target, Tls
 from hashsvc_client.errors import map_rpc_error
 from hashsvc_client.v1 import scan_pb2, scan_pb2_grpc, types_pb2
 
@@ -19,7 +20,7 @@ from hashsvc_client.v1 import scan_pb2, scan_pb2_grpc, types_pb2
 class AsyncClient:
     def __init__(
         self,
-        target: str | None = None,
+        target: Target | None = None,
         *,
         api_key: str | None = None,
         tls: Tls | None = None,

@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    parser.add_argument("--server", help=f"host:port (default ${_channel.ENV_SERVER} or "
-                        f"{_channel.DEFAULT_SERVER})")
+    parser.add_argument("--server", help="host:port; several servers as IP:PORT,IP:PORT or "
+                        f"dns:///NAME:PORT, balanced per call (default ${_channel.ENV_SERVER} "
+                        f"or {_channel.DEFAULT_SERVER})")
     parser.add_argument("--api-key", help=f"default ${_channel.ENV_API_KEY}")
     parser.add_argument("--tls", action="store_true", help="connect with TLS")
     parser.add_argument("--ca-cert", type=Path, help="PEM CA to trust (implies --tls)")
@@ -96,6 +97,11 @@ def _hash_job(job: tuple[Path, tuple[str, ...], bool]) -> tuple[str, list[bytes]
 @console_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        target, api_key = _channel.resolve(args.server, args.api_key)
+    except ValueError as err:
+        print(f"hashscan: error: --server: {err}", file=sys.stderr)
+        return 2
     files = find_files(args.paths, args.recursive)
     tls = (_channel.Tls(args.ca_cert, args.client_cert, args.client_key)
            if args.tls or args.ca_cert or args.client_cert else None)
@@ -106,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matched = errors = 0
     bar = tqdm(total=len(files), unit=" files", disable=not sys.stderr.isatty(), leave=False)
     try:
-        with Client(args.server, api_key=args.api_key, tls=tls) as client:
+        with Client(target, api_key=api_key, tls=tls) as client:
             for response in client.scan_images(items, banks=args.banks, dihedral=args.dihedral,
                                                timeout=args.timeout):
                 for failure in _drain(failures):

@@ -14,7 +14,7 @@ import grpc
 from google.protobuf import field_mask_pb2, struct_pb2
 
 from hashsvc_client import _channel
-from hashsvc_client._channel import HashLike, Tls
+from hashsvc_client._channel import HashLike, Target, Tls
 from hashsvc_client.errors import map_rpc_error
 from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc, scan_pb2, scan_pb2_grpc, types_pb2
 
@@ -25,7 +25,7 @@ ScanItem = tuple[str, bytes | Sequence[HashLike]]
 class Client:
     def __init__(
         self,
-        target: str | None = None,
+        target: Target | None = None,
         *,
         api_key: str | None = None,
         tls: Tls | None = None,
@@ -34,7 +34,9 @@ class Client:
         max_message_bytes: int = 64 << 20,
     ) -> None:
         """`target` defaults to $HASHSVC_SERVER or localhost:50051, `api_key` to
-        $HASHSVC_API_KEY; `tls` switches to an encrypted channel."""
+        $HASHSVC_API_KEY; `tls` switches to an encrypted channel. Several servers: a list or a
+        comma-separated string of IP addresses, or a `dns:///name:port` target; each call goes
+        to the next ready one (round_robin), and a server that goes away is skipped."""
         self.target, key = _channel.resolve(target, api_key)
         options = _channel.channel_options(max_message_bytes)
         self._channel = (grpc.secure_channel(self.target, tls.credentials(), options)
