@@ -249,8 +249,11 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         except grpc.RpcError:
             request = None
         finally:
-            self._watch.done(token)
+            in_time = self._watch.done(token)
         if request is None:
+            if not in_time:  # the watch ended it; the cancellation may not show as inactive yet
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              "the call ended before its request arrived (client_idle_timeout)")
             if context.is_active():
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               "expected one request message, got none")

@@ -91,8 +91,9 @@ class ClientWatch:
             self._start()
         self._waiting[token] = (time.monotonic(), context, for_what)
 
-    def done(self, token: int) -> None:
-        self._waiting.pop(token, None)
+    def done(self, token: int) -> bool:
+        """Unmark a wait; False if the watch had already ended the call for it."""
+        return self._waiting.pop(token, None) is not None
 
     def _start(self) -> None:
         with self._lock:
