@@ -17,6 +17,7 @@ from typing import Any
 from hashsvc.errors import HashsvcError
 from hashsvc.hashing.imaging import DEFAULT_LIMITS, DecodeLimits
 from hashsvc.home import DataHome
+from hashsvc.store.base import redact
 
 ENV_PREFIX = "HASHSVC_"
 
@@ -24,6 +25,7 @@ ENV_PREFIX = "HASHSVC_"
 @dataclass(frozen=True)
 class ServerConfig:
     home: Path
+    store: str = ""  # a postgresql:// URL; empty: the SQLite file <home>/store.sqlite
     listen: str = "0.0.0.0:50051"
     keys_file: Path | None = None  # default: <home>/keys.toml
     insecure_no_auth: bool = False
@@ -53,6 +55,11 @@ class ServerConfig:
         return DataHome(self.home)
 
     @property
+    def store_target(self) -> str:
+        """What `hashsvc.store.open_store` opens (may hold a password: never log it)."""
+        return self.store or str(self.data_home.store_path)
+
+    @property
     def resolved_keys_file(self) -> Path:
         return self.keys_file or self.home / "keys.toml"
 
@@ -72,13 +79,18 @@ class ServerConfig:
 
     def describe(self) -> dict[str, Any]:
         """For the start-up log line; holds no secret (key files hold only key hashes)."""
-        return {f.name: str(v) if isinstance(v, Path) else v
-                for f in fields(self) if (v := getattr(self, f.name)) is not None}
+        described = {f.name: str(v) if isinstance(v, Path) else v
+                     for f in fields(self) if (v := getattr(self, f.name)) is not None}
+        described["store"] = redact(self.store_target)  # a URL's password never reaches a log
+        return described
 
 
 HELP: dict[str, str] = {
     "home": "data directory (store.sqlite, snapshots/); default $HASHSVC_HOME or "
     "~/.local/share/hashsvc",
+    "store": "where banks and entries live: a postgresql://user@host/db URL (shared by several "
+    "nodes; the password may come from PGPASSWORD or ~/.pgpass), or empty for the SQLite file "
+    "<home>/store.sqlite",
     "listen": "address to serve gRPC on (default 0.0.0.0:50051; port 0 picks a free port)",
     "keys_file": "API keys (TOML, key hashes only); default <home>/keys.toml",
     "insecure_no_auth": "accept calls without an API key (local trials only; logs a warning)",

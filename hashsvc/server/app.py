@@ -16,7 +16,7 @@ from hashsvc.keys import add_key
 from hashsvc.server.keyfile import load_keys
 from hashsvc.server.ports import refuse_if_in_use
 from hashsvc.snapshot import current_version, publish
-from hashsvc.store import Store
+from hashsvc.store import open_store
 
 log = logging.getLogger("hashsvc.server")
 
@@ -44,7 +44,7 @@ def prepare(config: ServerConfig) -> None:
     _ensure_keys(config)
     snapshots = config.data_home.snapshots_dir
     if current_version(snapshots) is None:
-        with Store(config.data_home.store_path) as store:
+        with open_store(config.store_target) as store:
             result = publish(store, snapshots)
         log.info("no snapshot yet: published one from the store", extra={"version": result.version})
 

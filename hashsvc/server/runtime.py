@@ -28,7 +28,7 @@ from hashsvc.errors import SnapshotError
 from hashsvc.matching.delta import Delta
 from hashsvc.scanner import Scanner
 from hashsvc.snapshot import Snapshot, current_version, load, version_dir
-from hashsvc.store import Store
+from hashsvc.store import open_store
 
 log = logging.getLogger("hashsvc.runtime")
 
@@ -39,7 +39,7 @@ class Runtime:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.snapshots_dir = config.data_home.snapshots_dir
-        self.store = Store(config.data_home.store_path)
+        self.store = open_store(config.store_target)
         self.scanner = Scanner(limits=config.limits, fast_pdq=config.scan_fast_pdq)
         self.audit = AuditLog(config.resolved_audit_log, all_scans=config.audit_all_scans)
         self.health = health.HealthServicer(experimental_non_blocking=True)

@@ -44,12 +44,14 @@ def publish(
 ) -> PublishResult:
     """Build a snapshot of `store` and make it current, unless nothing changed (or `force`).
 
-    Safe against concurrent publishers (an exclusive lock) and against a crash at any instant
-    (temporary directory, fsync, rename; `current` switched last).
+    Safe against concurrent publishers (the store's single-writer lock, which with PostgreSQL
+    spans machines and fails at once naming its holder; then an exclusive lock on the directory)
+    and against a crash at any instant (temporary directory, fsync, rename; `current` switched
+    last).
     """
     started = time.perf_counter()
     snapshots_dir.mkdir(parents=True, exist_ok=True)
-    with _publish_lock(snapshots_dir):
+    with store.writer_lock("publish"), _publish_lock(snapshots_dir):
         _sweep_leftovers(snapshots_dir)
         revision = store.revision()
         current = current_version(snapshots_dir)

@@ -1,0 +1,104 @@
+"""What only the PostgreSQL store has: a URL (and its faults), the single-writer lock across
+processes, schema migrations in a shared database, and the indexer driving it end to end.
+(Everything both backends share is in test_store.py and test_delta.py, run against both.)"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from hashsvc.errors import HashsvcError
+from hashsvc.home import DataHome
+from hashsvc.snapshot import load_current, publish
+from hashsvc.store import NewEntry, open_store, redact
+from hashsvc.store.postgres_schema import SCHEMA_VERSION
+from tests.conftest import run_indexer
+from tests.postgres_server import PostgresServer
+
+
+def test_redact_hides_passwords_only() -> None:
+    assert redact("postgresql://hma:s3cr%40t@db:5432/hashsvc") == "postgresql://hma:***@db:5432/hashsvc"
+    assert redact("postgresql://db/x?sslmode=require&password=pw") == (
+        "postgresql://db/x?sslmode=require&password=***")
+    assert redact("postgresql://hma@db/x") == "postgresql://hma@db/x"
+    assert redact(Path("/data/store.sqlite")) == "/data/store.sqlite"
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://someone:hunter2@127.0.0.1:1/hashsvc",  # nothing listens on port 1
+    "postgresql://someone:hunter2@127.0.0.1:1/hashsvc?sslmode=bogus",  # a malformed option
+])
+def test_an_unreachable_or_wrong_url_is_one_line_naming_it_without_the_password(
+    home: DataHome, url: str
+) -> None:
+    result = run_indexer(home, "--store", url, "bank", "list")
+    assert result.returncode != 0
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "postgresql://someone:***@127.0.0.1:1/hashsvc" in lines[0], lines
+
+
+def test_a_sqlite_path_is_not_taken_for_a_store_url(home: DataHome) -> None:
+    result = run_indexer(home, "--store", "/tmp/elsewhere.sqlite", "bank", "list")
+    assert result.returncode == 3 and "must be a postgresql:// URL" in result.stderr
+
+
+def test_a_second_publisher_fails_at_once_naming_the_holder(
+    postgres: PostgresServer, home: DataHome
+) -> None:
+    url = postgres.new_database()
+    with open_store(url) as store:
+        store.create_bank("a")
+        with store.writer_lock("publish"):
+            rival = run_indexer(home, "--store", url, "publish")
+            assert rival.returncode != 0
+            assert "holds the publish lock" in rival.stderr
+            assert f"pid {os.getpid()}" in rival.stderr  # our application_name names us
+            assert "Traceback" not in rival.stderr
+            with pytest.raises(HashsvcError, match="holds the publish lock"):
+                publish(store, home.snapshots_dir)
+        assert publish(store, home.snapshots_dir).published  # free again once released
+
+
+def test_migrations_record_the_version_and_refuse_a_newer_database(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.new_database()
+    open_store(url).close()
+    open_store(url).close()  # a second opening finds nothing to do
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (
+            str(SCHEMA_VERSION),)
+        conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema'")
+    with pytest.raises(HashsvcError, match=r"store schema 999 is newer"):
+        open_store(url)
+
+
+def test_the_indexer_runs_on_postgres_import_to_snapshot(
+    postgres: PostgresServer, home: DataHome, tmp_path: Path
+) -> None:
+    """--store is a global option: create, import (COPY), a bad line rolls back the whole file,
+    publish; the snapshot is built from PostgreSQL."""
+    url = postgres.new_database()
+    run_indexer(home, "--store", url, "bank", "create", "known", check=True)
+    good = tmp_path / "good.csv"
+    good.write_text("hash,algorithm,external_id\n"
+                    + "".join(f"{n:064x},pdq,case-{n}\n" for n in range(1, 301))
+                    + f"{1:064x},pdq,again\n")
+    imported = run_indexer(home, "--store", url, "import", "known", str(good), check=True)
+    assert "added 300, duplicates 1" in imported.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("hash,algorithm,external_id\n" f"{999:064x},pdq,fine\nnot-hex,pdq,broken\n")
+    refused = run_indexer(home, "--store", url, "import", "known", str(bad))
+    assert refused.returncode == 3 and f"{bad}:3" in refused.stderr
+    run_indexer(home, "--store", url, "publish", check=True)
+    assert not (home.store_path).exists()  # the home holds snapshots only
+    assert load_current(home.snapshots_dir).entry_count == 300
+    with open_store(url) as store:
+        assert store.stats().entries == 300
+        store.add_entries("known", [NewEntry("pdq", bytes(32), "zero")])
+        assert store.stats().entries == 301
