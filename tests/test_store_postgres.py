@@ -5,6 +5,8 @@ processes, schema migrations in a shared database, and the indexer driving it en
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -102,3 +104,17 @@ def test_the_indexer_runs_on_postgres_import_to_snapshot(
         assert store.stats().entries == 300
         store.add_entries("known", [NewEntry("pdq", bytes(32), "zero")])
         assert store.stats().entries == 301
+
+
+def test_serve_with_an_unreachable_store_exits_in_one_line_without_the_password(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hashsvc", "serve", "--home", str(tmp_path / "home"),
+         "--listen", "127.0.0.1:0", "--metrics-listen", "", "--workers", "1",
+         "--store", "postgresql://someone:hunter2@127.0.0.1:1/hashsvc"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3
+    assert "hunter2" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "hashsvc: error: cannot open PostgreSQL store postgresql://someone:***@127.0.0.1:1/")

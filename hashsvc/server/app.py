@@ -43,10 +43,13 @@ def prepare(config: ServerConfig) -> None:
     """Things done once, before any worker starts, so workers never race to do them."""
     _ensure_keys(config)
     snapshots = config.data_home.snapshots_dir
-    if current_version(snapshots) is None:
-        with open_store(config.store_target) as store:
+    # Opened even when there is nothing to publish: a wrong or unreachable store URL stops the
+    # start here, in one line, and its schema is migrated before any worker opens it.
+    with open_store(config.store_target) as store:
+        if current_version(snapshots) is None:
             result = publish(store, snapshots)
-        log.info("no snapshot yet: published one from the store", extra={"version": result.version})
+            log.info("no snapshot yet: published one from the store",
+                     extra={"version": result.version})
 
 
 def _ensure_keys(config: ServerConfig) -> None:
