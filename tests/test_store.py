@@ -98,6 +98,26 @@ def test_bulk_add_is_all_or_nothing(store: Store) -> None:
     assert store.revision() == revision
 
 
+def test_a_large_import_keeps_first_copies_and_rolls_back_whole(store: Store) -> None:
+    """`expected` above the rebuild threshold (indexes dropped and rebuilt, on both backends):
+    same duplicates, same first copies kept, same all-or-nothing as a small import."""
+    store.create_bank("a")
+    store.add_entries("a", [NewEntry("pdq", _pdq(n), f"old-{n}") for n in range(5)])
+    revision = store.revision()
+    with pytest.raises(RuntimeError), store.bulk_add("a", expected=1_000_000) as adder:
+        adder.add([NewEntry("pdq", _pdq(n)) for n in range(100)])
+        raise RuntimeError("crash in the middle of an import")
+    assert store.stats().entries == 5 and store.revision() == revision
+    with store.bulk_add("a", expected=1_000_000) as adder:
+        adder.add([NewEntry("pdq", _pdq(n % 700), f"ext-{n}") for n in range(1000)])
+    assert (adder.result.added, adder.result.duplicates) == (695, 305)
+    found = store.find_entries("a", EntrySelector(hashes=[("pdq", _pdq(3)), ("pdq", _pdq(9))]))
+    assert [e.external_id for e in found] == ["old-3", "ext-9"]
+    assert len(store.changes_since(revision).changed) == 695
+    result = store.add_entries("a", [NewEntry("pdq", _pdq(9)), NewEntry("pdq", _pdq(7_000))])
+    assert (result.added, result.duplicates) == (1, 1)  # the rebuilt unique index holds
+
+
 def _indexes(path: Path) -> list[tuple[str, str | None]]:
     with sqlite3.connect(path) as db:
         return db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"

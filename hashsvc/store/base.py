@@ -31,11 +31,12 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class BulkAdder(Protocol):
-    """Adds entries inside a store's open import transaction (see `Store.bulk_add`)."""
+    """Adds entries inside a store's open import transaction (see `Store.bulk_add`); the
+    counts are final in `result` once the `bulk_add` block has ended."""
 
     result: AddResult
 
-    def add(self, entries: Iterable[EntryRow]) -> AddResult: ...
+    def add(self, entries: Iterable[EntryRow]) -> object: ...
 
 
 class Store(Protocol):

@@ -244,10 +244,17 @@ class PostgresStore:
     @contextmanager
     def bulk_add(self, bank_name: str, *, expected: int = 0) -> Iterator[PostgresBulkAdder]:
         """Add many entries in one transaction (COPY, see `PostgresBulkAdder`): all of them
-        land, or (on any error) none do. `expected` is accepted for the interface's sake."""
+        land, or (on any error) none do. `expected` (an estimate of the rows to come) lets a
+        large import into a small store rebuild the indexes once (see `PostgresBulkAdder`)."""
         bank = self.get_bank(bank_name)
         with self._write() as (conn, revision):
-            yield PostgresBulkAdder(conn, bank.id, revision)
+            # Entries have no foreign key (its per-row check cost more than the insert): the
+            # bank is checked here instead, under the revision lock every writer takes.
+            if conn.execute("SELECT 1 FROM banks WHERE id = %s", (bank.id,)).fetchone() is None:
+                raise NotFoundError(f"no bank named {quote(bank_name)}")
+            adder = PostgresBulkAdder(conn, bank.id, revision, expected=expected)
+            yield adder
+            adder.finish()
 
     def add_entries(self, bank_name: str, entries: Iterable[NewEntry]) -> AddResult:
         with self.bulk_add(bank_name) as adder:
