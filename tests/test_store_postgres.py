@@ -15,7 +15,7 @@ import pytest
 from hashsvc.errors import HashsvcError
 from hashsvc.home import DataHome
 from hashsvc.snapshot import load_current, publish
-from hashsvc.store import NewEntry, open_store, redact
+from hashsvc.store import EntrySelector, NewEntry, SqliteStore, open_store, redact
 from hashsvc.store.postgres_schema import SCHEMA_VERSION
 from tests.conftest import run_indexer
 from tests.postgres_server import PostgresServer
@@ -118,3 +118,35 @@ def test_serve_with_an_unreachable_store_exits_in_one_line_without_the_password(
     assert "hunter2" not in result.stderr + result.stdout and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         "hashsvc: error: cannot open PostgreSQL store postgresql://someone:***@127.0.0.1:1/")
+
+
+def test_store_copy_moves_a_sqlite_home_verbatim(
+    postgres: PostgresServer, home: DataHome
+) -> None:
+    """Ids, disabled and removed entries and the revision come across, so a snapshot published
+    from SQLite stays valid against PostgreSQL: the same change feed from its revision."""
+    with SqliteStore(home.create().store_path) as source:
+        source.create_bank("a", tags=["t"], thresholds={"pdq": 20})
+        source.create_bank("staged", enabled=False)
+        source.add_entries("a", [NewEntry("pdq", _code(n), f"x{n}", {"n": n}) for n in range(50)])
+        source.add_entries("staged", [NewEntry("md5", bytes(16), "m")])
+        snapshot_revision = publish(source, home.snapshots_dir).manifest["store_revision"]
+        source.set_disabled("a", EntrySelector(external_ids=["x1"]), True, "fp")
+        source.remove_entries("a", EntrySelector(external_ids=["x2"]))
+        expected = (source.stats(), source.list_banks(), source.changes_since(snapshot_revision),
+                    source.find_entries("a", EntrySelector(ids=list(range(1, 60)))))
+    url = postgres.new_database()
+    copied = run_indexer(home, "store", "copy", "--to", url, check=True)
+    assert "copied 2 banks and 50 entries" in copied.stderr
+    with open_store(url) as target:
+        assert (target.stats(), target.list_banks(), target.changes_since(snapshot_revision),
+                target.find_entries("a", EntrySelector(ids=list(range(1, 60))))) == expected
+        target.add_entries("a", [NewEntry("pdq", _code(999), "new")])
+        (new,) = target.find_entries("a", EntrySelector(external_ids=["new"]))
+        assert new.id == 52  # after every copied id, not over one
+    again = run_indexer(home, "store", "copy", "--to", url)
+    assert again.returncode == 5 and "already holds banks" in again.stderr
+
+
+def _code(n: int) -> bytes:
+    return n.to_bytes(32, "big")
