@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
+from hashsvc_client import Client
 
 from hashsvc.errors import HashsvcError
 from hashsvc.home import DataHome
@@ -19,6 +21,7 @@ from hashsvc.store import EntrySelector, NewEntry, SqliteStore, open_store, reda
 from hashsvc.store.postgres_schema import SCHEMA_VERSION
 from tests.conftest import run_indexer
 from tests.postgres_server import PostgresServer
+from tests.server_process import ServerProcess
 
 
 def test_redact_hides_passwords_only() -> None:
@@ -150,3 +153,32 @@ def test_store_copy_moves_a_sqlite_home_verbatim(
 
 def _code(n: int) -> bytes:
     return n.to_bytes(32, "big")
+
+
+def test_serve_on_postgres_sees_changes_made_by_another_process(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """`hashsvc serve --store URL`: the admin API writes to PostgreSQL and publishes under the
+    advisory lock; an `indexer` in another process disables an entry, and the server's change
+    feed (its delta) drops it without a publish."""
+    # Trust authentication ignores the password: it is there to show it never reaches the log.
+    user = postgres.user
+    url = postgres.new_database().replace(f"://{user}@", f"://{user}:hunter2@")
+    home = tmp_path / "home"
+    home.mkdir()
+    value = _code(77)
+    with ServerProcess(home, "--store", url) as server, \
+            Client(server.target, api_key=server.keys["admin"]) as admin:
+        admin.create_bank("known")
+        admin.add_entries("known", [(("pdq", value), "k77", None)])
+        assert [m.external_id for m in admin.scan_hashes([("pdq", value)]).matches] == ["k77"]
+        admin.publish()
+        assert not (home / "store.sqlite").exists()
+        run_indexer(DataHome(home), "--store", url, "disable", "known",
+                    "--external-id", "k77", check=True)
+        for _ in range(600):  # hang guard; each pass is a real scan
+            if not admin.scan_hashes([("pdq", value)]).matches:
+                break
+            time.sleep(0.1)
+        assert not admin.scan_hashes([("pdq", value)]).matches
+        assert f"postgresql://{user}:***@" in server.log and "hunter2" not in server.log
