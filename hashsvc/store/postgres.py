@@ -93,9 +93,11 @@ class PostgresStore:
         # only time out), and it applies the migrations before any other query.
         with self._connect() as conn:
             migrate(conn, self._location)
+        # `check`: a connection is tested as it leaves the pool, so after a PostgreSQL restart
+        # the stale ones are replaced instead of failing the next call.
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url, kwargs=self._kwargs, min_size=1, max_size=POOL_SIZE, open=True,
-            name="hashsvc-store")
+            name="hashsvc-store", check=ConnectionPool.check_connection)
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
