@@ -14,12 +14,12 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -41,11 +41,15 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@dataclass
 class PostgresServer:
-    port: int
-    user: str
-    _databases: int = 0
+    """A cluster in a temporary directory, and the server running on it."""
+
+    def __init__(self, bin_dir: Path, root: Path, user: str, as_owner: Callable[[], None]) -> None:
+        self.user = user
+        self.port = _free_port()
+        self._bin_dir, self._root, self._as_owner = bin_dir, root, as_owner
+        self._process: subprocess.Popen[bytes] | None = None
+        self._databases = 0
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -57,6 +61,38 @@ class PostgresServer:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"'.encode())
         return self.url(name)
+
+    def start(self) -> None:
+        log = self._root / "server.log"
+        with log.open("ab") as log_file:
+            self._process = subprocess.Popen(
+                [self._bin_dir / "postgres", "-D", self._root / "data", "-h", "127.0.0.1",
+                 "-p", str(self.port), "-k", self._root / "sockets", "-c", "fsync=off",
+                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                 "-c", "max_connections=200"],
+                stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=self._as_owner,
+                cwd=self._root)
+        for _ in range(600):  # a hang guard, not a timing assumption: each try is a real connect
+            if self._process.poll() is not None:
+                raise RuntimeError(f"postgres exited at start:\n{log.read_text()}")
+            try:
+                psycopg.connect(self.url(), connect_timeout=5).close()
+                return
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+        raise RuntimeError(f"postgres did not accept connections:\n{log.read_text()}")
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT): clients are disconnected, as in a restart or failover."""
+        if self._process is None:
+            return
+        self._process.send_signal(signal.SIGINT)
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
 
 
 @contextlib.contextmanager
@@ -71,42 +107,17 @@ def running_postgres(bin_dir: Path) -> Iterator[PostgresServer]:
             os.setgid(account.pw_gid)
             os.setuid(account.pw_uid)
 
-    data, sockets, log = root / "data", root / "sockets", root / "server.log"
-    port = _free_port()
     try:
-        subprocess.run([bin_dir / "initdb", "-D", data, "-U", run_as, "--auth=trust",
+        subprocess.run([bin_dir / "initdb", "-D", root / "data", "-U", run_as, "--auth=trust",
                         "--no-sync", "-E", "UTF8", "--locale=C"],
                        check=True, capture_output=True, preexec_fn=as_owner, cwd=root)
-        sockets.mkdir()
-        os.chown(sockets, account.pw_uid, account.pw_gid)
-        with log.open("wb") as log_file:
-            server = subprocess.Popen(
-                [bin_dir / "postgres", "-D", data, "-h", "127.0.0.1", "-p", str(port),
-                 "-k", sockets, "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "max_connections=200"],
-                stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=as_owner, cwd=root)
+        (root / "sockets").mkdir()
+        os.chown(root / "sockets", account.pw_uid, account.pw_gid)
+        server = PostgresServer(bin_dir, root, run_as, as_owner)
+        server.start()
         try:
-            pg = PostgresServer(port=port, user=run_as)
-            _wait_until_ready(pg, server, log)
-            yield pg
+            yield server
         finally:
-            server.terminate()  # SIGTERM: PostgreSQL's "smart" shutdown
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _wait_until_ready(pg: PostgresServer, server: subprocess.Popen[bytes], log: Path) -> None:
-    for _ in range(600):  # a hang guard, not a timing assumption: each try is a real connect
-        if server.poll() is not None:
-            raise RuntimeError(f"postgres exited at start:\n{log.read_text()}")
-        try:
-            psycopg.connect(pg.url(), connect_timeout=5).close()
-            return
-        except psycopg.OperationalError:
-            time.sleep(0.1)
-    raise RuntimeError(f"postgres did not accept connections:\n{log.read_text()}")

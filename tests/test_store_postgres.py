@@ -18,6 +18,7 @@ from hashsvc.errors import HashsvcError
 from hashsvc.home import DataHome
 from hashsvc.snapshot import load_current, publish
 from hashsvc.store import EntrySelector, NewEntry, SqliteStore, open_store, redact
+from hashsvc.store.postgres import PostgresStore
 from hashsvc.store.postgres_schema import SCHEMA_VERSION
 from tests.conftest import run_indexer
 from tests.postgres_server import PostgresServer
@@ -182,3 +183,27 @@ def test_serve_on_postgres_sees_changes_made_by_another_process(
             time.sleep(0.1)
         assert not admin.scan_hashes([("pdq", value)]).matches
         assert f"postgresql://{user}:***@" in server.log and "hunter2" not in server.log
+
+
+def test_a_postgres_restart_costs_the_calls_made_meanwhile_not_written_data(
+    postgres: PostgresServer,
+) -> None:
+    """While the server is down a write fails in one line (no password); nothing committed is
+    lost, and once it is back the same store object works again (stale pooled connections are
+    replaced), with the revision where it was."""
+    url = postgres.new_database().replace(f"://{postgres.user}@",
+                                          f"://{postgres.user}:hunter2@")
+    with PostgresStore(url, pool_wait=1.0) as store:  # a call waits 1 s for a connection
+        store.create_bank("a")
+        store.add_entries("a", [NewEntry("pdq", _code(n)) for n in range(10)])
+        revision = store.revision()
+        postgres.stop()
+        try:
+            with pytest.raises(HashsvcError) as refused:
+                store.add_entries("a", [NewEntry("pdq", _code(99))])
+            assert "hunter2" not in refused.value.message
+            assert f"{postgres.user}:***@" in refused.value.message, refused.value.message
+        finally:
+            postgres.start()
+        assert store.revision() == revision and store.stats().entries == 10
+        assert store.add_entries("a", [NewEntry("pdq", _code(99))]).added == 1

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from hashsvc.errors import AlreadyExistsError, ErrorCode, HashsvcError, NotFoundError
 from hashsvc.limits import LIMITS, check_tags, check_text, quote
@@ -52,6 +52,7 @@ from hashsvc.store.sqlite import _selector_sql
 
 CONNECT_TIMEOUT = 10  # seconds: an unreachable server fails a command, it does not hang it
 POOL_SIZE = 8  # a server's threads share these; an import holds one for its duration
+POOL_WAIT = 15.0  # seconds a call waits for a connection: a PostgreSQL restart costs a wait
 
 
 class StoreUnavailableError(HashsvcError):
@@ -83,7 +84,7 @@ def _password(url: str) -> str | None:
 class PostgresStore:
     """Banks and entries in a PostgreSQL database, one transaction per write. Thread-safe."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_wait: float = POOL_WAIT) -> None:
         self._url = url
         self._location = redact(url)
         self._secret = _password(url)
@@ -97,7 +98,7 @@ class PostgresStore:
         # the stale ones are replaced instead of failing the next call.
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url, kwargs=self._kwargs, min_size=1, max_size=POOL_SIZE, open=True,
-            name="hashsvc-store", check=ConnectionPool.check_connection)
+            name="hashsvc-store", check=ConnectionPool.check_connection, timeout=pool_wait)
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
@@ -129,6 +130,10 @@ class PostgresStore:
         try:
             with self._pool.connection() as conn:
                 yield conn
+        except PoolTimeout:
+            raise StoreUnavailableError(
+                f"PostgreSQL store {self._location}: no connection within "
+                f"{self._pool.timeout:g} s (server down or unreachable?)") from None
         except psycopg.OperationalError as err:
             raise StoreUnavailableError(
                 f"PostgreSQL store {self._location}: {_first_line(err, self._secret)}") from None
