@@ -41,7 +41,7 @@ def test_an_unreachable_or_wrong_url_is_one_line_naming_it_without_the_password(
     home: DataHome, url: str
 ) -> None:
     result = run_indexer(home, "--store", url, "bank", "list")
-    assert result.returncode != 0
+    assert result.returncode == 6  # UNAVAILABLE
     assert "hunter2" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -61,7 +61,7 @@ def test_a_second_publisher_fails_at_once_naming_the_holder(
         store.create_bank("a")
         with store.writer_lock("publish"):
             rival = run_indexer(home, "--store", url, "publish")
-            assert rival.returncode != 0
+            assert rival.returncode == 6  # FAILED_PRECONDITION
             assert "holds the publish lock" in rival.stderr
             assert f"pid {os.getpid()}" in rival.stderr  # our application_name names us
             assert "Traceback" not in rival.stderr

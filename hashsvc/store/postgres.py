@@ -28,7 +28,12 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from hashsvc.errors import AlreadyExistsError, ErrorCode, HashsvcError, NotFoundError
+from hashsvc.errors import (
+    AlreadyExistsError,
+    NotFoundError,
+    StoreUnavailableError,
+    WriterBusyError,
+)
 from hashsvc.limits import LIMITS, check_tags, check_text, quote
 from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.store.base import redact
@@ -53,10 +58,6 @@ from hashsvc.store.sqlite import _selector_sql
 CONNECT_TIMEOUT = 10  # seconds: an unreachable server fails a command, it does not hang it
 POOL_SIZE = 8  # a server's threads share these; an import holds one for its duration
 POOL_WAIT = 15.0  # seconds a call waits for a connection: a PostgreSQL restart costs a wait
-
-
-class StoreUnavailableError(HashsvcError):
-    code = ErrorCode.UNAVAILABLE
 
 
 def application_name() -> str:
@@ -376,8 +377,8 @@ class PostgresStore:
         """Hold the session advisory lock `name` on a connection of its own for the block.
 
         Every process using this database sees it, whichever machine it runs on. Not free
-        within `wait` seconds: a `HashsvcError` naming the holder (its application_name, which
-        says program, host and pid, and its server pid), so an operator knows whom to ask.
+        within `wait` seconds: a `WriterBusyError` naming the holder (its application_name,
+        which says program, host and pid, and its server pid), so an operator knows whom to ask.
         The lock is the server's: if this process dies, its connection closes and it is free.
         """
         key = zlib.crc32(name.encode()) & 0x7FFFFFFF
@@ -387,7 +388,7 @@ class PostgresStore:
             while not conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
                                    (LOCK_NAMESPACE, key)).fetchone()[0]:  # type: ignore[index]
                 if time.monotonic() >= deadline:
-                    raise HashsvcError(f"another process holds the {name} lock on "
+                    raise WriterBusyError(f"another process holds the {name} lock on "
                                        f"{self._location}: {self._holder(conn, key)}")
                 time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
             try:
