@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,6 +69,16 @@ def test_a_second_publisher_fails_at_once_naming_the_holder(
             with pytest.raises(HashsvcError, match="holds the publish lock"):
                 publish(store, home.snapshots_dir)
         assert publish(store, home.snapshots_dir).published  # free again once released
+        # With a wait, a second publisher takes its turn once the first lets go.
+        published: list[bool] = []
+        with store.writer_lock("publish"):
+            waiter = threading.Thread(target=lambda: published.append(publish(
+                store, home.snapshots_dir, force=True, lock_wait=600).published))
+            waiter.start()
+            waiter.join(timeout=0.5)
+            assert waiter.is_alive() and not published  # still waiting while the lock is held
+        waiter.join(timeout=600)
+        assert published == [True]
 
 
 def test_migrations_record_the_version_and_refuse_a_newer_database(

@@ -19,6 +19,7 @@ from hashsvc.snapshot import current_version, publish
 from hashsvc.store import open_store
 
 log = logging.getLogger("hashsvc.server")
+STARTUP_PUBLISH_WAIT = 120.0  # seconds the first publish at start waits for another publisher
 
 
 def serve(config: ServerConfig) -> int:
@@ -47,7 +48,9 @@ def prepare(config: ServerConfig) -> None:
     # start here, in one line, and its schema is migrated before any worker opens it.
     with open_store(config.store_target) as store:
         if current_version(snapshots) is None:
-            result = publish(store, snapshots)
+            # Another node may be publishing into the shared store right now: wait for it
+            # (bounded) rather than fail the start; it is done in seconds.
+            result = publish(store, snapshots, lock_wait=STARTUP_PUBLISH_WAIT)
             log.info("no snapshot yet: published one from the store",
                      extra={"version": result.version})
 

@@ -40,18 +40,19 @@ _VERSION_NAME = re.compile(r"\d{8}T\d{6}\.\d{6}Z-r\d+")  # what _new_version mak
 
 
 def publish(
-    store: Store, snapshots_dir: Path, *, force: bool = False, keep: int = 3
+    store: Store, snapshots_dir: Path, *, force: bool = False, keep: int = 3,
+    lock_wait: float = 0.0,
 ) -> PublishResult:
     """Build a snapshot of `store` and make it current, unless nothing changed (or `force`).
 
     Safe against concurrent publishers (the store's single-writer lock, which with PostgreSQL
     spans machines and fails at once naming its holder; then an exclusive lock on the directory)
     and against a crash at any instant (temporary directory, fsync, rename; `current` switched
-    last).
+    last). `lock_wait`: seconds to wait for another publisher to finish before failing.
     """
     started = time.perf_counter()
     snapshots_dir.mkdir(parents=True, exist_ok=True)
-    with store.writer_lock("publish"), _publish_lock(snapshots_dir):
+    with store.writer_lock("publish", wait=lock_wait), _publish_lock(snapshots_dir):
         _sweep_leftovers(snapshots_dir)
         revision = store.revision()
         current = current_version(snapshots_dir)
