@@ -18,9 +18,8 @@ import os
 import socket
 import sys
 import time
-import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ from hashsvc.errors import (
     AlreadyExistsError,
     NotFoundError,
     StoreUnavailableError,
-    WriterBusyError,
 )
 from hashsvc.limits import LIMITS, check_tags, check_text, quote
 from hashsvc.matching.strategies import MatchStrategies
@@ -52,7 +50,8 @@ from hashsvc.store.model import (
     validate_thresholds,
 )
 from hashsvc.store.postgres_bulk import PostgresBulkAdder
-from hashsvc.store.postgres_schema import LOCK_NAMESPACE, migrate
+from hashsvc.store.postgres_lock import advisory_writer_lock
+from hashsvc.store.postgres_schema import migrate
 from hashsvc.store.sqlite import _selector_sql
 
 CONNECT_TIMEOUT = 10  # seconds: an unreachable server fails a command, it does not hang it
@@ -94,7 +93,12 @@ class PostgresStore:
         # One direct connection first: it fails with the server's own reason (the pool would
         # only time out), and it applies the migrations before any other query.
         with self._connect() as conn:
-            migrate(conn, self._location)
+            try:
+                migrate(conn, self._location)
+            except psycopg.Error as err:  # e.g. a role that may not create tables
+                raise StoreUnavailableError(
+                    f"cannot prepare PostgreSQL store {self._location}: "
+                    f"{_first_line(err, self._secret)}") from None
         # `check`: a connection is tested as it leaves the pool, so after a PostgreSQL restart
         # the stale ones are replaced instead of failing the next call.
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
@@ -135,7 +139,9 @@ class PostgresStore:
             raise StoreUnavailableError(
                 f"PostgreSQL store {self._location}: no connection within "
                 f"{self._pool.timeout:g} s (server down or unreachable?)") from None
-        except psycopg.OperationalError as err:
+        except pg_errors.IntegrityError:
+            raise  # the caller's to interpret (a bank name already taken)
+        except psycopg.Error as err:  # down, restarted, refused: one line, never a traceback
             raise StoreUnavailableError(
                 f"PostgreSQL store {self._location}: {_first_line(err, self._secret)}") from None
 
@@ -372,45 +378,6 @@ class PostgresStore:
 
     # ---- single writer -----------------------------------------------------------------------
 
-    @contextmanager
-    def writer_lock(self, name: str, *, wait: float = 0.0) -> Iterator[None]:
-        """Hold the session advisory lock `name` on a connection of its own for the block.
-
-        Every process using this database sees it, whichever machine it runs on. Not free
-        within `wait` seconds: a `WriterBusyError` naming the holder (its application_name,
-        which says program, host and pid, and its server pid), so an operator knows whom to ask.
-        The lock is the server's: if this process dies, its connection closes and it is free.
-        """
-        key = zlib.crc32(name.encode()) & 0x7FFFFFFF
-        conn = self._connect()
-        try:
-            deadline = time.monotonic() + wait
-            while not conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                   (LOCK_NAMESPACE, key)).fetchone()[0]:  # type: ignore[index]
-                if time.monotonic() >= deadline:
-                    raise WriterBusyError(f"another process holds the {name} lock on "
-                                       f"{self._location}: {self._holder(conn, key)}")
-                time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
-            try:
-                yield
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
-        finally:
-            conn.close()
-
-    @staticmethod
-    def _holder(conn: psycopg.Connection[Any], key: int) -> str:
-        row = conn.execute(
-            "SELECT a.application_name, a.pid, a.client_addr::text, a.backend_start"
-            " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted"
-            " AND l.classid::bigint = %s AND l.objid::bigint = %s"
-            " AND l.objsubid = 2 AND l.database ="
-            " (SELECT oid FROM pg_database WHERE datname = current_database())",
-            (LOCK_NAMESPACE, key)).fetchone()
-        if row is None:
-            return "it was released meanwhile; try again"
-        app, pid, addr, since = row
-        return (f"{app or 'an unnamed client'} (server pid {pid}"
-                f"{f', from {addr}' if addr else ''}, connected since "
-                f"{since:%Y-%m-%d %H:%M:%S %Z})")
+    def writer_lock(self, name: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
+        """The advisory lock `name`, for every process using this database (postgres_lock)."""
+        return advisory_writer_lock(self._connect(), self._location, name, wait=wait)
