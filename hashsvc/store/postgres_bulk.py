@@ -36,7 +36,15 @@ CREATE TEMPORARY TABLE IF NOT EXISTS import_staging (
     metadata TEXT, variant TEXT
 ) ON COMMIT DROP
 """
-_COPY = b"COPY import_staging (algorithm, hash, external_id, metadata, variant) FROM STDIN"
+_COPY_STAGING = (b"COPY import_staging (algorithm, hash, external_id, metadata, variant)"
+                 b" FROM STDIN")
+_INSERT_STAGED = (
+    b"INSERT INTO entries (bank_id, algorithm, hash, external_id, metadata, added_at,"
+    b" changed_rev, variant) SELECT %s, algorithm, hash, external_id, metadata, %s, %s,"
+    b" variant FROM import_staging ORDER BY seq ON CONFLICT (bank_id, algorithm, hash) DO NOTHING"
+)
+_COPY_ENTRIES = (b"COPY entries (algorithm, hash, external_id, metadata, variant, bank_id,"
+                 b" added_at, changed_rev) FROM STDIN")
 _UNIQUE = b"CREATE UNIQUE INDEX entries_unique ON entries (bank_id, algorithm, hash)"
 _REBUILT = (  # after the unique index, which is built first (it may need a second try)
     b"ALTER TABLE entries ADD CONSTRAINT entries_pkey PRIMARY KEY (id)",
@@ -58,14 +66,8 @@ class PostgresBulkAdder:
         self._bank_id = bank_id
         # Sorts and index builds of a million rows fit in memory instead of spilling to disk.
         conn.execute(b"SET LOCAL work_mem = '256MB'; SET LOCAL maintenance_work_mem = '1GB'")
-        conn.execute(_STAGING.encode())
-        self._insert = (
-            b"INSERT INTO entries (bank_id, algorithm, hash, external_id, metadata, added_at,"
-            b" changed_rev, variant) SELECT %s, algorithm, hash, external_id, metadata, %s, %s,"
-            b" variant FROM import_staging ORDER BY seq"
-        )
         self._params = (bank_id, time.time(), revision)
-        self._staged = 0
+        self._copied = 0
         self._last_old_id = 0
         self._rebuild = False
         if expected >= REBUILD_MIN:
@@ -75,37 +77,39 @@ class PostgresBulkAdder:
                 self._last_old_id = existing
                 conn.execute(_DROP)
                 self._rebuild = True
+        if not self._rebuild:
+            conn.execute(_STAGING.encode())
         self.result = AddResult()
 
     def add(self, entries: Iterable[EntryRow]) -> AddResult:
-        """Stage `entries`; returns what this batch added, when that is known now (it is
+        """Copy `entries` in; returns what this batch added when that is known now (it is
         not when the indexes are rebuilt: then `result` has the counts after `finish`)."""
-        staged = 0
+        # Rebuilding: straight into `entries`, which has no index to check yet (the bank, the
+        # time and the revision ride along on each row); else into the staging table.
+        extra = self._params if self._rebuild else ()
+        copied = 0
         with self._conn.cursor() as cursor:
-            with cursor.copy(_COPY) as copy:
+            with cursor.copy(_COPY_ENTRIES if self._rebuild else _COPY_STAGING) as copy:
                 for e in entries:
                     meta = e[3]
-                    copy.write_row(
-                        e if meta is None else
-                        (e[0], e[1], e[2], json.dumps(meta, sort_keys=True) if meta else None,
-                         e[4]))
-                    staged += 1
-            self._staged += staged
-            if self._rebuild or not staged:
+                    row: tuple[Any, ...] = e if meta is None else (
+                        e[0], e[1], e[2], json.dumps(meta, sort_keys=True) if meta else None, e[4])
+                    copy.write_row(row + extra)
+                    copied += 1
+            self._copied += copied
+            if self._rebuild or not copied:
                 return AddResult()
-            cursor.execute(self._insert + b" ON CONFLICT (bank_id, algorithm, hash) DO NOTHING",
-                           self._params)
+            cursor.execute(_INSERT_STAGED, self._params)
             added = cursor.rowcount
             cursor.execute(b"TRUNCATE import_staging")
-        batch = AddResult(added=added, duplicates=staged - added)
+        batch = AddResult(added=added, duplicates=copied - added)
         self.result += batch
         return batch
 
     def finish(self) -> None:
-        """Insert what was staged and rebuild the indexes (if dropped); before COMMIT."""
+        """Rebuild the indexes (if dropped), keeping each hash's first row; before COMMIT."""
         if not self._rebuild:
             return
-        self._conn.execute(self._insert, self._params)
         removed = 0
         try:
             with self._conn.transaction():  # a savepoint: a failed build is undone alone
@@ -119,5 +123,5 @@ class PostgresBulkAdder:
             self._conn.execute(_UNIQUE)
         for sql in _REBUILT:
             self._conn.execute(sql)
-        self.result += AddResult(added=self._staged - removed, duplicates=removed)
+        self.result += AddResult(added=self._copied - removed, duplicates=removed)
         self._rebuild = False
