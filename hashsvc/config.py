@@ -17,7 +17,7 @@ from typing import Any
 from hashsvc.errors import HashsvcError
 from hashsvc.hashing.imaging import DEFAULT_LIMITS, DecodeLimits
 from hashsvc.home import DataHome
-from hashsvc.store.base import redact
+from hashsvc.store.base import is_postgres, redact
 
 ENV_PREFIX = "HASHSVC_"
 
@@ -168,6 +168,9 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> S
             values[name] = _coerce(source, name, str(known[name].type), raw)
             if name in POSITIVE and not values[name] > 0:
                 raise HashsvcError(f"{source}: {name} must be above 0, got {raw!r}")
+    if values.get("store") and not is_postgres(values["store"]):
+        raise HashsvcError(f"store must be a postgresql:// URL, got {redact(values['store'])!r}; "
+                           "the SQLite store is <home>/store.sqlite")
     return ServerConfig(**values)
 
 

@@ -4,6 +4,7 @@ processes, schema migrations in a shared database, and the indexer driving it en
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 from hashsvc_client import Client
 
+from hashsvc import config
 from hashsvc.errors import HashsvcError
 from hashsvc.home import DataHome
 from hashsvc.snapshot import load_current, publish
@@ -52,6 +54,12 @@ def test_an_unreachable_or_wrong_url_is_one_line_naming_it_without_the_password(
 def test_a_sqlite_path_is_not_taken_for_a_store_url(home: DataHome) -> None:
     result = run_indexer(home, "--store", "/tmp/elsewhere.sqlite", "bank", "list")
     assert result.returncode == 3 and "must be a postgresql:// URL" in result.stderr
+    with pytest.raises(HashsvcError, match="store must be a postgresql:// URL"):
+        config.load(argparse.Namespace(config=None, store="/tmp/elsewhere.sqlite"), environ={})
+    loaded = config.load(argparse.Namespace(config=None),
+                         environ={"HASHSVC_STORE": "postgresql://u:pw@db/x"})
+    assert loaded.store == "postgresql://u:pw@db/x"
+    assert loaded.describe()["store"] == "postgresql://u:***@db/x"
 
 
 def test_a_second_publisher_fails_at_once_naming_the_holder(
