@@ -17,6 +17,7 @@ from typing import Any
 from hashsvc.errors import HashsvcError
 from hashsvc.hashing.imaging import DEFAULT_LIMITS, DecodeLimits
 from hashsvc.home import DataHome
+from hashsvc.store.base import is_postgres, redact
 
 ENV_PREFIX = "HASHSVC_"
 
@@ -27,6 +28,7 @@ ROLES = ("scan", "admin", "all")
 @dataclass(frozen=True)
 class ServerConfig:
     home: Path
+    store: str = ""  # a postgresql:// URL; empty: the SQLite file <home>/store.sqlite
     listen: str = "0.0.0.0:50051"
     keys_file: Path | None = None  # default: <home>/keys.toml
     insecure_no_auth: bool = False
@@ -63,6 +65,11 @@ class ServerConfig:
         return DataHome(self.home)
 
     @property
+    def store_target(self) -> str:
+        """What `hashsvc.store.open_store` opens (may hold a password: never log it)."""
+        return self.store or str(self.data_home.store_path)
+
+    @property
     def resolved_keys_file(self) -> Path:
         return self.keys_file or self.home / "keys.toml"
 
@@ -90,16 +97,19 @@ class ServerConfig:
 
     def describe(self) -> dict[str, Any]:
         """For the start-up log line; holds no secret (key files hold only key hashes, and a
-        URL's user:password@ is redacted)."""
-        from hashsvc.snapshot.repository import redact
-
-        return {f.name: str(v) if isinstance(v, Path) else redact(v) if isinstance(v, str) else v
-                for f in fields(self) if (v := getattr(self, f.name)) is not None}
+        URL's password is redacted)."""
+        described = {f.name: str(v) if isinstance(v, Path) else redact(v) if isinstance(v, str)
+                     else v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+        described["store"] = redact(self.store_target)
+        return described
 
 
 HELP: dict[str, str] = {
     "home": "data directory (store.sqlite, snapshots/); default $HASHSVC_HOME or "
     "~/.local/share/hashsvc",
+    "store": "where banks and entries live: a postgresql://user@host/db URL (shared by several "
+    "nodes; the password may come from PGPASSWORD or ~/.pgpass), or empty for the SQLite file "
+    "<home>/store.sqlite",
     "listen": "address to serve gRPC on (default 0.0.0.0:50051; port 0 picks a free port)",
     "keys_file": "API keys (TOML, key hashes only); default <home>/keys.toml",
     "insecure_no_auth": "accept calls without an API key (local trials only; logs a warning)",
@@ -201,6 +211,9 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> S
             if name == "role" and values[name] not in ROLES:
                 raise HashsvcError(f"{source}: role must be one of {', '.join(ROLES)}, "
                                    f"got {raw!r}")
+    if values.get("store") and not is_postgres(values["store"]):
+        raise HashsvcError(f"store must be a postgresql:// URL, got {redact(values['store'])!r}; "
+                           "the SQLite store is <home>/store.sqlite")
     return ServerConfig(**values)
 
 

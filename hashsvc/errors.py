@@ -107,6 +107,20 @@ class RepositoryUnavailableError(HashsvcError):
     reason = "unavailable"
 
 
+class StoreUnavailableError(HashsvcError):
+    """The store's server cannot be reached (a wrong URL, or PostgreSQL down): retry later."""
+
+    code = ErrorCode.UNAVAILABLE
+    reason = "store_unavailable"
+
+
+class WriterBusyError(HashsvcError):
+    """Another process holds a single-writer lock (e.g. publishing); the message names it."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+    reason = "writer_busy"
+
+
 class NotLoadedError(HashsvcError):
     """A scanner asked to scan before any snapshot was loaded: retry shortly."""
 

@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="data directory holding store.sqlite and snapshots/ "
         "(default: $HASHSVC_HOME, else ~/.local/share/hashsvc)",
     )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="a postgresql://user@host/db store shared by several nodes, instead of the home's "
+        "store.sqlite (default: $HASHSVC_STORE; a password is better in PGPASSWORD or ~/.pgpass)",
+    )
     subcommands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.register(subcommands)

@@ -28,7 +28,7 @@ import numpy as np
 from hashsvc.hashing.algorithms import PDQ
 from hashsvc.hashing.imaging import Upload
 from hashsvc.snapshot import load_current, publish
-from hashsvc.store import NewEntry, Store
+from hashsvc.store import NewEntry, SqliteStore
 
 DATA = Path(os.environ.get("HASHSVC_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
 REFERENCE = DATA / "pdq-reference" / "images"
@@ -79,7 +79,7 @@ def _clustered_codes(count: int, seed: int = 7) -> np.ndarray[Any, np.dtype[np.u
 def snapshot_build(entries: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        store = Store(root / "store.sqlite")
+        store = SqliteStore(root / "store.sqlite")
         store.create_bank("bench")
         codes = _clustered_codes(entries)
         started = time.perf_counter()

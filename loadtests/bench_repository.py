@@ -38,7 +38,7 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from hashsvc.home import DataHome  # noqa: E402
 from hashsvc.snapshot import load, publish  # noqa: E402
 from hashsvc.snapshot.s3 import S3Repository  # noqa: E402
-from hashsvc.store import NewEntry, Store  # noqa: E402
+from hashsvc.store import NewEntry, SqliteStore  # noqa: E402
 from loadtests.make_snapshot import BANK, build_home  # noqa: E402
 
 
@@ -90,7 +90,7 @@ def run(home: Path, entries: int, added: int, algorithm: str = "pdq") -> dict[st
         url = "s3://bench/hashsvc"
         publisher = S3Repository(url, cache_dir=home / "publisher-cache", endpoint_url=endpoint)
         replica = S3Repository(url, cache_dir=home / "replica-cache", endpoint_url=endpoint)
-        with Store(DataHome(home).store_path) as store:
+        with SqliteStore(DataHome(home).store_path) as store:
             first = publish(store, publisher)
             initial = _fetch(replica, first.version)
             width = 32 if algorithm == "pdq" else 16

@@ -54,7 +54,7 @@ from hashsvc_client import Client  # noqa: E402
 
 from hashsvc.errors import SnapshotError  # noqa: E402
 from hashsvc.snapshot import current_version, load_current  # noqa: E402
-from hashsvc.store import NewEntry, Store  # noqa: E402
+from hashsvc.store import NewEntry, SqliteStore  # noqa: E402
 from loadtests import loadgen, processes  # noqa: E402
 from loadtests.chaos_snapshots import BAD_SNAPSHOTS, bad_snapshots  # noqa: E402
 from loadtests.checks import Report, serve, wait_for  # noqa: E402
@@ -133,7 +133,7 @@ def _parser_busy(pid: int) -> bool:
 
 
 def _add_entries(home: Path, count: int, rng: random.Random) -> None:
-    with Store(home / "store.sqlite") as store:
+    with SqliteStore(home / "store.sqlite") as store:
         store.add_entries(BANK, (NewEntry("pdq", rng.randbytes(32), None) for _ in range(count)))
 
 

@@ -31,7 +31,7 @@ from hashsvc.hashing.algorithms import PDQ  # noqa: E402
 from hashsvc.hashing.imaging import Upload  # noqa: E402
 from hashsvc.home import DataHome  # noqa: E402
 from hashsvc.snapshot import publish  # noqa: E402
-from hashsvc.store import NewEntry, Store  # noqa: E402
+from hashsvc.store import NewEntry, SqliteStore  # noqa: E402
 from loadtests.bench_core import _clustered_codes  # noqa: E402
 from loadtests.loadgen import default_photo  # noqa: E402
 
@@ -50,7 +50,7 @@ def build_home(
     photo = photo or default_photo()
     photo_hash = PDQ.compute(Upload(photo.read_bytes()))
     codes = _clustered_codes(entries, seed=seed)
-    with Store(data_home.store_path) as store:
+    with SqliteStore(data_home.store_path) as store:
         store.create_bank(BANK, description="synthetic PDQ list for load tests", tags=["loadtest"])
         started = time.perf_counter()
         with store.bulk_add(BANK, expected=entries + 1) as adder:

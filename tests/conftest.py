@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from hashsvc.home import DataHome
-from hashsvc.store import Store
+from hashsvc.store import SqliteStore, Store, open_store
+from tests.postgres_server import ENV_SKIP, PostgresServer, find_binaries, running_postgres
 
 DATA = Path(
     os.environ.get("HASHSVC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -76,7 +77,34 @@ def home(tmp_path: Path) -> DataHome:
 
 @pytest.fixture
 def store(home: DataHome) -> Iterator[Store]:
-    with Store(home.store_path) as opened:
+    with SqliteStore(home.store_path) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (see tests/postgres_server.py).
+
+    Missing binaries fail the tests that need them (CI installs Debian's `postgresql`), unless
+    the environment says to skip them: a suite that silently skips a backend proves nothing."""
+    bin_dir = find_binaries()
+    if bin_dir is None:
+        message = "PostgreSQL not found in /usr/lib/postgresql/*/bin: apt-get install postgresql"
+        if os.environ.get(ENV_SKIP) == "1":
+            pytest.skip(f"{message} ({ENV_SKIP}=1)")
+        pytest.fail(f"{message}, or set {ENV_SKIP}=1 to skip these tests", pytrace=False)
+    with running_postgres(bin_dir) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, home: DataHome) -> Iterator[Store]:
+    """The same tests against every store backend, each in a fresh, empty store."""
+    if request.param == "sqlite":
+        target = str(home.store_path)
+    else:
+        target = request.getfixturevalue("postgres").new_database()
+    with open_store(target) as opened:
         yield opened
 
 

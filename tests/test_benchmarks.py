@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.postgres_server import PostgresServer
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,9 +26,10 @@ def test_core_benchmark_smoke() -> None:
     assert results["pdq-false-positives"]["pairs"] == 60 * 59 // 2
 
 
-def test_import_benchmark_smoke() -> None:
+def test_import_benchmark_smoke(postgres: PostgresServer) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "loadtests" / "bench_import.py"), "--smoke"],
+        [sys.executable, str(ROOT / "loadtests" / "bench_import.py"), "--smoke",
+         "--store", postgres.url()],
         capture_output=True, text=True, timeout=300, check=True,
     )
     report = json.loads(result.stdout.splitlines()[-1])
@@ -35,6 +38,7 @@ def test_import_benchmark_smoke() -> None:
     assert report["naive"]["hashes_per_second"] > 0 and report["ratio_vs_naive"] > 0
     assert report["hma_reference_adds_per_second"] == 150
     assert "naive csv + sqlite3" in result.stdout and "not measured" in result.stdout
+    assert report["postgres"]["hashes_per_second"] > 0 and "--store postgresql://" in result.stdout
 
 
 def test_snapshot_benchmark_smoke() -> None:

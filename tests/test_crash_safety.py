@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hashsvc.home import DataHome
 from hashsvc.snapshot import current_version, load_current, publish
-from hashsvc.store import NewEntry, Store
+from hashsvc.store import NewEntry, SqliteStore
 
 
 def _start_indexer(home: DataHome, *args: str) -> subprocess.Popen[bytes]:
@@ -37,7 +37,7 @@ def _kill_when(process: subprocess.Popen[bytes], condition: Callable[[], bool]) 
 
 def _seed(home: DataHome, entries: int) -> str:
     """A store with one published bank; returns the published version."""
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         store.create_bank("seed")
         store.add_entries("seed", (NewEntry("pdq", os.urandom(32), str(n)) for n in range(entries)))
         return publish(store, home.snapshots_dir).version
@@ -55,7 +55,7 @@ def test_sigkill_during_import_leaves_the_store_unchanged(home: DataHome, tmp_pa
     # Uncommitted pages reach the WAL once the page cache fills: the import is mid-way.
     _kill_when(process, lambda: wal.exists() and wal.stat().st_size > 8 * 2**20)
 
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         assert store.stats().entries == 100
     db = sqlite3.connect(home.store_path)
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -66,7 +66,7 @@ def test_sigkill_during_import_leaves_the_store_unchanged(home: DataHome, tmp_pa
 
 def test_sigkill_during_publish_leaves_current_intact(home: DataHome) -> None:
     version = _seed(home, 300_000)
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         store.add_entries("seed", [NewEntry("pdq", os.urandom(32), "new")])
 
     process = _start_indexer(home, "publish")
@@ -76,7 +76,7 @@ def test_sigkill_during_publish_leaves_current_intact(home: DataHome) -> None:
     assert current_version(snapshots) == version
     assert load_current(snapshots).entry_count == 300_000
     # The next publish clears the half-written directory and succeeds.
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         result = publish(store, snapshots)
     assert result.published and result.manifest["counts"]["entries"] == 300_001
     assert not any(p.name.startswith(".tmp-") for p in snapshots.iterdir())
@@ -99,7 +99,7 @@ def test_what_a_publish_killed_while_removing_versions_leaves_is_swept(home: Dat
     (tombstone / "manifest.json").unlink()
     (snapshots / "operator-notes").mkdir()  # not a version's name: not ours to delete
 
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         assert not publish(store, snapshots).published
     assert sorted(p.name for p in snapshots.iterdir() if p.is_dir()) == [
         version, "operator-notes"]
@@ -111,7 +111,7 @@ def test_old_versions_are_removed_through_tombstones(home: DataHome) -> None:
     copy made by hand is neither counted among the versions kept nor removed."""
     first = _seed(home, 10)
     shutil.copytree(home.snapshots_dir / first, home.snapshots_dir / "kept-by-hand")
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         versions = [publish(store, home.snapshots_dir, force=True, keep=2).version
                     for _ in range(3)]
     assert sorted(p.name for p in home.snapshots_dir.iterdir() if p.is_dir()) == [

@@ -1,8 +1,10 @@
-"""Store changes since a snapshot are matched at once, without a rebuild."""
+"""Store changes since a snapshot are matched at once, without a rebuild, on every store
+backend (the change feed is the store's)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from hashsvc.hashing.algorithms import HashValue
 from hashsvc.home import DataHome
@@ -12,6 +14,11 @@ from hashsvc.snapshot import load_current, publish
 from hashsvc.store import EntrySelector, NewEntry, Store
 
 RNG = np.random.default_rng(99)
+
+
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    return any_store
 
 
 def _code() -> bytes:

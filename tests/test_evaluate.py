@@ -15,7 +15,7 @@ from hashsvc import snapshot as snapshots
 from hashsvc.hashing.imaging import Upload
 from hashsvc.home import DataHome
 from hashsvc.scanner import Scanner
-from hashsvc.store import Store
+from hashsvc.store import SqliteStore
 from indexer.evaluation.hashing import HASHSVC_STRATEGIES, METHODS, Job, run_job
 from indexer.evaluation.metrics import pair_histogram, recall_curve
 from indexer.evaluation.transforms import BY_NAME, SUITE
@@ -66,7 +66,7 @@ def test_evaluation_verdicts_equal_the_scanners(home: DataHome) -> None:
     originals = sorted(PHOTOS.iterdir())[:4]
     names = ("pad_20", "crop_5", "rotate_90", "letterbox_20", "crop_5_offcentre", "blur")
     hashsvc = next(m for m in METHODS if m.name == "hashsvc")
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         store.create_bank("known", strategies=HASHSVC_STRATEGIES)
         _add_files(store, "known", originals)
         snapshots.publish(store, home.snapshots_dir)

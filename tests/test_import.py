@@ -15,7 +15,7 @@ import pytest
 
 from hashsvc.errors import HashsvcError, ImportFileError
 from hashsvc.home import DataHome
-from hashsvc.store import EntrySelector, Store
+from hashsvc.store import EntrySelector, SqliteStore, Store
 from indexer.hashlists import detect_format
 from indexer.importing import ImportReport, import_file
 from tests.conftest import run_indexer
@@ -210,7 +210,7 @@ def test_a_killed_import_leaves_no_process_behind_and_the_store_intact(
     run_indexer(home, "bank", "create", "list", check=True)
     run_indexer(home, "import", "list", str(_write(tmp_path / "one.txt", PDQ_A)), "--algorithm",
                 "pdq", check=True)
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         before = (store.revision(), store.stats().entries)
     importer = subprocess.Popen(
         [sys.executable, "-m", "indexer", "--home", str(home.root), "import", "list", str(path)],
@@ -236,7 +236,7 @@ def test_a_killed_import_leaves_no_process_behind_and_the_store_intact(
             importer.wait()
         for pid in filter(_alive, descendants):  # a failed run leaves nothing behind either
             os.kill(pid, signal.SIGKILL)
-    with Store(home.store_path) as store:  # opening it recovers the killed transaction's WAL
+    with SqliteStore(home.store_path) as store:  # opening it recovers the killed transaction's WAL
         assert (store.revision(), store.stats().entries) == before
     db = sqlite3.connect(home.store_path)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

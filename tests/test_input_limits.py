@@ -23,7 +23,7 @@ from hashsvc.errors import HashsvcError
 from hashsvc.home import DataHome
 from hashsvc.limits import LIMITS, check_metadata
 from hashsvc.snapshot import publish
-from hashsvc.store import EntrySelector, NewEntry, Store
+from hashsvc.store import EntrySelector, NewEntry, SqliteStore
 from tests.conftest import run_indexer
 from tests.server_process import ServerProcess
 
@@ -89,7 +89,7 @@ def test_import_names_each_hostile_line_and_stores_nothing(
     home: DataHome, hostile_list: Path
 ) -> None:
     run_indexer(home, "bank", "create", "list", check=True)
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         revision = store.revision()
     result = run_indexer(home, "import", "list", str(hostile_list))
     assert result.returncode == 3, result.stderr  # invalid input, as the CLI documents
@@ -100,7 +100,7 @@ def test_import_names_each_hostile_line_and_stores_nothing(
             line = next(x for x in result.stderr.splitlines() if f":{number}: " in x)
             assert words in line, line
             assert len(line) < 400  # a bounded prefix of the input, at most
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         assert (store.revision(), store.stats().entries) == (revision, 0)
 
 
@@ -113,7 +113,7 @@ def test_skip_invalid_keeps_the_good_line_and_lists_every_other(
                          "--rejects", str(rejects))
     assert "Traceback" not in result.stderr and "added 1," in result.stderr, result.stderr
     assert len(rejects.read_text().splitlines()) == len(HOSTILE) - 1
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         (entry,) = store.find_entries("list", EntrySelector(external_ids=["fine"]))
         assert entry.metadata == {"case": 1}
 
@@ -147,7 +147,7 @@ def test_add_images_checks_external_ids_like_every_other_path(
     result = run_indexer(home, "add-images", "folder", str(folder), "--algorithms", "md5")
     assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
     assert "skipped 'dddd" in result.stderr and "external id is 611 characters" in result.stderr
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         assert len(store.find_entries("folder", EntrySelector(external_ids=["odd-\\xff.png"]))) == 1
         assert store.stats().entries == 1
 
@@ -158,7 +158,7 @@ def test_add_images_checks_external_ids_like_every_other_path(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     home = tmp_path_factory.mktemp("limits")
-    with Store(home / "store.sqlite") as store:
+    with SqliteStore(home / "store.sqlite") as store:
         store.create_bank("first")
         store.create_bank("second")
         store.add_entries("first", [NewEntry("pdq", bytes.fromhex(_pdq(0)), "seed")])
@@ -278,7 +278,7 @@ def test_a_stored_entry_with_unrepresentable_metadata_is_still_reported(tmp_path
     """A store written by an older version (here: the row written directly) may hold metadata
     no protobuf Struct can carry; every scan matching it used to fail UNKNOWN."""
     home = tmp_path / "home"
-    with Store(home / "store.sqlite") as store:
+    with SqliteStore(home / "store.sqlite") as store:
         store.create_bank("old")
         store.add_entries("old", [NewEntry("pdq", bytes.fromhex(_pdq(60)), "old-1", {"k": 1}),
                                   NewEntry("pdq", bytes.fromhex(_pdq(61)), "old-2", {"k": 2})])
@@ -290,7 +290,7 @@ def test_a_stored_entry_with_unrepresentable_metadata_is_still_reported(tmp_path
         db.execute("UPDATE entries SET metadata = ? WHERE external_id = 'old-2'",
                    (json.dumps({"blob": "z" * (5 << 20)}),))  # 5 MB: over any client's 4 MB
     db.close()
-    with Store(home / "store.sqlite") as store:
+    with SqliteStore(home / "store.sqlite") as store:
         publish(store, home / "snapshots", force=True)
     with ServerProcess(home) as server, Client(
             server.target, api_key=server.keys["scanner"]) as scanner:

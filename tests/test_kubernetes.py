@@ -33,9 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES / "base"
 OVERLAY = KUBERNETES / "overlays" / "example"
-# Settings from Secrets that issue 13's store work adds (item 1); the server ignores it until
-# then. Remove it from here once it is a ServerConfig field.
-BACKEND_SETTINGS = {"HASHSVC_STORE"}
 # gRPC probes are GA (on by default) from 1.27; the newest release the package knows.
 VERSIONS = ("1.27", "1.37")
 
@@ -208,7 +205,7 @@ def test_pods_run_the_image_as_it_is_built_and_the_server_as_configured(
         known = {f"{config.ENV_PREFIX}{f.name.upper()}" for f in fields(ServerConfig)}
         for entry in container.get("env", []):
             if entry["name"].startswith(config.ENV_PREFIX):
-                assert entry["name"] in known | BACKEND_SETTINGS, entry["name"]
+                assert entry["name"] in known, entry["name"]
             ref = entry.get("valueFrom", {}).get("secretKeyRef")
             if ref and not ref.get("optional"):
                 assert ref["key"] in secrets[ref["name"]]["stringData"], entry

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hashsvc.audit import AuditLog
 from hashsvc.snapshot import publish
-from hashsvc.store import NewEntry, Store
+from hashsvc.store import NewEntry, SqliteStore
 from tests.conftest import IMAGES, PHOTOS
 from tests.server_process import ServerProcess
 from tests.test_server import BRIDGE_PDQ, _seed_bridge_bank
@@ -239,7 +239,7 @@ def test_several_workers_share_the_port_aggregate_metrics_and_restart(tmp_path: 
         assert len(audited) == calls and all(json.loads(line) for line in audited)
 
         # Hot reload reaches every worker.
-        with Store(home / "store.sqlite") as store:
+        with SqliteStore(home / "store.sqlite") as store:
             store.add_entries("bridge", [NewEntry("pdq", bytes(32), "zeros")])
             publish(store, home / "snapshots")
         deadline = time.monotonic() + 15

@@ -28,7 +28,7 @@ from hashsvc.home import DataHome
 from hashsvc.server.readiness import LIVENESS, SERVICES_BY_ROLE, Readiness
 from hashsvc.server.runtime import Runtime
 from hashsvc.snapshot import publish
-from hashsvc.store import NewEntry, Store
+from hashsvc.store import NewEntry, SqliteStore
 from tests.server_process import ServerProcess
 from tests.test_server import BRIDGE_PDQ, _seed_bridge_bank
 from tests.test_snapshot_reload import _copy, _point_current_at, _seed, _truncate_ids
@@ -93,14 +93,14 @@ def test_the_admin_role_administers_and_publishes_but_does_not_scan(tmp_path: Pa
 
 def test_a_scan_replica_is_not_ready_until_a_snapshot_is_published(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         store.create_bank("bridge")
         store.add_entries("bridge", [NewEntry("pdq", BRIDGE_PDQ, "bridge-orig")])
     with ServerProcess(home.root, "--role", "scan") as server:
         assert _health(server.target) == NOT_SERVING
         assert _health(server.target, LIVENESS) == SERVING  # alive: not to be restarted
         assert not (home.snapshots_dir / "current").exists()  # it published nothing itself
-        with Store(home.store_path) as store:
+        with SqliteStore(home.store_path) as store:
             publish(store, home.snapshots_dir)
         _wait_for_health(server.target, SERVING)
         with Client(server.target, api_key=server.keys["scanner"]) as client:

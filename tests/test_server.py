@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 from hashsvc.hashing.algorithms import PDQ
 from hashsvc.hashing.imaging import Upload
 from hashsvc.snapshot import publish
-from hashsvc.store import NewEntry, Store
+from hashsvc.store import NewEntry, SqliteStore
 from tests.conftest import BRIDGE_ORIGINAL, IMAGES, PHOTOS, hamming, png_header_only
 from tests.server_process import ServerProcess
 
@@ -40,7 +40,7 @@ BRIDGE_PDQ = PDQ.compute(Upload(BRIDGE_ORIGINAL.read_bytes())).value
 
 
 def _seed_bridge_bank(home: Path) -> None:
-    with Store(home / "store.sqlite") as store:
+    with SqliteStore(home / "store.sqlite") as store:
         store.create_bank("bridge", tags=["demo"])
         store.add_entries("bridge", [NewEntry("pdq", BRIDGE_PDQ, "bridge-orig", {"case": 7})])
         publish(store, home / "snapshots")
@@ -368,7 +368,7 @@ def test_hot_reload_under_concurrent_scans_has_no_failed_call(tmp_path: Path) ->
                 if round_ % 2:  # alternate: the admin API, and an external `indexer publish`
                     admin.publish()
                 else:
-                    with Store(home / "store.sqlite") as store:
+                    with SqliteStore(home / "store.sqlite") as store:
                         publish(store, home / "snapshots")
                 deadline = time.monotonic() + 10
                 while not any(m.external_id == f"round-{round_}"
@@ -417,7 +417,7 @@ def test_health_is_not_serving_until_a_snapshot_loads(tmp_path: Path) -> None:
         with Client(server.target, api_key=server.keys["scanner"]) as client, \
                 pytest.raises(Unavailable, match="no snapshot is loaded"):
             client.scan_hashes([("pdq", BRIDGE_PDQ)], timeout=3)
-        with Store(home / "store.sqlite") as store:
+        with SqliteStore(home / "store.sqlite") as store:
             publish(store, snapshots, force=True)
         deadline = time.monotonic() + 10
         while health.Check(check, timeout=5).status != health_pb2.HealthCheckResponse.SERVING:

@@ -26,7 +26,7 @@ from hashsvc.hashing.algorithms import HashValue
 from hashsvc.home import DataHome
 from hashsvc.server.runtime import Runtime
 from hashsvc.snapshot import publish
-from hashsvc.store import NewEntry, Store
+from hashsvc.store import NewEntry, SqliteStore
 from tests.server_process import ServerProcess
 from tests.test_snapshot_loading import resign
 
@@ -36,7 +36,7 @@ PASSES = 25  # watcher passes per step: a reload loop would load (or fail) on ev
 
 def _seed(home: DataHome) -> str:
     """A published store of 3 PDQ entries; returns the version."""
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         store.create_bank("known")
         store.add_entries("known", [NewEntry("pdq", KNOWN, "k0"),
                                     NewEntry("pdq", bytes([9]) * 32, "k1"),

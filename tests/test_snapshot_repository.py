@@ -29,7 +29,7 @@ from hashsvc.home import DataHome
 from hashsvc.server.runtime import Runtime
 from hashsvc.snapshot import publish
 from hashsvc.snapshot.s3 import S3Repository
-from hashsvc.store import NewEntry, Store
+from hashsvc.store import NewEntry, SqliteStore
 from tests.server_process import ServerProcess
 
 SECRET = "test-secret-never-logged-7f3a"  # if this shows up in any output, a credential leaked
@@ -80,14 +80,14 @@ def _repository(endpoint: str, bucket: str, cache: Path) -> S3Repository:
 
 
 def _seed(home: DataHome, entries: int = 50) -> None:
-    with Store(home.create().store_path) as store:
+    with SqliteStore(home.create().store_path) as store:
         store.create_bank("known")
         store.add_entries("known", [NewEntry("pdq", i.to_bytes(32, "big"), f"k{i}")
                                     for i in range(1, entries + 1)])
 
 
 def _publish(home: DataHome, repository: S3Repository, **options: Any) -> Any:
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         return publish(store, repository, **options)
 
 
@@ -131,7 +131,7 @@ def served(home: DataHome, s3_endpoint: str, bucket: str, tmp_path: Path
 
 
 def _add_md5(home: DataHome, count: int) -> None:
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         store.add_entries("known", [NewEntry("md5", bytes([i]) * 16, f"m{i}")
                                     for i in range(count)])
 

@@ -1,14 +1,28 @@
-"""The store: banks, entries, duplicates, transactions."""
+"""The store: banks, entries, duplicates, transactions, on every backend (`any_store`); the
+tests of SQLite's own index and upgrade machinery take `sqlite_store`."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hashsvc.errors import AlreadyExistsError, HashsvcError, InvalidHashError, NotFoundError
-from hashsvc.store import EntrySelector, NewEntry, Store
+from hashsvc.home import DataHome
+from hashsvc.store import EntrySelector, NewEntry, SqliteStore, Store, open_store
+
+
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    return any_store
+
+
+@pytest.fixture
+def sqlite_store(home: DataHome) -> Iterator[SqliteStore]:
+    with SqliteStore(home.store_path) as opened:
+        yield opened
 
 
 def _pdq(n: int) -> bytes:
@@ -84,36 +98,57 @@ def test_bulk_add_is_all_or_nothing(store: Store) -> None:
     assert store.revision() == revision
 
 
+def test_a_large_import_keeps_first_copies_and_rolls_back_whole(store: Store) -> None:
+    """`expected` above the rebuild threshold (indexes dropped and rebuilt, on both backends):
+    same duplicates, same first copies kept, same all-or-nothing as a small import."""
+    store.create_bank("a")
+    store.add_entries("a", [NewEntry("pdq", _pdq(n), f"old-{n}") for n in range(5)])
+    revision = store.revision()
+    with pytest.raises(RuntimeError), store.bulk_add("a", expected=1_000_000) as adder:
+        adder.add([NewEntry("pdq", _pdq(n)) for n in range(100)])
+        raise RuntimeError("crash in the middle of an import")
+    assert store.stats().entries == 5 and store.revision() == revision
+    with store.bulk_add("a", expected=1_000_000) as adder:
+        adder.add([NewEntry("pdq", _pdq(n % 700), f"ext-{n}") for n in range(1000)])
+    assert (adder.result.added, adder.result.duplicates) == (695, 305)
+    found = store.find_entries("a", EntrySelector(hashes=[("pdq", _pdq(3)), ("pdq", _pdq(9))]))
+    assert [e.external_id for e in found] == ["old-3", "ext-9"]
+    assert len(store.changes_since(revision).changed) == 695
+    result = store.add_entries("a", [NewEntry("pdq", _pdq(9)), NewEntry("pdq", _pdq(7_000))])
+    assert (result.added, result.duplicates) == (1, 1)  # the rebuilt unique index holds
+
+
 def _indexes(path: Path) -> list[tuple[str, str | None]]:
     with sqlite3.connect(path) as db:
         return db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"
                           " ORDER BY name").fetchall()
 
 
-def test_a_large_import_rebuilds_the_indexes_it_drops(store: Store) -> None:
+def test_a_large_import_rebuilds_the_indexes_it_drops(sqlite_store: SqliteStore) -> None:
     """`expected` above the threshold takes the drop-and-rebuild path: same results, same
     indexes afterwards, and a failure rolls the dropped indexes back with the rows."""
-    store.create_bank("a")
-    indexes = _indexes(store.path)
+    sqlite_store.create_bank("a")
+    indexes = _indexes(sqlite_store.path)
     assert any(name == "entries_by_external_id" for name, _ in indexes)
-    with pytest.raises(RuntimeError), store.bulk_add("a", expected=1_000_000) as adder:
+    with pytest.raises(RuntimeError), sqlite_store.bulk_add("a", expected=1_000_000) as adder:
         adder.add([NewEntry("pdq", _pdq(n)) for n in range(100)])
         raise RuntimeError("crash in the middle of an import")
-    assert _indexes(store.path) == indexes and store.stats().entries == 0
-    revision = store.revision()
-    with store.bulk_add("a", expected=1_000_000) as adder:
+    assert _indexes(sqlite_store.path) == indexes and sqlite_store.stats().entries == 0
+    revision = sqlite_store.revision()
+    with sqlite_store.bulk_add("a", expected=1_000_000) as adder:
         adder.add([NewEntry("pdq", _pdq(n % 700), f"ext-{n}") for n in range(1000)])
     assert (adder.result.added, adder.result.duplicates) == (700, 300)
-    assert _indexes(store.path) == indexes
-    assert [e.id for e in store.find_entries("a", EntrySelector(external_ids=["ext-5"]))] == [6]
-    assert len(store.changes_since(revision).changed) == 700
+    assert _indexes(sqlite_store.path) == indexes
+    assert [e.id for e in sqlite_store.find_entries(
+        "a", EntrySelector(external_ids=["ext-5"]))] == [6]
+    assert len(sqlite_store.changes_since(revision).changed) == 700
     # Again, now with hashes already in the bank: those are duplicates and keep their rows.
-    with store.bulk_add("a", expected=1_000_000) as adder:
+    with sqlite_store.bulk_add("a", expected=1_000_000) as adder:
         adder.add([NewEntry("pdq", _pdq(n), f"new-{n}") for n in range(690, 1_690)])
     assert (adder.result.added, adder.result.duplicates) == (990, 10)
-    assert [e.external_id for e in store.find_entries("a", EntrySelector(
+    assert [e.external_id for e in sqlite_store.find_entries("a", EntrySelector(
         hashes=[("pdq", _pdq(695)), ("pdq", _pdq(1_000))]))] == ["ext-695", "new-1000"]
-    assert _indexes(store.path) == indexes
+    assert _indexes(sqlite_store.path) == indexes
 
 
 # The entries table as schema 3 made it: uniqueness as a table constraint.
@@ -131,12 +166,12 @@ CREATE INDEX entries_by_changed_rev ON entries (changed_rev);
 """
 
 
-def test_a_version_3_store_is_upgraded_in_place(store: Store) -> None:
+def test_a_version_3_store_is_upgraded_in_place(sqlite_store: SqliteStore) -> None:
     """Schema 4 moves uniqueness into a named index, so that large imports can drop it: the
     table is rebuilt with every row and id, and duplicates are still refused."""
-    store.create_bank("a")
-    path = store.path
-    store.close()
+    sqlite_store.create_bank("a")
+    path = sqlite_store.path
+    sqlite_store.close()
     with sqlite3.connect(path) as db:  # as hashsvc left a store before schema 4
         db.executescript(f"DROP TABLE entries; {_V3_ENTRIES}"
                          " UPDATE meta SET value = '3' WHERE key = 'schema';")
@@ -144,7 +179,7 @@ def test_a_version_3_store_is_upgraded_in_place(store: Store) -> None:
                        " disabled) VALUES (?, 1, 'pdq', ?, ?, 1.0, ?)",
                        [(10, _pdq(1), "one", 0), (12, _pdq(2), "two", 1)])
     assert any(name.startswith("sqlite_autoindex_entries") for name, _ in _indexes(path))
-    with Store(path) as upgraded:
+    with SqliteStore(path) as upgraded:
         names = [name for name, _ in _indexes(path)]
         assert "entries_unique" in names
         assert not any(name.startswith("sqlite_autoindex_entries") for name in names)
@@ -176,7 +211,7 @@ def test_every_write_bumps_the_revision_and_survives_reopening(store: Store) -> 
     store.create_bank("a")
     store.add_entries("a", [NewEntry("pdq", _pdq(1), metadata={"source": "test"})])
     assert store.revision() == before + 2
-    reopened = Store(store.path)
+    reopened = open_store(store.target)
     entry = reopened.get_entry(1)
     assert (entry.bank, entry.metadata, entry.hash) == ("a", {"source": "test"}, _pdq(1))
     assert reopened.revision() == before + 2

@@ -19,7 +19,7 @@ from hashsvc.matching.delta import Delta
 from hashsvc.matching.strategies import MatchStrategies, parse_crop_list
 from hashsvc.matching.variants import content_box
 from hashsvc.scanner import Scanner, ScanOptions
-from hashsvc.store import EntrySelector, NewEntry, Store
+from hashsvc.store import EntrySelector, NewEntry, SqliteStore, Store
 from indexer.folders import hash_file
 from tests.conftest import PHOTOS, hamming, run_indexer
 
@@ -188,14 +188,14 @@ def test_strategies_are_validated_and_persisted(store: Store) -> None:
 
 
 def test_a_version_2_store_is_upgraded_in_place(home: DataHome) -> None:
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         store.create_bank("old")
         store.add_entries("old", [NewEntry("pdq", bytes(32), "x")])
     db = sqlite3.connect(home.store_path)  # make it look as a v2 hashsvc left it
     db.executescript("ALTER TABLE entries DROP COLUMN variant; ALTER TABLE banks DROP COLUMN "
                      "strategies; UPDATE meta SET value = '2' WHERE key = 'schema';")
     db.close()
-    with Store(home.store_path) as store:
+    with SqliteStore(home.store_path) as store:
         (entry,) = store.find_entries("old", _by_name_text("x"))
         assert entry.variant == "" and store.get_bank("old").strategies == MatchStrategies()
         store.update_bank("old", strategies=MatchStrategies(trim_borders=True))

@@ -18,9 +18,10 @@ from hashsvc.server.keyfile import load_keys
 from hashsvc.server.ports import refuse_if_in_use
 from hashsvc.snapshot import publish
 from hashsvc.snapshot.repository import open_repository
-from hashsvc.store import Store
+from hashsvc.store import open_store
 
 log = logging.getLogger("hashsvc.server")
+STARTUP_PUBLISH_WAIT = 120.0  # seconds the first publish at start waits for another publisher
 
 
 def serve(config: ServerConfig) -> int:
@@ -52,18 +53,23 @@ def prepare(config: ServerConfig) -> None:
     snapshots = open_repository(
         config.resolved_snapshots, cache_dir=config.resolved_snapshot_cache,
         endpoint_url=config.s3_endpoint_url or None)
-    try:
-        current = snapshots.current_version()
-    except RepositoryUnavailableError:
-        if snapshots.fallback() is None:
-            raise  # nothing to serve and perhaps a wrong bucket: a one-line error, exit 3
-        log.warning("snapshot repository unavailable at start; serving the newest cached "
-                    "snapshot", extra={"repository": snapshots.location})
-        return
-    if current is None:
-        with Store(config.data_home.store_path) as store:
-            result = publish(store, snapshots)
-        log.info("no snapshot yet: published one from the store", extra={"version": result.version})
+    # Opened even when there is nothing to publish: a wrong or unreachable store URL stops the
+    # start here, in one line, and its schema is migrated before any worker opens it.
+    with open_store(config.store_target) as store:
+        try:
+            current = snapshots.current_version()
+        except RepositoryUnavailableError:
+            if snapshots.fallback() is None:
+                raise  # nothing to serve and perhaps a wrong bucket: a one-line error, exit 3
+            log.warning("snapshot repository unavailable at start; serving the newest cached "
+                        "snapshot", extra={"repository": snapshots.location})
+            return
+        if current is None:
+            # Another node may be publishing into the shared store right now: wait for it
+            # (bounded) rather than fail the start; it is done in seconds.
+            result = publish(store, snapshots, lock_wait=STARTUP_PUBLISH_WAIT)
+            log.info("no snapshot yet: published one from the store",
+                     extra={"version": result.version})
 
 
 def _ensure_keys(config: ServerConfig) -> None:

@@ -41,7 +41,7 @@ from hashsvc.server.readiness import SERVICES_BY_ROLE, Readiness
 from hashsvc.snapshot import Snapshot, load
 from hashsvc.snapshot.cache import FetchStats
 from hashsvc.snapshot.repository import open_repository
-from hashsvc.store import Store
+from hashsvc.store import open_store
 
 log = logging.getLogger("hashsvc.runtime")
 
@@ -53,7 +53,7 @@ class Runtime:
             config.resolved_snapshots, cache_dir=config.resolved_snapshot_cache,
             endpoint_url=config.s3_endpoint_url or None,
             poll_interval=config.snapshot_poll_interval)
-        self.store = Store(config.data_home.store_path)
+        self.store = open_store(config.store_target)
         self.scanner = Scanner(limits=config.limits, fast_pdq=config.scan_fast_pdq)
         self.audit = AuditLog(config.resolved_audit_log, all_scans=config.audit_all_scans)
         self.health = health.HealthServicer(experimental_non_blocking=True)

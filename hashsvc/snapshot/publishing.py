@@ -38,18 +38,21 @@ from hashsvc.store import Store
 
 
 def publish(
-    store: Store, repository: SnapshotRepository | Path, *, force: bool = False, keep: int = 3
+    store: Store, repository: SnapshotRepository | Path, *, force: bool = False, keep: int = 3,
+    lock_wait: float = 0.0,
 ) -> PublishResult:
     """Build a snapshot of `store` and make it current, unless nothing changed (or `force`).
 
     `repository` is a snapshot repository, or the path of a local one. Safe against concurrent
-    publishers on one machine (the repository's lock) and against a crash at any instant
-    (temporary directory, fsync, rename; the pointer switched last).
+    publishers (the store's single-writer lock, which with PostgreSQL spans machines and fails at
+    once naming its holder, or waits `lock_wait` seconds for it; then the repository's own lock)
+    and against a crash at any instant (temporary directory, fsync, rename; the pointer switched
+    last).
     """
     started = time.perf_counter()
     if isinstance(repository, Path):
         repository = LocalRepository(repository)
-    with repository.publishing() as staging_root:
+    with store.writer_lock("publish", wait=lock_wait), repository.publishing() as staging_root:
         revision = store.revision()
         current = repository.current_version()
         if current is not None and not force:

@@ -28,6 +28,7 @@ from hashsvc.snapshot.cache import FetchStats
 from hashsvc.snapshot.loading import current_version, list_versions, version_dir
 from hashsvc.snapshot.manifest import read_manifest
 from hashsvc.snapshot.model import CURRENT, MANIFEST
+from hashsvc.store.base import redact
 
 TMP_PREFIX = ".tmp-"
 _TOMBSTONE_PREFIX = ".deleting-"
@@ -97,14 +98,6 @@ def open_repository(location: str | Path, *, cache_dir: Path, endpoint_url: str 
         raise HashsvcError(f"snapshot repository {redact(text)}: only a directory or "
                            f"s3://bucket/prefix is supported")
     return LocalRepository(Path(text))
-
-
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
-
-
-def redact(text: str) -> str:
-    """`text` with any URL's user:password@ removed, for logs and errors."""
-    return _USERINFO.sub("***@", text)
 
 
 class LocalRepository:

@@ -36,7 +36,8 @@ from hashsvc.errors import (
 from hashsvc.snapshot.cache import FetchStats, SnapshotCache
 from hashsvc.snapshot.manifest import parse_manifest
 from hashsvc.snapshot.model import MANIFEST
-from hashsvc.snapshot.repository import VERSION_NAME, TransferStats, redact
+from hashsvc.snapshot.repository import VERSION_NAME, TransferStats
+from hashsvc.store.base import redact
 
 try:
     import boto3

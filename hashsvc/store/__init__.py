@@ -1,6 +1,8 @@
-"""The source of truth: banks and their entries (see `model` for the types every backend speaks,
-`sqlite` for the embedded default)."""
+"""The source of truth: banks and their entries (see `base` for the interface every backend
+speaks and `open_store`, `model` for its types, `sqlite` for the embedded default and `postgres`
+for a shared PostgreSQL database)."""
 
+from hashsvc.store.base import BulkAdder, Store, is_postgres, open_store, redact
 from hashsvc.store.model import (
     BANK_KINDS,
     AddResult,
@@ -15,11 +17,10 @@ from hashsvc.store.model import (
     validate_name,
     validate_thresholds,
 )
-from hashsvc.store.sqlite import SCHEMA_VERSION, Store
-from hashsvc.store.sqlite_bulk import BulkAdder
+from hashsvc.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 __all__ = [
     "BANK_KINDS", "SCHEMA_VERSION", "AddResult", "Bank", "BankKind", "BulkAdder", "Entry",
-    "EntryRow", "EntrySelector", "NewEntry", "Store", "StoreChanges", "StoreStats",
-    "validate_name", "validate_thresholds",
+    "EntryRow", "EntrySelector", "NewEntry", "SqliteStore", "Store", "StoreChanges",
+    "StoreStats", "is_postgres", "open_store", "redact", "validate_name", "validate_thresholds",
 ]

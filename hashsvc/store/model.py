@@ -7,13 +7,14 @@ types, and a second backend must speak the same ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from hashsvc.errors import HashsvcError
 from hashsvc.hashing.algorithms import get_algorithm
-from hashsvc.limits import LIMITS, check_name, check_text, quote
+from hashsvc.limits import LIMITS, check_name, check_tags, check_text, quote
 from hashsvc.matching.strategies import PLAIN, MatchStrategies
 
 BankKind = Literal["match", "allowlist"]
@@ -137,3 +138,28 @@ def _validate_kind(kind: str) -> BankKind:
     return kind
 
 
+
+
+def bank_changes(
+    name: str, *, new_name: str | None, description: str | None, kind: str | None,
+    enabled: bool | None, tags: Iterable[str] | None, thresholds: dict[str, int] | None,
+    strategies: MatchStrategies | None,
+) -> dict[str, Any]:
+    """The checked columns `update_bank` writes (JSON text where a backend keeps JSON), for
+    the fields given only: what every backend validates the same way before writing."""
+    changes: dict[str, Any] = {}
+    if new_name is not None and new_name != name:
+        changes["name"] = validate_name(new_name)
+    if description is not None:
+        changes["description"] = _validate_description(description)
+    if kind is not None:
+        changes["kind"] = _validate_kind(kind)
+    if enabled is not None:
+        changes["enabled"] = enabled
+    if tags is not None:
+        changes["tags"] = json.dumps(check_tags(tags))
+    if thresholds is not None:
+        changes["thresholds"] = json.dumps(validate_thresholds(thresholds))
+    if strategies is not None:
+        changes["strategies"] = strategies.to_json()
+    return changes

@@ -21,6 +21,7 @@ from typing import Any
 from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
 from hashsvc.limits import LIMITS, check_tags, check_text, quote
 from hashsvc.matching.strategies import MatchStrategies
+from hashsvc.store.base import redact
 from hashsvc.store.model import (
     AddResult,
     Bank,
@@ -31,10 +32,11 @@ from hashsvc.store.model import (
     StoreStats,
     _validate_description,
     _validate_kind,
+    bank_changes,
     validate_name,
     validate_thresholds,
 )
-from hashsvc.store.sqlite_bulk import REVISION_SQL, BulkAdder
+from hashsvc.store.sqlite_bulk import REVISION_SQL, SqliteBulkAdder
 
 SCHEMA_VERSION = 4
 _ENTRIES_V4 = """
@@ -82,7 +84,7 @@ CREATE INDEX IF NOT EXISTS removed_entries_by_rev ON removed_entries (rev);
 
 
 
-class Store:
+class SqliteStore:
     """Banks and entries in one SQLite file. Thread-safe.
 
     Writes go through one connection behind a lock; reads use a second connection with its own
@@ -152,12 +154,27 @@ class Store:
                 " WHERE key = 'schema'; COMMIT;"
             )
 
+    @property
+    def target(self) -> str:
+        return str(self.path)
+
+    @property
+    def location(self) -> str:
+        return redact(self.path)
+
+    @contextmanager
+    def writer_lock(self, name: str, *, wait: float = 0.0) -> Iterator[None]:
+        """Nothing to take: a SQLite file serves one machine, where the publisher's own lock on
+        the snapshot directory already makes publishers take turns (waiting, as they always
+        have)."""
+        yield
+
     def close(self) -> None:
         with self._lock, self._read_lock:
             self._db.close()
             self._reader.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> SqliteStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -266,21 +283,11 @@ class Store:
         thresholds, kind and tags apply to scans from the next snapshot; extra hashes of known
         images already added are not recomputed (re-add the images to get them)."""
         bank = self.get_bank(name)
-        changes: dict[str, Any] = {}
-        if new_name is not None and new_name != name:
-            changes["name"] = validate_name(new_name)
-        if description is not None:
-            changes["description"] = _validate_description(description)
-        if kind is not None:
-            changes["kind"] = _validate_kind(kind)
-        if enabled is not None:
-            changes["enabled"] = int(enabled)
-        if tags is not None:
-            changes["tags"] = json.dumps(check_tags(tags))
-        if thresholds is not None:
-            changes["thresholds"] = json.dumps(validate_thresholds(thresholds))
-        if strategies is not None:
-            changes["strategies"] = strategies.to_json()
+        changes = bank_changes(name, new_name=new_name, description=description, kind=kind,
+                               enabled=enabled, tags=tags, thresholds=thresholds,
+                               strategies=strategies)
+        if "enabled" in changes:
+            changes["enabled"] = int(changes["enabled"])
         if not changes:
             return bank
         changes["updated_at"] = time.time()
@@ -310,18 +317,18 @@ class Store:
     # ---- entries -----------------------------------------------------------------------------
 
     @contextmanager
-    def bulk_add(self, bank_name: str, *, expected: int = 0) -> Iterator[BulkAdder]:
+    def bulk_add(self, bank_name: str, *, expected: int = 0) -> Iterator[SqliteBulkAdder]:
         """Add many entries in one transaction: all of them land, or (on any error) none do.
 
         `expected` (an estimate of the rows to come) lets a large import into a small store
         rebuild the secondary indexes once instead of updating them row by row.
         """
         bank = self.get_bank(bank_name)
-        adder: BulkAdder | None = None
+        adder: SqliteBulkAdder | None = None
         with self._lock:
             try:
                 with self._write() as db:
-                    adder = BulkAdder(db, bank.id, expected=expected)
+                    adder = SqliteBulkAdder(db, bank.id, expected=expected)
                     yield adder
                     adder.finish()
             finally:
@@ -460,10 +467,17 @@ _CHUNK = 500  # selector items per statement: far below SQLite's bound-variable 
 
 
 def _selector_sql(
-    bank_id: int, selector: EntrySelector, alias: str = "e."
+    bank_id: int, selector: EntrySelector, alias: str = "e.", mark: str = "?"
 ) -> Iterator[tuple[str, tuple[Any, ...]]]:
     """WHERE clauses covering `selector`, a bounded number of items each; `alias` is "" where
-    SQLite allows no table alias."""
+    SQLite allows no table alias; `mark` is the driver's placeholder (PostgreSQL's is %s)."""
+    for where, args in _selector_clauses(bank_id, selector, alias):
+        yield (where if mark == "?" else where.replace("?", mark)), args
+
+
+def _selector_clauses(
+    bank_id: int, selector: EntrySelector, alias: str
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
     if selector.is_empty():
         raise HashsvcError("select entries by id, external id or hash")
     prefix = f"WHERE {alias}bank_id = ? AND "

@@ -17,7 +17,7 @@ _INDEX_BYTES_PER_ROW = 96  # cache for a large import: the UNIQUE index, ~60 B a
 _MAX_CACHE_BYTES = 2 << 30
 
 
-class BulkAdder:
+class SqliteBulkAdder:
     """Adds entries inside an open transaction (see `Store.bulk_add`), counting duplicates.
 
     Random hashes make every insert a random B-tree update of each index on `entries`. When the

@@ -12,8 +12,9 @@ from indexer.commands import (
     match,
     publish,
     stats,
+    store,
 )
 
 COMMANDS: tuple[ModuleType, ...] = (
-    bank, import_list, add_images, entries, publish, stats, hash_files, match, evaluate,
+    bank, import_list, add_images, entries, publish, stats, store, hash_files, match, evaluate,
 )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from hashsvc.errors import HashsvcError
 from hashsvc.home import DataHome, keep_private
-from hashsvc.store import Bank, Store
+from hashsvc.store import Bank, Store, is_postgres, redact
+from hashsvc.store import open_store as open_store_at
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -29,15 +32,30 @@ def add_command(
     return parser
 
 
+STORE_ENV = "HASHSVC_STORE"
+
+
+def store_url(args: argparse.Namespace) -> str | None:
+    """The PostgreSQL store given by --store or $HASHSVC_STORE, if any (else: the home's
+    SQLite file). May hold a password: never print it (`hashsvc.store.redact`)."""
+    url = getattr(args, "store", None) or os.environ.get(STORE_ENV) or None
+    if url is not None and not is_postgres(url):
+        raise HashsvcError(f"--store (or ${STORE_ENV}) must be a postgresql:// URL, got "
+                           f"{redact(url)!r}; the SQLite store is <home>/store.sqlite")
+    return url
+
+
 def home(args: argparse.Namespace, *, create: bool = False) -> DataHome:
-    """The data home; it must exist unless `create` (only `bank create` starts a new one)."""
+    """The data home; it must exist unless `create` (only `bank create` starts a new one). With
+    a PostgreSQL store the home only holds snapshots, and is made when first needed."""
     keep_private()
     found = DataHome.resolve(args.home)
-    return found.create() if create else found.require()
+    return found.create() if create or store_url(args) else found.require()
 
 
 def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
-    return Store(home(args, create=create).store_path)
+    url = store_url(args)
+    return open_store_at(url if url else home(args, create=create).store_path)
 
 
 def when_served(bank: Bank) -> str:

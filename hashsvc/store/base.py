@@ -1,0 +1,122 @@
+"""The one interface every store backend speaks, and `open_store`, which picks the backend.
+
+Why a Protocol: the server, the indexer and the snapshot publisher must not care whether the
+banks live in the embedded SQLite file or in a shared PostgreSQL database. Both backends keep the
+same promises: every write is one transaction that bumps the revision; an import lands whole or
+not at all; a hash is in a bank once (duplicates are counted, not stored); entries changed after a
+revision are reported by `changes_since`, which is what servers' live deltas are built from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+from hashsvc.matching.strategies import MatchStrategies
+from hashsvc.store.model import (
+    AddResult,
+    Bank,
+    Entry,
+    EntryRow,
+    EntrySelector,
+    NewEntry,
+    StoreChanges,
+    StoreStats,
+)
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class BulkAdder(Protocol):
+    """Adds entries inside a store's open import transaction (see `Store.bulk_add`); the
+    counts are final in `result` once the `bulk_add` block has ended."""
+
+    result: AddResult
+
+    def add(self, entries: Iterable[EntryRow]) -> object: ...
+
+
+class Store(Protocol):
+    """Banks and entries, whatever engine keeps them. Implementations are thread-safe."""
+
+    @property
+    def target(self) -> str:
+        """What `open_store` takes to open this store again (may hold a password: never log)."""
+        ...
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages and logs: a path, or a URL with no password."""
+        ...
+
+    def close(self) -> None: ...
+    def __enter__(self) -> Store: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def revision(self) -> int: ...
+
+    def create_bank(
+        self, name: str, *, description: str = "", kind: str = "match",
+        tags: Iterable[str] = (), thresholds: dict[str, int] | None = None,
+        enabled: bool = True, strategies: MatchStrategies | None = None,
+    ) -> Bank: ...
+
+    def get_bank(self, name: str) -> Bank: ...
+    def list_banks(self) -> list[Bank]: ...
+
+    def update_bank(
+        self, name: str, *, new_name: str | None = None, description: str | None = None,
+        kind: str | None = None, enabled: bool | None = None, tags: Iterable[str] | None = None,
+        thresholds: dict[str, int] | None = None, strategies: MatchStrategies | None = None,
+    ) -> Bank: ...
+
+    def delete_bank(self, name: str) -> int: ...
+
+    def bulk_add(
+        self, bank_name: str, *, expected: int = 0
+    ) -> AbstractContextManager[BulkAdder]: ...
+
+    def add_entries(self, bank_name: str, entries: Iterable[NewEntry]) -> AddResult: ...
+    def get_entry(self, entry_id: int) -> Entry: ...
+    def find_entries(self, bank_name: str, selector: EntrySelector) -> list[Entry]: ...
+
+    def set_disabled(
+        self, bank_name: str, selector: EntrySelector, disabled: bool, reason: str | None = None
+    ) -> int: ...
+
+    def remove_entries(self, bank_name: str, selector: EntrySelector) -> int: ...
+    def iter_active_entries(self, batch: int = 100_000) -> Iterator[list[tuple[Any, ...]]]: ...
+    def changes_since(self, revision: int) -> StoreChanges: ...
+    def stats(self) -> StoreStats: ...
+
+    def writer_lock(self, name: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
+        """Hold the single-writer lock `name` (e.g. "publish") across every process using this
+        store; raise a `HashsvcError` naming the holder if it is not free within `wait` s."""
+        ...
+
+
+def is_postgres(target: str | Path) -> bool:
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+_PASSWORD_IN_NETLOC = re.compile(r"(://[^/@:]*:)[^/@]*@")
+_PASSWORD_PARAM = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
+
+
+def redact(target: str | Path) -> str:
+    """`target` fit for a log line or an error: a URL's password replaced by ***."""
+    text = str(target)
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_NETLOC.sub(r"\1***@", text))
+
+
+def open_store(target: str | Path) -> Store:
+    """The store at `target`: a `postgresql://` URL, else the path of a SQLite file."""
+    if is_postgres(target):
+        from hashsvc.store.postgres import PostgresStore  # psycopg only when it is used
+
+        return PostgresStore(str(target))
+    from hashsvc.store.sqlite import SqliteStore
+
+    return SqliteStore(Path(target))
