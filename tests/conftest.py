@@ -19,6 +19,7 @@ from PIL import Image
 from hashsvc.home import DataHome
 from hashsvc.store import SqliteStore, Store, open_store
 from tests.postgres_server import ENV_SKIP, PostgresServer, find_binaries, running_postgres
+from tests.s3_server import aws_credentials, moto_server
 
 DATA = Path(
     os.environ.get("HASHSVC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -95,6 +96,20 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.fail(f"{message}, or set {ENV_SKIP}=1 to skip these tests", pytrace=False)
     with running_postgres(bin_dir) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def aws_environment() -> Iterator[None]:
+    """Throwaway S3 credentials in the environment for a module (tests/s3_server.py)."""
+    with aws_credentials():
+        yield
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(aws_environment: None) -> Iterator[str]:
+    """An S3-compatible server on 127.0.0.1 for a module (moto; tests/s3_server.py)."""
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

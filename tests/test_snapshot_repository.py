@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,6 @@ from typing import Any
 import boto3
 import pytest
 from hashsvc_client import Client
-from moto.server import ThreadedMotoServer
 from prometheus_client import REGISTRY
 
 from hashsvc.config import ServerConfig
@@ -30,49 +26,17 @@ from hashsvc.server.runtime import Runtime
 from hashsvc.snapshot import publish
 from hashsvc.snapshot.s3 import S3Repository
 from hashsvc.store import NewEntry, SqliteStore
+from tests.s3_server import SECRET, new_bucket, start_moto
 from tests.server_process import ServerProcess
 
-SECRET = "test-secret-never-logged-7f3a"  # if this shows up in any output, a credential leaked
 PASSES = 10  # watcher passes per step: a retry loop would fetch (or fail) on every one
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-@pytest.fixture(scope="module", autouse=True)
-def aws_environment() -> Iterator[None]:
-    """Credentials for moto (it accepts any); servers started by the tests inherit them."""
-    saved = dict(os.environ)
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET,
-                       "AWS_DEFAULT_REGION": "us-east-1"})
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-def _bucket(endpoint: str) -> str:
-    name = f"snapshots-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
-    return name
+pytestmark = pytest.mark.usefixtures("aws_environment")
 
 
 @pytest.fixture
 def bucket(s3_endpoint: str) -> str:
-    return _bucket(s3_endpoint)
+    return new_bucket(s3_endpoint)
 
 
 def _repository(endpoint: str, bucket: str, cache: Path) -> S3Repository:
@@ -210,11 +174,8 @@ def test_a_damaged_object_is_refused_and_the_old_version_keeps_serving(
 def test_an_unreachable_bucket_leaves_the_replica_serving_and_says_so(
     home: DataHome, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    bucket = _bucket(endpoint)
+    server, endpoint = start_moto()
+    bucket = new_bucket(endpoint)
     _seed(home)
     first = _publish(home, _repository(endpoint, bucket, tmp_path / "publisher-cache"))
     replica = _replica(home, endpoint, bucket, tmp_path / "replica-cache")
