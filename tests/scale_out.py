@@ -26,6 +26,7 @@ class Cluster:
     endpoint: str
     bucket: str
     admin: ServerProcess
+    replica_flags: tuple[str, ...] = ()  # more `hashsvc serve` flags for every replica
     replicas: list[ServerProcess] = field(default_factory=list)
 
     @property
@@ -43,7 +44,7 @@ class Cluster:
         replica = ServerProcess(
             home, *SCAN_FLAGS, "--store", self.store, "--snapshots", self.snapshots,
             "--s3-endpoint-url", self.endpoint, "--keys-file", str(self.admin.home / "keys.toml"),
-            keys={})
+            *self.replica_flags, keys={})
         self.replicas.append(replica)
         return replica
 
@@ -53,7 +54,8 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(store: str, endpoint: str, root: Path, replicas: int) -> Iterator[Cluster]:
+def running_cluster(store: str, endpoint: str, root: Path, replicas: int,
+                    replica_flags: tuple[str, ...] = ()) -> Iterator[Cluster]:
     """The admin (publishing to a new bucket at `endpoint`) and `replicas` scan replicas, on
     the PostgreSQL store at `store`; all stopped afterwards. S3 credentials come from the
     environment (tests/s3_server.py's `aws_credentials`)."""
@@ -62,7 +64,7 @@ def running_cluster(store: str, endpoint: str, root: Path, replicas: int) -> Ite
     admin = ServerProcess(root / "admin", "--role", "admin", "--store", store,
                           "--snapshots", snapshots, "--s3-endpoint-url", endpoint,
                           "--snapshot-poll-interval", "0.2")
-    running = Cluster(root, store, snapshots, endpoint, bucket, admin)
+    running = Cluster(root, store, snapshots, endpoint, bucket, admin, replica_flags)
     try:
         for _ in range(replicas):
             running.start_replica()

@@ -28,6 +28,7 @@ import pytest
 from hashsvc_client import Client, ServerError
 
 from hashsvc.home import DataHome
+from loadtests.bench_freshness import measure
 from loadtests.processes import descendants
 from tests.conftest import run_indexer
 from tests.postgres_server import PostgresServer
@@ -212,6 +213,16 @@ def test_a_replica_started_later_catches_up(cluster: Cluster) -> None:
     assert _matches(late, cluster.scan_key, _pdq(7)) == ["known-7"]
     _wait_until(lambda: _matches(late, cluster.scan_key, _pdq(7 * 10**6)) == ["after-publish"],
                 "the late replica applies the change made since the publish")
+
+
+def test_the_freshness_benchmark_watches_every_replica(cluster: Cluster) -> None:
+    """loadtests/bench_freshness.py's measurement, on this cluster (its --replicas mode starts
+    the same topology, tests/scale_out.py)."""
+    targets = [replica.target for replica in cluster.live]
+    result = measure(cluster.admin.target, cluster.admin_key, rounds=1, channels=1,
+                     scan_targets=targets)
+    assert result["replicas"] == len(targets)
+    assert result["add_visible"]["max_ms"] >= 0 and result["disable_visible"]["max_ms"] >= 0
 
 
 def test_a_replica_killed_under_load_costs_no_failed_call(cluster: Cluster) -> None:
