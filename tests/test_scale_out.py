@@ -25,9 +25,10 @@ from typing import Any
 
 import boto3
 import pytest
-from hashsvc_client import Client, ServerError
+from hashsvc_client import Client, FailedPrecondition, HashsvcClientError
 
 from hashsvc.home import DataHome
+from hashsvc.store import open_store
 from loadtests.bench_freshness import measure
 from loadtests.processes import descendants
 from tests.conftest import run_indexer
@@ -37,6 +38,7 @@ from tests.server_process import ServerProcess
 
 HANG_GUARD = 120.0  # seconds: a hang guard for every wait, never a timing assertion
 SCANS_UNDER_LOAD = 300  # calls the balancing client makes while a replica is killed
+LOADERS = 4  # threads making them
 
 
 def _pdq(number: int) -> str:
@@ -181,6 +183,27 @@ def test_two_concurrent_publishes_never_interleave(cluster: Cluster, tmp_path: P
     command = [sys.executable, "-m", "indexer", "--home", str(home.root), "--store",
                cluster.store, "publish", "--force", "--snapshots", cluster.snapshots,
                "--s3-endpoint-url", cluster.endpoint]
+    s3 = boto3.client("s3", endpoint_url=cluster.endpoint)
+
+    def pointer() -> str:
+        return str(s3.get_object(Bucket=cluster.bucket, Key="hashsvc/current")["Body"]
+                   .read().decode().strip())
+
+    # While another process publishes (here: this one, holding the lock), neither the admin's
+    # PublishSnapshot nor `indexer publish` starts one: both say who holds it; nothing moves.
+    before = pointer()
+    holder = f"pid {os.getpid()}"
+    with open_store(cluster.store) as store, store.writer_lock("publish"):
+        with Client(cluster.admin.target, api_key=cluster.admin_key) as admin, \
+                pytest.raises(FailedPrecondition) as busy:
+            admin.publish(force=True)
+        assert "holds the publish lock" in str(busy.value) and holder in str(busy.value)
+        refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert "holds the publish lock" in refused.stderr and holder in refused.stderr
+        assert pointer() == before
+
+    # Two at once: each either publishes a whole version of its own or is refused the same way.
     results: list[subprocess.CompletedProcess[str]] = []
 
     def run() -> None:
@@ -192,16 +215,12 @@ def test_two_concurrent_publishes_never_interleave(cluster: Cluster, tmp_path: P
     for thread in threads:
         thread.join()
     published = [json.loads(r.stdout)["version"] for r in results if r.returncode == 0]
-    for result in results:  # one may have found the other holding the lock: it says so
+    for result in results:
         if result.returncode != 0:
-            assert "Traceback" not in result.stderr
-            assert "another process holds the publish lock" in result.stderr, result.stderr
+            assert "holds the publish lock" in result.stderr, result.stderr
     assert published and len(set(published)) == len(published)
-    # The pointer names a complete version, which every replica loads.
-    s3 = boto3.client("s3", endpoint_url=cluster.endpoint)
-    current = s3.get_object(Bucket=cluster.bucket, Key="hashsvc/current")["Body"].read()
-    assert current.decode().strip() in published
-    _all_serve(cluster, current.decode().strip())
+    assert pointer() in published  # the pointer names a complete version, which all load
+    _all_serve(cluster, pointer())
 
 
 def test_a_replica_started_later_catches_up(cluster: Cluster) -> None:
@@ -228,16 +247,32 @@ def test_the_freshness_benchmark_watches_every_replica(cluster: Cluster) -> None
 def test_a_replica_killed_under_load_costs_no_failed_call(cluster: Cluster) -> None:
     replicas = cluster.live[:3]
     target = ",".join(replica.target for replica in replicas)
-    failures: list[ServerError] = []
-    with Client(target, api_key=cluster.scan_key) as client:
-        for call in range(SCANS_UNDER_LOAD):
-            if call == SCANS_UNDER_LOAD // 3:  # the whole replica dies without a word
-                victim = replicas[0]
-                for pid in (victim.pid, *descendants(victim.pid)):
-                    os.kill(pid, signal.SIGKILL)
+    failures: list[HashsvcClientError] = []
+    done = 0
+    counted = threading.Condition()
+
+    def scan(client: Client, calls: int) -> None:
+        nonlocal done
+        for _ in range(calls):
             try:
                 assert client.scan_hashes([("pdq", _pdq(7))]).matched
-            except ServerError as error:
+            except HashsvcClientError as error:
                 failures.append(error)
+            with counted:
+                done += 1
+                counted.notify_all()
+
+    with Client(target, api_key=cluster.scan_key) as client:
+        threads = [threading.Thread(target=scan, args=(client, SCANS_UNDER_LOAD // LOADERS))
+                   for _ in range(LOADERS)]  # several calls in flight when the replica dies
+        for thread in threads:
+            thread.start()
+        with counted:
+            assert counted.wait_for(lambda: done >= SCANS_UNDER_LOAD // 3, timeout=HANG_GUARD)
+        victim = replicas[0]  # the whole replica dies without a word
+        for pid in (victim.pid, *descendants(victim.pid)):
+            os.kill(pid, signal.SIGKILL)
+        for thread in threads:
+            thread.join(timeout=HANG_GUARD)
     victim.stop()
-    assert failures == []
+    assert done == SCANS_UNDER_LOAD and failures == []
