@@ -117,6 +117,9 @@ def kill_imports(report: Report, home: Path, args: argparse.Namespace, rng: rand
         section = f"import kill {round_ + 1} ({trigger}" + (
             f" {delay:.2f} s)" if trigger == "delay" else ")")
         listing.unlink()
+        if trigger != "delay":  # a kill that waited for the parser must have found it at work
+            report.check(section, "killed while the parser was busy", not finished,
+                         "the import finished first: the trigger never fired" if finished else "")
         left = leftovers(process.pid, args.orphan_grace)
         report.check(section, "no process left running", not left,
                      f"{len(left)} left (pids {left}), killed now" if left else "")
@@ -128,7 +131,7 @@ def kill_imports(report: Report, home: Path, args: argparse.Namespace, rng: rand
 
 
 def _parser_busy(pid: int) -> bool:
-    return any(processes.cpu_seconds(child) >= 0.5 and "spawn_main" in
+    return any(processes.cpu_seconds(child) >= 0.5 and "parser_process" in
                processes.command_line(child) for child in processes.descendants(pid))
 
 

@@ -75,6 +75,7 @@ def test_chaos_kills_publishes_and_bad_snapshots(tmp_path: Path) -> None:
     failed = "\n".join(f"  {c['section']}: {c['check']}: {c['detail']}"
                        for c in report["checks"] if not c["ok"])
     assert not failed, f"chaos checks failed:\n{failed}"
+    assert any(c["check"] == "killed while the parser was busy" for c in report["checks"])
     assert code == 0, output
     assert report["publishes_under_load"]["calls"] > 0
 
