@@ -227,3 +227,14 @@ def test_large_selectors_are_applied_in_chunks(store: Store) -> None:
     assert store.set_disabled("a", selector, True) == 2250
     assert store.remove_entries("a", selector) == 2250
     assert store.stats().entries == 750
+
+
+def test_wait_for_change_is_a_hint_and_the_revision_the_truth(store: Store) -> None:
+    """Whatever a wait returns (SQLite has no notifications: it sleeps and says False), a
+    revision read after it sees every committed write, which is what a watcher relies on."""
+    before = store.revision()
+    store.create_bank("a")
+    woken = store.wait_for_change(0.01)
+    if isinstance(store, SqliteStore):
+        assert woken is False
+    assert store.revision() == before + 1

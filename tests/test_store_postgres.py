@@ -226,3 +226,79 @@ def test_a_postgres_restart_costs_the_calls_made_meanwhile_not_written_data(
             postgres.start()
         assert store.revision() == revision and store.stats().entries == 10
         assert store.add_entries("a", [NewEntry("pdq", _code(99))]).added == 1
+
+
+def _terminate_listeners(url: str) -> int:
+    """Kill every LISTENing backend of the database, as a network fault or a restart would."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%%'").fetchall()
+    return len(rows)
+
+
+def test_a_write_in_one_store_wakes_a_waiter_on_another(postgres: PostgresServer) -> None:
+    """Every committed write NOTIFYs: a watcher on another connection wakes at once, rather
+    than at its next reload interval. Only a notification returns True (a timeout is False),
+    so the 600 s is a hang guard, not a time the test depends on."""
+    url = postgres.new_database()
+    with PostgresStore(url) as writer, PostgresStore(url) as watcher:
+        assert watcher.wait_for_change(0) is False  # now LISTENing; nothing has happened
+        writer.create_bank("a")
+        assert watcher.wait_for_change(600) is True
+        assert watcher.revision() == writer.revision()
+        writer.add_entries("a", [NewEntry("pdq", _code(n), f"e{n}") for n in range(3)])
+        writer.set_disabled("a", EntrySelector(external_ids=("e1",)), True)
+        assert watcher.wait_for_change(600) is True  # two commits, one wake-up or two
+        watcher.wait_for_change(0)  # whatever is left of them
+        assert watcher.revision() == writer.revision()
+        with pytest.raises(HashsvcError):  # a rolled-back write notifies no one
+            writer.create_bank("a")
+        assert watcher.wait_for_change(0.5) is False
+
+
+def test_a_missed_notification_costs_latency_not_the_change(postgres: PostgresServer) -> None:
+    """The listening connection killed: the change it missed is still in the log (the revision
+    read finds it), a wait after the fault reports no wake-up instead of raising, and the next
+    wait listens again, so later changes wake it as before."""
+    url = postgres.new_database()
+    with PostgresStore(url) as writer, PostgresStore(url) as watcher:
+        writer.create_bank("a")
+        watcher.wait_for_change(0)
+        before = watcher.revision()
+        assert _terminate_listeners(url) == 1
+        assert writer.add_entries("a", [NewEntry("pdq", _code(5), "missed")]).added == 1
+        assert watcher.wait_for_change(0.1) is False  # the fault is absorbed, not raised
+        assert watcher.revision() == before + 1  # the backstop: the change is in the log
+        missed = watcher.find_entries("a", EntrySelector(external_ids=("missed",)))
+        assert watcher.changes_since(before).changed == {e.id for e in missed}
+        watcher.wait_for_change(0)  # listening again
+        writer.create_bank("heard")
+        assert watcher.wait_for_change(600) is True
+
+
+def test_a_server_whose_listener_dies_still_applies_changes(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """`hashsvc serve` on PostgreSQL with its LISTEN connection killed under it: a disable made
+    by another process still reaches its scans, through the revision read every interval."""
+    url = postgres.new_database()
+    home = tmp_path / "home"
+    home.mkdir()
+    value = _code(78)
+    with ServerProcess(home, "--store", url) as server, \
+            Client(server.target, api_key=server.keys["admin"]) as admin:
+        admin.create_bank("known")
+        admin.add_entries("known", [(("pdq", value), "k78", None)])
+        admin.publish()
+        for _ in range(600):  # hang guard: until the watcher is LISTENing, then kill it
+            if _terminate_listeners(url):
+                break
+            time.sleep(0.1)
+        with PostgresStore(url) as other:
+            assert other.set_disabled("known", EntrySelector(external_ids=("k78",)), True) == 1
+        for _ in range(600):  # hang guard; each pass is a real scan
+            if not admin.scan_hashes([("pdq", value)]).matches:
+                break
+            time.sleep(0.1)
+        assert not admin.scan_hashes([("pdq", value)]).matches

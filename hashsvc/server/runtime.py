@@ -18,6 +18,8 @@ and reports the seconds since its last good read.
 
 Freshness: on the same tick the watcher reads the store's revision; when it has moved, the
 entries changed since the snapshot become a new `Delta` (see delta.py), swapped in the same way.
+A store that notifies its changes (PostgreSQL: LISTEN/NOTIFY) wakes the watcher at once; the
+revision read on every tick stays the truth, so a missed notification costs at most one interval.
 An admin call that changes entries refreshes its own worker's delta before it returns.
 """
 
@@ -209,7 +211,12 @@ class Runtime:
         self._entry_labels = labels
 
     def _watch(self) -> None:
-        while not self._stopping.wait(self.config.reload_interval):
+        # Woken early by a store that notifies its changes (PostgreSQL's LISTEN/NOTIFY); every
+        # pass reads the revision anyway, so a missed notification costs one interval at most.
+        while not self._stopping.is_set():
+            self.store.wait_for_change(self.config.reload_interval)
+            if self._stopping.is_set():
+                break
             self.tick()
 
     def next_poll_wait(self) -> float:

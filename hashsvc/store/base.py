@@ -57,6 +57,12 @@ class Store(Protocol):
     def __exit__(self, *exc: object) -> None: ...
     def revision(self) -> int: ...
 
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block until another write may have changed the store (True) or `timeout` seconds
+        pass (False). A hint to wake a watcher early, never the truth: it may miss a change
+        or wake for none, so a caller reads `revision()` after every wait either way."""
+        ...
+
     def create_bank(
         self, name: str, *, description: str = "", kind: str = "match",
         tags: Iterable[str] = (), thresholds: dict[str, int] | None = None,

@@ -51,6 +51,7 @@ from hashsvc.store.model import (
 )
 from hashsvc.store.postgres_bulk import PostgresBulkAdder
 from hashsvc.store.postgres_lock import advisory_writer_lock
+from hashsvc.store.postgres_notify import CHANNEL, ChangeListener
 from hashsvc.store.postgres_schema import migrate
 from hashsvc.store.sqlite import _selector_sql
 
@@ -104,6 +105,7 @@ class PostgresStore:
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url, kwargs=self._kwargs, min_size=1, max_size=POOL_SIZE, open=True,
             name="hashsvc-store", check=ConnectionPool.check_connection, timeout=pool_wait)
+        self._listener = ChangeListener(self._connect, self._location)  # opened on first wait
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
@@ -122,6 +124,7 @@ class PostgresStore:
         return self._location
 
     def close(self) -> None:
+        self._listener.close()
         self._pool.close()
 
     def __enter__(self) -> PostgresStore:
@@ -153,6 +156,8 @@ class PostgresStore:
                 "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'revision'"
                 " RETURNING value::bigint").fetchone()
             assert row is not None
+            # Delivered at commit, only if it commits: a listener's wake-up (postgres_notify.py).
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(row[0])))
             yield conn, int(row[0])
 
     @contextmanager
@@ -168,6 +173,9 @@ class PostgresStore:
 
     def revision(self) -> int:
         return int(self._rows("SELECT value FROM meta WHERE key = 'revision'")[0][0])
+
+    def wait_for_change(self, timeout: float) -> bool:
+        return self._listener.wait(timeout)
 
     # ---- banks -------------------------------------------------------------------------------
 

@@ -205,6 +205,12 @@ class SqliteStore:
             row = self._reader.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
         return int(row[0])
 
+    def wait_for_change(self, timeout: float) -> bool:
+        """SQLite has no notifications to wait for: the timeout passes, and the caller reads
+        the revision (a local file, so that read is cheap)."""
+        time.sleep(timeout)
+        return False
+
     # ---- banks -------------------------------------------------------------------------------
 
     def create_bank(
