@@ -46,6 +46,7 @@ from hashsvc.snapshot.repository import open_repository
 from hashsvc.store import open_store
 
 log = logging.getLogger("hashsvc.runtime")
+_MIN_TICK_GAP = 0.02  # seconds between watcher passes woken by store notifications
 
 
 class Runtime:
@@ -213,10 +214,15 @@ class Runtime:
     def _watch(self) -> None:
         # Woken early by a store that notifies its changes (PostgreSQL's LISTEN/NOTIFY); every
         # pass reads the revision anyway, so a missed notification costs one interval at most.
+        # A burst of writes wakes it once per commit, so passes are kept `_MIN_TICK_GAP` apart:
+        # the burst costs a few delta rebuilds, not one per write.
+        last = 0.0
         while not self._stopping.is_set():
             self.store.wait_for_change(self.config.reload_interval)
-            if self._stopping.is_set():
+            gap = _MIN_TICK_GAP - (time.monotonic() - last)
+            if (gap > 0 and self._stopping.wait(gap)) or self._stopping.is_set():
                 break
+            last = time.monotonic()
             self.tick()
 
     def next_poll_wait(self) -> float:
