@@ -109,6 +109,15 @@ class StoreStats:
     served_by_bank_algorithm: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+def bank_from_row(row: Sequence[Any]) -> Bank:
+    """A bank from the columns every backend selects, in this order: id, name, description,
+    kind, enabled, tags, thresholds, created_at, updated_at, entry count, strategies."""
+    return Bank(id=row[0], name=row[1], description=row[2], kind=row[3], enabled=bool(row[4]),
+                tags=tuple(json.loads(row[5])), thresholds=json.loads(row[6]),
+                created_at=row[7], updated_at=row[8], entry_count=row[9],
+                strategies=MatchStrategies.from_json(row[10]))
+
+
 def validate_name(name: str, what: str = "bank name") -> str:
     return check_name(name, what)
 

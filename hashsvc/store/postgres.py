@@ -46,6 +46,7 @@ from hashsvc.store.model import (
     _validate_description,
     _validate_kind,
     bank_changes,
+    bank_from_row,
     validate_name,
     validate_thresholds,
 )
@@ -217,13 +218,7 @@ class PostgresStore:
             " b.created_at, b.updated_at,"
             " (SELECT COUNT(*) FROM entries e WHERE e.bank_id = b.id), b.strategies"
             f" FROM banks b {where} ORDER BY b.name COLLATE \"C\"", args)
-        return [
-            Bank(id=r[0], name=r[1], description=r[2], kind=r[3], enabled=r[4],
-                 tags=tuple(json.loads(r[5])), thresholds=json.loads(r[6]),
-                 created_at=r[7], updated_at=r[8], entry_count=r[9],
-                 strategies=MatchStrategies.from_json(r[10]))
-            for r in rows
-        ]
+        return [bank_from_row(r) for r in rows]
 
     def update_bank(
         self, name: str, *, new_name: str | None = None, description: str | None = None,

@@ -33,6 +33,7 @@ from hashsvc.store.model import (
     _validate_description,
     _validate_kind,
     bank_changes,
+    bank_from_row,
     validate_name,
     validate_thresholds,
 )
@@ -260,13 +261,7 @@ class SqliteStore:
         )
         with self._read_lock:
             rows = self._reader.execute(sql, args).fetchall()
-        return [
-            Bank(id=r[0], name=r[1], description=r[2], kind=r[3], enabled=bool(r[4]),
-                 tags=tuple(json.loads(r[5])), thresholds=json.loads(r[6]),
-                 created_at=r[7], updated_at=r[8], entry_count=r[9],
-                 strategies=MatchStrategies.from_json(r[10]))
-            for r in rows
-        ]
+        return [bank_from_row(r) for r in rows]
 
     def update_bank(
         self,
