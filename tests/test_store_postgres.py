@@ -103,6 +103,32 @@ def test_migrations_record_the_version_and_refuse_a_newer_database(
         open_store(url)
 
 
+def test_schema_2_moves_the_hash_to_the_front_of_the_unique_index_and_keeps_the_entries(
+    postgres: PostgresServer,
+) -> None:
+    """A database at schema 1 (as the first release made it) is upgraded in place: same rows,
+    the unique index now leads with the hash, and duplicates are still refused."""
+    from hashsvc.store.postgres_schema import MIGRATIONS
+
+    url = postgres.new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute(MIGRATIONS[0].encode())
+        conn.execute("INSERT INTO meta (key, value) VALUES ('schema', '1')")
+        conn.execute("INSERT INTO banks (name, kind, created_at, updated_at)"
+                     " VALUES ('a', 'match', 0, 0)")
+        conn.execute("INSERT INTO entries (bank_id, algorithm, hash, external_id, added_at)"
+                     " SELECT id, 'md5', %s, 'x', 0 FROM banks", (bytes(16),))
+    with open_store(url) as store:
+        again = store.add_entries("a", [NewEntry("md5", bytes(16), "y")])
+        assert (again.added, again.duplicates) == (0, 1)
+    with psycopg.connect(url, autocommit=True) as conn:
+        definition = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'entries_unique'").fetchone()
+        assert definition is not None and "(hash, bank_id, algorithm)" in str(definition[0])
+        assert conn.execute("SELECT count(*) FROM entries").fetchone() == (1,)
+
+
 def test_the_indexer_runs_on_postgres_import_to_snapshot(
     postgres: PostgresServer, home: DataHome, tmp_path: Path
 ) -> None:

@@ -46,7 +46,7 @@ _INSERT_STAGED = (
 )
 _COPY_ENTRIES = (b"COPY entries (algorithm, hash, external_id, metadata, variant, bank_id,"
                  b" added_at, changed_rev) FROM STDIN")
-_UNIQUE = b"CREATE UNIQUE INDEX entries_unique ON entries (bank_id, algorithm, hash)"
+_UNIQUE = b"CREATE UNIQUE INDEX entries_unique ON entries (hash, bank_id, algorithm)"  # schema 2
 _REBUILT = (  # after the unique index, which is built first (it may need a second try)
     b"ALTER TABLE entries ADD CONSTRAINT entries_pkey PRIMARY KEY (id)",
     b"CREATE INDEX entries_by_external_id ON entries (bank_id, external_id)",

@@ -50,6 +50,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX removed_entries_by_rev ON removed_entries (rev);
     INSERT INTO meta (key, value) VALUES ('revision', '0');
     """,
+    # 2: the unique index leads with the hash. The same uniqueness, but a comparison is decided
+    # by the first column (random bytes) instead of walking two columns that are equal across a
+    # bank: building it after a 1M-row import took 3.2-4.3 s against 9.5-10 s (load ~12).
+    """
+    DROP INDEX entries_unique;
+    CREATE UNIQUE INDEX entries_unique ON entries (hash, bank_id, algorithm);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
