@@ -85,8 +85,7 @@ class Matcher:
 
     def __init__(self, snapshot: Snapshot, delta: Delta | None = None) -> None:
         self.snapshot = snapshot
-        self.delta = delta if delta is not None else Delta(
-            revision=int(snapshot.manifest.get("store_revision", 0)))
+        self.delta = delta if delta is not None else Delta.for_snapshot(snapshot)
         self._tombstones = self.delta.tombstones
         self._bank_index = {bank.name: i for i, bank in enumerate(snapshot.banks)}
         # thresholds[algorithm][bank index]: each bank's threshold, so filtering is one lookup.
