@@ -77,7 +77,7 @@ def run(home: Path, entries: int, layer: int, rounds: int) -> dict[str, Any]:
         codes = rng.integers(0, 256, size=(layer, 32), dtype=np.uint8)
         for i in range(min(20, layer)):  # near the known photo: the layer reports matches too
             bits = np.unpackbits(np.frombuffer(known, dtype=np.uint8))
-            bits[rng.choice(256, size=i, replace=False)] ^= 1
+            bits[rng.choice(256, size=i + 1, replace=False)] ^= 1
             codes[i] = np.packbits(bits)
         store.add_entries(BANK, [NewEntry("pdq", row.tobytes(), f"layer-{i}")
                                  for i, row in enumerate(codes)])

@@ -106,16 +106,18 @@ def test_layered_versions_match_exactly_what_full_snapshots_match(
 
     # 1. Adds: new PDQ hashes (some near needles), MD5s, and an allowlisted hash.
     store.add_entries("known", [NewEntry("pdq", code, f"h{1000 + i}")
-                                for i, code in enumerate(HAYSTACK[1000:1100])]
+                                for i, code in enumerate(HAYSTACK[1000:1230])]
                       + [NewEntry("pdq", _flip(code, 5), f"near{i}")
                          for i, code in enumerate(NEEDLES[:30])]
                       + [NewEntry("md5", digest, f"photo{20 + i}")
-                         for i, digest in enumerate(MD5S[20:])])
+                         for i, digest in enumerate(MD5S[20:30])])
     store.add_entries("benign", [NewEntry("pdq", HAYSTACK[40], "stock")])
     first = _check_same_as_full(store, home, tmp_path, "adds")
     changed = store.changes_since(base.manifest["store_revision"]).changed
     assert first["format"] == LAYERED_FORMAT and first["layer"]["tombstones"] == len(changed)
-    assert len(changed) > 140  # the adds, less the duplicates the store refused
+    assert len(changed) > 250  # the adds, less the duplicates the store refused
+    # Large enough that its PDQ side table is searched through a multi-index hash.
+    assert _served(store, home.snapshots_dir).delta.layer["pdq"].index is not None
     names = set(first["files"])
     assert {n for n in names if not n.startswith("layer.")} == set(base.manifest["files"])
     for name, entry in base.manifest["files"].items():  # the base's files, byte for byte
