@@ -6,10 +6,13 @@
 
 Builds a PDQ bank shaped like a real list (make_snapshot.py), starts moto's S3 server on
 127.0.0.1 (the local stand-in for S3), publishes the snapshot to it, and has a replica fetch and
-load it from an empty cache. Then adds `--added` PDQ entries, republishes, and has the replica
-fetch the new version: the bytes uploaded and downloaded the second time, against the snapshot's
-size, are the cost of a small change. Per file, it says which ones changed. Prints one JSON
-object. (moto keeps objects in memory: 1M entries need about 1 GB of RAM for it.)
+load it from an empty cache. Then adds `--added` PDQ entries, republishes (a small change: a
+layered version, the base's files plus a changes layer), and has the replica fetch the new
+version: the bytes uploaded and downloaded the second time, against the snapshot's size, are the
+cost of a small change. Side by side, the baseline: the same store state published in full (a
+compaction, `publish --force`; what every publish did before layers), fetched by the same
+replica. Per file, it says which ones changed. Prints one JSON object. (moto keeps objects in
+memory: 1M entries need about 1 GB of RAM for it.)
 """
 
 from __future__ import annotations
@@ -100,13 +103,15 @@ def run(home: Path, entries: int, added: int, algorithm: str = "pdq") -> dict[st
                                      for i, row in enumerate(codes)])
             second = publish(store, publisher)
             changed = _fetch(replica, second.version)
+            full = publish(store, publisher, force=True)
+            compacted = _fetch(replica, full.version)
     finally:
         server.stop()
     versions = home / "replica-cache" / "versions"
-    reuse = {f"{size >> 10}KiB": _chunk_reuse(versions / first.version, versions / second.version,
+    reuse = {f"{size >> 10}KiB": _chunk_reuse(versions / first.version, versions / full.version,
                                               size) for size in (1 << 20, 64 << 10)}
     old, new = first.manifest["files"], second.manifest["files"]
-    snapshot_bytes = sum(entry["bytes"] for entry in new.values())
+    snapshot_bytes = sum(entry["bytes"] for entry in full.manifest["files"].values())
     return {
         "entries": entries, "added": added, "added_algorithm": algorithm,
         "snapshot_files": len(new),
@@ -118,8 +123,16 @@ def run(home: Path, entries: int, added: int, algorithm: str = "pdq") -> dict[st
         "second_publish": {"uploaded_objects": second.uploaded_objects,
                            "uploaded_bytes": second.uploaded_bytes,
                            "seconds": round(second.seconds, 2)},
+        "second_layered": "layer" in second.manifest,
         "second_fetch": changed,
-        "second_fetch_share_of_snapshot": round(changed["downloaded_bytes"] / snapshot_bytes, 3),
+        "second_fetch_share_of_snapshot": round(changed["downloaded_bytes"] / snapshot_bytes, 6),
+        "full_publish": {"uploaded_objects": full.uploaded_objects,
+                         "uploaded_bytes": full.uploaded_bytes,
+                         "seconds": round(full.seconds, 2)},
+        "full_fetch": compacted,
+        "full_fetch_share_of_snapshot": round(compacted["downloaded_bytes"] / snapshot_bytes, 3),
+        "layered_over_full_downloaded_bytes": round(
+            changed["downloaded_bytes"] / compacted["downloaded_bytes"], 6),
         "reusable_share_if_chunked": reuse,
         "unchanged_files": sorted(name for name, entry in new.items()
                                   if old.get(name, {}).get("sha256") == entry["sha256"]),

@@ -8,10 +8,11 @@ import pytest
 
 from hashsvc.hashing.algorithms import HashValue
 from hashsvc.home import DataHome
-from hashsvc.matching.delta import Delta
+from hashsvc.matching.delta import INDEX_FROM, Delta, DeltaEntry, DeltaTable
 from hashsvc.matching.matcher import Matcher, Query
 from hashsvc.snapshot import load_current, publish
 from hashsvc.store import EntrySelector, NewEntry, Store
+from tests.conftest import REFERENCE
 
 RNG = np.random.default_rng(99)
 
@@ -28,7 +29,7 @@ def _code() -> bytes:
 def _matcher(store: Store, home: DataHome) -> Matcher:
     snapshot = load_current(home.snapshots_dir)
     changes = store.changes_since(int(snapshot.manifest["store_revision"]))
-    return Matcher(snapshot, Delta.build(changes, store.list_banks()))
+    return Matcher(snapshot, Delta.for_snapshot(snapshot, changes, store.list_banks()))
 
 
 def _ids(matcher: Matcher, code: bytes) -> list[str | None]:
@@ -70,7 +71,14 @@ def test_publish_folds_the_delta_into_the_snapshot(store: Store, home: DataHome)
     publish(store, home.snapshots_dir)
     store.add_entries("bank", [NewEntry("pdq", code, "x")])
     assert len(_matcher(store, home).delta) == 1
-    publish(store, home.snapshots_dir)
+    # A small change is published as a layer: the store has nothing newer for the delta, and
+    # the side table is the layer's (what it costs a scan: README "Scaling out").
+    layered = publish(store, home.snapshots_dir)
+    assert "layer" in layered.manifest
+    assert not store.changes_since(layered.manifest["store_revision"]).changed
+    matcher = _matcher(store, home)
+    assert len(matcher.delta) == 1 and _ids(matcher, code) == ["x"]
+    publish(store, home.snapshots_dir, force=True)  # a compaction folds everything in
     matcher = _matcher(store, home)
     assert len(matcher.delta) == 0 and not matcher.delta.tombstones
     assert _ids(matcher, code) == ["x"]
@@ -93,3 +101,24 @@ def test_exact_hashes_in_the_delta(store: Store, home: DataHome) -> None:
     matches = _matcher(store, home).match([Query(HashValue("md5", digest))]).matches
     assert [(m.external_id, m.distance) for m in matches] == [("file", 0)]
     assert not _matcher(store, home).match([Query(HashValue("md5", bytes(16)))]).matches
+
+
+def test_a_large_side_table_is_indexed_and_finds_the_same() -> None:
+    """PDQ side tables of INDEX_FROM entries or more (a layer's) are searched by the multi-index
+    kernel; on Meta's reference haystack it finds what NumPy finds, hidden entries left out."""
+    hashes = REFERENCE / "hashes"
+    haystack = [bytes.fromhex(line) for line in (hashes / "haystack.txt").read_text().split()]
+    needles = [bytes.fromhex(line) for line in (hashes / "needles.txt").read_text().split()]
+    codes = np.frombuffer(b"".join(haystack), dtype=np.uint8).reshape(-1, 32)
+    entries = [DeltaEntry(i, "bank", None, None) for i in range(len(haystack))]
+    indexed = DeltaTable.make(codes, entries)
+    plain = DeltaTable(codes, entries)
+    assert len(haystack) >= INDEX_FROM and indexed.index is not None and plain.index is None
+    found = 0
+    for query in needles + haystack[::50]:
+        for radius in (0, 31, 70):
+            assert sorted(indexed.within(query, radius)) == sorted(plain.within(query, radius))
+            found += len(plain.within(query, radius))
+    assert found > 0
+    hidden = indexed.hiding(frozenset({0, 5}))
+    assert [i for i, _ in hidden.within(haystack[5], 0)] == [] and len(hidden) == len(entries) - 2

@@ -21,9 +21,11 @@ from hashsvc_client import Client
 from prometheus_client import REGISTRY
 
 from hashsvc.config import ServerConfig
+from hashsvc.hashing.algorithms import HashValue
 from hashsvc.home import DataHome
+from hashsvc.matching.matcher import Query
 from hashsvc.server.runtime import Runtime
-from hashsvc.snapshot import publish
+from hashsvc.snapshot import load, publish
 from hashsvc.snapshot.s3 import S3Repository
 from hashsvc.store import NewEntry, SqliteStore
 from tests.s3_server import SECRET, new_bucket, start_moto
@@ -141,6 +143,33 @@ def test_a_small_change_moves_only_the_objects_that_changed(
     assert _sample("hashsvc_snapshot_fetched_objects_total") - downloaded == len(changed)
 
 
+def test_new_pdq_hashes_move_only_the_layer(
+    served: tuple[Runtime, S3Repository, Any], home: DataHome
+) -> None:
+    """New PDQ hashes change every PDQ index file; published as a layer, none of them moves."""
+    replica, repository, first = served
+    downloaded = _sample("hashsvc_snapshot_fetched_bytes_total")
+    code = bytes(range(32))
+    with SqliteStore(home.store_path) as store:
+        store.add_entries("known", [NewEntry("pdq", code, "new")])
+    second = _publish(home, repository)
+    moved = {name for name, entry in second.manifest["files"].items()
+             if entry not in first.manifest["files"].values()}
+    assert moved and all(name.startswith("layer.") for name in moved)
+    # Files with the same bytes (two empty string tables, say) are one object.
+    layer_bytes = sum({second.manifest["files"][name]["sha256"]: second.manifest["files"][name][
+        "bytes"] for name in moved}.values())
+    assert second.uploaded_bytes == layer_bytes
+    assert replica.reload()
+    assert _sample("hashsvc_snapshot_fetched_bytes_total") - downloaded == layer_bytes
+    with SqliteStore(home.store_path) as store:  # the replica's store has no newer change
+        assert not store.changes_since(second.manifest["store_revision"]).changed
+    matcher = replica.scanner.matcher
+    assert matcher is not None
+    hits = matcher.match([Query(HashValue("pdq", code))]).matches
+    assert [m.external_id for m in hits] == ["new"]
+
+
 @pytest.mark.parametrize(("damage", "reason"), [("corrupt", "corrupt"), ("truncate", "partial"),
                                                 ("delete", "missing")])
 def test_a_damaged_object_is_refused_and_the_old_version_keeps_serving(
@@ -246,6 +275,13 @@ def test_garbage_collection_keeps_what_the_pointer_and_keep_need(
         f"hashsvc/manifests/{r.version}.json" for r in kept}
     used = set().union(*(_digests(r.manifest) for r in kept))
     assert set(_keys(s3_endpoint, bucket, "objects/")) == {f"hashsvc/objects/{d}" for d in used}
+    # The first publish was the base of the layered ones after it: its manifest is gone, its
+    # files are not (the kept versions name them), and a new replica loads the newest.
+    assert "layer" not in results[0].manifest and all("layer" in r.manifest for r in kept)
+    assert _digests(results[0].manifest) <= used
+    fresh = _repository(s3_endpoint, bucket, tmp_path / "fresh-cache")
+    with fresh.checkout(kept[-1].version) as (directory, _):
+        assert load(directory).entry_count == kept[-1].manifest["counts"]["entries"]
     # A pointer naming an old version keeps it and its objects, whatever `keep` says.
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     client.put_object(Bucket=bucket, Key="hashsvc/current", Body=f"{kept[0].version}\n".encode())
@@ -318,11 +354,15 @@ def test_the_repository_benchmark_smoke() -> None:
     """loadtests/bench_repository.py, as the README runs it, at 20,000 entries."""
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(root / "loadtests" / "bench_repository.py"),
-                           "--smoke", "--algorithm", "md5"],
+                           "--smoke"],
                           capture_output=True, text=True, timeout=300, check=True)
     report = json.loads(done.stdout)
     second = report["second_fetch"]
     assert second["entries"] == report["first_fetch"]["entries"] + 10
     assert second["downloaded_objects"] == report["second_publish"]["uploaded_objects"]
-    assert second["reused_objects"] > 0 and 0 < report["second_fetch_share_of_snapshot"] < 1
-    assert "pdq.mih.codes.npy" in report["unchanged_files"]
+    # New PDQ hashes: a layer, and only its files move; the full republish moves the index.
+    assert report["second_layered"] and "pdq.mih.codes.npy" in report["unchanged_files"]
+    assert all(name.startswith("layer.") for name in report["changed_files"])
+    assert 0 < report["second_fetch_share_of_snapshot"] < 0.05
+    assert report["full_fetch"]["entries"] == second["entries"]
+    assert report["layered_over_full_downloaded_bytes"] < 0.05

@@ -85,8 +85,7 @@ class Matcher:
 
     def __init__(self, snapshot: Snapshot, delta: Delta | None = None) -> None:
         self.snapshot = snapshot
-        self.delta = delta if delta is not None else Delta(
-            revision=int(snapshot.manifest.get("store_revision", 0)))
+        self.delta = delta if delta is not None else Delta.for_snapshot(snapshot)
         self._tombstones = self.delta.tombstones
         self._bank_index = {bank.name: i for i, bank in enumerate(snapshot.banks)}
         # thresholds[algorithm][bank index]: each bank's threshold, so filtering is one lookup.
@@ -98,6 +97,9 @@ class Matcher:
         self._radius = {name: int(thresholds.max()) if len(thresholds) else 0
                         for name, thresholds in self._thresholds.items()}
         self._strategies = [bank.strategies for bank in snapshot.banks]
+        self._delta_radius = {
+            name: max((bank.threshold(name) for bank in self.delta.banks.values()), default=0)
+            for name in [*self.delta.tables, *self.delta.layer]}
         # Whether any bank matches trimmed uploads, so that scans compute them only then.
         self.wants_trimmed_queries = any(
             bank.strategies.trim_borders
@@ -105,7 +107,8 @@ class Matcher:
 
     @property
     def algorithms(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys([*self.snapshot.tables, *self.delta.tables]))
+        return tuple(dict.fromkeys([*self.snapshot.tables, *self.delta.layer,
+                                    *self.delta.tables]))
 
     def search_radius(self, algorithm: str) -> int:
         return self._radius.get(algorithm, 0)
@@ -193,29 +196,32 @@ class Matcher:
         ]
 
     def _delta_matches(self, algorithm: str, queries: list[Query]) -> list[Match]:
-        """Brute force over the entries changed since the snapshot (a small side table)."""
-        table = self.delta.tables.get(algorithm)
-        if table is None:
+        """The entries changed since the snapshot: side tables, a layer's and the live one."""
+        tables = [table for table in (self.delta.layer.get(algorithm),
+                                      self.delta.tables.get(algorithm)) if table is not None]
+        if not tables:
             return []
         banks = self.delta.banks
-        radius = max((banks[e.bank].threshold(algorithm) for e in table.entries
-                      if e.bank in banks), default=0)
+        # The largest threshold of any bank (each hit is then held to its own bank's): one per
+        # bank, not a pass over the entries, which a layer makes thousands.
+        radius = self._delta_radius.get(algorithm, 0)
         best: dict[int, Match] = {}
-        for query in sorted(queries, key=_query_order):
-            for index, distance in table.within(query.hash.value, radius):
-                entry = table.entries[index]
-                bank = banks.get(entry.bank)
-                if bank is None or distance > bank.threshold(algorithm):
-                    continue
-                if not (query.plain and entry.variant == "") and not _variant_allowed(
-                        bank.strategies, query, entry.variant, distance,
-                        bank.threshold(algorithm)):
-                    continue
-                known = best.get(entry.entry_id)
-                if known is None or distance < known.distance:
-                    best[entry.entry_id] = _match(bank, entry.entry_id, entry.external_id,
-                                                  algorithm, distance, query,
-                                                  entry.metadata, entry.variant)
+        hits = ((query, table.entries[index], distance)
+                for query in sorted(queries, key=_query_order) for table in tables
+                for index, distance in table.within(query.hash.value, radius))
+        for query, entry, distance in hits:
+            bank = banks.get(entry.bank)
+            if bank is None or distance > bank.threshold(algorithm):
+                continue
+            if not (query.plain and entry.variant == "") and not _variant_allowed(
+                    bank.strategies, query, entry.variant, distance,
+                    bank.threshold(algorithm)):
+                continue
+            known = best.get(entry.entry_id)
+            if known is None or distance < known.distance:
+                best[entry.entry_id] = _match(bank, entry.entry_id, entry.external_id,
+                                              algorithm, distance, query,
+                                              entry.metadata, entry.variant)
         return list(best.values())
 
     def _to_match(self, algorithm: str, hit: _Hit) -> Match:

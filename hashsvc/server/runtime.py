@@ -18,6 +18,7 @@ and reports the seconds since its last good read.
 
 Freshness: on the same tick the watcher reads the store's revision; when it has moved, the
 entries changed since the snapshot become a new `Delta` (see delta.py), swapped in the same way.
+A layered snapshot's own changes since its base (snapshot/layering.py) lie under that delta.
 A store that notifies its changes (PostgreSQL: LISTEN/NOTIFY) wakes the watcher at once; the
 revision read on every tick stays the truth, so a missed notification costs at most one interval.
 An admin call that changes entries refreshes its own worker's delta before it returns.
@@ -190,7 +191,7 @@ class Runtime:
 
     def _delta_for(self, snapshot: Snapshot) -> Delta:
         changes = self.store.changes_since(int(snapshot.manifest["store_revision"]))
-        return Delta.build(changes, self.store.list_banks())
+        return Delta.for_snapshot(snapshot, changes, self.store.list_banks())
 
     def _record_loaded(self, snapshot: Snapshot, seconds: float, fetched: FetchStats) -> None:
         metrics.SNAPSHOT_LOAD_SECONDS.observe(seconds)

@@ -31,7 +31,15 @@ from hashsvc.matching.mih import FILES as MIH_FILES
 from hashsvc.matching.mih import MultiIndexHash
 from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.snapshot.manifest import read_manifest
-from hashsvc.snapshot.model import CURRENT, MANIFEST, BankInfo, HashTable, Snapshot, StringTable
+from hashsvc.snapshot.model import (
+    CURRENT,
+    MANIFEST,
+    BankInfo,
+    HashTable,
+    Snapshot,
+    SnapshotLayer,
+    StringTable,
+)
 
 
 def list_versions(snapshots_dir: Path) -> list[str]:
@@ -105,7 +113,9 @@ class _Reader:
         self.files: dict[str, Any] = manifest["files"]
 
     def snapshot(self) -> Snapshot:
-        counts = self.manifest["counts"]
+        # A layered version's arrays are its base's: they hold what the base counted.
+        layer = self.manifest.get("layer")
+        counts = layer["base_counts"] if layer else self.manifest["counts"]
         entries: int = counts["entries"]
         banks = self.banks()
         unknown = sorted(set(counts["by_bank"]) - {bank.name for bank in banks})
@@ -132,6 +142,33 @@ class _Reader:
             loaded_at=time.time(),
             entry_variants=entry_variants,
             variant_names=variant_names,
+            layer=self.layer(layer, banks) if layer else None,
+        )
+
+    def layer(self, layer: dict[str, Any], banks: list[BankInfo]) -> SnapshotLayer:
+        """A layered version's changes since its base (layering.py), checked like the base."""
+        unknown = sorted(set(self.manifest["counts"]["by_bank"]) - {bank.name for bank in banks})
+        if unknown:
+            self.fail(f"the manifest counts entries of banks that banks.json lacks: "
+                      f"{', '.join(unknown)[:200]}")
+        by_algorithm: dict[str, int] = layer["by_algorithm"]
+        rows = sum(by_algorithm.values())
+        variant_names = tuple(layer["variants"])
+        source = "layer.by_algorithm"
+        return SnapshotLayer(
+            base_revision=int(layer["base_revision"]),
+            tombstones=self.array("layer.tombstones.npy", np.int64, (layer["tombstones"],),
+                                  "layer.tombstones"),
+            entry_ids=self.array("layer.ids.npy", np.int64, (rows,), source),
+            entry_banks=self.rows("layer.banks.npy", np.int32, rows, len(banks), "banks.json"),
+            entry_variants=self.rows("layer.variants.npy", np.uint8, rows, len(variant_names),
+                                     "layer.variants"),
+            variant_names=variant_names,
+            external_ids=self.strings("external_ids", rows, "layer"),
+            metadata=self.strings("metadata", rows, "layer"),
+            codes={algorithm: self.array(f"layer.{algorithm}.codes.npy", np.uint8,
+                                         (count, get_algorithm(algorithm).bits // 8), source)
+                   for algorithm, count in sorted(by_algorithm.items())},
         )
 
     def banks(self) -> list[BankInfo]:
@@ -184,9 +221,9 @@ class _Reader:
             self.fail(f"the manifest counts {algorithm} entries but lists no index for them")
         return table
 
-    def strings(self, name: str, entries: int) -> StringTable:
-        blob = self.array(f"entries.{name}.bin.npy", np.uint8, (None,))
-        offsets_file = f"entries.{name}.offsets.npy"
+    def strings(self, name: str, entries: int, prefix: str = "entries") -> StringTable:
+        blob = self.array(f"{prefix}.{name}.bin.npy", np.uint8, (None,))
+        offsets_file = f"{prefix}.{name}.offsets.npy"
         offsets = self.array(offsets_file, np.int64, (entries + 1,), "counts.entries + 1")
         self.offsets(offsets_file, offsets, entries + 1, len(blob))
         return StringTable(blob, offsets)

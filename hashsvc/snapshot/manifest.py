@@ -17,7 +17,7 @@ from typing import Any
 
 from hashsvc.errors import SnapshotError
 from hashsvc.hashing.algorithms import ALGORITHMS
-from hashsvc.snapshot.model import FORMAT_VERSION, MANIFEST, READABLE_FORMATS
+from hashsvc.snapshot.model import FORMAT_VERSION, LAYERED_FORMAT, MANIFEST, READABLE_FORMATS
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -50,7 +50,8 @@ def _checked(manifest: object, where: str) -> dict[str, Any]:
         raise SnapshotError(f"{where}: must be a JSON object, got {_kind(manifest)}")
     if manifest.get("format") not in READABLE_FORMATS:
         raise SnapshotError(f"{where}: format {manifest.get('format')!r} is not supported "
-                            f"(this hashsvc reads format {FORMAT_VERSION})")
+                            f"(this hashsvc reads formats {FORMAT_VERSION} and "
+                            f"{LAYERED_FORMAT})")
     for key in ("version", "created_at"):
         if not isinstance(manifest.get(key), str) or not manifest[key]:
             raise SnapshotError(f"{where}: `{key}` must be a non-empty string")
@@ -66,29 +67,52 @@ def _checked(manifest: object, where: str) -> dict[str, Any]:
         raise SnapshotError(f"{where}: `variants` must be a non-empty list of strings")
     _check_counts(manifest.get("counts"), where)
     _check_files(manifest.get("files"), where)
+    if (manifest["format"] == LAYERED_FORMAT) != ("layer" in manifest):
+        raise SnapshotError(f"{where}: `layer` must be present exactly when `format` is "
+                            f"{LAYERED_FORMAT}")
+    if "layer" in manifest:
+        _check_layer(manifest["layer"], manifest["store_revision"], where)
     return manifest
 
 
-def _check_counts(counts: object, where: str) -> None:
+def _check_layer(layer: object, revision: int, where: str) -> None:
+    """`layer` (a layered version, layering.py): the base's revision and counts, and the
+    layer's own counts and variant names."""
+    if not isinstance(layer, dict):
+        raise SnapshotError(f"{where}: `layer` must be an object, got {_kind(layer)}")
+    base_revision = _count(layer.get("base_revision"), where, "layer.base_revision")
+    if base_revision > revision:
+        raise SnapshotError(f"{where}: `layer.base_revision` {base_revision} is after the "
+                            f"version's `store_revision` {revision}")
+    _check_counts(layer.get("base_counts"), where, "layer.base_counts")
+    _count(layer.get("tombstones"), where, "layer.tombstones")
+    _count_map(layer.get("by_algorithm"), where, "layer.by_algorithm")
+    variants = layer.get("variants")
+    if (not isinstance(variants, list) or not variants
+            or not all(isinstance(v, str) for v in variants)):
+        raise SnapshotError(f"{where}: `layer.variants` must be a non-empty list of strings")
+
+
+def _check_counts(counts: object, where: str, key: str = "counts") -> None:
     """`counts`: entries = sum(by_algorithm) and, per algorithm, sum over banks = by_algorithm."""
     if not isinstance(counts, dict):
-        raise SnapshotError(f"{where}: `counts` must be an object, got {_kind(counts)}")
-    entries = _count(counts.get("entries"), where, "counts.entries")
-    by_algorithm = _count_map(counts.get("by_algorithm"), where, "counts.by_algorithm")
+        raise SnapshotError(f"{where}: `{key}` must be an object, got {_kind(counts)}")
+    entries = _count(counts.get("entries"), where, f"{key}.entries")
+    by_algorithm = _count_map(counts.get("by_algorithm"), where, f"{key}.by_algorithm")
     by_bank = counts.get("by_bank")
     if not isinstance(by_bank, dict):
-        raise SnapshotError(f"{where}: `counts.by_bank` must be an object, got {_kind(by_bank)}")
-    per_bank = [_count_map(value, where, f"counts.by_bank.{bank[:40]}")
+        raise SnapshotError(f"{where}: `{key}.by_bank` must be an object, got {_kind(by_bank)}")
+    per_bank = [_count_map(value, where, f"{key}.by_bank.{bank[:40]}")
                 for bank, value in by_bank.items()]
     if sum(by_algorithm.values()) != entries:
-        raise SnapshotError(f"{where}: `counts.by_algorithm` adds up to "
-                            f"{sum(by_algorithm.values())}, but `counts.entries` is {entries}")
+        raise SnapshotError(f"{where}: `{key}.by_algorithm` adds up to "
+                            f"{sum(by_algorithm.values())}, but `{key}.entries` is {entries}")
     for algorithm in {name for counts in per_bank for name in counts} | set(by_algorithm):
         banks_total = sum(counts.get(algorithm, 0) for counts in per_bank)
         if banks_total != by_algorithm.get(algorithm, 0):
             raise SnapshotError(
                 f"{where}: the banks' {algorithm} counts add up to {banks_total}, but "
-                f"`counts.by_algorithm.{algorithm}` is {by_algorithm.get(algorithm, 0)}")
+                f"`{key}.by_algorithm.{algorithm}` is {by_algorithm.get(algorithm, 0)}")
 
 
 def _check_files(files: object, where: str) -> None:

@@ -19,7 +19,11 @@ from hashsvc.hashing.algorithms import get_algorithm
 from hashsvc.matching.strategies import PLAIN, MatchStrategies
 
 FORMAT_VERSION = 2  # 2: PDQ indexed by multi-index hashing; format 1 (FAISS) still loads
-READABLE_FORMATS = (1, 2)
+# 3: a base plus a changes layer (layering.py). Only layered versions carry it, so that a hashsvc
+# that predates layers refuses them (it would serve the base without the layer's changes) and
+# still reads every full snapshot.
+LAYERED_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
 CURRENT = "current"
 MANIFEST = "manifest.json"
 
@@ -85,6 +89,42 @@ class HashTable:
         return self.rows[self.offsets[code_index] : self.offsets[code_index + 1]]
 
 
+@dataclass(eq=False)  # hashed by identity: the matcher caches what it builds from a layer
+class SnapshotLayer:
+    """The entries changed between the base files and the version's store revision, as the
+    publisher read them from the store's change feed: what a layered version adds to its base.
+
+    `tombstones` are the ids of every entry changed since the base (their base rows, if any, are
+    stale); the rest are the changed entries active at the version's revision, grouped by
+    algorithm (rows `starts[a]` to `starts[a] + len(codes[a])` are algorithm `a`'s). The matcher
+    treats them exactly like live changes (matching/delta.py)."""
+
+    base_revision: int
+    tombstones: npt.NDArray[np.int64]
+    entry_ids: npt.NDArray[np.int64]
+    entry_banks: npt.NDArray[np.int32]  # into the snapshot's banks
+    entry_variants: npt.NDArray[np.uint8]  # into `variant_names`
+    variant_names: tuple[str, ...]
+    external_ids: StringTable
+    metadata: StringTable
+    codes: dict[str, npt.NDArray[np.uint8]]  # algorithm -> (n, bytes), in row order
+
+    def __len__(self) -> int:
+        return len(self.entry_ids)
+
+    def active(self, banks: list[BankInfo]) -> list[tuple[Any, ...]]:
+        """The active entries as the store's change feed lists them (StoreChanges.active)."""
+        rows: list[tuple[Any, ...]] = []
+        for algorithm, codes in self.codes.items():
+            for code in codes:
+                row = len(rows)
+                rows.append((int(self.entry_ids[row]), banks[int(self.entry_banks[row])].name,
+                             algorithm, code.tobytes(), self.external_ids.get(row),
+                             self.metadata.get(row),
+                             self.variant_names[int(self.entry_variants[row])]))
+        return rows
+
+
 @dataclass
 class Snapshot:
     """A loaded snapshot. Read-only after loading, so any number of threads may share it."""
@@ -103,6 +143,7 @@ class Snapshot:
     # None when every row is a plain hash (and in snapshots written before strategies existed).
     entry_variants: npt.NDArray[np.uint8] | None = None
     variant_names: tuple[str, ...] = ("",)
+    layer: SnapshotLayer | None = None  # a layered version's changes since its base files
 
     def variant(self, row: int) -> str:
         if self.entry_variants is None:
@@ -115,7 +156,9 @@ class Snapshot:
 
     @property
     def entry_count(self) -> int:
-        return len(self.entry_ids)
+        """Entries served: the base's rows less the layer's tombstones, plus the layer's."""
+        count: int = self.manifest["counts"]["entries"]
+        return count
 
     def entry_metadata(self, row: int) -> dict[str, Any] | None:
         text = self.metadata.get(row)

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,7 @@ from hashsvc.errors import SnapshotError
 from hashsvc.hashing.algorithms import ALGORITHMS, get_algorithm
 from hashsvc.matching.mih import CODE_BITS as MIH_BITS
 from hashsvc.matching.mih import MultiIndexHash
+from hashsvc.snapshot.layering import write_layered
 from hashsvc.snapshot.loading import sha256_file
 from hashsvc.snapshot.model import FORMAT_VERSION, MANIFEST, PublishResult, StringTable
 from hashsvc.snapshot.repository import (
@@ -34,7 +36,7 @@ from hashsvc.snapshot.repository import (
     SnapshotRepository,
     fsync_dir,
 )
-from hashsvc.store import Store
+from hashsvc.store import Bank, Store
 
 
 def publish(
@@ -42,6 +44,10 @@ def publish(
     lock_wait: float = 0.0,
 ) -> PublishResult:
     """Build a snapshot of `store` and make it current, unless nothing changed (or `force`).
+
+    A small change since the current version's base is published as a layered version (the
+    base's files plus a changes layer; layering.py); `force` always writes a full snapshot, a
+    compaction.
 
     `repository` is a snapshot repository, or the path of a local one. Safe against concurrent
     publishers (the store's single-writer lock, which with PostgreSQL spans machines and fails at
@@ -62,15 +68,53 @@ def publish(
                 if manifest["store_revision"] == revision:
                     return PublishResult(current, False, staging_root / current, manifest,
                                          time.perf_counter() - started)
+        layered: dict[str, Any] | None = None
         version = _new_version(revision)
         temporary = staging_root / f"{TMP_PREFIX}{version}"
         temporary.mkdir()
-        manifest = _write_snapshot(store, temporary, version, revision)
+        if current is not None and not force:
+            layered = _write_layered(store, repository, current, temporary, version, revision)
+        if layered is None:
+            shutil.rmtree(temporary)  # whatever a layered attempt left: a full snapshot is due
+            temporary.mkdir()
+        manifest = layered or _write_snapshot(store, temporary, version, revision)
         fsync_dir(temporary)
         final, transfer = repository.commit(temporary, version, manifest)
         repository.collect_garbage(keep=max(keep, 2))
     return PublishResult(version, True, final, manifest, time.perf_counter() - started,
                          transfer.uploaded_objects, transfer.uploaded_bytes)
+
+
+def _write_layered(store: Store, repository: SnapshotRepository, current: str, directory: Path,
+                   version: str, revision: int) -> dict[str, Any] | None:
+    """A layered version on `current`'s base (layering.py), or None when a full one is due."""
+    writer = _FileWriter(directory)
+    banks = [b for b in store.list_banks() if b.enabled]
+    layered = write_layered(store, repository, current, directory, writer, _banks_json(banks))
+    if layered is None:
+        writer.close()
+        return None
+    fields, base_files = layered
+    manifest: dict[str, Any] = {
+        "version": version,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        "store_revision": revision,
+        "hashsvc_version": __version__,
+        **fields,
+        "files": {**base_files, **writer.files},
+    }
+    writer.json(MANIFEST, manifest, record=False)
+    return manifest
+
+
+def _banks_json(banks: list[Bank]) -> list[dict[str, Any]]:
+    """banks.json: what a scan needs of each enabled bank (a layered version keeps its base's
+    file, so it may only be written while this is unchanged)."""
+    return [
+        {"name": b.name, "kind": b.kind, "tags": list(b.tags), "thresholds": b.thresholds,
+         "description": b.description, "strategies": json.loads(b.strategies.to_json())}
+        for b in banks
+    ]
 
 
 def _write_snapshot(store: Store, directory: Path, version: str, revision: int) -> dict[str, Any]:
@@ -100,11 +144,7 @@ def _write_snapshot(store: Store, directory: Path, version: str, revision: int) 
             counts[algorithm] = counts.get(algorithm, 0) + 1
 
     writer = _FileWriter(directory)
-    writer.json("banks.json", [
-        {"name": b.name, "kind": b.kind, "tags": list(b.tags), "thresholds": b.thresholds,
-         "description": b.description, "strategies": json.loads(b.strategies.to_json())}
-        for b in banks
-    ])
+    writer.json("banks.json", _banks_json(banks))
     writer.array("entries.ids.npy", np.asarray(entry_ids, dtype=np.int64))
     writer.array("entries.banks.npy", np.asarray(entry_banks, dtype=np.int32))
     if len(variant_codes) > 1:
@@ -185,6 +225,10 @@ class _FileWriter:
                  for name, digest in self._digests.items()}
         self._pool.shutdown()
         return files
+
+    def close(self) -> None:
+        """Discard: wait for the checksums in flight and stop the thread."""
+        self._pool.shutdown()
 
     def array(self, name: str, array: npt.NDArray[Any]) -> None:
         with (self.directory / name).open("wb") as handle:

@@ -20,10 +20,13 @@ def register(subcommands: Any) -> None:
         "or disabled are already live on running servers (within about a second, from an "
         "in-memory delta): publishing keeps that delta small, so run it after large imports "
         "or on a schedule. Bank names, kinds, tags, thresholds and strategies change here. "
-        "Does nothing if the store has not changed since the current snapshot.",
+        "Does nothing if the store has not changed since the current snapshot. A small change "
+        "is published as a layer on the current base (replicas download only the layer); "
+        "--force writes a full snapshot.",
         "indexer publish --keep 5  (or: --snapshots s3://bucket/prefix)", _run,
     )
-    parser.add_argument("--force", action="store_true", help="build even if nothing changed")
+    parser.add_argument("--force", action="store_true",
+                        help="build a full snapshot (no layer), even if nothing changed")
     parser.add_argument("--keep", type=int, default=3,
                         help="snapshot versions to keep (default 3, minimum 2); older ones "
                         "are deleted, and in a bucket every object only they used")
@@ -53,11 +56,15 @@ def _run(args: argparse.Namespace) -> int:
     if result.published:
         uploaded = (f", {result.uploaded_objects} new objects ({result.uploaded_bytes:,} bytes) "
                     f"uploaded to {repository.location}" if result.uploaded_objects else "")
-        say(f"published snapshot {result.version}: {counts['entries']:,} entries "
+        layer = result.manifest.get("layer")
+        layered = (f" (a layer of {layer['tombstones']:,} changed entries on the current base; "
+                   f"--force compacts)" if layer else "")
+        say(f"published snapshot {result.version}: {counts['entries']:,} entries{layered} "
             f"in {result.seconds:.2f}s{uploaded}")
     else:
         say(f"store unchanged: snapshot {result.version} is still current (use --force)")
     emit({"version": result.version, "published": result.published, "counts": counts,
+          "layered": "layer" in result.manifest,
           "seconds": round(result.seconds, 3), "uploaded_objects": result.uploaded_objects,
           "uploaded_bytes": result.uploaded_bytes})
     return 0
