@@ -18,7 +18,7 @@ from hashsvc.server.interceptors import caller
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.status import abort
 from hashsvc.snapshot import publish
-from hashsvc.store import EntrySelector, NewEntry
+from hashsvc.store import EntrySelector, NewEntry, encode_page_token
 
 log = logging.getLogger("hashsvc.admin")
 
@@ -143,6 +143,27 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._runtime.refresh_delta()  # visible to this worker's scans before the call returns
         self._audit("remove_entries", bank=bank, removed=removed)
         return admin_pb2.RemoveEntriesResponse(removed=removed)
+
+    def ListEntries(
+        self, request: admin_pb2.ListEntriesRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListEntriesResponse:
+        try:
+            page = self._store.list_entries(convert.entry_query_from_proto(request))
+        except HashsvcError as err:
+            abort(context, err)
+        return admin_pb2.ListEntriesResponse(
+            entries=[convert.entry_to_proto(e) for e in page.entries],
+            next_page_token=encode_page_token(page.next_after_id),
+        )
+
+    def GetEntry(
+        self, request: admin_pb2.GetEntryRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.GetEntryResponse:
+        try:
+            entry = self._store.get_entry(request.id)
+        except HashsvcError as err:
+            abort(context, err)
+        return admin_pb2.GetEntryResponse(entry=convert.entry_to_proto(entry))
 
     def PublishSnapshot(
         self, request: admin_pb2.PublishSnapshotRequest, context: grpc.ServicerContext
