@@ -95,14 +95,18 @@ def transforms_from_proto(messages: Sequence[types_pb2.Hash], field: str) -> lis
 _DEFAULT_OPTIONS = ScanOptions()
 
 
-def options_from_proto(message: types_pb2.ScanOptions) -> ScanOptions:
-    if message.ByteSize() == 0:  # nothing set, as in most calls: the defaults, already built
+def options_from_proto(
+    message: types_pb2.ScanOptions, scope: frozenset[str] | None = None
+) -> ScanOptions:
+    """The scan's options; `scope` is the calling key's banks (None: every bank)."""
+    if message.ByteSize() == 0 and scope is None:  # most calls: the defaults, already built
         return _DEFAULT_OPTIONS
     return ScanOptions(
         algorithms=tuple(algorithm_name(a, "options.algorithms") for a in message.algorithms),
         banks=tuple(message.banks),
         dihedral=not message.disable_dihedral,
         match_low_quality=message.match_low_quality,
+        scope=scope,
     )
 
 
