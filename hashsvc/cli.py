@@ -2,7 +2,8 @@
 
     hashsvc serve                      on the embedded default (no configuration needed)
     hashsvc keys add NAME --role scan  make a key; prints it once, stores only its hash
-    hashsvc keys list                  names and roles (never a key, nor its hash)
+    hashsvc keys add NAME --role scan --bank ncmec   a key that sees and matches ncmec only
+    hashsvc keys list                  names, roles and banks (never a key, nor its hash)
     hashsvc keys remove NAME           revoke a key (the server re-reads keys.toml by itself)
     hashsvc healthcheck                exit 0 if the server's health is SERVING
 
@@ -49,12 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = keys.add_subparsers(title="keys commands", metavar="VERB", required=True)
     add = verbs.add_parser(
         "add", help="create an API key (printed once; only its hash is stored)",
-        epilog="example:\n  hashsvc keys add platform-a --role scan",
+        epilog="example:\n  hashsvc keys add platform-a --role scan --bank ncmec",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add.add_argument("name")
     add.add_argument("--role", action="append", dest="roles", choices=ROLES, required=True,
                      help="scan: ScanService; admin: AdminService and ScanService (repeatable)")
+    add.add_argument("--bank", action="append", dest="banks", metavar="BANK",
+                     help="scope the key to this bank (repeatable): it sees and matches only "
+                     "these banks, allowlists included (default: every bank)")
     listing = verbs.add_parser("list", help="list key names and roles (never the keys)",
                                epilog="example:\n  hashsvc keys list",
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,9 +112,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _keys_add(args: argparse.Namespace) -> int:
     keep_private()
     path = _keys_file(args)
-    key = add_key(path, args.name, args.roles)
+    key = add_key(path, args.name, args.roles, args.banks)
     print(key)
-    print(f"added key {args.name!r} ({', '.join(sorted(set(args.roles)))}) to {path}; "
+    scope = f", banks {', '.join(sorted(set(args.banks)))}" if args.banks else ""
+    print(f"added key {args.name!r} ({', '.join(sorted(set(args.roles)))}{scope}) to {path}; "
           "this is the only time the key is shown", file=sys.stderr)
     return 0
 
@@ -120,7 +125,8 @@ def _keys_list(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise NotFoundError(f"no keys file at {path}: check --home, $HASHSVC_HOME or --keys-file")
     for key in read_keys(path):
-        print(f"{key.name}\t{','.join(sorted(key.roles))}")
+        banks = "*" if key.banks is None else ",".join(sorted(key.banks))
+        print(f"{key.name}\t{','.join(sorted(key.roles))}\t{banks}")
     return 0
 
 

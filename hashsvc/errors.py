@@ -17,6 +17,7 @@ class ErrorCode(enum.Enum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     DATA_LOSS = "DATA_LOSS"
     UNAVAILABLE = "UNAVAILABLE"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
 
 
 class HashsvcError(Exception):
@@ -77,6 +78,13 @@ class NotFoundError(HashsvcError):
 
 class AlreadyExistsError(HashsvcError):
     code = ErrorCode.ALREADY_EXISTS
+
+
+class OutOfScopeError(HashsvcError):
+    """A key scoped to banks tried to create or rename a bank to a name outside its scope."""
+
+    code = ErrorCode.PERMISSION_DENIED
+    reason = "permission_denied"
 
 
 class SnapshotError(HashsvcError):

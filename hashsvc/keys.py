@@ -6,9 +6,13 @@ never written to a log or a file by the server.
 
 Roles: `scan` may call ScanService; `admin` may call AdminService and ScanService.
 
+A key may be scoped to banks (`banks`): it then sees and matches those banks only, as if no other
+bank existed (see `hashsvc.server.scope`). A key without `banks` sees every bank.
+
     [[keys]]
     name = "platform-a"
     roles = ["scan"]
+    banks = ["ncmec", "benign-stock"]   # optional
     sha256 = "9f86d081884c7d65…"
 """
 
@@ -34,6 +38,7 @@ class ApiKey:
     name: str
     roles: frozenset[str]
     sha256: str
+    banks: frozenset[str] | None = None  # None: every bank
 
     def allows(self, role: str) -> bool:
         return role in self.roles or "admin" in self.roles
@@ -80,23 +85,40 @@ def read_keys(path: Path) -> list[ApiKey]:
             raise HashsvcError(f"{where}: needs a name and a 64-hex-digit sha256")
         if not isinstance(roles, list) or not roles or not set(roles) <= set(ROLES):
             raise HashsvcError(f"{where} ({name}): roles must be a non-empty subset of {ROLES}")
-        keys.append(ApiKey(name, frozenset(roles), sha.lower()))
+        keys.append(ApiKey(name, frozenset(roles), sha.lower(), _banks(entry, where, name)))
     return keys
 
 
-def add_key(path: Path, name: str, roles: list[str]) -> str:
-    """Make a new key, append its hash to `path`, and return the key (shown once).
+def _banks(entry: dict[str, object], where: str, name: str) -> frozenset[str] | None:
+    """A key's bank scope: absent for every bank; else a non-empty list of bank names (an empty
+    list would be a key that can see nothing, which is a mistake rather than a scope)."""
+    if "banks" not in entry:
+        return None
+    banks = entry["banks"]
+    if not isinstance(banks, list) or not banks or not all(isinstance(b, str) for b in banks):
+        raise HashsvcError(f"{where} ({name}): banks must be a non-empty list of bank names "
+                           "(leave it out for every bank)")
+    try:
+        return frozenset(validate_name(bank) for bank in banks)
+    except HashsvcError as err:
+        raise HashsvcError(f"{where} ({name}): {err.message}") from None
+
+
+def add_key(path: Path, name: str, roles: list[str], banks: list[str] | None = None) -> str:
+    """Make a new key, append its hash to `path`, and return the key (shown once); `banks`
+    scopes it to those banks (None: every bank).
 
     The file is edited as text, never rewritten from what was parsed: comments, order and
     layout written by people stay as they were (tomllib can read TOML but not write it)."""
     validate_name(name, "key name")
     if not roles or not set(roles) <= set(ROLES):
         raise HashsvcError(f"roles must be a non-empty subset of {', '.join(ROLES)}")
+    scope = None if banks is None else frozenset(validate_name(bank) for bank in banks)
     existing = read_keys(path)
     if any(key.name == name for key in existing):
         raise AlreadyExistsError(f"a key named {name!r} already exists in {path}")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    new = ApiKey(name, frozenset(roles), digest(key))
+    new = ApiKey(name, frozenset(roles), digest(key), scope)
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -104,7 +126,10 @@ def add_key(path: Path, name: str, roles: list[str]) -> str:
     if text and not text.endswith("\n"):
         text += "\n"
     roles_toml = ", ".join(f'"{role}"' for role in sorted(new.roles))
-    text += f'\n[[keys]]\nname = "{new.name}"\nroles = [{roles_toml}]\nsha256 = "{new.sha256}"\n'
+    banks_toml = ("" if scope is None else
+                  "banks = [" + ", ".join(f'"{bank}"' for bank in sorted(scope)) + "]\n")
+    text += (f'\n[[keys]]\nname = "{new.name}"\nroles = [{roles_toml}]\n{banks_toml}'
+             f'sha256 = "{new.sha256}"\n')
     _replace(path, text, [*existing, new])
     return key
 

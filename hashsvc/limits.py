@@ -34,6 +34,7 @@ class InputLimits:
     quoted_chars: int = 64  # of any user input quoted back in an error message
     logged_chars: int = 200  # of free text (a disable reason) written to the server log
     request_id_chars: int = 128  # a scan's request/item id, echoed back and written to the audit
+    page_entries: int = 1_000  # entries per ListEntries page: with metadata, far below 4 MB
 
 
 LIMITS = InputLimits()

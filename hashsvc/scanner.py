@@ -38,6 +38,7 @@ class ScanOptions:
     dihedral: bool = True  # also query PDQ's 7 rotated/flipped variants of the upload
     match_low_quality: bool = False  # match PDQ hashes whose quality is below the floor
     trim_borders: bool = True  # also query the upload trimmed, if a bank uses that strategy
+    scope: frozenset[str] | None = None  # a scoped key's banks: no other bank is seen at all
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,8 @@ class Scanner:
         if skip_low_quality:
             queries = [q for q in queries if not ComputedHash(q.hash).low_quality]
         started = time.perf_counter()
-        outcome = matcher.match(queries, options.banks) if queries else MatchOutcome()
+        outcome = (matcher.match(queries, options.banks, options.scope) if queries
+                   else MatchOutcome())
         timings.match_seconds = time.perf_counter() - started
         return ScanResult(
             snapshot_version=matcher.snapshot.version,

@@ -6,14 +6,16 @@ Whether a problem aborts the import is the caller's choice (`--skip-invalid`).
 
 Columns (CSV/TSV header or JSON keys): `hash` (required), `algorithm` (or `--algorithm`),
 `external_id` (alias `id`), `metadata` (a JSON object). Any other column is kept in the entry's
-metadata, so a list's own fields (source, category, quality…) survive the import.
+metadata, so a list's own fields (source, category, quality…) survive the import. A list whose
+header names differ (NCMEC-style `MD5,ID`) is read with a column map, `hash=MD5,external_id=ID`
+(`parse_column_map`): the map names, for a field of ours, the list's column that holds it.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +33,7 @@ _EXTENSIONS: dict[str, Format] = {
 _ALIASES = {"id": "external_id", "externalid": "external_id", "external id": "external_id",
             "signal_type": "algorithm", "type": "algorithm", "signal": "hash"}
 _KNOWN = {"hash", "algorithm", "external_id", "metadata"}
+ColumnMap = Mapping[str, str]  # our field -> the list's column (as its header spells it)
 _MAX_EXTERNAL_ID = LIMITS.external_id_chars
 
 
@@ -53,18 +56,46 @@ def detect_format(path: Path, explicit: str | None = None) -> Format:
     return fmt
 
 
+def parse_column_map(text: str) -> dict[str, str]:
+    """`hash=MD5,external_id=ID` as {field: column}, or an error saying what is wrong."""
+    mapping: dict[str, str] = {}
+    for item in text.split(","):
+        field, sep, column = (part.strip() for part in item.partition("="))
+        if not sep or not column:
+            raise HashsvcError(f"invalid --columns item {item.strip()!r}: expected FIELD=COLUMN, "
+                               "e.g. hash=MD5,external_id=ID")
+        field = _ALIASES.get(field.lower(), field.lower())
+        if field not in _KNOWN:
+            raise HashsvcError(f"invalid --columns field {field!r}: must be one of "
+                               f"{', '.join(sorted(_KNOWN))}")
+        if field in mapping:
+            raise HashsvcError(f"--columns names {field!r} twice")
+        mapping[field] = column
+    return mapping
+
+
 def read_hash_list(
-    path: Path, fmt: Format, default_algorithm: str | None = None
+    path: Path, fmt: Format, default_algorithm: str | None = None,
+    columns: ColumnMap | None = None,
 ) -> Iterator[Parsed]:
-    """Parse `path`, yielding one item per data line."""
+    """Parse `path`, yielding one item per data line; `columns` renames the list's columns."""
     if default_algorithm is not None:
         default_algorithm = get_algorithm(default_algorithm).name
     lines = _decoded_lines(path)
     if fmt == "txt":
+        if columns:
+            raise HashsvcError(f"{path}: a plain-text list has no columns to map; --columns is "
+                               "for CSV, TSV and JSON lines")
         return _read_text(path, lines, default_algorithm)
     if fmt == "jsonl":
-        return _read_jsonl(path, lines, default_algorithm)
-    return _read_delimited(path, lines, default_algorithm, "\t" if fmt == "tsv" else ",")
+        return _read_jsonl(path, lines, default_algorithm, _renames(columns or {}))
+    return _read_delimited(path, lines, default_algorithm, "\t" if fmt == "tsv" else ",",
+                           columns or {})
+
+
+def _renames(columns: ColumnMap) -> dict[str, str]:
+    """{column, case-folded: our field}: header names are matched without regard to case."""
+    return {column.strip().lower(): field for field, column in columns.items()}
 
 
 class _LineSource:
@@ -109,7 +140,9 @@ def _read_text(path: Path, lines: _LineSource, algorithm: str | None) -> Iterato
         yield _make_entry(path, number, {"hash": value}, algorithm)
 
 
-def _read_jsonl(path: Path, lines: _LineSource, algorithm: str | None) -> Iterator[Parsed]:
+def _read_jsonl(
+    path: Path, lines: _LineSource, algorithm: str | None, renames: dict[str, str]
+) -> Iterator[Parsed]:
     for text in lines:
         number = lines.number
         if number in lines.bad:
@@ -125,19 +158,31 @@ def _read_jsonl(path: Path, lines: _LineSource, algorithm: str | None) -> Iterat
         if not isinstance(record, dict):
             yield LineProblem(str(path), number, "expected a JSON object per line")
             continue
-        yield _make_entry(path, number, {_column(k): v for k, v in record.items()}, algorithm)
+        fields = _renamed_keys(record, renames) if renames else {
+            _column(k): v for k, v in record.items()}
+        yield _make_entry(path, number, fields, algorithm)
+
+
+def _renamed_keys(record: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    """A JSON line's keys as our fields: mapped keys first, so that a mapped key wins over an
+    unmapped one that happens to mean the same field."""
+    mapped = {renames[k.strip().lower()]: v for k, v in record.items()
+              if k.strip().lower() in renames}
+    rest = {_column(k): v for k, v in record.items() if k.strip().lower() not in renames}
+    return {**rest, **mapped}
 
 
 def _read_delimited(
-    path: Path, lines: _LineSource, algorithm: str | None, delimiter: str
+    path: Path, lines: _LineSource, algorithm: str | None, delimiter: str, columns: ColumnMap,
 ) -> Iterator[Parsed]:
     reader = csv.reader(iter(lines), delimiter=delimiter, strict=True)
     try:
-        header = [_column(name) for name in next(reader)]
+        raw_header = next(reader)
     except StopIteration:
         return
     except csv.Error as err:
         raise HashsvcError(f"{path}:1: unreadable header: {err}") from None
+    header = _mapped_header(path, raw_header, columns)
     if "hash" not in header:
         raise HashsvcError(
             f"{path}:1: the header has no 'hash' column (found: {', '.join(header) or 'nothing'})"
@@ -175,6 +220,25 @@ def _read_delimited(
                                      algorithm)
         else:
             yield _make_entry(path, number, dict(zip(header, row, strict=True)), algorithm)
+
+
+def _mapped_header(path: Path, raw: list[str], columns: ColumnMap) -> list[str]:
+    """The header's columns as our fields, after the column map; an error names a mapped
+    column the header lacks, or a field two columns would both fill."""
+    renames = _renames(columns)
+    names = [name.strip() for name in raw]
+    header = [renames.get(name.lower()) or _column(name) for name in names]
+    found = {name.lower() for name in names}
+    for field, column in columns.items():
+        if column.strip().lower() not in found:
+            raise HashsvcError(f"{path}:1: --columns maps {field} to {column!r}, but the header "
+                               f"has no such column (found: {', '.join(names) or 'nothing'})")
+        if header.count(field) > 1:
+            others = [n for n, h in zip(names, header, strict=True)
+                      if h == field and n.lower() != column.strip().lower()]
+            raise HashsvcError(f"{path}:1: --columns maps {field} to {column!r}, but column "
+                               f"{others[0]!r} also holds {field}; map or rename one of them")
+    return header
 
 
 def _make_simple_entry(

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from hashsvc.errors import ImportFileError, LineProblem
 from hashsvc.store import BulkAdder, EntryRow, Store
-from indexer.hashlists import Format, read_hash_list
+from indexer.hashlists import ColumnMap, Format, read_hash_list
 from indexer.parser_process import parse_in_child
 
 _BATCH = 50_000
@@ -62,7 +62,9 @@ class _Inserter:
             raise self._error
 
 
-def _parsed(path: Path, fmt: Format, algorithm: str | None) -> Iterator[EntryRow | LineProblem]:
+def _parsed(
+    path: Path, fmt: Format, algorithm: str | None, columns: ColumnMap | None
+) -> Iterator[EntryRow | LineProblem]:
     """The file's lines, parsed: in a second process for a large file, else here.
 
     Why a process: parsing (csv, hex, checks) and inserting (sqlite3 binding each row) both need
@@ -70,9 +72,10 @@ def _parsed(path: Path, fmt: Format, algorithm: str | None) -> Iterator[EntryRow
     beside the insert; its entries cross the pipe as plain tuples (pickled ~6x faster than the
     NewEntry named tuples they were). Measured on 1M lines: see the README's import row.
     """
-    here = read_hash_list(path, fmt, algorithm)  # checks the file and the format, at once
-    return here if path.stat().st_size < _PARSER_MIN_BYTES else parse_in_child(path, fmt,
-                                                                                algorithm)
+    here = read_hash_list(path, fmt, algorithm, columns)  # checks file, format, header at once
+    if path.stat().st_size < _PARSER_MIN_BYTES:
+        return here
+    return parse_in_child(path, fmt, algorithm, columns)
 
 
 def _estimate_lines(path: Path, sample: int = 1 << 16) -> int:
@@ -98,13 +101,15 @@ def import_file(
     fmt: Format,
     *,
     algorithm: str | None = None,
+    columns: ColumnMap | None = None,
     skip_invalid: bool = False,
     progress: bool = False,
 ) -> ImportReport:
     """Import `path` into `bank` in one transaction; raise `ImportFileError` on a bad line
-    (after reading the whole file, so the error lists every bad line) unless `skip_invalid`."""
+    (after reading the whole file, so the error lists every bad line) unless `skip_invalid`.
+    `columns` maps our fields to the list's own column names (`hashlists.parse_column_map`)."""
     report = ImportReport(path)
-    items = _parsed(path, fmt, algorithm)
+    items = _parsed(path, fmt, algorithm, columns)
     with (
         store.bulk_add(bank, expected=_estimate_lines(path)) as adder,
         _Inserter(adder) as inserter,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import pickle
 import queue
@@ -23,17 +24,17 @@ from typing import IO, Any, cast
 
 from hashsvc.errors import HashsvcError, LineProblem
 from hashsvc.store import EntryRow
-from indexer.hashlists import Format, read_hash_list
+from indexer.hashlists import ColumnMap, Format, read_hash_list
 
 _PARSER_BATCH = 10_000  # lines per message
 _PARSER_AHEAD = 8  # batches the parser may run ahead of the importer
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def parse_in_child(path: Path, fmt: Format, algorithm: str | None
-                   ) -> Iterator[EntryRow | LineProblem]:
-    """`read_hash_list(path, fmt, algorithm)`, run in a child process: its lines as EntryRow
-    tuples (they pickle ~6x faster than NewEntry) or LineProblems, or the error it raised.
+def parse_in_child(path: Path, fmt: Format, algorithm: str | None,
+                   columns: ColumnMap | None = None) -> Iterator[EntryRow | LineProblem]:
+    """`read_hash_list(path, fmt, algorithm, columns)`, run in a child process: its lines as
+    EntryRow tuples (they pickle ~6x faster than NewEntry) or LineProblems, or the error it raised.
 
     A plain child on a pipe rather than multiprocessing: a multiprocessing queue gives the child
     both ends of its pipe, so a child whose importer was killed blocked on the full queue for
@@ -49,7 +50,7 @@ def parse_in_child(path: Path, fmt: Format, algorithm: str | None
         [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]))
     parser = subprocess.Popen(
         [sys.executable, "-c", "from indexer.parser_process import main; main()",
-         str(path), fmt, algorithm or "", str(os.getpid())],
+         str(path), fmt, algorithm or "", str(os.getpid()), json.dumps(dict(columns or {}))],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
     )
     assert parser.stdout is not None
@@ -83,8 +84,9 @@ def _receive(stream: IO[bytes]) -> Any:
 
 def main() -> None:
     """The parser process: batches of parsed lines on stdout, then None; or the error that
-    stopped it. Arguments: path, format, algorithm ("" for none), the importer's pid."""
-    path, fmt, algorithm, parent = sys.argv[1:5]
+    stopped it. Arguments: path, format, algorithm ("" for none), the importer's pid, the
+    column map as JSON."""
+    path, fmt, algorithm, parent, columns = sys.argv[1:6]
     _die_with_parent(int(parent))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the importer's to handle
     out = os.dup(sys.stdout.fileno())
@@ -92,7 +94,8 @@ def main() -> None:
     with _FrameWriter(out) as writer:
         try:
             batch: list[EntryRow | LineProblem] = []
-            for item in read_hash_list(Path(path), cast(Format, fmt), algorithm or None):
+            for item in read_hash_list(Path(path), cast(Format, fmt), algorithm or None,
+                                       json.loads(columns)):
                 batch.append(item if isinstance(item, LineProblem) else (
                     item.algorithm, item.hash, item.external_id, item.metadata, item.variant))
                 if len(batch) >= _PARSER_BATCH:

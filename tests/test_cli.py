@@ -261,14 +261,14 @@ def test_keys_add_list_remove_keep_the_files_comments(tmp_path: Path) -> None:
     assert text.startswith("# Owned by the platform team; ticket SEC-12.\n")
     assert "# platform A: uploads service" in text and "# scanning only" in text
     listed = _hashsvc("keys", "list", "--keys-file", str(keys_file))
-    assert listed.stdout.splitlines() == ["a\tscan", "b\tadmin"]
+    assert listed.stdout.splitlines() == ["a\tscan\t*", "b\tadmin\t*"]
     assert key not in listed.stdout and "0" * 64 not in listed.stdout  # no secrets
     removed = _hashsvc("keys", "remove", "a", "--keys-file", str(keys_file))
     assert removed.returncode == 0, removed.stderr
     text = keys_file.read_text()
     assert text.startswith("# Owned by the platform team; ticket SEC-12.\n")
     assert "platform A" not in text and 'name = "a"' not in text and 'name = "b"' in text
-    assert _hashsvc("keys", "list", "--keys-file", str(keys_file)).stdout == "b\tadmin\n"
+    assert _hashsvc("keys", "list", "--keys-file", str(keys_file)).stdout == "b\tadmin\t*\n"
     assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
     missing = _hashsvc("keys", "remove", "a", "--keys-file", str(keys_file))
     assert missing.returncode == 4 and "no key named 'a'" in missing.stderr

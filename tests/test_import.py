@@ -246,3 +246,66 @@ def test_a_killed_import_leaves_no_process_behind_and_the_store_intact(
 def _write(path: Path, text: str) -> Path:
     path.write_text(text + "\n")
     return path
+
+
+def test_column_map_reads_an_ncmec_style_list(bank: Store, tmp_path: Path) -> None:
+    """`MD5,ID` headers: the map names the hash column; ID is already our external id's alias,
+    and mapping it explicitly gives the same entries; header case does not matter."""
+    path = tmp_path / "ncmec.csv"
+    path.write_text(f"MD5,ID,Category\n{MD5},n-1,A1\n{'0' * 31}1,n-2,B2\n")
+    with pytest.raises(HashsvcError, match=r"ncmec.csv:1: the header has no 'hash' column"):
+        _import(bank, path, algorithm="md5")
+    report = import_file(bank, "list", path, "csv", algorithm="md5",
+                         columns={"hash": "md5", "external_id": "ID"})
+    assert (report.added, report.rejected) == (2, [])
+    first = bank.get_entry(1)
+    assert (first.hash.hex(), first.external_id, first.metadata) == (
+        MD5.lower(), "n-1", {"category": "A1"})
+
+    jsonl = tmp_path / "ncmec.jsonl"
+    jsonl.write_text(f'{{"MD5": "{"1" * 32}", "Case": "c-9", "hash": "ignored"}}\n'
+                     '{"Case": "c-10"}\n')
+    with pytest.raises(ImportFileError) as failed:
+        import_file(bank, "list", jsonl, "jsonl", algorithm="md5",
+                    columns={"hash": "MD5", "external_id": "case"})
+    assert [str(p) for p in failed.value.problems] == [f"{jsonl}:2: missing hash"]
+
+
+@pytest.mark.parametrize(
+    ("header", "columns", "message"),
+    [
+        ("MD5,ID", {"hash": "SHA1"}, r":1: --columns maps hash to 'SHA1', but the header has no "
+                                     r"such column \(found: MD5, ID\)"),
+        ("hash,MD5", {"hash": "MD5"}, r":1: --columns maps hash to 'MD5', but column 'hash' "
+                                      r"also holds hash"),
+    ],
+)
+def test_column_map_errors_name_the_file_and_the_header_line(
+    bank: Store, tmp_path: Path, header: str, columns: dict[str, str], message: str
+) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text(f"{header}\n{MD5},x\n")
+    with pytest.raises(HashsvcError, match=rf"list.csv{message}"):
+        import_file(bank, "list", path, "csv", algorithm="md5", columns=columns)
+    assert bank.stats().entries == 0
+
+
+def test_import_columns_flag_and_its_usage_errors(home: DataHome, tmp_path: Path) -> None:
+    """The CLI flag, a bad spec (exit 2, no traceback) and the big-file path, where a parser
+    process reads the list: the map must reach it too."""
+    run_indexer(home, "bank", "create", "ncmec", check=True)
+    big = tmp_path / "ncmec.csv"
+    with big.open("w") as handle:
+        handle.write("MD5,ID\n")
+        for n in range(400_000):  # ~17 MB: over the size that starts a parser process
+            handle.write(f"{n:032x},case-{n}\n")
+    done = run_indexer(home, "import", "ncmec", str(big), "--algorithm", "md5",
+                       "--columns", "hash=MD5,external_id=ID", check=True)
+    assert "added 400,000" in done.stderr
+    for spec, reason in (("hash", "expected FIELD=COLUMN"), ("colour=X", "must be one of"),
+                         ("hash=A,hash=B", "names 'hash' twice")):
+        bad = run_indexer(home, "import", "ncmec", str(big), "--columns", spec)
+        assert bad.returncode == 2 and reason in bad.stderr and "Traceback" not in bad.stderr
+    wrong = run_indexer(home, "import", "ncmec", str(big), "--algorithm", "md5",
+                        "--columns", "hash=Hash")
+    assert wrong.returncode == 3 and f"{big}:1: --columns maps hash to 'Hash'" in wrong.stderr

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hashsvc.errors import AlreadyExistsError, HashsvcError, InvalidHashError, NotFoundError
 from hashsvc.home import DataHome
-from hashsvc.store import EntrySelector, NewEntry, SqliteStore, Store, open_store
+from hashsvc.store import (
+    EntryQuery,
+    EntrySelector,
+    NewEntry,
+    SqliteStore,
+    Store,
+    decode_page_token,
+    encode_page_token,
+    open_store,
+)
 
 
 @pytest.fixture
@@ -238,3 +249,51 @@ def test_wait_for_change_is_a_hint_and_the_revision_the_truth(store: Store) -> N
     if isinstance(store, SqliteStore):
         assert woken is False
     assert store.revision() == before + 1
+
+
+def test_list_entries_pages_and_filters(store: Store) -> None:
+    """Keyset pages cover every entry once, in id order, with each filter applied (both
+    backends); an entry added while paging past it does not shift the later pages."""
+    store.create_bank("a")
+    store.create_bank("b")
+    store.add_entries("a", [NewEntry("pdq", _pdq(n), f"a-{n}") for n in range(1, 8)])
+    store.add_entries("b", [NewEntry("pdq", _pdq(1), "b-1"), NewEntry("md5", bytes(16), "b-2")])
+    store.set_disabled("a", EntrySelector(external_ids=["a-2", "a-5"]), True, "fp")
+
+    seen: list[str | None] = []
+    query = EntryQuery(banks=["a"], limit=3)
+    pages = 0
+    while True:
+        page = store.list_entries(query)
+        pages += 1
+        seen.extend(e.external_id for e in page.entries)
+        if pages == 1:
+            store.add_entries("b", [NewEntry("pdq", _pdq(99), "b-99")])  # after this page
+        if not page.next_after_id:
+            break
+        query = replace(query, after_id=decode_page_token(encode_page_token(page.next_after_id)))
+    assert seen == [f"a-{n}" for n in range(1, 8)] and pages == 3
+
+    def ids(**filters: Any) -> list[str | None]:
+        return [e.external_id for e in store.list_entries(EntryQuery(**filters)).entries]
+
+    assert ids(hash=("pdq", _pdq(1))) == ["a-1", "b-1"]
+    assert ids(external_id="b-2") == ["b-2"]
+    assert ids(banks=["a"], disabled=True) == ["a-2", "a-5"]
+    assert ids(banks=["b"], disabled=False) == ["b-1", "b-2", "b-99"]
+    assert ids(banks=["a", "b"], hash=("md5", bytes(16))) == ["b-2"]
+    assert ids(banks=["a"], external_id="b-1") == []
+    full = store.list_entries(EntryQuery(banks=["a"], limit=7))
+    assert len(full.entries) == 7 and full.next_after_id == 0  # exactly one page: no next
+    disabled = store.list_entries(EntryQuery(external_id="a-5")).entries[0]
+    assert (disabled.disabled, disabled.disabled_reason, disabled.bank) == (True, "fp", "a")
+    with pytest.raises(NotFoundError, match=r"no bank named 'nope'"):
+        store.list_entries(EntryQuery(banks=["nope"]))
+    with pytest.raises(HashsvcError, match=r"page size 0 is out of range"):
+        store.list_entries(EntryQuery(limit=0))
+
+
+@pytest.mark.parametrize("token", ["x", "ZTE6YWJj", "!!!", "e1:5"])
+def test_a_forged_page_token_is_refused(token: str) -> None:
+    with pytest.raises(HashsvcError, match=r"invalid page token"):
+        decode_page_token(token)

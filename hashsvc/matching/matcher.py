@@ -114,10 +114,14 @@ class Matcher:
         return self._radius.get(algorithm, 0)
 
     def match(
-        self, queries: Sequence[Query], banks: Collection[str] | None = None
+        self, queries: Sequence[Query], banks: Collection[str] | None = None,
+        scope: Collection[str] | None = None,
     ) -> MatchOutcome:
-        """Every entry within its bank's threshold of any query, best variant per entry."""
-        wanted = self._bank_filter(banks)
+        """Every entry within its bank's threshold of any query, best variant per entry.
+
+        `scope` (a scoped API key's banks) hides every other bank, allowlists included: a bank
+        outside it is reported as unknown if asked for, and neither matches nor suppresses."""
+        wanted = self._bank_filter(banks, scope)
         by_algorithm: dict[str, list[Query]] = {}
         for query in queries:
             by_algorithm.setdefault(query.hash.algorithm, []).append(query)
@@ -130,7 +134,8 @@ class Matcher:
                        if int(self.snapshot.entry_ids[hit.row]) not in self._tombstones]
             matches.extend(self._delta_matches(algorithm, group))
             matches = _one_per_known_image(matches)
-            allowed = [m for m in matches if m.bank_kind == "allowlist"]
+            allowed = [m for m in matches if m.bank_kind == "allowlist"
+                       and (scope is None or m.bank in scope)]
             found = [m for m in matches if m.bank_kind != "allowlist"
                      and (wanted is None or m.bank in wanted)]
             if allowed:
@@ -142,11 +147,14 @@ class Matcher:
             matches.sort(key=lambda m: (m.distance, m.bank, m.entry_id))
         return outcome
 
-    def _bank_filter(self, banks: Collection[str] | None) -> set[str] | None:
+    def _bank_filter(
+        self, banks: Collection[str] | None, scope: Collection[str] | None = None
+    ) -> set[str] | None:
         if not banks:
-            return None
+            return None if scope is None else set(scope)
         unknown = [name for name in banks
-                   if name not in self._bank_index and name not in self.delta.banks]
+                   if (name not in self._bank_index and name not in self.delta.banks)
+                   or (scope is not None and name not in scope)]
         if unknown:
             raise NotFoundError(
                 f"bank(s) {', '.join(map(repr, unknown))} not in snapshot "

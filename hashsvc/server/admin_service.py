@@ -6,19 +6,20 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
 from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc
 
-from hashsvc.errors import HashsvcError
+from hashsvc.errors import HashsvcError, NotFoundError
 from hashsvc.limits import check_name, loggable, quote
-from hashsvc.server import convert
+from hashsvc.server import convert, scope
 from hashsvc.server.interceptors import caller
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.status import abort
 from hashsvc.snapshot import publish
-from hashsvc.store import EntrySelector, NewEntry
+from hashsvc.store import EntrySelector, NewEntry, encode_page_token
 
 log = logging.getLogger("hashsvc.admin")
 
@@ -36,7 +37,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         bank = request.bank
         try:
             created = self._store.create_bank(
-                bank.name, description=bank.description, kind=convert.bank_kind(bank.kind),
+                scope.may_name(bank.name), description=bank.description,
+                kind=convert.bank_kind(bank.kind),
                 tags=bank.tags, thresholds=dict(bank.thresholds),
                 strategies=convert.strategies_from_proto(bank.strategies),
             )
@@ -49,7 +51,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListBanksRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListBanksResponse:
         return admin_pb2.ListBanksResponse(
-            banks=[convert.bank_to_proto(b) for b in self._store.list_banks()]
+            banks=[convert.bank_to_proto(b) for b in self._store.list_banks()
+                   if scope.visible(b.name)]
         )
 
     def UpdateBank(
@@ -64,8 +67,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     + (f" (unknown: {', '.join(unknown)})" if unknown else "")
                 )
             bank = request.bank
+            scope.require(request.name)
             changes: dict[str, Any] = {
-                "new_name": bank.name if "name" in paths else None,
+                "new_name": scope.may_name(bank.name) if "name" in paths else None,
                 "description": bank.description if "description" in paths else None,
                 "kind": convert.bank_kind(bank.kind) if "kind" in paths else None,
                 "enabled": bank.enabled if "enabled" in paths else None,
@@ -84,7 +88,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.DeleteBankRequest, context: grpc.ServicerContext
     ) -> admin_pb2.DeleteBankResponse:
         try:
-            removed = self._store.delete_bank(request.name)
+            removed = self._store.delete_bank(scope.require(request.name))
         except HashsvcError as err:
             abort(context, err)
         self._audit("delete_bank", bank=request.name, entries=removed)
@@ -144,6 +148,38 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._audit("remove_entries", bank=bank, removed=removed)
         return admin_pb2.RemoveEntriesResponse(removed=removed)
 
+    def ListEntries(
+        self, request: admin_pb2.ListEntriesRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListEntriesResponse:
+        try:
+            query = convert.entry_query_from_proto(request)
+            if query.banks:
+                for bank in query.banks:
+                    scope.require(bank)
+            elif (banks := scope.current()) is not None:  # the key's banks that exist
+                query = replace(query, banks=[b.name for b in self._store.list_banks()
+                                              if b.name in banks])
+                if not query.banks:
+                    return admin_pb2.ListEntriesResponse()
+            page = self._store.list_entries(query)
+        except HashsvcError as err:
+            abort(context, err)
+        return admin_pb2.ListEntriesResponse(
+            entries=[convert.entry_to_proto(e) for e in page.entries],
+            next_page_token=encode_page_token(page.next_after_id),
+        )
+
+    def GetEntry(
+        self, request: admin_pb2.GetEntryRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.GetEntryResponse:
+        try:
+            entry = self._store.get_entry(request.id)
+            if not scope.visible(entry.bank):  # the very answer a missing entry gets
+                raise NotFoundError(f"no entry with id {request.id}")
+        except HashsvcError as err:
+            abort(context, err)
+        return admin_pb2.GetEntryResponse(entry=convert.entry_to_proto(entry))
+
     def PublishSnapshot(
         self, request: admin_pb2.PublishSnapshotRequest, context: grpc.ServicerContext
     ) -> admin_pb2.PublishSnapshotResponse:
@@ -156,7 +192,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._audit("publish", version=result.version, published=result.published)
         return admin_pb2.PublishSnapshotResponse(
             version=result.version, published=result.published,
-            counts=convert.counts_to_proto(result.manifest["counts"]),
+            counts=convert.counts_to_proto(scope.counts(result.manifest["counts"])),
             build_seconds=result.seconds,
         )
 
@@ -173,7 +209,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             response.MergeFrom(admin_pb2.GetIndexStatusResponse(
                 version=snapshot.version, created_at=snapshot.created_at,
                 loaded_at=snapshot.loaded_at, age_seconds=time.time() - snapshot.created_at,
-                counts=convert.counts_to_proto(snapshot.manifest["counts"]),
+                counts=convert.counts_to_proto(scope.counts(snapshot.manifest["counts"])),
                 store_revision=revision, up_to_date=revision == self._store.revision(),
             ))
         return response
@@ -193,7 +229,7 @@ def _bank_of(first: Any) -> str:
     if not first.bank:
         raise HashsvcError("the first message must name the bank")
     bank: str = first.bank
-    return check_name(bank)
+    return scope.require(check_name(bank))
 
 
 def _same_bank(bank: str, requests: Iterator[Any]) -> Iterator[Any]:

@@ -15,7 +15,8 @@ from hashsvc.limits import LIMITS, check_external_id, check_metadata, representa
 from hashsvc.matching.matcher import IDENTITY, Match
 from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.scanner import ComputedHash, ScanOptions, ScanResult, Timings
-from hashsvc.store import Bank, EntrySelector, NewEntry
+from hashsvc.store import Bank, Entry, EntryQuery, EntrySelector, NewEntry, decode_page_token
+from hashsvc.store.listing import DEFAULT_PAGE_SIZE
 
 log = logging.getLogger("hashsvc.convert")
 
@@ -94,14 +95,18 @@ def transforms_from_proto(messages: Sequence[types_pb2.Hash], field: str) -> lis
 _DEFAULT_OPTIONS = ScanOptions()
 
 
-def options_from_proto(message: types_pb2.ScanOptions) -> ScanOptions:
-    if message.ByteSize() == 0:  # nothing set, as in most calls: the defaults, already built
+def options_from_proto(
+    message: types_pb2.ScanOptions, scope: frozenset[str] | None = None
+) -> ScanOptions:
+    """The scan's options; `scope` is the calling key's banks (None: every bank)."""
+    if message.ByteSize() == 0 and scope is None:  # most calls: the defaults, already built
         return _DEFAULT_OPTIONS
     return ScanOptions(
         algorithms=tuple(algorithm_name(a, "options.algorithms") for a in message.algorithms),
         banks=tuple(message.banks),
         dihedral=not message.disable_dihedral,
         match_low_quality=message.match_low_quality,
+        scope=scope,
     )
 
 
@@ -245,3 +250,25 @@ def counts_to_proto(counts: dict[str, Any]) -> admin_pb2.SnapshotCounts:
         by_bank={bank: admin_pb2.AlgorithmCounts(by_algorithm=by_algorithm)
                  for bank, by_algorithm in counts.get("by_bank", {}).items()},
     )
+
+
+def entry_to_proto(entry: Entry) -> admin_pb2.Entry:
+    return admin_pb2.Entry(
+        id=entry.id, bank=entry.bank,
+        hash=types_pb2.Hash(algorithm=ALGORITHM_TO_PROTO[entry.algorithm],
+                            hex=get_algorithm(entry.algorithm).format(entry.hash)),
+        external_id=entry.external_id or "", metadata=struct(entry.metadata, entry.id),
+        added_at=entry.added_at, disabled=entry.disabled,
+        disabled_reason=entry.disabled_reason or "", variant=entry.variant,
+    )
+
+
+def entry_query_from_proto(message: admin_pb2.ListEntriesRequest) -> EntryQuery:
+    found = hash_from_proto(message.hash, "hash") if message.HasField("hash") else None
+    return EntryQuery(
+        banks=list(message.banks), external_id=message.external_id or None,
+        hash=(found.algorithm, found.value) if found else None,
+        disabled=message.disabled if message.HasField("disabled") else None,
+        after_id=decode_page_token(message.page_token),
+        limit=message.page_size or DEFAULT_PAGE_SIZE,
+    ).checked()

@@ -32,6 +32,7 @@ from hashsvc.errors import HashsvcError
 from hashsvc.keys import KeyRing
 from hashsvc.server.admission import AdmissionPool, StreamLimits
 from hashsvc.server.keyfile import file_signature, load_keys
+from hashsvc.server.scope import caller_banks
 from hashsvc.server.streams import ClientWatch
 
 log = logging.getLogger("hashsvc.rpc")
@@ -143,10 +144,13 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return cached[1]
         return cached[2]
 
-    def _caller(self, context: grpc.ServicerContext, role: str, method: str) -> str:
-        """The caller's key name; aborts the call (counted) if it may not make it."""
+    def _caller(
+        self, context: grpc.ServicerContext, role: str, method: str
+    ) -> tuple[str, frozenset[str] | None]:
+        """The caller's key name and bank scope; aborts the call (counted) if it may not make
+        it."""
         if self._keys is None:
-            return "anonymous"
+            return "anonymous", None
         token = _bearer_token(context.invocation_metadata() or ())
         if token is None:
             denial = (grpc.StatusCode.UNAUTHENTICATED,
@@ -157,7 +161,7 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             denial = (grpc.StatusCode.PERMISSION_DENIED,
                       f"key {api_key.name!r} lacks the {role!r} role needed for {method}")
         else:
-            return api_key.name
+            return api_key.name, api_key.banks
         metrics.REJECTED.labels("auth").inc()
         context.abort(*denial)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
@@ -298,17 +302,20 @@ class _Call:
     uncount and record on exit, whatever happened. A class rather than @contextmanager because
     it runs on every call, and a generator-based one costs more."""
 
-    __slots__ = ("_context", "_name", "_owner", "_record", "_started", "_stream", "_token")
+    __slots__ = ("_banks", "_banks_token", "_context", "_name", "_owner", "_record", "_started",
+                 "_stream", "_token")
 
     def __init__(self, owner: CallInterceptor, context: grpc.ServicerContext, role: str,
                  method: str, record: _Recorder, stream: bool) -> None:
         self._owner, self._context, self._record = owner, context, record
         self._started = time.perf_counter()
         self._name = "-"
+        self._banks: frozenset[str] | None = None
         self._stream: tuple[str, str] | None = None
         self._token: contextvars.Token[str] | None = None
+        self._banks_token: contextvars.Token[frozenset[str] | None] | None = None
         try:
-            self._name = owner._caller(context, role, method)
+            self._name, self._banks = owner._caller(context, role, method)
             if stream:
                 self._stream = owner._open_stream(context, self._name)
         except BaseException as exc:  # refused: recorded too, then raised to gRPC
@@ -317,11 +324,14 @@ class _Call:
 
     def __enter__(self) -> None:
         self._token = caller.set(self._name)
+        self._banks_token = caller_banks.set(self._banks)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: object) -> None:
         if self._token is not None:
             caller.reset(self._token)
+        if self._banks_token is not None:
+            caller_banks.reset(self._banks_token)
         if self._stream is not None:
             self._owner._streams.close(*self._stream)
         self._record(self._context, self._name, self._started, error)

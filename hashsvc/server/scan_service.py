@@ -16,7 +16,7 @@ from hashsvc.hashing.algorithms import ALGORITHMS
 from hashsvc.hashing.imaging import Upload
 from hashsvc.limits import LIMITS, check_request_id, quote
 from hashsvc.scanner import ComputedHash, ScanResult
-from hashsvc.server import convert
+from hashsvc.server import convert, scope
 from hashsvc.server.interceptors import caller
 from hashsvc.server.observe import ScanObserver
 from hashsvc.server.runtime import Runtime
@@ -47,7 +47,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     ) -> scan_pb2.ScanImageResponse:
         try:
             request_id = check_request_id(request.request_id, "request_id") or _request_id()
-            options = convert.options_from_proto(request.options)
+            options = convert.options_from_proto(request.options, scope.current())
             check_deadline(context, "decoding")
             result = self._scanner.scan_image(request.image, options)
         except HashsvcError as err:
@@ -62,7 +62,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     ) -> scan_pb2.ScanHashesResponse:
         try:
             request_id = check_request_id(request.request_id, "request_id") or _request_id()
-            result = self._scan_hashes(request.hashes, request.options)
+            result = self._scan_hashes(request.hashes, request.options, scope.current())
         except HashsvcError as err:
             self._observe.rejected(err)
             abort(context, err)
@@ -71,7 +71,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         return scan_pb2.ScanHashesResponse(result=convert.result_to_proto(result, request_id))
 
     def _scan_hashes(
-        self, hashes: Sequence[types_pb2.Hash], options: types_pb2.ScanOptions
+        self, hashes: Sequence[types_pb2.Hash], options: types_pb2.ScanOptions,
+        banks: frozenset[str] | None,
     ) -> ScanResult:
         messages = list(hashes)
         if not messages:
@@ -82,7 +83,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
                 "(use several calls or the ScanImages stream)"
             )
         values = convert.hashes_from_proto(messages, "hashes")
-        return self._scanner.scan_hashes(values, convert.options_from_proto(options),
+        return self._scanner.scan_hashes(values, convert.options_from_proto(options, banks),
                                          convert.transforms_from_proto(messages, "hashes"))
 
     def HashImage(
@@ -119,6 +120,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             queue.SimpleQueue()
         )
         name = caller.get()  # pool threads do not inherit the call's context variables
+        banks = scope.current()
 
         def read() -> None:
             defaults = types_pb2.ScanOptions()
@@ -135,7 +137,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
                     size = request.ByteSize()
                     if not read_ahead.take(size, context.is_active):
                         return
-                    future = self._stream_pool.submit(self._scan_item, request, options, name)
+                    future = self._stream_pool.submit(self._scan_item, request, options, name,
+                                                      banks)
 
                     def freed(_done: Future[scan_pb2.ScanImagesResponse], size: int = size) -> None:
                         read_ahead.scanned(size)
@@ -169,17 +172,18 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             self._watch.done(stream)
 
     def _scan_item(
-        self, request: scan_pb2.ScanImagesRequest, options: types_pb2.ScanOptions, name: str
+        self, request: scan_pb2.ScanImagesRequest, options: types_pb2.ScanOptions, name: str,
+        banks: frozenset[str] | None,
     ) -> scan_pb2.ScanImagesResponse:
         try:
             check_request_id(request.id, "item id")
             item = request.WhichOneof("item")
             if item == "image":
                 result = self._scanner.scan_image(
-                    request.image, convert.options_from_proto(options),
+                    request.image, convert.options_from_proto(options, banks),
                     name=f"item {quote(request.id)}")
             elif item == "hashes":
-                result = self._scan_hashes(request.hashes.hashes, options)
+                result = self._scan_hashes(request.hashes.hashes, options, banks)
             else:
                 raise HashsvcError(f"item {quote(request.id)}: send an image or hashes")
         except HashsvcError as err:

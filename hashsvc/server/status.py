@@ -15,6 +15,7 @@ STATUS: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.DATA_LOSS: grpc.StatusCode.DATA_LOSS,
+    ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     # A missing snapshot is transient from a caller's view: retry (the client does, on UNAVAILABLE).
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
 }

@@ -3,6 +3,12 @@ speaks and `open_store`, `model` for its types, `sqlite` for the embedded defaul
 for a shared PostgreSQL database)."""
 
 from hashsvc.store.base import BulkAdder, Store, is_postgres, open_store, redact
+from hashsvc.store.listing import (
+    EntryPage,
+    EntryQuery,
+    decode_page_token,
+    encode_page_token,
+)
 from hashsvc.store.model import (
     BANK_KINDS,
     AddResult,
@@ -21,6 +27,7 @@ from hashsvc.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 __all__ = [
     "BANK_KINDS", "SCHEMA_VERSION", "AddResult", "Bank", "BankKind", "BulkAdder", "Entry",
-    "EntryRow", "EntrySelector", "NewEntry", "SqliteStore", "Store", "StoreChanges",
-    "StoreStats", "is_postgres", "open_store", "redact", "validate_name", "validate_thresholds",
+    "EntryPage", "EntryQuery", "EntryRow", "EntrySelector", "NewEntry", "SqliteStore", "Store",
+    "StoreChanges", "StoreStats", "decode_page_token", "encode_page_token", "is_postgres",
+    "open_store", "redact", "validate_name", "validate_thresholds",
 ]

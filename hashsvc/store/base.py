@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hashsvc.matching.strategies import MatchStrategies
+from hashsvc.store.listing import EntryPage, EntryQuery
 from hashsvc.store.model import (
     AddResult,
     Bank,
@@ -87,6 +88,11 @@ class Store(Protocol):
     def add_entries(self, bank_name: str, entries: Iterable[NewEntry]) -> AddResult: ...
     def get_entry(self, entry_id: int) -> Entry: ...
     def find_entries(self, bank_name: str, selector: EntrySelector) -> list[Entry]: ...
+
+    def list_entries(self, query: EntryQuery) -> EntryPage:
+        """One page of the entries `query` selects, by ascending id (see `listing`); raises
+        `NotFoundError` for a bank that does not exist."""
+        ...
 
     def set_disabled(
         self, bank_name: str, selector: EntrySelector, disabled: bool, reason: str | None = None

@@ -35,6 +35,7 @@ from hashsvc.errors import (
 from hashsvc.limits import LIMITS, check_tags, check_text, quote
 from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.store.base import redact
+from hashsvc.store.listing import EntryPage, EntryQuery, page_of, query_sql
 from hashsvc.store.model import (
     AddResult,
     Bank,
@@ -291,11 +292,20 @@ class PostgresStore:
             found.extend(self._query_entries(where, args))
         return sorted({e.id: e for e in found}.values(), key=lambda e: e.id)
 
-    def _query_entries(self, where: str, args: tuple[Any, ...]) -> list[Entry]:
+    def list_entries(self, query: EntryQuery) -> EntryPage:
+        for bank in query.checked().banks:
+            self.get_bank(bank)  # an unknown bank is an error, not an empty page
+        where, args = query_sql(query, "%s")
+        return page_of(query, self._query_entries(where, args, order=False))
+
+    def _query_entries(
+        self, where: str, args: tuple[Any, ...], *, order: bool = True
+    ) -> list[Entry]:
         rows = self._rows(
             "SELECT e.id, b.name, e.algorithm, e.hash, e.external_id, e.metadata, e.added_at,"
             " e.disabled, e.disabled_reason, e.variant"
-            f" FROM entries e JOIN banks b ON b.id = e.bank_id {where} ORDER BY e.id", args)
+            f" FROM entries e JOIN banks b ON b.id = e.bank_id {where}"
+            f"{' ORDER BY e.id' if order else ''}", args)
         return [
             Entry(id=r[0], bank=r[1], algorithm=r[2], hash=bytes(r[3]), external_id=r[4],
                   metadata=json.loads(r[5]) if r[5] else None, added_at=r[6],

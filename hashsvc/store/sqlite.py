@@ -22,6 +22,7 @@ from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
 from hashsvc.limits import LIMITS, check_tags, check_text, quote
 from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.store.base import redact
+from hashsvc.store.listing import EntryPage, EntryQuery, page_of, query_sql
 from hashsvc.store.model import (
     AddResult,
     Bank,
@@ -354,12 +355,20 @@ class SqliteStore:
             found.extend(self._query_entries(where, args))
         return sorted({e.id: e for e in found}.values(), key=lambda e: e.id)
 
-    def _query_entries(self, where: str, args: tuple[Any, ...]) -> list[Entry]:
+    def list_entries(self, query: EntryQuery) -> EntryPage:
+        for bank in query.checked().banks:
+            self.get_bank(bank)  # an unknown bank is an error, not an empty page
+        where, args = query_sql(query, "?")
+        return page_of(query, self._query_entries(where, args, order=False))
+
+    def _query_entries(
+        self, where: str, args: tuple[Any, ...], *, order: bool = True
+    ) -> list[Entry]:
         sql = (
             "SELECT e.id, b.name, e.algorithm, e.hash, e.external_id, e.metadata, e.added_at,"
             " e.disabled, e.disabled_reason, e.variant"
             " FROM entries e JOIN banks b ON b.id = e.bank_id"
-            f" {where} ORDER BY e.id"
+            f" {where}{' ORDER BY e.id' if order else ''}"
         )
         with self._read_lock:
             rows = self._reader.execute(sql, args).fetchall()

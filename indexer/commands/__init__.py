@@ -6,6 +6,7 @@ from indexer.commands import (
     add_images,
     bank,
     entries,
+    entries_find,
     evaluate,
     hash_files,
     import_list,
@@ -16,5 +17,6 @@ from indexer.commands import (
 )
 
 COMMANDS: tuple[ModuleType, ...] = (
-    bank, import_list, add_images, entries, publish, stats, store, hash_files, match, evaluate,
+    bank, import_list, add_images, entries, entries_find, publish, stats, store, hash_files,
+    match, evaluate,
 )

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hashsvc.errors import ImportFileError
+from hashsvc.errors import HashsvcError, ImportFileError
 from hashsvc.hashing.algorithms import ALGORITHMS
 from indexer.commands.common import add_command, open_store, say, show_progress
-from indexer.hashlists import FORMATS, detect_format
+from indexer.hashlists import FORMATS, detect_format, parse_column_map
 from indexer.importing import import_file
 
 _SHOWN = 50
@@ -29,11 +29,23 @@ def register(subcommands: Any) -> None:
     parser.add_argument("--format", choices=FORMATS, help="default: from the file extension")
     parser.add_argument("--algorithm", choices=tuple(ALGORITHMS),
                         help="for lines without an algorithm column (required for .txt)")
+    parser.add_argument("--columns", type=_column_map, metavar="FIELD=COLUMN,...",
+                        help="read our fields from the list's own columns, e.g. "
+                        "hash=MD5,external_id=ID (fields: hash, algorithm, external_id, "
+                        "metadata; header names match without regard to case)")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="import the valid lines and list the invalid ones; exits 7 if "
                         "any line was rejected")
     parser.add_argument("--rejects", type=Path, metavar="FILE",
                         help="write every rejected line (file:line: reason) here")
+
+
+def _column_map(text: str) -> dict[str, str]:
+    """`--columns`, or a usage error (exit 2) saying what is wrong with it."""
+    try:
+        return parse_column_map(text)
+    except HashsvcError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -44,7 +56,8 @@ def _run(args: argparse.Namespace) -> int:
             fmt = detect_format(path, args.format)
             try:
                 report = import_file(store, args.bank, path, fmt, algorithm=args.algorithm,
-                                     skip_invalid=args.skip_invalid, progress=show_progress())
+                                     columns=args.columns, skip_invalid=args.skip_invalid,
+                                     progress=show_progress())
             except ImportFileError as err:
                 say(f"indexer: error: {err.message}")
                 rejects.extend(str(p) for p in err.problems)

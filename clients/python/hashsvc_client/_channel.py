@@ -29,6 +29,8 @@ _SERVICE_CONFIG = json.dumps({
             {"service": "hashsvc.v1.ScanService"},
             {"service": "hashsvc.v1.AdminService", "method": "ListBanks"},
             {"service": "hashsvc.v1.AdminService", "method": "GetIndexStatus"},
+            {"service": "hashsvc.v1.AdminService", "method": "ListEntries"},
+            {"service": "hashsvc.v1.AdminService", "method": "GetEntry"},
         ],
         "retryPolicy": {
             "maxAttempts": 5,

@@ -203,6 +203,29 @@ class Client:
         )
         return self._call(self._admin.RemoveEntries, iter([request]), self.admin_timeout).removed
 
+    def list_entries(
+        self, *, banks: Sequence[str] = (), external_id: str = "", hash: HashLike | None = None,
+        disabled: bool | None = None, page_size: int = 0, page_token: str = "",
+    ) -> admin_pb2.ListEntriesResponse:
+        """One page of entries; pass `next_page_token` back for the next (or `iter_entries`)."""
+        request = admin_pb2.ListEntriesRequest(
+            banks=banks, external_id=external_id, disabled=disabled, page_size=page_size,
+            page_token=page_token, hash=_channel.to_hashes([hash])[0] if hash else None)
+        return self._call(self._admin.ListEntries, request, self.timeout)
+
+    def iter_entries(self, **filters: Any) -> Iterator[admin_pb2.Entry]:
+        """Every entry `list_entries(**filters)` selects, page after page."""
+        token = ""
+        while True:
+            page = self.list_entries(page_token=token, **filters)
+            yield from page.entries
+            if not (token := page.next_page_token):
+                return
+
+    def get_entry(self, entry_id: int) -> admin_pb2.Entry:
+        return self._call(self._admin.GetEntry, admin_pb2.GetEntryRequest(id=entry_id),
+                          self.timeout).entry
+
     def publish(self, *, force: bool = False) -> admin_pb2.PublishSnapshotResponse:
         return self._call(self._admin.PublishSnapshot,
                           admin_pb2.PublishSnapshotRequest(force=force), self.admin_timeout)

@@ -69,6 +69,16 @@ class AdminServiceStub:
                 request_serializer=hashsvc_dot_v1_dot_admin__pb2.RemoveEntriesRequest.SerializeToString,
                 response_deserializer=hashsvc_dot_v1_dot_admin__pb2.RemoveEntriesResponse.FromString,
                 _registered_method=True)
+        self.ListEntries = channel.unary_unary(
+                '/hashsvc.v1.AdminService/ListEntries',
+                request_serializer=hashsvc_dot_v1_dot_admin__pb2.ListEntriesRequest.SerializeToString,
+                response_deserializer=hashsvc_dot_v1_dot_admin__pb2.ListEntriesResponse.FromString,
+                _registered_method=True)
+        self.GetEntry = channel.unary_unary(
+                '/hashsvc.v1.AdminService/GetEntry',
+                request_serializer=hashsvc_dot_v1_dot_admin__pb2.GetEntryRequest.SerializeToString,
+                response_deserializer=hashsvc_dot_v1_dot_admin__pb2.GetEntryResponse.FromString,
+                _registered_method=True)
         self.PublishSnapshot = channel.unary_unary(
                 '/hashsvc.v1.AdminService/PublishSnapshot',
                 request_serializer=hashsvc_dot_v1_dot_admin__pb2.PublishSnapshotRequest.SerializeToString,
@@ -129,6 +139,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEntries(self, request, context):
+        """Find entries: filtered, by ascending id, one page per call (pass next_page_token back).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEntry(self, request, context):
+        """One entry by its id; NOT_FOUND if there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PublishSnapshot(self, request, context):
         """Build a snapshot from the store, make it current, and serve it. No-op if unchanged.
         """
@@ -179,6 +203,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RemoveEntries,
                     request_deserializer=hashsvc_dot_v1_dot_admin__pb2.RemoveEntriesRequest.FromString,
                     response_serializer=hashsvc_dot_v1_dot_admin__pb2.RemoveEntriesResponse.SerializeToString,
+            ),
+            'ListEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEntries,
+                    request_deserializer=hashsvc_dot_v1_dot_admin__pb2.ListEntriesRequest.FromString,
+                    response_serializer=hashsvc_dot_v1_dot_admin__pb2.ListEntriesResponse.SerializeToString,
+            ),
+            'GetEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEntry,
+                    request_deserializer=hashsvc_dot_v1_dot_admin__pb2.GetEntryRequest.FromString,
+                    response_serializer=hashsvc_dot_v1_dot_admin__pb2.GetEntryResponse.SerializeToString,
             ),
             'PublishSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishSnapshot,
@@ -380,6 +414,60 @@ class AdminService:
             '/hashsvc.v1.AdminService/RemoveEntries',
             hashsvc_dot_v1_dot_admin__pb2.RemoveEntriesRequest.SerializeToString,
             hashsvc_dot_v1_dot_admin__pb2.RemoveEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashsvc.v1.AdminService/ListEntries',
+            hashsvc_dot_v1_dot_admin__pb2.ListEntriesRequest.SerializeToString,
+            hashsvc_dot_v1_dot_admin__pb2.ListEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashsvc.v1.AdminService/GetEntry',
+            hashsvc_dot_v1_dot_admin__pb2.GetEntryRequest.SerializeToString,
+            hashsvc_dot_v1_dot_admin__pb2.GetEntryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class AdminServiceStub:
     SetEntriesDisabled: _grpc.StreamUnaryMultiCallable[_admin_pb2.SetEntriesDisabledRequest, _admin_pb2.SetEntriesDisabledResponse]
     """Disable (e.g. confirmed false positives) or re-enable entries; kept in the store."""
     RemoveEntries: _grpc.StreamUnaryMultiCallable[_admin_pb2.RemoveEntriesRequest, _admin_pb2.RemoveEntriesResponse]
+    ListEntries: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListEntriesRequest, _admin_pb2.ListEntriesResponse]
+    """Find entries: filtered, by ascending id, one page per call (pass next_page_token back)."""
+    GetEntry: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetEntryRequest, _admin_pb2.GetEntryResponse]
+    """One entry by its id; NOT_FOUND if there is none."""
     PublishSnapshot: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PublishSnapshotRequest, _admin_pb2.PublishSnapshotResponse]
     """Build a snapshot from the store, make it current, and serve it. No-op if unchanged."""
     GetIndexStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetIndexStatusRequest, _admin_pb2.GetIndexStatusResponse]
@@ -67,6 +71,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     SetEntriesDisabled: _aio.StreamUnaryMultiCallable[_admin_pb2.SetEntriesDisabledRequest, _admin_pb2.SetEntriesDisabledResponse]  # type: ignore[assignment]
     """Disable (e.g. confirmed false positives) or re-enable entries; kept in the store."""
     RemoveEntries: _aio.StreamUnaryMultiCallable[_admin_pb2.RemoveEntriesRequest, _admin_pb2.RemoveEntriesResponse]  # type: ignore[assignment]
+    ListEntries: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListEntriesRequest, _admin_pb2.ListEntriesResponse]  # type: ignore[assignment]
+    """Find entries: filtered, by ascending id, one page per call (pass next_page_token back)."""
+    GetEntry: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetEntryRequest, _admin_pb2.GetEntryResponse]  # type: ignore[assignment]
+    """One entry by its id; NOT_FOUND if there is none."""
     PublishSnapshot: _aio.UnaryUnaryMultiCallable[_admin_pb2.PublishSnapshotRequest, _admin_pb2.PublishSnapshotResponse]  # type: ignore[assignment]
     """Build a snapshot from the store, make it current, and serve it. No-op if unchanged."""
     GetIndexStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetIndexStatusRequest, _admin_pb2.GetIndexStatusResponse]  # type: ignore[assignment]
@@ -124,6 +132,22 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_admin_pb2.RemoveEntriesRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RemoveEntriesResponse, _abc.Awaitable[_admin_pb2.RemoveEntriesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListEntries(
+        self,
+        request: _admin_pb2.ListEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListEntriesResponse, _abc.Awaitable[_admin_pb2.ListEntriesResponse]]:
+        """Find entries: filtered, by ascending id, one page per call (pass next_page_token back)."""
+
+    @_abc_1.abstractmethod
+    def GetEntry(
+        self,
+        request: _admin_pb2.GetEntryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetEntryResponse, _abc.Awaitable[_admin_pb2.GetEntryResponse]]:
+        """One entry by its id; NOT_FOUND if there is none."""
 
     @_abc_1.abstractmethod
     def PublishSnapshot(
