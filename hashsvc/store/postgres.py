@@ -17,8 +17,7 @@ import json
 import os
 import socket
 import sys
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,27 +27,19 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from hashsvc.errors import (
-    AlreadyExistsError,
     NotFoundError,
     StoreUnavailableError,
 )
-from hashsvc.limits import LIMITS, check_tags, check_text, quote
-from hashsvc.matching.strategies import MatchStrategies
+from hashsvc.limits import LIMITS, check_text, quote
+from hashsvc.store.banks import Dialect, SqlBanks, T
 from hashsvc.store.base import redact
 from hashsvc.store.model import (
     AddResult,
-    Bank,
     Entry,
     EntrySelector,
     NewEntry,
     StoreChanges,
     StoreStats,
-    _validate_description,
-    _validate_kind,
-    bank_changes,
-    bank_from_row,
-    validate_name,
-    validate_thresholds,
 )
 from hashsvc.store.postgres_bulk import PostgresBulkAdder
 from hashsvc.store.postgres_lock import advisory_writer_lock
@@ -83,8 +74,12 @@ def _password(url: str) -> str | None:
     return str(password) if password else None
 
 
-class PostgresStore:
+class PostgresStore(SqlBanks):
     """Banks and entries in a PostgreSQL database, one transaction per write. Thread-safe."""
+
+    dialect = Dialect(mark="%s", integrity_error=pg_errors.UniqueViolation,
+                      revision_sql="(SELECT value::bigint FROM meta WHERE key = 'revision')",
+                      name_order='b.name COLLATE "C"', flag=bool)
 
     def __init__(self, url: str, *, pool_wait: float = POOL_WAIT) -> None:
         self._url = url
@@ -161,6 +156,10 @@ class PostgresStore:
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(row[0])))
             yield conn, int(row[0])
 
+    def _in_write(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
+        with self._write() as (conn, _):
+            return body(conn)
+
     @contextmanager
     def _snapshot_read(self) -> Iterator[psycopg.Connection[Any]]:
         """One consistent read-only view for several statements."""
@@ -178,73 +177,7 @@ class PostgresStore:
     def wait_for_change(self, timeout: float) -> bool:
         return self._listener.wait(timeout)
 
-    # ---- banks -------------------------------------------------------------------------------
-
-    def create_bank(
-        self, name: str, *, description: str = "", kind: str = "match",
-        tags: Iterable[str] = (), thresholds: dict[str, int] | None = None,
-        enabled: bool = True, strategies: MatchStrategies | None = None,
-    ) -> Bank:
-        validate_name(name)
-        _validate_description(description)
-        tag_list = check_tags(tags)
-        clean_thresholds = validate_thresholds(thresholds or {})
-        now = time.time()
-        try:
-            with self._write() as (conn, _):
-                conn.execute(
-                    "INSERT INTO banks (name, description, kind, enabled, tags, thresholds,"
-                    " strategies, created_at, updated_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (name, description, _validate_kind(kind), enabled, json.dumps(tag_list),
-                     json.dumps(clean_thresholds), (strategies or MatchStrategies()).to_json(),
-                     now, now))
-        except pg_errors.UniqueViolation:
-            raise AlreadyExistsError(f"bank {quote(name)} already exists") from None
-        return self.get_bank(name)
-
-    def get_bank(self, name: str) -> Bank:
-        banks = self._query_banks("WHERE b.name = %s", (name,))
-        if not banks:
-            raise NotFoundError(f"no bank named {quote(name)}")
-        return banks[0]
-
-    def list_banks(self) -> list[Bank]:
-        return self._query_banks("", ())
-
-    def _query_banks(self, where: str, args: tuple[Any, ...]) -> list[Bank]:
-        rows = self._rows(
-            "SELECT b.id, b.name, b.description, b.kind, b.enabled, b.tags, b.thresholds,"
-            " b.created_at, b.updated_at,"
-            " (SELECT COUNT(*) FROM entries e WHERE e.bank_id = b.id), b.strategies"
-            f" FROM banks b {where} ORDER BY b.name COLLATE \"C\"", args)
-        return [bank_from_row(r) for r in rows]
-
-    def update_bank(
-        self, name: str, *, new_name: str | None = None, description: str | None = None,
-        kind: str | None = None, enabled: bool | None = None, tags: Iterable[str] | None = None,
-        thresholds: dict[str, int] | None = None, strategies: MatchStrategies | None = None,
-    ) -> Bank:
-        """As `SqliteStore.update_bank`: enabling or disabling a bank stamps its entries as
-        changed, so every replica's delta adds or tombstones them without a publish."""
-        bank = self.get_bank(name)
-        changes = bank_changes(name, new_name=new_name, description=description, kind=kind,
-                               enabled=enabled, tags=tags, thresholds=thresholds,
-                               strategies=strategies)
-        if not changes:
-            return bank
-        changes["updated_at"] = time.time()
-        assignments = ", ".join(f"{column} = %s" for column in changes)
-        try:
-            with self._write() as (conn, revision):
-                conn.execute(f"UPDATE banks SET {assignments} WHERE id = %s".encode(),
-                             (*changes.values(), bank.id))
-                if "enabled" in changes and changes["enabled"] != bank.enabled:
-                    conn.execute("UPDATE entries SET changed_rev = %s WHERE bank_id = %s",
-                                 (revision, bank.id))
-        except pg_errors.UniqueViolation:
-            raise AlreadyExistsError(f"bank {quote(str(new_name))} already exists") from None
-        return self.get_bank(changes.get("name", name))
+    # ---- banks (the rest are `SqlBanks`') -------------------------------------------------
 
     def delete_bank(self, name: str) -> int:
         bank = self.get_bank(name)

@@ -13,29 +13,22 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
-from hashsvc.limits import LIMITS, check_tags, check_text, quote
-from hashsvc.matching.strategies import MatchStrategies
+from hashsvc.errors import HashsvcError, NotFoundError
+from hashsvc.limits import LIMITS, check_text
+from hashsvc.store.banks import Dialect, SqlBanks, T
 from hashsvc.store.base import redact
 from hashsvc.store.model import (
     AddResult,
-    Bank,
     Entry,
     EntrySelector,
     NewEntry,
     StoreChanges,
     StoreStats,
-    _validate_description,
-    _validate_kind,
-    bank_changes,
-    bank_from_row,
-    validate_name,
-    validate_thresholds,
 )
 from hashsvc.store.sqlite_bulk import REVISION_SQL, SqliteBulkAdder
 
@@ -85,12 +78,15 @@ CREATE INDEX IF NOT EXISTS removed_entries_by_rev ON removed_entries (rev);
 
 
 
-class SqliteStore:
+class SqliteStore(SqlBanks):
     """Banks and entries in one SQLite file. Thread-safe.
 
     Writes go through one connection behind a lock; reads use a second connection with its own
     lock, so that in WAL mode a long write (a streamed import) does not stall readers.
     """
+
+    dialect = Dialect(mark="?", integrity_error=sqlite3.IntegrityError,
+                      revision_sql=REVISION_SQL, name_order="b.name", flag=int)
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -201,6 +197,14 @@ class SqliteStore:
                 raise
             self._db.execute("COMMIT")
 
+    def _in_write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        with self._write() as db:
+            return body(db)
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
+
     def revision(self) -> int:
         with self._read_lock:
             row = self._reader.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
@@ -212,98 +216,7 @@ class SqliteStore:
         time.sleep(timeout)
         return False
 
-    # ---- banks -------------------------------------------------------------------------------
-
-    def create_bank(
-        self,
-        name: str,
-        *,
-        description: str = "",
-        kind: str = "match",
-        tags: Iterable[str] = (),
-        thresholds: dict[str, int] | None = None,
-        enabled: bool = True,
-        strategies: MatchStrategies | None = None,
-    ) -> Bank:
-        validate_name(name)
-        _validate_description(description)
-        tag_list = check_tags(tags)
-        clean_thresholds = validate_thresholds(thresholds or {})
-        now = time.time()
-        try:
-            with self._write() as db:
-                db.execute(
-                    "INSERT INTO banks (name, description, kind, enabled, tags, thresholds,"
-                    " strategies, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, description, _validate_kind(kind), int(enabled),
-                     json.dumps(tag_list), json.dumps(clean_thresholds),
-                     (strategies or MatchStrategies()).to_json(), now, now),
-                )
-        except sqlite3.IntegrityError:
-            raise AlreadyExistsError(f"bank {quote(name)} already exists") from None
-        return self.get_bank(name)
-
-    def get_bank(self, name: str) -> Bank:
-        banks = self._query_banks("WHERE b.name = ?", (name,))
-        if not banks:
-            raise NotFoundError(f"no bank named {quote(name)}")
-        return banks[0]
-
-    def list_banks(self) -> list[Bank]:
-        return self._query_banks("", ())
-
-    def _query_banks(self, where: str, args: tuple[Any, ...]) -> list[Bank]:
-        sql = (
-            "SELECT b.id, b.name, b.description, b.kind, b.enabled, b.tags, b.thresholds,"
-            " b.created_at, b.updated_at,"
-            " (SELECT COUNT(*) FROM entries e WHERE e.bank_id = b.id), b.strategies"
-            f" FROM banks b {where} ORDER BY b.name"
-        )
-        with self._read_lock:
-            rows = self._reader.execute(sql, args).fetchall()
-        return [bank_from_row(r) for r in rows]
-
-    def update_bank(
-        self,
-        name: str,
-        *,
-        new_name: str | None = None,
-        description: str | None = None,
-        kind: str | None = None,
-        enabled: bool | None = None,
-        tags: Iterable[str] | None = None,
-        thresholds: dict[str, int] | None = None,
-        strategies: MatchStrategies | None = None,
-    ) -> Bank:
-        """Change only the fields given; `thresholds` replaces the whole override map.
-
-        Enabling or disabling a bank is live: its entries are stamped as changed, so running
-        servers add them to (or tombstone them in) their delta within a reload interval, as
-        for an entry change, whether or not a snapshot was published meanwhile. That is what
-        makes a disabled bank a staging area: import, review, enable. Changed strategies,
-        thresholds, kind and tags apply to scans from the next snapshot; extra hashes of known
-        images already added are not recomputed (re-add the images to get them)."""
-        bank = self.get_bank(name)
-        changes = bank_changes(name, new_name=new_name, description=description, kind=kind,
-                               enabled=enabled, tags=tags, thresholds=thresholds,
-                               strategies=strategies)
-        if "enabled" in changes:
-            changes["enabled"] = int(changes["enabled"])
-        if not changes:
-            return bank
-        changes["updated_at"] = time.time()
-        assignments = ", ".join(f"{column} = ?" for column in changes)
-        try:
-            with self._write() as db:
-                db.execute(
-                    f"UPDATE banks SET {assignments} WHERE id = ?", (*changes.values(), bank.id)
-                )
-                if "enabled" in changes and bool(changes["enabled"]) != bank.enabled:
-                    db.execute(f"UPDATE entries SET changed_rev = {REVISION_SQL} WHERE bank_id = ?",
-                               (bank.id,))
-        except sqlite3.IntegrityError:
-            raise AlreadyExistsError(f"bank {quote(str(new_name))} already exists") from None
-        return self.get_bank(changes.get("name", name))
+    # ---- banks (the rest are `SqlBanks`') -------------------------------------------------
 
     def delete_bank(self, name: str) -> int:
         """Delete a bank and all its entries; returns how many entries went with it."""
