@@ -45,7 +45,7 @@ from hashsvc.store.postgres_bulk import PostgresBulkAdder
 from hashsvc.store.postgres_lock import advisory_writer_lock
 from hashsvc.store.postgres_notify import CHANNEL, ChangeListener
 from hashsvc.store.postgres_schema import migrate
-from hashsvc.store.sqlite import _selector_sql
+from hashsvc.store.selectors import _selector_sql
 
 CONNECT_TIMEOUT = 10  # seconds: an unreachable server fails a command, it does not hang it
 POOL_SIZE = 8  # a server's threads share these; an import holds one for its duration

@@ -18,7 +18,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from hashsvc.errors import HashsvcError, NotFoundError
+from hashsvc.errors import NotFoundError
 from hashsvc.limits import LIMITS, check_text
 from hashsvc.store.banks import Dialect, SqlBanks, T
 from hashsvc.store.base import redact
@@ -30,52 +30,9 @@ from hashsvc.store.model import (
     StoreChanges,
     StoreStats,
 )
+from hashsvc.store.selectors import _selector_sql
 from hashsvc.store.sqlite_bulk import REVISION_SQL, SqliteBulkAdder
-
-SCHEMA_VERSION = 4
-_ENTRIES_V4 = """
-CREATE TABLE IF NOT EXISTS entries (
-    id              INTEGER PRIMARY KEY,
-    bank_id         INTEGER NOT NULL REFERENCES banks (id) ON DELETE CASCADE,
-    algorithm       TEXT NOT NULL,
-    hash            BLOB NOT NULL,
-    external_id     TEXT,
-    metadata        TEXT,
-    added_at        REAL NOT NULL,
-    disabled        INTEGER NOT NULL DEFAULT 0,
-    disabled_reason TEXT,
-    changed_rev     INTEGER NOT NULL DEFAULT 0,
-    variant         TEXT NOT NULL DEFAULT ''
-);
-"""
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS banks (
-    id          INTEGER PRIMARY KEY,
-    name        TEXT NOT NULL UNIQUE,
-    description TEXT NOT NULL DEFAULT '',
-    kind        TEXT NOT NULL CHECK (kind IN ('match', 'allowlist')),
-    enabled     INTEGER NOT NULL DEFAULT 1,
-    tags        TEXT NOT NULL DEFAULT '[]',
-    thresholds  TEXT NOT NULL DEFAULT '{}',
-    strategies  TEXT NOT NULL DEFAULT '{}',
-    created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
-);
-""" + _ENTRIES_V4 + """
-CREATE INDEX IF NOT EXISTS entries_by_external_id ON entries (bank_id, external_id);
-CREATE TABLE IF NOT EXISTS removed_entries (entry_id INTEGER PRIMARY KEY, rev INTEGER NOT NULL);
-"""
-# A hash is in a bank once. A named index rather than a table constraint (schema 4), so that a
-# large import can drop it and build it once at the end (see BulkAdder).
-_UNIQUE = "CREATE UNIQUE INDEX IF NOT EXISTS entries_unique ON entries (bank_id, algorithm, hash);"
-_ENTRY_COLUMNS = ("id, bank_id, algorithm, hash, external_id, metadata, added_at, disabled,"
-                  " disabled_reason, changed_rev, variant")
-_INDEXES = _UNIQUE + """
-CREATE INDEX IF NOT EXISTS entries_by_changed_rev ON entries (changed_rev);
-CREATE INDEX IF NOT EXISTS removed_entries_by_rev ON removed_entries (rev);
-"""
-
+from hashsvc.store.sqlite_schema import migrate
 
 
 class SqliteStore(SqlBanks):
@@ -98,7 +55,8 @@ class SqliteStore(SqlBanks):
         self._lock = threading.RLock()
         self._db = self._connect()
         self._db.execute("PRAGMA journal_mode = WAL")
-        self._migrate()
+        with self._lock:
+            migrate(self._db, self.path)
         self._read_lock = threading.RLock()
         self._reader = self._connect()
 
@@ -109,47 +67,6 @@ class SqliteStore(SqlBanks):
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("PRAGMA cache_size = -131072")  # 128 MiB: index pages of big imports stay hot
         return db
-
-    def _migrate(self) -> None:
-        with self._lock:
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value)"
-                    " VALUES ('schema', ?), ('revision', '0')",
-                    (str(SCHEMA_VERSION),),
-                )
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise HashsvcError(
-                    f"{self.path}: store schema {row[0]} is newer than this hashsvc "
-                    f"understands ({SCHEMA_VERSION}); upgrade hashsvc"
-                )
-            else:
-                self._upgrade(int(row[0]))
-            self._db.executescript(_INDEXES)
-
-    def _upgrade(self, schema: int) -> None:
-        """Bring an older store up to `SCHEMA_VERSION`, one transaction per step."""
-        steps = {
-            # v2 stamps each entry change with the revision that made it
-            1: "ALTER TABLE entries ADD COLUMN changed_rev INTEGER NOT NULL DEFAULT 0;",
-            # v3: per-bank matching strategies, and entries that are a strategy's extra hash
-            2: "ALTER TABLE banks ADD COLUMN strategies TEXT NOT NULL DEFAULT '{}';"
-               " ALTER TABLE entries ADD COLUMN variant TEXT NOT NULL DEFAULT '';",
-            # v4: uniqueness as a named index (a constraint's index cannot be dropped): the
-            # table is rebuilt, the SQLite way, with the same ids
-            3: _ENTRIES_V4.replace("IF NOT EXISTS entries", "entries_v4")
-               + f" INSERT INTO entries_v4 ({_ENTRY_COLUMNS}) SELECT {_ENTRY_COLUMNS} FROM entries;"
-               " DROP TABLE entries; ALTER TABLE entries_v4 RENAME TO entries;"
-               " CREATE INDEX entries_by_external_id ON entries (bank_id, external_id);"
-               f" {_UNIQUE}",
-        }
-        for version in range(schema, SCHEMA_VERSION):
-            self._db.executescript(
-                f"BEGIN; {steps[version]} UPDATE meta SET value = '{version + 1}'"
-                " WHERE key = 'schema'; COMMIT;"
-            )
 
     @property
     def target(self) -> str:
@@ -375,34 +292,3 @@ class SqliteStore(SqlBanks):
         return StoreStats(revision=self.revision(), banks=bank_count, entries=totals[0],
                           disabled=totals[1], by_bank_algorithm=by_bank,
                           served_by_bank_algorithm=served)
-
-
-_CHUNK = 500  # selector items per statement: far below SQLite's bound-variable limit
-
-
-def _selector_sql(
-    bank_id: int, selector: EntrySelector, alias: str = "e.", mark: str = "?"
-) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """WHERE clauses covering `selector`, a bounded number of items each; `alias` is "" where
-    SQLite allows no table alias; `mark` is the driver's placeholder (PostgreSQL's is %s)."""
-    for where, args in _selector_clauses(bank_id, selector, alias):
-        yield (where if mark == "?" else where.replace("?", mark)), args
-
-
-def _selector_clauses(
-    bank_id: int, selector: EntrySelector, alias: str
-) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    if selector.is_empty():
-        raise HashsvcError("select entries by id, external id or hash")
-    prefix = f"WHERE {alias}bank_id = ? AND "
-    for start in range(0, len(selector.ids), _CHUNK):
-        chunk = list(selector.ids[start : start + _CHUNK])
-        yield f"{prefix}{alias}id IN ({', '.join('?' * len(chunk))})", (bank_id, *chunk)
-    for start in range(0, len(selector.external_ids), _CHUNK):
-        names = list(selector.external_ids[start : start + _CHUNK])
-        yield (f"{prefix}{alias}external_id IN ({', '.join('?' * len(names))})",
-               (bank_id, *names))
-    for start in range(0, len(selector.hashes), _CHUNK):
-        pairs = selector.hashes[start : start + _CHUNK]
-        clause = " OR ".join(f"({alias}algorithm = ? AND {alias}hash = ?)" for _ in pairs)
-        yield f"{prefix}({clause})", (bank_id, *(v for pair in pairs for v in pair))
