@@ -18,7 +18,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from hashsvc.errors import NotFoundError
+from hashsvc.errors import HashsvcError, NotFoundError
 from hashsvc.limits import LIMITS, check_text
 from hashsvc.store.banks import Dialect, SqlBanks, T
 from hashsvc.store.base import redact
@@ -32,7 +32,7 @@ from hashsvc.store.model import (
 )
 from hashsvc.store.selectors import _selector_sql
 from hashsvc.store.sqlite_bulk import REVISION_SQL, SqliteBulkAdder
-from hashsvc.store.sqlite_schema import migrate
+from hashsvc.store.sqlite_schema import check_version, migrate
 
 
 class SqliteStore(SqlBanks):
@@ -45,24 +45,37 @@ class SqliteStore(SqlBanks):
     dialect = Dialect(mark="?", integrity_error=sqlite3.IntegrityError,
                       revision_sql=REVISION_SQL, name_order="b.name", flag=int)
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+        """`read_only`: for a scan replica, which reads the store and never writes it: the file
+        is opened with SQLite's `mode=ro`, so no statement can change it, nothing is created
+        and no schema is upgraded (the admin process does that)."""
         self.path = Path(path)
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        self._read_lock = threading.RLock()
+        if read_only:
+            if not self.path.is_file():
+                raise HashsvcError(f"no SQLite store at {self.path}: a scan replica opens the "
+                                   "store read-only and creates none; start the admin first")
+            self._db = self._connect()
+            check_version(self._db, self.path)
+            self._reader = self._connect()
+            return
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Hash lists are for this user only. SQLite gives the -wal and -shm files the mode of
         # the database file, so creating it 0600 here keeps all three private.
         with suppress(FileExistsError):
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        self._lock = threading.RLock()
         self._db = self._connect()
         self._db.execute("PRAGMA journal_mode = WAL")
         with self._lock:
             migrate(self._db, self.path)
-        self._read_lock = threading.RLock()
         self._reader = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                             timeout=30.0)
+        target = f"{self.path.absolute().as_uri()}?mode=ro" if self.read_only else self.path
+        db = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                             timeout=30.0, uri=self.read_only)
         db.execute("PRAGMA synchronous = NORMAL")  # WAL stays atomic; durable at checkpoints
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("PRAGMA cache_size = -131072")  # 128 MiB: index pages of big imports stay hot
@@ -102,6 +115,8 @@ class SqliteStore(SqlBanks):
         stamp themselves with it (`REVISION_SQL`): that is what lets servers apply changes made
         since their snapshot without a rebuild (see `changes_since`).
         """
+        if self.read_only:
+            raise HashsvcError(f"{self.path} is open read-only (a scan replica writes nothing)")
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:

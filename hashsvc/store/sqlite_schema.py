@@ -76,6 +76,15 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
     db.executescript(_INDEXES)
 
 
+def check_version(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse, for a reader that may not upgrade it, a store of another schema version."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if row is None or int(row[0]) != SCHEMA_VERSION:
+        raise HashsvcError(
+            f"{path}: store schema {row[0] if row else 'unknown'}, this hashsvc reads only "
+            f"{SCHEMA_VERSION}; let the admin process (which upgrades it) start first")
+
+
 def _upgrade(db: sqlite3.Connection, schema: int) -> None:
     """Bring an older store up to `SCHEMA_VERSION`, one transaction per step."""
     steps = {
