@@ -74,8 +74,11 @@ class SqlBanks:
                (strategies or MatchStrategies()).to_json(), now, now)
         sql = self._sql("INSERT INTO banks (name, description, kind, enabled, tags, thresholds,"
                         " strategies, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        def insert(conn: Any) -> None:
+            conn.execute(sql, row)
+
         try:
-            self._in_write(lambda conn: conn.execute(sql, row))
+            self._in_write(insert)
         except self.dialect.integrity_error:
             raise AlreadyExistsError(f"bank {quote(name)} already exists") from None
         return self.get_bank(name)

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -44,6 +44,16 @@ from hashsvc.store.model import (
 from hashsvc.store.postgres_bulk import PostgresBulkAdder
 from hashsvc.store.postgres_lock import advisory_writer_lock
 from hashsvc.store.postgres_notify import CHANNEL, ChangeListener
+from hashsvc.store.postgres_retry import (
+    ATTEMPTS,
+    AlreadyApplied,
+    ReplayingBulkAdder,
+    claim_operation,
+    is_retryable,
+    new_operation_key,
+    record_result,
+    with_retries,
+)
 from hashsvc.store.postgres_schema import migrate
 from hashsvc.store.selectors import _selector_sql
 
@@ -131,6 +141,7 @@ class PostgresStore(SqlBanks):
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; psycopg's errors pass through (see `_errors`, `_retried`)."""
         try:
             with self._pool.connection() as conn:
                 yield conn
@@ -138,15 +149,28 @@ class PostgresStore(SqlBanks):
             raise StoreUnavailableError(
                 f"PostgreSQL store {self._location}: no connection within "
                 f"{self._pool.timeout:g} s (server down or unreachable?)") from None
-        except pg_errors.IntegrityError:
-            raise  # the caller's to interpret (a bank name already taken)
-        except psycopg.Error as err:  # down, restarted, refused: one line, never a traceback
-            raise StoreUnavailableError(
-                f"PostgreSQL store {self._location}: {_first_line(err, self._secret)}") from None
 
     @contextmanager
-    def _write(self) -> Iterator[tuple[psycopg.Connection[Any], int]]:
-        """One write transaction, with the revision it bumped; rolled back on any exception."""
+    def _errors(self, *, retried: bool = False) -> Iterator[None]:
+        """psycopg's errors as one line naming the store, never a traceback; a constraint
+        violation stays the caller's to interpret (a bank name already taken)."""
+        try:
+            yield
+        except pg_errors.IntegrityError:
+            raise
+        except psycopg.Error as err:  # down, restarted, refused
+            tries = f" (after {ATTEMPTS} tries)" if retried and is_retryable(err) else ""
+            raise StoreUnavailableError(f"PostgreSQL store {self._location}: "
+                                        f"{_first_line(err, self._secret)}{tries}") from None
+
+    def _retried(self, kind: str, attempt: Callable[[int], T]) -> T:
+        with self._errors(retried=True):
+            return with_retries(kind, attempt)
+
+    @contextmanager
+    def _write(self, key: str | None = None) -> Iterator[tuple[psycopg.Connection[Any], int]]:
+        """One write transaction, with the revision it bumped; rolled back on any exception.
+        With an operation `key`, raises `AlreadyApplied` if a write of that key committed."""
         with self._conn() as conn, conn.transaction():
             row = conn.execute(
                 "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'revision'"
@@ -154,11 +178,41 @@ class PostgresStore(SqlBanks):
             assert row is not None
             # Delivered at commit, only if it commits: a listener's wake-up (postgres_notify.py).
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(row[0])))
+            if key is not None:
+                claim_operation(conn, key)
             yield conn, int(row[0])
 
+    def _transact(self, body: Callable[[psycopg.Connection[Any], int], T]) -> T:
+        """`body(connection, revision)` as one write transaction, re-run on a lost connection
+        and applied exactly once (postgres_retry.py); `body` returns JSON-able data."""
+        key = new_operation_key()
+
+        def attempt(_: int) -> T:
+            try:
+                with self._write(key) as (conn, revision):
+                    result = body(conn, revision)
+                    record_result(conn, key, result)
+                    return result
+            except AlreadyApplied as done:
+                return cast(T, done.result)
+
+        return self._retried("write", attempt)
+
     def _in_write(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
-        with self._write() as (conn, _):
-            return body(conn)
+        return self._transact(lambda conn, _: body(conn))
+
+    def _read(self, body: Callable[[psycopg.Connection[Any]], T], *, snapshot: bool = False) -> T:
+        """`body(connection)`, re-run on a lost connection; `snapshot`: in one REPEATABLE READ
+        read-only transaction, for several statements that must see one state."""
+
+        def attempt(_: int) -> T:
+            if not snapshot:
+                with self._conn() as conn:
+                    return body(conn)
+            with self._snapshot_read() as conn:
+                return body(conn)
+
+        return self._retried("read", attempt)
 
     @contextmanager
     def _snapshot_read(self) -> Iterator[psycopg.Connection[Any]]:
@@ -168,8 +222,7 @@ class PostgresStore(SqlBanks):
             yield conn
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._conn() as conn:
-            return conn.execute(sql.encode(), args).fetchall()
+        return self._read(lambda conn: conn.execute(sql.encode(), args).fetchall())
 
     def revision(self) -> int:
         return int(self._rows("SELECT value FROM meta WHERE key = 'revision'")[0][0])
@@ -181,30 +234,44 @@ class PostgresStore(SqlBanks):
 
     def delete_bank(self, name: str) -> int:
         bank = self.get_bank(name)
-        with self._write() as (conn, revision):
+
+        def delete(conn: psycopg.Connection[Any], revision: int) -> None:
             conn.execute("INSERT INTO removed_entries (entry_id, rev) SELECT id, %s FROM entries"
                          " WHERE bank_id = %s ON CONFLICT (entry_id) DO UPDATE SET rev = %s",
                          (revision, bank.id, revision))
             conn.execute("DELETE FROM entries WHERE bank_id = %s", (bank.id,))
             conn.execute("DELETE FROM banks WHERE id = %s", (bank.id,))
+
+        self._transact(delete)
         return bank.entry_count
 
     # ---- entries -----------------------------------------------------------------------------
 
     @contextmanager
-    def bulk_add(self, bank_name: str, *, expected: int = 0) -> Iterator[PostgresBulkAdder]:
+    def bulk_add(self, bank_name: str, *, expected: int = 0) -> Iterator[ReplayingBulkAdder]:
         """Add many entries in one transaction (COPY, see `PostgresBulkAdder`): all of them
         land, or (on any error) none do. `expected` (an estimate of the rows to come) lets a
-        large import into a small store rebuild the indexes once (see `PostgresBulkAdder`)."""
+        large import into a small store rebuild the indexes once (see `PostgresBulkAdder`).
+        A lost connection re-runs the transaction (`ReplayingBulkAdder`)."""
         bank = self.get_bank(bank_name)
-        with self._write() as (conn, revision):
-            # Entries have no foreign key (its per-row check cost more than the insert): the
-            # bank is checked here instead, under the revision lock every writer takes.
-            if conn.execute("SELECT 1 FROM banks WHERE id = %s", (bank.id,)).fetchone() is None:
-                raise NotFoundError(f"no bank named {quote(bank_name)}")
-            adder = PostgresBulkAdder(conn, bank.id, revision, expected=expected)
-            yield adder
-            adder.finish()
+
+        @contextmanager
+        def begin(key: str) -> Iterator[tuple[psycopg.Connection[Any], PostgresBulkAdder]]:
+            with self._write(key) as (conn, revision):
+                # Entries have no foreign key (its per-row check cost more than the insert):
+                # the bank is checked here instead, under the revision lock every writer takes.
+                if conn.execute("SELECT 1 FROM banks WHERE id = %s",
+                                (bank.id,)).fetchone() is None:
+                    raise NotFoundError(f"no bank named {quote(bank_name)}")
+                yield conn, PostgresBulkAdder(conn, bank.id, revision, expected=expected)
+
+        with self._errors(retried=True):
+            adder = ReplayingBulkAdder(begin, expected=expected, location=self._location)
+            try:
+                yield adder
+                adder.commit()
+            finally:
+                adder.close()
 
     def add_entries(self, bank_name: str, entries: Iterable[NewEntry]) -> AddResult:
         with self.bulk_add(bank_name) as adder:
@@ -242,30 +309,38 @@ class PostgresStore(SqlBanks):
         if reason is not None:
             check_text(reason, "reason", LIMITS.reason_chars)
         bank = self.get_bank(bank_name)
-        changed = 0
-        with self._write() as (conn, revision):
-            for where, args in _selector_sql(bank.id, selector, alias="", mark="%s"):
-                changed += conn.execute(
-                    f"UPDATE entries SET disabled = %s, disabled_reason = %s, changed_rev = %s"
-                    f" {where}".encode(),
-                    (disabled, reason if disabled else None, revision, *args)).rowcount
-        return changed
+        clauses = list(_selector_sql(bank.id, selector, alias="", mark="%s"))
+
+        def update(conn: psycopg.Connection[Any], revision: int) -> int:
+            return sum(conn.execute(
+                f"UPDATE entries SET disabled = %s, disabled_reason = %s, changed_rev = %s"
+                f" {where}".encode(),
+                (disabled, reason if disabled else None, revision, *args)).rowcount
+                for where, args in clauses)
+
+        return self._transact(update)
 
     def remove_entries(self, bank_name: str, selector: EntrySelector) -> int:
         bank = self.get_bank(bank_name)
-        removed = 0
-        with self._write() as (conn, revision):
-            for where, args in _selector_sql(bank.id, selector, alias="", mark="%s"):
+        clauses = list(_selector_sql(bank.id, selector, alias="", mark="%s"))
+
+        def remove(conn: psycopg.Connection[Any], revision: int) -> int:
+            removed = 0
+            for where, args in clauses:
                 conn.execute(f"INSERT INTO removed_entries (entry_id, rev) SELECT id, %s"
                              f" FROM entries {where} ON CONFLICT (entry_id)"
                              f" DO UPDATE SET rev = EXCLUDED.rev".encode(), (revision, *args))
                 removed += conn.execute(f"DELETE FROM entries {where}".encode(), args).rowcount
-        return removed
+            return removed
+
+        return self._transact(remove)
 
     def iter_active_entries(self, batch: int = 100_000) -> Iterator[list[tuple[Any, ...]]]:
         """As `SqliteStore.iter_active_entries`: one consistent view, streamed through a
-        server-side cursor so that a 10M-entry store is never held in memory at once."""
-        with self._snapshot_read() as conn, conn.cursor(name="active_entries") as cursor:
+        server-side cursor so that a 10M-entry store is never held in memory at once. Not
+        retried: the batches already yielded cannot be taken back (a publish is run again)."""
+        with self._errors(), self._snapshot_read() as conn, \
+                conn.cursor(name="active_entries") as cursor:
             cursor.execute(
                 "SELECT e.id, e.bank_id, e.algorithm, e.hash, e.external_id, e.metadata,"
                 " e.variant FROM entries e JOIN banks b ON b.id = e.bank_id"
@@ -275,7 +350,8 @@ class PostgresStore(SqlBanks):
 
     def changes_since(self, revision: int) -> StoreChanges:
         """As `SqliteStore.changes_since`, in one REPEATABLE READ transaction."""
-        with self._snapshot_read() as conn:
+
+        def read(conn: psycopg.Connection[Any]) -> tuple[int, list[Any], list[int]]:
             current = int(conn.execute(
                 "SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])  # type: ignore[index]
             rows = conn.execute(
@@ -285,6 +361,9 @@ class PostgresStore(SqlBanks):
                 (revision,)).fetchall()
             removed = [r[0] for r in conn.execute(
                 "SELECT entry_id FROM removed_entries WHERE rev > %s", (revision,))]
+            return current, rows, removed
+
+        current, rows, removed = self._read(read, snapshot=True)
         return StoreChanges(
             revision=current,
             changed=frozenset([r[0] for r in rows] + removed),
@@ -292,7 +371,7 @@ class PostgresStore(SqlBanks):
         )
 
     def stats(self) -> StoreStats:
-        with self._snapshot_read() as conn:
+        def read(conn: psycopg.Connection[Any]) -> tuple[int, int, int, int, list[Any]]:
             revision = int(conn.execute(
                 "SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])  # type: ignore[index]
             entries, disabled = conn.execute(
@@ -303,6 +382,9 @@ class PostgresStore(SqlBanks):
                 " COUNT(*) FILTER (WHERE NOT e.disabled AND b.enabled)"
                 " FROM entries e JOIN banks b ON b.id = e.bank_id GROUP BY b.name, e.algorithm"
             ).fetchall()
+            return revision, entries, disabled, banks, grouped
+
+        revision, entries, disabled, banks, grouped = self._read(read, snapshot=True)
         by_bank: dict[str, dict[str, int]] = {}
         served: dict[str, dict[str, int]] = {}
         for bank, algorithm, count, active in grouped:

@@ -50,6 +50,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX removed_entries_by_rev ON removed_entries (rev);
     INSERT INTO meta (key, value) VALUES ('revision', '0');
     """,
+    # 2: the operation key of every recent write, so that a write re-run after a lost
+    # connection is applied once (postgres_retry.py)
+    """
+    CREATE TABLE applied_writes (op TEXT PRIMARY KEY, at TIMESTAMPTZ NOT NULL, result TEXT);
+    CREATE INDEX applied_writes_by_at ON applied_writes (at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
