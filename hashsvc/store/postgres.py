@@ -13,11 +13,10 @@ each names its process in `application_name`, which is how `writer_lock` names a
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -31,13 +30,9 @@ from hashsvc.errors import (
     StoreUnavailableError,
 )
 from hashsvc.limits import LIMITS, check_text, quote
-from hashsvc.store.banks import Dialect, SqlBanks, T
 from hashsvc.store.base import redact
 from hashsvc.store.model import (
-    AddResult,
-    Entry,
     EntrySelector,
-    NewEntry,
     StoreChanges,
     StoreStats,
 )
@@ -56,6 +51,7 @@ from hashsvc.store.postgres_retry import (
 )
 from hashsvc.store.postgres_schema import migrate
 from hashsvc.store.selectors import _selector_sql
+from hashsvc.store.sql_base import Dialect, SqlStoreBase, T
 
 CONNECT_TIMEOUT = 10  # seconds: an unreachable server fails a command, it does not hang it
 POOL_SIZE = 8  # a server's threads share these; an import holds one for its duration
@@ -84,7 +80,7 @@ def _password(url: str) -> str | None:
     return str(password) if password else None
 
 
-class PostgresStore(SqlBanks):
+class PostgresStore(SqlStoreBase):
     """Banks and entries in a PostgreSQL database, one transaction per write. Thread-safe."""
 
     dialect = Dialect(mark="%s", integrity_error=pg_errors.UniqueViolation,
@@ -132,12 +128,6 @@ class PostgresStore(SqlBanks):
     def close(self) -> None:
         self._listener.close()
         self._pool.close()
-
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
@@ -230,7 +220,7 @@ class PostgresStore(SqlBanks):
     def wait_for_change(self, timeout: float) -> bool:
         return self._listener.wait(timeout)
 
-    # ---- banks (the rest are `SqlBanks`') -------------------------------------------------
+    # ---- banks (the rest are `SqlStoreBase`') -------------------------------------------------
 
     def delete_bank(self, name: str) -> int:
         bank = self.get_bank(name)
@@ -272,36 +262,6 @@ class PostgresStore(SqlBanks):
                 adder.commit()
             finally:
                 adder.close()
-
-    def add_entries(self, bank_name: str, entries: Iterable[NewEntry]) -> AddResult:
-        with self.bulk_add(bank_name) as adder:
-            adder.add(entries)
-        return adder.result
-
-    def get_entry(self, entry_id: int) -> Entry:
-        entries = self._query_entries("WHERE e.id = %s", (entry_id,))
-        if not entries:
-            raise NotFoundError(f"no entry with id {entry_id}")
-        return entries[0]
-
-    def find_entries(self, bank_name: str, selector: EntrySelector) -> list[Entry]:
-        bank = self.get_bank(bank_name)
-        found: list[Entry] = []
-        for where, args in _selector_sql(bank.id, selector, mark="%s"):
-            found.extend(self._query_entries(where, args))
-        return sorted({e.id: e for e in found}.values(), key=lambda e: e.id)
-
-    def _query_entries(self, where: str, args: tuple[Any, ...]) -> list[Entry]:
-        rows = self._rows(
-            "SELECT e.id, b.name, e.algorithm, e.hash, e.external_id, e.metadata, e.added_at,"
-            " e.disabled, e.disabled_reason, e.variant"
-            f" FROM entries e JOIN banks b ON b.id = e.bank_id {where} ORDER BY e.id", args)
-        return [
-            Entry(id=r[0], bank=r[1], algorithm=r[2], hash=bytes(r[3]), external_id=r[4],
-                  metadata=json.loads(r[5]) if r[5] else None, added_at=r[6],
-                  disabled=r[7], disabled_reason=r[8], variant=r[9])
-            for r in rows
-        ]
 
     def set_disabled(
         self, bank_name: str, selector: EntrySelector, disabled: bool, reason: str | None = None

@@ -8,34 +8,30 @@ anything changed since the snapshot it last published.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from hashsvc.errors import HashsvcError, NotFoundError
+from hashsvc.errors import HashsvcError
 from hashsvc.limits import LIMITS, check_text
-from hashsvc.store.banks import Dialect, SqlBanks, T
 from hashsvc.store.base import redact
 from hashsvc.store.model import (
-    AddResult,
-    Entry,
     EntrySelector,
-    NewEntry,
     StoreChanges,
     StoreStats,
 )
 from hashsvc.store.selectors import _selector_sql
+from hashsvc.store.sql_base import Dialect, SqlStoreBase, T
 from hashsvc.store.sqlite_bulk import REVISION_SQL, SqliteBulkAdder
 from hashsvc.store.sqlite_schema import check_version, migrate
 
 
-class SqliteStore(SqlBanks):
+class SqliteStore(SqlStoreBase):
     """Banks and entries in one SQLite file. Thread-safe.
 
     Writes go through one connection behind a lock; reads use a second connection with its own
@@ -101,12 +97,6 @@ class SqliteStore(SqlBanks):
             self._db.close()
             self._reader.close()
 
-    def __enter__(self) -> SqliteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction that bumps the revision; rolled back on any exception.
@@ -148,7 +138,7 @@ class SqliteStore(SqlBanks):
         time.sleep(timeout)
         return False
 
-    # ---- banks (the rest are `SqlBanks`') -------------------------------------------------
+    # ---- banks (the rest are `SqlStoreBase`') -------------------------------------------------
 
     def delete_bank(self, name: str) -> int:
         """Delete a bank and all its entries; returns how many entries went with it."""
@@ -180,40 +170,6 @@ class SqliteStore(SqlBanks):
             finally:
                 if adder is not None:
                     adder.close()  # after COMMIT or ROLLBACK: the cache held the dirty pages
-
-    def add_entries(self, bank_name: str, entries: Iterable[NewEntry]) -> AddResult:
-        with self.bulk_add(bank_name) as adder:
-            adder.add(entries)
-        return adder.result
-
-    def get_entry(self, entry_id: int) -> Entry:
-        entries = self._query_entries("WHERE e.id = ?", (entry_id,))
-        if not entries:
-            raise NotFoundError(f"no entry with id {entry_id}")
-        return entries[0]
-
-    def find_entries(self, bank_name: str, selector: EntrySelector) -> list[Entry]:
-        bank = self.get_bank(bank_name)
-        found: list[Entry] = []
-        for where, args in _selector_sql(bank.id, selector):
-            found.extend(self._query_entries(where, args))
-        return sorted({e.id: e for e in found}.values(), key=lambda e: e.id)
-
-    def _query_entries(self, where: str, args: tuple[Any, ...]) -> list[Entry]:
-        sql = (
-            "SELECT e.id, b.name, e.algorithm, e.hash, e.external_id, e.metadata, e.added_at,"
-            " e.disabled, e.disabled_reason, e.variant"
-            " FROM entries e JOIN banks b ON b.id = e.bank_id"
-            f" {where} ORDER BY e.id"
-        )
-        with self._read_lock:
-            rows = self._reader.execute(sql, args).fetchall()
-        return [
-            Entry(id=r[0], bank=r[1], algorithm=r[2], hash=r[3], external_id=r[4],
-                  metadata=json.loads(r[5]) if r[5] else None, added_at=r[6],
-                  disabled=bool(r[7]), disabled_reason=r[8], variant=r[9])
-            for r in rows
-        ]
 
     def set_disabled(
         self, bank_name: str, selector: EntrySelector, disabled: bool, reason: str | None = None

@@ -1,7 +1,7 @@
-"""The bank statements of the SQL stores, written once; what differs per engine is a `Dialect`.
+"""What the SQL stores do alike, written once; what differs per engine is a `Dialect`.
 
-Why shared: SQLite and PostgreSQL create, read and update banks with the same steps (validate,
-one write transaction, read the bank back) and differ only in placeholders, how a flag is
+Why shared: SQLite and PostgreSQL create, read and update banks and read entries with the same
+steps (validate, one write transaction, read back) and differ only in placeholders, how a flag is
 stored, how a name sorts and which driver error means "name taken". Two copies had already begun
 to drift; one copy with the differences named keeps the two backends' promises the same.
 """
@@ -11,14 +11,19 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from hashsvc.errors import AlreadyExistsError, NotFoundError
 from hashsvc.limits import check_tags, quote
 from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.store.model import (
+    AddResult,
     Bank,
+    Entry,
+    EntrySelector,
+    NewEntry,
     _validate_description,
     _validate_kind,
     bank_changes,
@@ -26,6 +31,7 @@ from hashsvc.store.model import (
     validate_name,
     validate_thresholds,
 )
+from hashsvc.store.selectors import _selector_sql
 
 T = TypeVar("T")
 
@@ -41,10 +47,10 @@ class Dialect:
     flag: Callable[[bool], object]  # a boolean as the column stores it
 
 
-class SqlBanks:
-    """`create_bank`, `get_bank`, `list_banks` and `update_bank` for a store that provides
-    `_in_write` (run a function in one write transaction that bumped the revision) and `_rows`
-    (one read)."""
+class SqlStoreBase:
+    """Banks (create, get, list, update) and entry reads for a store that provides `_in_write`
+    (run a function in one write transaction that bumped the revision), `_rows` (one read) and
+    `bulk_add`."""
 
     dialect: ClassVar[Dialect]
 
@@ -53,6 +59,18 @@ class SqlBanks:
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
+
+    def bulk_add(self, bank_name: str, *, expected: int = 0) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _sql(self, text: str) -> str:
         """`text` written with "?" placeholders, in this engine's."""
@@ -138,3 +156,34 @@ class SqlBanks:
         except self.dialect.integrity_error:
             raise AlreadyExistsError(f"bank {quote(str(new_name))} already exists") from None
         return self.get_bank(changes.get("name", name))
+
+    def add_entries(self, bank_name: str, entries: Iterable[NewEntry]) -> AddResult:
+        with self.bulk_add(bank_name) as adder:
+            adder.add(entries)
+        result: AddResult = adder.result
+        return result
+
+    def get_entry(self, entry_id: int) -> Entry:
+        entries = self._query_entries("WHERE e.id = ?", (entry_id,))
+        if not entries:
+            raise NotFoundError(f"no entry with id {entry_id}")
+        return entries[0]
+
+    def find_entries(self, bank_name: str, selector: EntrySelector) -> list[Entry]:
+        bank = self.get_bank(bank_name)
+        found: list[Entry] = []
+        for where, args in _selector_sql(bank.id, selector):
+            found.extend(self._query_entries(where, args))
+        return sorted({e.id: e for e in found}.values(), key=lambda e: e.id)
+
+    def _query_entries(self, where: str, args: tuple[Any, ...]) -> list[Entry]:
+        rows = self._rows(self._sql(
+            "SELECT e.id, b.name, e.algorithm, e.hash, e.external_id, e.metadata, e.added_at,"
+            " e.disabled, e.disabled_reason, e.variant"
+            f" FROM entries e JOIN banks b ON b.id = e.bank_id {where} ORDER BY e.id"), args)
+        return [
+            Entry(id=r[0], bank=r[1], algorithm=r[2], hash=bytes(r[3]), external_id=r[4],
+                  metadata=json.loads(r[5]) if r[5] else None, added_at=r[6],
+                  disabled=bool(r[7]), disabled_reason=r[8], variant=r[9])
+            for r in rows
+        ]
