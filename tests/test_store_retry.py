@@ -26,7 +26,12 @@ from prometheus_client import REGISTRY
 from hashsvc.errors import HashsvcError, StoreUnavailableError
 from hashsvc.store import AddResult, EntrySelector, NewEntry
 from hashsvc.store.postgres import PostgresStore
-from hashsvc.store.postgres_retry import AlreadyApplied, is_retryable, record_result
+from hashsvc.store.postgres_retry import (
+    REPLAY_ROWS,
+    AlreadyApplied,
+    is_retryable,
+    record_result,
+)
 from tests.postgres_server import PostgresServer
 from tests.server_process import ServerProcess
 
@@ -107,6 +112,46 @@ def test_a_write_whose_connection_dies_mid_transaction_is_re_run_and_applied_onc
         assert store.revision() == revision + 1  # applied once
         entries = store.stats().entries
         assert entries == (2 if write == "add_entries" else 1)
+
+
+def _kill_backend_of(url: str, conn: psycopg.Connection[object]) -> None:
+    with psycopg.connect(url, autocommit=True) as killer:
+        killer.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+
+
+def test_an_import_that_loses_its_connection_is_replayed_whole_and_committed_once(
+    postgres: PostgresServer,
+) -> None:
+    """The connection dies after a first batch, and again just before the COMMIT: each time
+    the rows received so far are re-added in a new transaction, and the import lands once."""
+    url = postgres.new_database()
+    with PostgresStore(url) as store:
+        store.create_bank("a")
+        revision, retried = store.revision(), _retries("write")
+        with store.bulk_add("a") as adder:
+            adder.add([NewEntry("pdq", _code(n), f"e{n}") for n in range(10)])
+            _kill_backend_of(url, adder._conn)  # type: ignore[arg-type]
+            adder.add([NewEntry("pdq", _code(n), f"e{n}") for n in range(10, 15)])
+            _kill_backend_of(url, adder._conn)  # type: ignore[arg-type]
+        assert adder.result == AddResult(added=15)
+        assert _retries("write") >= retried + 2
+        assert store.revision() == revision + 1
+        assert len(store.find_entries("a", EntrySelector(
+            external_ids=tuple(f"e{n}" for n in range(15))))) == 15
+
+
+def test_an_import_too_large_to_replay_fails_in_one_line_and_stores_nothing(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.new_database()
+    with PostgresStore(url) as store:
+        store.create_bank("a")
+        with pytest.raises(StoreUnavailableError, match="not re-run: nothing of it was stored"), \
+                store.bulk_add("a", expected=REPLAY_ROWS) as adder:
+            adder.add([NewEntry("pdq", _code(n)) for n in range(10)])
+            _kill_backend_of(url, adder._conn)  # type: ignore[arg-type]
+            adder.add([NewEntry("pdq", _code(n)) for n in range(10, 20)])
+        assert store.stats().entries == 0
 
 
 def test_a_re_run_of_a_write_that_committed_answers_from_the_record(
