@@ -41,9 +41,10 @@ from hashsvc.store.postgres_lock import advisory_writer_lock
 from hashsvc.store.postgres_notify import CHANNEL, ChangeListener
 from hashsvc.store.postgres_retry import (
     ATTEMPTS,
+    BEGIN_WRITE,
     AlreadyApplied,
     ReplayingBulkAdder,
-    claim_operation,
+    already_applied,
     is_retryable,
     new_operation_key,
     record_result,
@@ -162,14 +163,11 @@ class PostgresStore(SqlStoreBase):
         """One write transaction, with the revision it bumped; rolled back on any exception.
         With an operation `key`, raises `AlreadyApplied` if a write of that key committed."""
         with self._conn() as conn, conn.transaction():
-            row = conn.execute(
-                "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'revision'"
-                " RETURNING value::bigint").fetchone()
+            # Bump, NOTIFY (a listener's wake-up, postgres_notify.py) and claim, in one statement.
+            row = conn.execute(BEGIN_WRITE, {"key": key, "channel": CHANNEL}).fetchone()
             assert row is not None
-            # Delivered at commit, only if it commits: a listener's wake-up (postgres_notify.py).
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(row[0])))
-            if key is not None:
-                claim_operation(conn, key)
+            if not row[2]:
+                raise already_applied(conn, str(key))
             yield conn, int(row[0])
 
     def _transact(self, body: Callable[[psycopg.Connection[Any], int], T]) -> T:

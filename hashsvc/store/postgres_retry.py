@@ -11,9 +11,10 @@ that many clients do not come back in step), at most `ATTEMPTS` times; then it f
 The hard case is a COMMIT that succeeded on the server while the connection died before its
 acknowledgement: re-running would apply the write twice (or report a bank it created as "already
 exists"). Every write therefore carries an operation key: its transaction first inserts the key
-into `applied_writes` (under the revision row lock every writer takes, so the check cannot race)
-and at the end records its result there. A re-run whose key is already present has been applied:
-it rolls back and answers with the recorded result. Keys are deleted after `KEY_HOURS`.
+into `applied_writes` (a primary key, so two tries cannot both claim it; in the statement that
+bumps the revision, so it costs no round trip) and at the end records its result there. A
+re-run whose key is already present has been applied: it rolls back and answers with the
+recorded result. Keys are deleted after `KEY_HOURS`.
 """
 
 from __future__ import annotations
@@ -89,24 +90,38 @@ class AlreadyApplied(Exception):
         self.result = result
 
 
-def claim_operation(conn: psycopg.Connection[Any], key: str) -> None:
-    """First statement of a write after the revision bump: record `key`, or raise
-    `AlreadyApplied` with the result an earlier, committed try recorded."""
-    claimed = conn.execute("INSERT INTO applied_writes (op, at) VALUES (%s, now())"
-                           " ON CONFLICT (op) DO NOTHING", (key,)).rowcount
-    if claimed:
-        return
+# The first statement of every write, one round trip: bump the revision (the row lock that makes
+# writers take turns), NOTIFY listeners (delivered only if it commits) and claim the operation
+# key, if any. The claim needs no lock of its own: an INSERT that meets the key of a transaction
+# still in progress waits for it, then sees it if it committed.
+BEGIN_WRITE = b"""
+WITH bumped AS (
+    UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'revision'
+    RETURNING value::bigint AS revision
+), claimed AS (
+    INSERT INTO applied_writes (op, at) SELECT %(key)s, now() WHERE %(key)s::text IS NOT NULL
+    ON CONFLICT (op) DO NOTHING RETURNING op
+)
+SELECT revision, pg_notify(%(channel)s, revision::text),
+       %(key)s::text IS NULL OR EXISTS (SELECT 1 FROM claimed)
+FROM bumped
+"""
+
+
+def already_applied(conn: psycopg.Connection[Any], key: str) -> AlreadyApplied:
+    """The signal to roll back a re-run whose key an earlier, committed try recorded, with the
+    result that try recorded."""
     row = conn.execute("SELECT result FROM applied_writes WHERE op = %s", (key,)).fetchone()
     metrics.STORE_WRITES_ALREADY_APPLIED.inc()
-    raise AlreadyApplied(json.loads(row[0]) if row and row[0] is not None else None)
+    return AlreadyApplied(json.loads(row[0]) if row and row[0] is not None else None)
 
 
 def record_result(conn: psycopg.Connection[Any], key: str, result: Any) -> None:
-    """Last statements of a write: its result, for a re-run that finds it applied; and the
-    expired keys of older writes go."""
-    conn.execute("UPDATE applied_writes SET result = %s WHERE op = %s", (json.dumps(result), key))
-    conn.execute("DELETE FROM applied_writes WHERE at < now() - make_interval(hours => %s)",
-                 (KEY_HOURS,))
+    """The last statement of a write, one round trip: its result, for a re-run that finds it
+    applied; and the expired keys of older writes go."""
+    conn.execute("WITH recorded AS (UPDATE applied_writes SET result = %s WHERE op = %s)"
+                 " DELETE FROM applied_writes WHERE at < now() - make_interval(hours => %s)",
+                 (json.dumps(result), key, KEY_HOURS))
 
 
 REPLAY_ROWS = 100_000  # rows an import keeps in memory so that it can be re-run whole
