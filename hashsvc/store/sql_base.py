@@ -180,7 +180,7 @@ class SqlStoreBase:
     def list_entries(self, query: EntryQuery) -> EntryPage:
         for bank in query.checked().banks:
             self.get_bank(bank)  # an unknown bank is an error, not an empty page
-        where, args = query_sql(query, "?")
+        where, args = query_sql(query, self.dialect.mark)
         return page_of(query, self._query_entries(where, args, order=False))
 
     def _query_entries(
