@@ -213,3 +213,18 @@ def test_a_damaged_layer_is_refused(store: Store, home: DataHome) -> None:
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SnapshotError, match="`layer` must be present exactly when"):
         load(directory)
+
+
+def test_a_damaged_base_is_replaced_by_a_full_snapshot(store: Store, home: DataHome) -> None:
+    """A layer is never built on a base that does not load: the publish compacts instead."""
+    store.create_bank("known")
+    store.add_entries("known", [NewEntry("pdq", code, f"h{i}")
+                                for i, code in enumerate(HAYSTACK[:10])])
+    base = publish(store, home.snapshots_dir)
+    with (base.path / "entries.ids.npy").open("ab") as handle:
+        handle.write(b"\0")
+    store.add_entries("known", [NewEntry("pdq", HAYSTACK[10], "h10")])
+    result = publish(store, home.snapshots_dir)
+    assert "layer" not in result.manifest
+    snapshot = load_current(home.snapshots_dir)
+    assert snapshot.version == result.version and snapshot.entry_count == 11
