@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +230,17 @@ def test_a_damaged_base_is_replaced_by_a_full_snapshot(store: Store, home: DataH
     assert "layer" not in result.manifest
     snapshot = load_current(home.snapshots_dir)
     assert snapshot.version == result.version and snapshot.entry_count == 11
+
+
+def test_the_layer_benchmark_smoke() -> None:
+    """loadtests/bench_layer.py, as the README runs it, at 20,000 entries and a 1,000-entry
+    layer: the layered version holds them all, and its side table finds the photo's near
+    duplicates beside the base's one match."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "loadtests" / "bench_layer.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=600, check=True)
+    report = json.loads(done.stdout)
+    assert report["layer_entries"] == 1_000 and report["rounds"] == 5
+    assert report["matches_of_the_photo_hash"] == {"empty": 1, "full": 21}
+    for kind in ("match_miss", "match_hit", "scan_image"):
+        assert report[kind]["full_over_empty_median"] > 0
