@@ -138,14 +138,17 @@ def test_layered_versions_match_exactly_what_full_snapshots_match(
                                 NewEntry("md5", MD5S[3], "photo3-again")])
     _check_same_as_full(store, home, tmp_path, "removes")
 
-    # 4. Live changes on top of the layer, not yet published: the served delta is the layer's
-    # under them, as if the server had read every change since the base.
+    # 4. Live changes on top of the layer, not yet published, beside the full snapshot of the
+    # same revision: the served delta is the layer's under them, as if the server had read
+    # every change since the base. A bank's new threshold applies at the next publish, to the
+    # layer's entries as to the full snapshot's.
     store.remove_entries("known", EntrySelector(external_ids=["h1002", "h60"]))
     store.add_entries("known", [NewEntry("pdq", _flip(NEEDLES[50], 3), "live")])
+    store.update_bank("known", thresholds={"pdq": 12})
+    assert _scan(_served(store, home.snapshots_dir)) == _scan(_served(store, tmp_path /
+                                                                      "full-removes"))
     full = publish(store, LocalRepository(tmp_path / "full-live"), force=True)
     assert full.published
-    assert _scan(_served(store, home.snapshots_dir)) == _scan(_served(store, tmp_path /
-                                                                      "full-live"))
 
     # 5. Compaction: a forced publish is full again, and matches the same.
     compacted = publish(store, home.snapshots_dir, force=True)
