@@ -98,7 +98,9 @@ class Matcher:
                         for name, thresholds in self._thresholds.items()}
         self._strategies = [bank.strategies for bank in snapshot.banks]
         self._delta_radius = {
-            name: max((bank.threshold(name) for bank in self.delta.banks.values()), default=0)
+            name: max((bank.threshold(name) for bank in [*self.delta.banks.values(),
+                                                         *self.delta.layer_banks.values()]),
+                      default=0)
             for name in [*self.delta.tables, *self.delta.layer]}
         # Whether any bank matches trimmed uploads, so that scans compute them only then.
         self.wants_trimmed_queries = any(
@@ -205,19 +207,19 @@ class Matcher:
 
     def _delta_matches(self, algorithm: str, queries: list[Query]) -> list[Match]:
         """The entries changed since the snapshot: side tables, a layer's and the live one."""
-        tables = [table for table in (self.delta.layer.get(algorithm),
-                                      self.delta.tables.get(algorithm)) if table is not None]
+        tables = [(table, banks) for table, banks in (
+            (self.delta.layer.get(algorithm), self.delta.layer_banks),
+            (self.delta.tables.get(algorithm), self.delta.banks)) if table is not None]
         if not tables:
             return []
-        banks = self.delta.banks
         # The largest threshold of any bank (each hit is then held to its own bank's): one per
         # bank, not a pass over the entries, which a layer makes thousands.
         radius = self._delta_radius.get(algorithm, 0)
         best: dict[int, Match] = {}
-        hits = ((query, table.entries[index], distance)
-                for query in sorted(queries, key=_query_order) for table in tables
+        hits = ((query, table.entries[index], distance, banks)
+                for query in sorted(queries, key=_query_order) for table, banks in tables
                 for index, distance in table.within(query.hash.value, radius))
-        for query, entry, distance in hits:
+        for query, entry, distance, banks in hits:
             bank = banks.get(entry.bank)
             if bank is None or distance > bank.threshold(algorithm):
                 continue
