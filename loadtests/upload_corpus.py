@@ -46,6 +46,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +121,12 @@ def missing_tools() -> list[str]:
 # --------------------------------------------------------------------------- planning
 
 
+@cache
 def _photos() -> list[Path]:
     return sorted(PHOTOS.glob("*.jpg"))
 
 
+@cache
 def real_photos() -> list[Path]:
     """Real photographs larger than the CC0 photos (see the module docstring)."""
     paths = [REFERENCE / "exif-rotn" / "exif-rotn-1.jpg",
@@ -133,6 +136,7 @@ def real_photos() -> list[Path]:
     return [p for p in paths if p.is_file()]
 
 
+@cache
 def package_screenshots() -> list[Path]:
     return [p for p in _package_files("locust", "webui/dist/assets/graphs-light.png",
                                       "webui/dist/assets/graphs-dark.png",

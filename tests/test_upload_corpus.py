@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ needs_tools = pytest.mark.skipif(
 # Seed 1's first 8 files: PNG (plain and interlaced), baseline and progressive JPEG, WebP, AVIF
 # and a screenshot; the multi-megapixel kinds are left out to keep this to a few seconds.
 SMALL_KINDS = ["web-jpeg", "png", "webp", "avif", "screenshot"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @needs_tools
@@ -60,3 +64,23 @@ def test_missing_encoder_names_the_debian_package(tmp_path: Path,
     with pytest.raises(SystemExit, match="apt-get install -y libjpeg-turbo-progs webp "
                                          "libavif-bin imagemagick"):
         find_tools()
+
+
+@needs_tools
+def test_corpus_benchmark_reports_every_kind(tmp_path: Path) -> None:
+    """One round over the small corpus: every file timed and compared, grouped by kind."""
+    build(tmp_path / "corpus", count=8, seed=1, kinds=SMALL_KINDS)
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / "bench_corpus.py"), "--corpus",
+         str(tmp_path / "corpus"), "--rounds", "1", "--jobs", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(out.read_text())
+    assert report["images"] == len(report["images_detail"]) == 8
+    assert {"JPEG < 1 MP", "PNG", "WebP", "AVIF", "screenshot", "all"} <= set(report["groups"])
+    overall = report["groups"]["all"]
+    assert overall["images"] == 8 and overall["median_speedup"] > 0
+    assert 0 <= overall["share_fast_slower"] <= 1
+    # Photos and screenshots hash far from flat: each file's distance is a real comparison.
+    assert all(0 <= d["distance"] <= 256 and d["quality"] > 0 for d in report["images_detail"])
+    assert "JPEG < 1 MP" in result.stdout and "target" in result.stdout
