@@ -166,6 +166,10 @@ def drive(target: Target, loadgen_args: list[str], clients: int, workdir: Path,
         results.append(json.loads(out.read_text()))
     cpu = server_cpu_seconds(target) - cpu_before
     calls = sum(r["issued_total"] for r in results)
+    codes: dict[str, int] = {}
+    for r in results:
+        for code, count in r["errors"].items():
+            codes[code] = codes.get(code, 0) + count
     return {
         "server_cpu_ms_per_call": 1000 * cpu / calls if calls else 0.0,
         "throughput": sum(r["throughput_per_second"] for r in results),
@@ -173,6 +177,7 @@ def drive(target: Target, loadgen_args: list[str], clients: int, workdir: Path,
         "p99_ms": max(r["latency_ms"]["p99"] for r in results),
         "p50_ms": max(r["latency_ms"]["p50"] for r in results),
         "errors": sum(r["error_count"] for r in results),
+        "error_codes": codes,
         "client_cpu_percent": sum(r["client_cpu_percent_of_one_core"] for r in results),
     }
 
@@ -191,6 +196,7 @@ def measure(targets: list[Target], loadgen_args: list[str], rounds: int, clients
             print(f"  round {number + 1}: {target.label:<26} {result['value']:>10.1f} "
                   f"p99 {result['p99_ms']:>7.1f} ms  server CPU "
                   f"{result['server_cpu_ms_per_call']:.3f} ms/call  errors {result['errors']}"
+                  f"{' ' + str(result['error_codes']) if result['errors'] else ''}"
                   f"  client CPU "
                   f"{result['client_cpu_percent']:.0f}%  load {load:.2f}", flush=True)
     return samples
