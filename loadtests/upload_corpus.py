@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import math
 import multiprocessing
-import os
 import random
 import shutil
 import subprocess
@@ -46,15 +44,22 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-DATA = Path(os.environ.get("HASHSVC_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
-PHOTOS = DATA / "photos-cc0" / "images"
-REFERENCE = DATA / "pdq-reference" / "images"
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # run as `python loadtests/upload_corpus.py`: find `loadtests`
+    sys.path.insert(0, str(_ROOT))
+
+from loadtests.corpus_pixels import (  # noqa: E402
+    PHOTOS,
+    cc0_photos,
+    package_screenshots,
+    pixels,
+    real_photos,
+)
 
 # kind: weight in percent of the corpus (see the module docstring for why).
 KINDS: dict[str, int] = {
@@ -121,37 +126,6 @@ def missing_tools() -> list[str]:
 # --------------------------------------------------------------------------- planning
 
 
-@cache
-def _photos() -> list[Path]:
-    return sorted(PHOTOS.glob("*.jpg"))
-
-
-@cache
-def real_photos() -> list[Path]:
-    """Real photographs larger than the CC0 photos (see the module docstring)."""
-    paths = [REFERENCE / "exif-rotn" / "exif-rotn-1.jpg",
-             REFERENCE / "bridge-mods" / "aaa-orig.jpg",
-             *sorted((REFERENCE / "labelme-subset").glob("*.jpg"))]
-    paths += _package_files("matplotlib", "mpl-data/sample_data/grace_hopper.jpg")
-    return [p for p in paths if p.is_file()]
-
-
-@cache
-def package_screenshots() -> list[Path]:
-    return [p for p in _package_files("locust", "webui/dist/assets/graphs-light.png",
-                                      "webui/dist/assets/graphs-dark.png",
-                                      "webui/dist/assets/testruns-light.png",
-                                      "webui/dist/assets/testruns-dark.png") if p.is_file()]
-
-
-def _package_files(package: str, *relative: str) -> list[Path]:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        return []
-    root = Path(spec.origin).parent
-    return [root / r for r in relative]
-
-
 def _size_under(rng: random.Random, low_mp: float, high_mp: float, min_short: int = 0) -> tuple[
         int, int]:
     """A width × height with megapixels log-uniform in [low, high), a common aspect, either way
@@ -176,7 +150,7 @@ def _jpeg_options(rng: random.Random, progressive_share: float) -> tuple[str, di
 
 def _pixel_source(rng: random.Random, weights: tuple[float, float, float]) -> str:
     kind = rng.choices(("photo", "mosaic", "real"), weights)[0]
-    photos = _photos()
+    photos = cc0_photos()
     if kind == "photo":
         return f"photo:{rng.choice(photos).name}"
     if kind == "mosaic":
@@ -228,97 +202,6 @@ def plan(index: int, seed: int) -> Spec:
                     {"interlaced": False})
     encoder, options = _jpeg_options(rng, 0.2)
     return Spec(index, kind, "JPEG", encoder, width, height, source, options)
-
-
-# --------------------------------------------------------------------------- pixels
-
-
-def _cover(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Resize to cover width × height, then crop the centre: no stretching, no borders."""
-    scale = max(width / image.width, height / image.height)
-    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    resized = image.resize(size, Image.Resampling.LANCZOS)
-    left, top = (size[0] - width) // 2, (size[1] - height) // 2
-    return resized.crop((left, top, left + width, top + height))
-
-
-def _mosaic(start: int, width: int, height: int) -> Image.Image:
-    photos = _photos()
-    canvas = Image.new("RGB", (width, height))
-    index = start
-    for top in range(0, height, 533):
-        for left in range(0, width, 400):
-            with Image.open(photos[index % len(photos)]) as photo:
-                canvas.paste(photo.convert("RGB"), (left, top))
-            index += 1
-    return canvas
-
-
-def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
-    fonts = _package_files("matplotlib", f"mpl-data/fonts/ttf/{name}")
-    if fonts and fonts[0].is_file():
-        return ImageFont.truetype(str(fonts[0]), size)
-    return ImageFont.load_default(size)
-
-
-WORDS = ("upload", "share", "photo", "settings", "friends", "message", "today", "report",
-         "profile", "search", "notifications", "comment", "like", "album", "story", "new")
-
-
-def _screenshot(seed: int, width: int, height: int) -> Image.Image:
-    """A UI screen: a header bar, text in two sizes, buttons and a feed of photos."""
-    rng = random.Random(seed)
-    dark = rng.random() < 0.3
-    background, ink = ((24, 24, 28), (230, 230, 235)) if dark else ((250, 250, 250), (20, 20, 24))
-    image = Image.new("RGB", (width, height), background)
-    draw = ImageDraw.Draw(image)
-    unit = max(12, min(width, height) // 40)
-    accent = tuple(rng.randrange(40, 220) for _ in range(3))
-    draw.rectangle((0, 0, width, unit * 3), fill=accent)
-    draw.text((unit, unit // 2), " ".join(rng.choices(WORDS, k=3)).title(),
-              font=_font(unit * 3 // 2, bold=True), fill=(255, 255, 255))
-    photos = _photos()
-    body, small = _font(unit), _font(unit * 3 // 4)
-    top = unit * 4
-    while top < height:
-        if rng.random() < 0.35:  # a photo in the feed
-            side = min(width - 2 * unit, rng.randrange(unit * 8, unit * 20))
-            with Image.open(rng.choice(photos)) as photo:
-                image.paste(_cover(photo.convert("RGB"), side, side * 4 // 3), (unit, top))
-            top += side * 4 // 3 + unit
-        elif rng.random() < 0.3:  # a button
-            label = rng.choice(WORDS).upper()
-            draw.rounded_rectangle((unit, top, unit * 12, top + unit * 2), radius=unit // 2,
-                                   fill=accent)
-            draw.text((unit * 2, top + unit // 3), label, font=body, fill=(255, 255, 255))
-            top += unit * 3
-        else:  # a paragraph
-            for _ in range(rng.randrange(1, 5)):
-                words = rng.choices(WORDS, k=max(2, width // (unit * 6)))
-                draw.text((unit, top), " ".join(words), font=rng.choice((body, small)), fill=ink)
-                top += unit * 3 // 2
-            draw.line((unit, top, width - unit, top), fill=(128, 128, 128), width=1)
-            top += unit
-    return image
-
-
-def pixels(spec: Spec) -> Image.Image:
-    kind, _, name = spec.source.partition(":")
-    if kind == "photo":
-        with Image.open(PHOTOS / name) as photo:
-            return _cover(photo.convert("RGB"), spec.width, spec.height)
-    if kind == "mosaic":
-        return _mosaic(int(name), spec.width, spec.height)
-    if kind == "real":
-        path = next(p for p in real_photos() if p.name == name)
-        with Image.open(path) as photo:  # the stored pixels: EXIF orientation is not applied
-            return _cover(photo.convert("RGB"), spec.width, spec.height)
-    if kind == "package":
-        path = next(p for p in package_screenshots() if p.name == name)
-        with Image.open(path) as shot:
-            return _cover(shot.convert("RGB"), spec.width, spec.height)
-    return _screenshot(int(name), spec.width, spec.height)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -383,7 +266,7 @@ def build_one(job: tuple[Spec, str, dict[str, str]]) -> dict[str, Any]:
     spec, out_dir, tools = job
     out = Path(out_dir) / spec.file
     with tempfile.TemporaryDirectory(prefix="corpus-", dir=out_dir) as tmp:
-        encode(spec, pixels(spec), out, tools, Path(tmp))
+        encode(spec, pixels(spec.source, spec.width, spec.height), out, tools, Path(tmp))
     data = out.read_bytes()
     return {"file": spec.file, **{k: v for k, v in asdict(spec).items() if k != "index"},
             "megapixels": round(spec.width * spec.height / 1e6, 3), "bytes": len(data),
@@ -396,7 +279,7 @@ def build(out: Path, count: int, seed: int, jobs: int = 1,
 
     `kinds`: keep only these kinds (the plan is unchanged, so files keep their names)."""
     tools = find_tools()
-    if not _photos():
+    if not cc0_photos():
         raise SystemExit(f"upload_corpus: no photos under {PHOTOS}: set HASHSVC_SHARED_DATA")
     out.mkdir(parents=True, exist_ok=True)
     specs = [plan(i, seed) for i in range(count)]
