@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from hashsvc import snapshot as snapshots
-from hashsvc.hashing.imaging import Upload
+from hashsvc.hashing.imaging import DecodeLimits, Upload
 from hashsvc.home import DataHome
 from hashsvc.scanner import Scanner
 from hashsvc.store import SqliteStore
-from indexer.evaluation.hashing import HASHSVC_STRATEGIES, METHODS, Job, run_job
+from indexer.evaluation.hashing import HASHSVC_STRATEGIES, METHODS, NO_MATCH, Job, run_job
 from indexer.evaluation.metrics import pair_histogram, recall_curve
 from indexer.evaluation.transforms import BY_NAME, SUITE
 from tests.conftest import PHOTOS, run_indexer
@@ -132,3 +132,19 @@ def test_evaluate_command_writes_the_report(tmp_path: Path, home: DataHome) -> N
 def test_evaluate_refuses_bad_arguments(home: DataHome, args: list[str], message: str) -> None:
     result = run_indexer(home, "evaluate", str(PHOTOS), *args)
     assert result.returncode != 0 and message in result.stderr
+
+
+def test_a_copy_over_a_decode_cap_is_a_miss_and_keeps_its_original() -> None:
+    """A copy a scan would refuse (here resize_2.0x over a pixel cap) is a miss; the original
+    is still evaluated, so it stays in recall and in the false-positive pairs."""
+    path = sorted(PHOTOS.iterdir())[0]
+    with Image.open(path) as opened:
+        pixels = opened.width * opened.height
+    limits = DecodeLimits(max_pixels=2 * pixels, max_full_decode_pixels=2 * pixels)
+    pdq = next(m for m in METHODS if m.name == "pdq")
+    result = run_job(Job(0, path, (pdq,), ("jpeg_q90", "resize_2.0x"), limits=limits))
+    assert result.error is None and pdq.name in result.stored and pdq.name in result.queries
+    assert result.distances["resize_2.0x"] == {"pdq": NO_MATCH}
+    assert result.distances["jpeg_q90"]["pdq"] <= pdq.threshold
+    (refused,) = result.refused
+    assert "resize_2.0x" in refused
