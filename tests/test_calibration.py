@@ -94,9 +94,9 @@ def test_tail_model_predicts_held_out_pairs() -> None:
 def test_way_of_matching_names_every_strategy() -> None:
     assert way_of_matching("identity", False, "") == "plain"
     assert way_of_matching("rotate_90", False, "") == "dihedral"
-    assert way_of_matching("rotate_90", True, "") == "trimmed"
+    assert way_of_matching("rotate_90", True, "") == "trimmed_query"
     assert way_of_matching("identity", False, "trimmed") == "trimmed"
-    assert way_of_matching("flip_x", True, "crop_4") == "crop_variant"
+    assert way_of_matching("flip_x", True, "crop_4") == "crop"
     assert way_of_matching("identity", False, "offcrop_3") == "offcrop"  # a new strategy
 
 

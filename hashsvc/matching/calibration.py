@@ -38,22 +38,24 @@ from hashsvc.errors import HashsvcError
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
 IDENTITY = "identity"
-PLAIN, DIHEDRAL, TRIMMED_WAY, CROP_VARIANT = "plain", "dihedral", "trimmed", "crop_variant"
+# The ways of matching, named as strategies.py names their margins; "plain" is hash to hash.
+PLAIN, DIHEDRAL, TRIMMED_QUERY, STORED_TRIMMED, CROP = (
+    "plain", "dihedral", "trimmed_query", "trimmed", "crop")
 BETA_BINOMIAL, LOG_LINEAR = "beta-binomial", "log-linear"
 
 
 def way_of_matching(query_transform: str, query_trimmed: bool, entry_variant: str) -> str:
-    """The way a query hash met a stored hash: `plain`, `dihedral` (a rotated/flipped upload),
-    `trimmed` (the upload's or the known image's borders cut away), `crop_variant` (a stored
-    centred crop), or, for stored variants this module does not know, the variant's name
-    without its parameter (`offcrop_3` -> `offcrop`), so new strategies get their own model."""
+    """The way a query hash met a stored hash, the stored side first: `crop` (a stored centred
+    crop), `trimmed` (the known image's trimmed hash), `trimmed_query` (the upload's borders cut
+    away), `dihedral` (a rotated/flipped upload) or `plain`. A stored variant this module does
+    not know gets its name without its parameter (`offcrop_3` -> `offcrop`), so a new strategy
+    gets its own model (or, until it has one, the most permissive: `Calibration.model`)."""
     if entry_variant:
-        if entry_variant == TRIMMED_WAY:
-            return TRIMMED_WAY
-        family = entry_variant.rsplit("_", 1)[0] if "_" in entry_variant else entry_variant
-        return CROP_VARIANT if family == "crop" else family
+        if entry_variant == STORED_TRIMMED:
+            return STORED_TRIMMED
+        return entry_variant.rsplit("_", 1)[0] if "_" in entry_variant else entry_variant
     if query_trimmed:
-        return TRIMMED_WAY
+        return TRIMMED_QUERY
     return PLAIN if query_transform == IDENTITY else DIHEDRAL
 
 
