@@ -16,7 +16,7 @@ from hashsvc.hashing.algorithms import PDQ
 from hashsvc.hashing.imaging import Upload
 from hashsvc.home import DataHome
 from hashsvc.matching.delta import Delta
-from hashsvc.matching.strategies import MatchStrategies, parse_crop_list
+from hashsvc.matching.strategies import WAYS, MatchStrategies, parse_crop_list
 from hashsvc.matching.variants import content_box
 from hashsvc.scanner import Scanner, ScanOptions
 from hashsvc.store import EntrySelector, NewEntry, SqliteStore, Store
@@ -250,3 +250,54 @@ def test_variant_margin_makes_strategy_matches_stricter(store: Store, home: Data
     assert not scanner.scan_image(copy).matches
     (plain,) = scanner.scan_image(photo.read_bytes()).matches  # plain matches keep threshold 31
     assert plain.distance == 0 and not plain.query_trimmed
+
+
+def test_per_way_margins_load_old_configs_and_persist(store: Store) -> None:
+    old = MatchStrategies.from_json('{"dihedral": true, "trim_borders": true, '
+                                    '"crop_variants": [2], "variant_margin": 12}')
+    assert [old.margin(way) for way in WAYS] == [12, 12, 12, 12]  # one margin for every way
+    ways = MatchStrategies(trim_borders=True, variant_margin=12, margins=(("dihedral", 0),))
+    assert ways.margin("dihedral") == 0 and ways.margin("crop") == 12
+    assert ways.margin_for(rotated=True, trimmed=False, variant="") == 0
+    assert ways.margin_for(rotated=True, trimmed=False, variant="crop_4") == 12  # the larger
+    assert ways.margin_for(rotated=False, trimmed=False, variant="") == 0  # plain: none
+    assert MatchStrategies.from_json(ways.to_json()) == ways
+    # A way set to the default margin is the same setting as leaving it out.
+    assert MatchStrategies(variant_margin=3, margins=(("crop", 3),)) == MatchStrategies(
+        variant_margin=3)
+    with pytest.raises(HashsvcError, match=r"unknown way.*: rotate \(known: dihedral"):
+        MatchStrategies(margins=(("rotate", 1),))
+    with pytest.raises(HashsvcError, match="crop margin must be 0-64 bits, got 65"):
+        MatchStrategies(margins=(("crop", 65),))
+    store.create_bank("b", strategies=ways)
+    assert store.get_bank("b").strategies == ways
+
+
+def test_margins_per_way_in_the_cli(home: DataHome) -> None:
+    run_indexer(home, "bank", "create", "b", "--trim-borders", "--variant-margin", "12",
+                "--margin", "dihedral=0", check=True)
+    updated = run_indexer(home, "bank", "update", "b", "--margin", "crop=5", check=True)
+    assert "variant margin 12, dihedral margin 0, crop margin 5" in updated.stderr
+    bad = run_indexer(home, "bank", "update", "b", "--margin", "crop:5")
+    assert bad.returncode != 0 and "invalid margin 'crop:5': expected WAY=BITS" in bad.stderr
+
+
+def test_a_rotation_margin_of_its_own(store: Store, home: DataHome) -> None:
+    """A margin that stops a trimmed match need not stop a rotated one."""
+    (photo,) = _photos_without_border(1)
+    with Image.open(photo) as image:
+        rotated = _jpeg(image.transpose(Image.Transpose.ROTATE_90))
+    padded = _padded(photo, 20, (0, 0, 0))
+    store.create_bank("b", strategies=MatchStrategies(trim_borders=True))
+    _add_files(store, "b", [photo])
+    scanner = _scanner(store, home)
+    (turned,) = scanner.scan_image(rotated).matches
+    (trimmed,) = scanner.scan_image(padded).matches
+    assert turned.query_transform != "identity" and trimmed.query_trimmed
+    tight = 31 - trimmed.distance + 1  # one bit too many for the trimmed match
+    assert 31 - turned.distance >= 0
+    store.update_bank("b", strategies=MatchStrategies(
+        trim_borders=True, variant_margin=tight, margins=(("dihedral", 31 - turned.distance),)))
+    scanner = _scanner(store, home)
+    assert not scanner.scan_image(padded).matches
+    assert [m.distance for m in scanner.scan_image(rotated).matches] == [turned.distance]

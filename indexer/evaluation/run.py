@@ -80,7 +80,7 @@ def evaluate(config: Config) -> Evaluation:
             [good[i].stored[method.name] for i in original_ids],
             get_algorithm(method.algorithm).bits,
             query_owner=[position.get(i, -1) for i in query_ids],
-            skip_pairs=skip, margin=method.margin,
+            skip_pairs=skip, margins=method.margins,
         )
     distances: dict[str, dict[str, list[int]]] = {
         t.name: {m.name: [] for m in config.methods} for t in config.transforms
