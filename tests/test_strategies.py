@@ -7,14 +7,17 @@ import io
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 from hashsvc import snapshot as snapshots
 from hashsvc.errors import HashsvcError
 from hashsvc.hashing.algorithms import PDQ
+from hashsvc.hashing.borders import Box, added_border_box, trim_box, trim_boxes
 from hashsvc.hashing.imaging import Upload
 from hashsvc.home import DataHome
+from hashsvc.matching import variants
 from hashsvc.matching.delta import Delta
 from hashsvc.matching.strategies import WAYS, MatchStrategies, parse_crop_list
 from hashsvc.matching.variants import content_box
@@ -301,3 +304,39 @@ def test_a_rotation_margin_of_its_own(store: Store, home: DataHome) -> None:
     scanner = _scanner(store, home)
     assert not scanner.scan_image(padded).matches
     assert [m.distance for m in scanner.scan_image(rotated).matches] == [turned.distance]
+
+
+def test_only_the_added_border_is_trimmed_for_a_photo_with_an_edge_of_its_own() -> None:
+    """A white band of the photo's own stays when a black pad around it is cut, while the
+    full trim removes both."""
+    luma = np.random.default_rng(3).uniform(0, 255, (200, 300)).astype(np.float32)  # busy
+    luma[:30] = 250.0  # the photo's own near-uniform top edge (a bright sky)
+    padded = np.zeros((260, 360), dtype=np.float32)
+    padded[30:230, 30:330] = luma
+    assert added_border_box(padded) == Box(30, 230, 30, 330)
+    assert trim_box(padded) == Box(60, 230, 30, 330)
+    assert trim_boxes(padded) == [Box(60, 230, 30, 330), Box(30, 230, 30, 330)]
+    assert trim_boxes(luma) == [Box(30, 200, 0, 300)]  # nothing added: one box, the sky cut
+    assert added_border_box(np.zeros((50, 50), dtype=np.float32)) is None  # flat
+
+
+def test_a_hash_only_bank_matches_padded_photos_with_an_edge_of_their_own(
+    store: Store, home: DataHome
+) -> None:
+    """An imported list holds plain hashes only; a padded copy of a photo with its own flat
+    edge must trim back to the photo's frame, not past it."""
+    photos = [p for p in sorted(PHOTOS.iterdir())[:40]
+              if content_box(Upload(p.read_bytes()).decoded.image) is not None][:6]
+    assert len(photos) >= 3
+    store.create_bank("imported", strategies=MatchStrategies(trim_borders=True))
+    store.add_entries("imported", [NewEntry("pdq", PDQ.compute(Upload(p.read_bytes())).value,
+                                            p.name) for p in photos])
+    scanner = _scanner(store, home)
+    rescued = 0
+    for photo in photos:
+        copy = _padded(photo, 20, (30, 60, 120))
+        full = variants.trimmed_pdq(Upload(copy))[0][0]
+        (match,) = scanner.scan_image(copy).matches
+        assert match.external_id == photo.name and match.query_trimmed
+        rescued += hamming(full.value, PDQ.compute(Upload(photo.read_bytes())).value) > 31
+    assert rescued >= 1  # the premise: the full trim alone would have missed some
