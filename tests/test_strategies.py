@@ -265,6 +265,7 @@ def test_per_way_margins_load_old_configs_and_persist(store: Store) -> None:
     assert ways.margin_for(rotated=True, trimmed=False, variant="crop_4") == 12  # the larger
     assert ways.margin_for(rotated=False, trimmed=False, variant="") == 0  # plain: none
     assert MatchStrategies.from_json(ways.to_json()) == ways
+    assert "margins" not in old.to_json()  # what a hashsvc before per-way margins reads
     # A way set to the default margin is the same setting as leaving it out.
     assert MatchStrategies(variant_margin=3, margins=(("crop", 3),)) == MatchStrategies(
         variant_margin=3)

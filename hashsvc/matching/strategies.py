@@ -98,8 +98,13 @@ class MatchStrategies:
         return variant == "" or variant in self.index_variants
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "crop_variants": list(self.crop_variants),
-                           "margins": dict(self.margins)}, sort_keys=True)
+        """Without per-way margins, the JSON an older hashsvc wrote (and can read: a replica
+        not yet upgraded loads a snapshot published by a newer admin node)."""
+        value = {**asdict(self), "crop_variants": list(self.crop_variants),
+                 "margins": dict(self.margins)}
+        if not self.margins:
+            del value["margins"]
+        return json.dumps(value, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> MatchStrategies:
