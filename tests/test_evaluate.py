@@ -12,11 +12,20 @@ import pytest
 from PIL import Image
 
 from hashsvc import snapshot as snapshots
+from hashsvc.hashing.algorithms import PDQ
 from hashsvc.hashing.imaging import DecodeLimits, Upload
 from hashsvc.home import DataHome
+from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.scanner import Scanner
-from hashsvc.store import SqliteStore
-from indexer.evaluation.hashing import HASHSVC_STRATEGIES, METHODS, NO_MATCH, Job, run_job
+from hashsvc.store import NewEntry, SqliteStore
+from indexer.evaluation.hashing import (
+    METHODS,
+    NO_MATCH,
+    WAY_BITS,
+    Job,
+    margin_table,
+    run_job,
+)
 from indexer.evaluation.metrics import pair_histogram, recall_curve
 from indexer.evaluation.transforms import BY_NAME, SUITE
 from tests.conftest import PHOTOS, run_indexer
@@ -26,25 +35,38 @@ from tests.test_strategies import _add_files
 def test_pair_histogram_equals_brute_force_over_hash_sets() -> None:
     rng = np.random.default_rng(7)
     base = rng.integers(0, 256, (6, 32), dtype=np.uint8)
-    plain_and_variant = np.array([True, False])
-    stored = [(np.stack([b, b ^ rng.integers(0, 2, 32, dtype=np.uint8)]), plain_and_variant)
+    plain_and_crop = np.array([0, WAY_BITS["crop"]], dtype=np.uint8)
+    stored = [(np.stack([b, b ^ rng.integers(0, 2, 32, dtype=np.uint8)]), plain_and_crop)
               for b in base]
-    queries = [(codes[1:] ^ np.uint8(1), np.array([True])) for codes, _ in stored]
-    queries.append((base[2:3], np.array([False])))  # a negative, hashed through a strategy
+    queries = [(codes[1:] ^ np.uint8(1), np.array([0], dtype=np.uint8)) for codes, _ in stored]
+    # a negative, hashed through a strategy (rotated)
+    queries.append((base[2:3], np.array([WAY_BITS["dihedral"]], dtype=np.uint8)))
     owners = [0, 1, 2, 3, 4, 5, -1]
-    margin = 5
+    margin, crop_margin = 5, 9
+    margins = margin_table(MatchStrategies(variant_margin=margin,
+                                           margins=(("crop", crop_margin),)))
     counts = pair_histogram(queries, stored, 256, query_owner=owners, skip_pairs={(1, 4)},
-                            margin=margin)
+                            margins=margins)
     expected = np.zeros(258, dtype=np.int64)
-    for (q, q_plain), owner in zip(queries, owners, strict=True):
-        for j, (s, s_plain) in enumerate(stored):
+    expected_ways = {way: np.zeros(258, dtype=np.int64) for way in ("plain", "dihedral", "crop")}
+    for (q, q_ways), owner in zip(queries, owners, strict=True):
+        for j, (s, s_ways) in enumerate(stored):
             if j == owner or (owner, j) == (1, 4):
                 continue
             raw = np.bitwise_count(q[:, None] ^ s[None]).sum(axis=2)
-            extra = margin * ~(q_plain[:, None] & s_plain[None, :])
+            ways = q_ways[:, None] | s_ways[None, :]
+            extra = np.where(ways & WAY_BITS["crop"], crop_margin, np.where(ways, margin, 0))
             expected[int((raw + extra).min())] += 1
+            for way, selected in (("plain", ways == 0),
+                                  ("dihedral", (ways & WAY_BITS["dihedral"]) != 0),
+                                  ("crop", (ways & WAY_BITS["crop"]) != 0)):
+                expected_ways[way][int(np.where(selected, raw, 257).min())] += 1
     assert counts.pairs == 6 * 5 - 1 + 6 and counts.histogram.tolist() == expected.tolist()
-    assert counts.false_positives(margin) == 1  # the negative is base[2] itself, plus margin
+    assert counts.by_way is not None and set(counts.by_way) == set(expected_ways)
+    for way, histogram in expected_ways.items():
+        assert counts.by_way[way].tolist() == histogram.tolist(), way
+    assert counts.by_way["dihedral"][0] == 1  # the negative is base[2] itself, raw
+    assert counts.false_positives(margin) == 1  # and, with the dihedral margin, at `margin`
     assert counts.false_positives(margin - 1) == 0
     assert counts.threshold_for(0.0) == margin - 1 and counts.threshold_for(1.0) == 256
     assert recall_curve([0, 3, 300], 256)[[0, 2, 3, 256]].tolist() == [1 / 3, 1 / 3, 2 / 3, 2 / 3]
@@ -60,33 +82,40 @@ def test_every_transform_is_deterministic_and_decodes() -> None:
         assert Upload(first).decoded.width >= 8
 
 
-def test_evaluation_verdicts_equal_the_scanners(home: DataHome) -> None:
-    """The hashsvc method's distances decide exactly what a real scan of a published snapshot
-    reports at the default threshold: same code path, not a re-implementation."""
+@pytest.mark.parametrize("method_name", ["hashsvc", "hashsvc-ways", "hashonly"])
+def test_evaluation_verdicts_equal_the_scanners(home: DataHome, method_name: str) -> None:
+    """Each strategy method's distances decide exactly what a real scan of a published
+    snapshot reports at the default threshold: same code path, not a re-implementation. The
+    hash-only method is a bank of plain hashes (an imported list) with query-side strategies."""
     originals = sorted(PHOTOS.iterdir())[:4]
     names = ("pad_20", "crop_5", "rotate_90", "letterbox_20", "crop_5_offcentre", "blur")
-    hashsvc = next(m for m in METHODS if m.name == "hashsvc")
+    method = next(m for m in METHODS if m.name == method_name)
     with SqliteStore(home.store_path) as store:
-        store.create_bank("known", strategies=HASHSVC_STRATEGIES)
-        _add_files(store, "known", originals)
+        store.create_bank("known", strategies=method.strategies)
+        if method.hash_only:
+            store.add_entries("known", [NewEntry("pdq", PDQ.compute(Upload(
+                p.read_bytes())).value, p.name) for p in originals])
+        else:
+            _add_files(store, "known", originals)
         snapshots.publish(store, home.snapshots_dir)
     scanner = Scanner(snapshots.load_current(home.snapshots_dir))
     verdicts = []
     for index, path in enumerate(originals):
-        result = run_job(Job(index, path, (hashsvc,), names))
+        result = run_job(Job(index, path, (method,), names))
         assert result.error is None
         with Image.open(path) as opened:
             image = opened.convert("RGB")
         for name in names:
             scan = scanner.scan_image(BY_NAME[name].apply(image, index))
             found = [m for m in scan.matches if m.external_id == path.name]
-            evaluated = result.distances[name]["hashsvc"]  # effective: margin included
+            evaluated = result.distances[name][method_name]  # effective: margin included
             assert (evaluated <= 31) == bool(found), (path.name, name)
             if found:
                 (match,) = found
-                plain = match.query_transform == "identity" and not match.query_trimmed \
-                    and match.entry_variant == ""
-                assert match.distance + (0 if plain else hashsvc.margin) >= evaluated
+                margin = method.strategies.margin_for(
+                    rotated=match.query_transform != "identity", trimmed=match.query_trimmed,
+                    variant=match.entry_variant)
+                assert match.distance + margin >= evaluated
             verdicts.append(bool(found))
     assert any(verdicts) and not all(verdicts)  # both outcomes were exercised
 

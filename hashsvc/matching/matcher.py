@@ -262,11 +262,13 @@ def _variant_allowed(
 ) -> bool:
     """Whether a hit that involves a strategy (a rotated or trimmed query, a stored variant)
     counts for a bank: the bank must use that strategy, and the hit must be within the bank's
-    threshold minus its variant margin."""
-    return ((query.transform == IDENTITY or strategies.dihedral)
+    threshold minus the margin of the way(s) it matched through."""
+    rotated = query.transform != IDENTITY
+    return ((not rotated or strategies.dihedral)
             and (not query.trimmed or strategies.trim_borders)
             and strategies.accepts_variant(variant)
-            and distance <= threshold - strategies.variant_margin)
+            and distance <= threshold - strategies.margin_for(
+                rotated=rotated, trimmed=query.trimmed, variant=variant))
 
 
 def _one_per_known_image(matches: list[Match]) -> list[Match]:

@@ -216,6 +216,7 @@ def bank_to_proto(bank: Bank) -> types_pb2.Bank:
             trim_borders=bank.strategies.trim_borders,
             crop_variants=bank.strategies.crop_variants,
             variant_margin=bank.strategies.variant_margin,
+            margins=dict(bank.strategies.margins),
         ),
     )
 
@@ -223,7 +224,8 @@ def bank_to_proto(bank: Bank) -> types_pb2.Bank:
 def strategies_from_proto(message: types_pb2.MatchStrategies) -> MatchStrategies:
     return MatchStrategies(dihedral=not message.no_dihedral, trim_borders=message.trim_borders,
                            crop_variants=tuple(message.crop_variants),
-                           variant_margin=message.variant_margin)
+                           variant_margin=message.variant_margin,
+                           margins=tuple(message.margins.items()))
 
 
 def bank_kind(value: types_pb2.BankKind.ValueType) -> str:

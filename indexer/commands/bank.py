@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from hashsvc.errors import HashsvcError
-from hashsvc.matching.strategies import MatchStrategies, parse_crop_list
+from hashsvc.matching.strategies import WAYS, MatchStrategies, parse_crop_list, parse_margins
 from hashsvc.store import BANK_KINDS, Bank
 from indexer.commands.common import add_command, emit, open_store, say, when_served
 
@@ -81,13 +81,17 @@ def _bank_fields(parser: argparse.ArgumentParser) -> None:
                             "such as 3,6,9, or 'none'")
     strategies.add_argument("--variant-margin", type=int, metavar="BITS",
                             help="matches through a strategy (rotated or trimmed upload, stored "
-                            "variant) must be this many bits inside the threshold (default 0)")
+                            "variant) must be this many bits inside the threshold (default 0); "
+                            "the margin of every way --margin does not name")
+    strategies.add_argument("--margin", action="append", dest="margins", metavar="WAY=BITS",
+                            help="margin for one way of matching (repeatable): "
+                            + ", ".join(WAYS) + "; e.g. --margin dihedral=0 --margin crop=12")
 
 
 def _strategies(args: argparse.Namespace, current: MatchStrategies) -> MatchStrategies | None:
     """The bank's strategies with the flags given applied; None if no flag was given."""
     if (args.dihedral is None and args.trim_borders is None and args.crop_variants is None
-            and args.variant_margin is None):
+            and args.variant_margin is None and args.margins is None):
         return None
     return MatchStrategies(
         dihedral=current.dihedral if args.dihedral is None else args.dihedral,
@@ -96,6 +100,7 @@ def _strategies(args: argparse.Namespace, current: MatchStrategies) -> MatchStra
                        else parse_crop_list(args.crop_variants)),
         variant_margin=(current.variant_margin if args.variant_margin is None
                         else args.variant_margin),
+        margins=tuple({**dict(current.margins), **parse_margins(args.margins or [])}.items()),
     )
 
 

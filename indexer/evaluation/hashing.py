@@ -20,14 +20,27 @@ from hashsvc.errors import HashsvcError, ImageError
 from hashsvc.hashing.algorithms import QUALITY_FLOOR, get_algorithm
 from hashsvc.hashing.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
 from hashsvc.matching.matcher import Query
-from hashsvc.matching.strategies import DEFAULT_CROP_GRID, PLAIN, MatchStrategies
+from hashsvc.matching.strategies import (
+    CROP,
+    DEFAULT_CROP_GRID,
+    DIHEDRAL,
+    PLAIN,
+    STORED_TRIMMED,
+    TRIMMED,
+    TRIMMED_QUERY,
+    MatchStrategies,
+)
 from hashsvc.scanner import Scanner
 from indexer.evaluation.transforms import BY_NAME
 from indexer.folders import hash_file
 
 Codes = npt.NDArray[np.uint8]  # (n, bytes): a set of hashes
-Plain = npt.NDArray[np.bool_]  # per hash: True for a plain one (no strategy involved)
-HashSet = tuple[Codes, Plain]
+Ways = npt.NDArray[np.uint8]  # per hash: the ways of matching it involves, one bit each (WAY_BITS)
+HashSet = tuple[Codes, Ways]
+# One bit per way of matching (strategies.WAYS): a pair of hashes involves the OR of their bits,
+# 0 for plain hash-to-hash, and takes the margin of those ways (`margin_table`).
+WAY_BITS = {DIHEDRAL: 1, TRIMMED_QUERY: 2, STORED_TRIMMED: 4, CROP: 8}
+WAY_COMBINATIONS = 16
 NO_MATCH = 10_000  # the distance recorded when a query set has nothing to compare
 
 
@@ -41,6 +54,7 @@ class Method:
     dihedral: bool = False
     strategies: MatchStrategies = field(default=PLAIN)
     fast_pdq: bool = False
+    hash_only: bool = False  # the known side holds plain hashes only (an imported list)
 
     @property
     def threshold(self) -> int:
@@ -51,8 +65,20 @@ class Method:
         return self.strategies.trim_borders
 
     @property
-    def margin(self) -> int:
-        return self.strategies.variant_margin
+    def index_variants(self) -> tuple[str, ...]:
+        return () if self.hash_only else self.strategies.index_variants
+
+    @property
+    def margins(self) -> npt.NDArray[np.int64]:
+        return margin_table(self.strategies)
+
+
+def margin_table(strategies: MatchStrategies) -> npt.NDArray[np.int64]:
+    """[ways bits] = the margin a pair of hashes involving those ways gets (the matcher's)."""
+    return np.array([strategies.margin_for(rotated=bool(bits & 1), trimmed=bool(bits & 2),
+                                           variant=TRIMMED if bits & 4 else
+                                           "crop_" if bits & 8 else "")
+                     for bits in range(WAY_COMBINATIONS)], dtype=np.int64)
 
 
 HASHSVC_STRATEGIES = MatchStrategies(dihedral=True, trim_borders=True,
@@ -60,6 +86,10 @@ HASHSVC_STRATEGIES = MatchStrategies(dihedral=True, trim_borders=True,
 # The margin was chosen with this tool: on photos-cc0 it lets the plain threshold rise to 59 at
 # FPR <= 1e-6 while strategy matches stay within 47 (README, Detection quality).
 TUNED_STRATEGIES = replace(HASHSVC_STRATEGIES, variant_margin=12)
+# Per-way margins: none for rotations (a pure rotation already sits ~10 bits away, and they add
+# few false matches), 12 for the ways that add many (crops, trimmed).
+PER_WAY_STRATEGIES = replace(TUNED_STRATEGIES, margins=((DIHEDRAL, 0),))
+QUERY_SIDE = MatchStrategies(dihedral=True, trim_borders=True)
 _EVERY = "PDQ with every strategy: dihedral, trimmed borders, crops " + ",".join(
     map(str, DEFAULT_CROP_GRID)) + "%"
 METHODS: tuple[Method, ...] = (
@@ -74,6 +104,11 @@ METHODS: tuple[Method, ...] = (
     Method("hashsvc-m12-fast", "pdq", "the same, uploads hashed by the scan fast path "
            "(fastpdq, the server's default)", dihedral=True, strategies=TUNED_STRATEGIES,
            fast_pdq=True),
+    Method("hashsvc-ways", "pdq", "every strategy, margin 12 except rotations/flips (0)",
+           dihedral=True, strategies=PER_WAY_STRATEGIES),
+    Method("hashonly", "pdq", "a hash-only bank (an imported list: plain hashes known): "
+           "the query side's dihedral and trimmed uploads only", dihedral=True,
+           strategies=QUERY_SIDE, hash_only=True),
 )
 
 
@@ -85,7 +120,7 @@ class OriginalResult:
     stored: dict[str, HashSet]  # method -> the known image's hashes, as add-images stores them
     queries: dict[str, HashSet]  # method -> the original scanned as an upload (false positives)
     # transform -> method -> the closest query to `stored`, in effective bits: a pair involving
-    # a strategy counts `variant_margin` bits further, so "matches at threshold t" is "<= t".
+    # a strategy counts its ways' margin further, so "matches at threshold t" is "<= t".
     distances: dict[str, dict[str, int]]
     error: str | None = None
     # Copies the product refused (e.g. over a decode cap): each counts as a miss (NO_MATCH in
@@ -138,7 +173,7 @@ def _run(job: Job) -> OriginalResult:
             distances[transform.name] = {m.name: NO_MATCH for m in job.methods}
             continue
         distances[transform.name] = {
-            m.name: closest(found[m.name], stored[m.name], m.margin) for m in job.methods
+            m.name: closest(found[m.name], stored[m.name], m.margins) for m in job.methods
         }
     return OriginalResult(job.index, stored, queries, distances, refused=refused,
                           stored_kinds=stored_kinds, query_kinds=query_kinds)
@@ -153,14 +188,17 @@ def stored_hashes(
     by_config: dict[tuple[str, tuple[str, ...]], HashSet] = {}
     labels: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for method in methods:
-        key = (method.algorithm, method.strategies.index_variants)  # margins share hashes
+        key = (method.algorithm, method.index_variants)  # margins share hashes
         if key not in by_config:
-            result = hash_file(path, [method.algorithm], method.strategies)
+            strategies = PLAIN if method.hash_only else method.strategies
+            result = hash_file(path, [method.algorithm], strategies)
             if result.error is not None:
                 raise HashsvcError(result.error)
             values = [h.value for h in result.hashes] + [h.value for _, h in result.variants]
-            plain = [True] * len(result.hashes) + [False] * len(result.variants)
-            by_config[key] = (_codes(values), np.array(plain, dtype=bool))
+            ways = [0] * len(result.hashes) + [
+                WAY_BITS[STORED_TRIMMED] if name == TRIMMED else WAY_BITS[CROP]
+                for name, _ in result.variants]
+            by_config[key] = (_codes(values), np.array(ways, dtype=np.uint8))
             labels[key] = [""] * len(result.hashes) + [name for name, _ in result.variants]
         stored[method.name] = by_config[key]
         if kinds is not None:
@@ -195,22 +233,25 @@ def query_hashes(
                 and (method.trims or not q.trimmed)
                 and not (q.hash.quality is not None and q.hash.algorithm == "pdq"
                          and q.hash.quality < QUALITY_FLOOR)]
-        found[method.name] = (_codes([q.hash.value for q in kept]),
-                              np.array([q.plain for q in kept], dtype=bool))
+        found[method.name] = (_codes([q.hash.value for q in kept]), np.array(
+            [WAY_BITS[DIHEDRAL] * (q.transform != "identity") + WAY_BITS[TRIMMED_QUERY] * q.trimmed
+             for q in kept], dtype=np.uint8))
         if kinds is not None:
             kinds[method.name] = [(q.transform, q.trimmed) for q in kept]
     return found
 
 
-def closest(queries: HashSet, stored: HashSet, margin: int = 0) -> int:
+def closest(queries: HashSet, stored: HashSet,
+            margins: npt.NDArray[np.int64] | None = None) -> int:
     """The smallest effective distance between any query and any stored hash: Hamming
-    distance, plus `margin` unless both are plain (the matcher's variant margin)."""
-    (query_codes, query_plain), (stored_codes, stored_plain) = queries, stored
+    distance, plus the margin of the ways the pair involves (`margin_table`; the matcher's)."""
+    (query_codes, query_ways), (stored_codes, stored_ways) = queries, stored
     if len(query_codes) == 0 or len(stored_codes) == 0:
         return NO_MATCH
     distances = np.bitwise_count(query_codes[:, None, :] ^ stored_codes[None, :, :]).sum(
         axis=2, dtype=np.int64)
-    distances += margin * ~(query_plain[:, None] & stored_plain[None, :])
+    if margins is not None:
+        distances += margins[query_ways[:, None] | stored_ways[None, :]]
     return int(distances.min())
 
 

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from hashsvc.hashing.algorithms import get_algorithm
 from hashsvc.matching.calibration import PLAIN
+from hashsvc.matching.strategies import MatchStrategies
 from indexer.evaluation.run import Evaluation
 from indexer.evaluation.tail import (
     BOOTSTRAPS,
@@ -47,7 +48,7 @@ def analyse(evaluation: Evaluation, replicates: int = BOOTSTRAPS) -> dict[str, A
         bits = get_algorithm(method.algorithm).bits
         ways = evaluation.comparisons[method.name]
         median, upper = _per_upload(ways, bands[method.algorithm], points[method.algorithm],
-                                    method.margin, bits, config.list_size)
+                                    method.strategies, bits, config.list_size)
         allowed = np.flatnonzero(upper <= config.target_per_upload)
         at_target = int(allowed[-1]) if len(allowed) else -1
         methods[method.name] = {
@@ -104,16 +105,20 @@ def _fit_algorithm(data: TailData, replicates: int) -> tuple[
 
 def _per_upload(
     ways: dict[str, float], bands: dict[str, npt.NDArray[np.float64]],
-    points: dict[str, npt.NDArray[np.float64]], margin: int, bits: int, list_size: int,
+    points: dict[str, npt.NDArray[np.float64]], strategies: MatchStrategies, bits: int,
+    list_size: int,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """(point estimate, bootstrap upper) expected false matches per upload, per threshold."""
+    """(point estimate, bootstrap upper) expected false matches per upload, per threshold.
+    A comparison is labelled by one way (the stored side's first, `way_of_matching`) and takes
+    that way's margin; the matcher applies the largest margin of every way a match involves,
+    so this never counts fewer false matches than the matcher allows."""
     thresholds = np.arange(bits + 1)
     point = np.zeros(bits + 1)
     replicas: npt.NDArray[np.float64] | None = None
     for way, k in ways.items():
         fallback = max(points, key=lambda w: points[w][bits // 4])  # unknown: most permissive
         name = way if way in points else fallback
-        shift = 0 if way == PLAIN else margin
+        shift = 0 if way == PLAIN else strategies.margin(way)
         index = thresholds - shift
         valid = index >= 0
         rate = np.zeros(bits + 1)

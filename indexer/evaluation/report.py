@@ -14,6 +14,7 @@ from indexer.evaluation.metrics import recall_curve
 from indexer.evaluation.run import Evaluation
 
 CURVE_MAX = 64  # per-transform recall is published for thresholds 0..64 (the whole of pHash)
+SWEEP = tuple(range(20, 42, 2))  # thresholds of the recall / false-match sweep in the report
 
 # Thorn's perception benchmark, PDQ recall at 99.99% precision (the issue's reference figures),
 # keyed by the suite transform that applies the same edit.
@@ -47,6 +48,9 @@ def summarise(evaluation: Evaluation, point: dict[str, Any]) -> dict[str, Any]:
             "recall_at_upload_target": _at(curve, upload_threshold[method.name]),
             "pair_histogram": pairs.histogram.tolist(),
             "recall_curve": [round(float(v), 6) for v in curve],
+            # way of matching -> closest raw distance of each distinct pair through it
+            "pair_histogram_by_way": {way: histogram.tolist()
+                                      for way, histogram in (pairs.by_way or {}).items()},
         }
     transforms: dict[str, Any] = {}
     groups: dict[str, dict[str, list[int]]] = {}
@@ -155,6 +159,7 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         for row_name, row in rows.items():
             lines.append(f"| {row_name} | "
                          + " | ".join(_pct(row[key][n]) for n in names) + " |")
+    lines += _sweep(summary) + _ways(summary)
     lines += [
         "", "## Against Thorn's published PDQ figures", "",
         "Thorn's perception benchmark reports PDQ's recall at 99.99% precision on its own data; "
@@ -183,6 +188,49 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
     if summary["errors"]:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in summary["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def _sweep(summary: dict[str, Any]) -> list[str]:
+    """Recall over all copies and false matches between distinct images, per threshold."""
+    lines = ["", "## Recall and false matches over thresholds", "",
+             "Recall over all copies / false matches among the distinct pairs, per threshold.",
+             "", "| method | " + " | ".join(str(t) for t in SWEEP) + " |",
+             "|---" * (len(SWEEP) + 1) + "|"]
+    for name, m in summary["methods"].items():
+        cumulative = _cumulative(m["pair_histogram"])
+        lines.append(f"| {name} | " + " | ".join(
+            f"{_pct(m['recall_curve'][t])} / {cumulative[t]:,}" for t in SWEEP) + " |")
+    return lines
+
+
+def _ways(summary: dict[str, Any]) -> list[str]:
+    """Per way of matching, how close it brings distinct images: what each way costs."""
+    lines = ["", "## False matches per way of matching", "",
+             "Distinct pairs whose closest hashes *through that way only* (raw distance, no "
+             "margin) are within the threshold, and those distances' low quantiles: what each "
+             "way costs in false matches, to set its margin from.", "",
+             "| method | way | minimum | 1 in 10⁴ pairs | median | "
+             + " | ".join(f"≤ {t}" for t in SWEEP[::2]) + " |",
+             "|---" * (5 + len(SWEEP[::2])) + "|"]
+    for name, m in summary["methods"].items():
+        for way, histogram in m.get("pair_histogram_by_way", {}).items():
+            cumulative = _cumulative(histogram)
+            total = sum(histogram[:-1])
+            if not total:
+                continue
+            quantile = [next(d for d, c in enumerate(cumulative) if c >= share * total)
+                        for share in (1e-12, 1e-4, 0.5)]
+            lines.append(f"| {name} | {way} | " + " | ".join(map(str, quantile)) + " | "
+                         + " | ".join(f"{cumulative[t]:,}" for t in SWEEP[::2]) + " |")
+    return lines
+
+
+def _cumulative(histogram: list[int]) -> list[int]:
+    running, out = 0, []
+    for count in histogram:
+        running += count
+        out.append(running)
+    return out
 
 
 def _pct(value: float) -> str:

@@ -90,7 +90,7 @@ def evaluate(config: Config) -> Evaluation:
             [good[i].stored[method.name] for i in original_ids],
             get_algorithm(method.algorithm).bits,
             query_owner=[position.get(i, -1) for i in query_ids],
-            skip_pairs=skip, margin=method.margin,
+            skip_pairs=skip, margins=method.margins,
         )
     distances: dict[str, dict[str, list[int]]] = {
         t.name: {m.name: [] for m in config.methods} for t in config.transforms
@@ -128,7 +128,7 @@ def _tails(
     for algorithm in dict.fromkeys(m.algorithm for m in config.methods):
         reference = max((m for m in config.methods if m.algorithm == algorithm),
                         key=lambda m: (not m.fast_pdq, m.dihedral, m.trims,
-                                       len(m.strategies.index_variants), -m.margin))
+                                       len(m.index_variants), -int(m.margins.sum())))
         references[algorithm] = reference.name
         tails[algorithm] = collect(
             algorithm, get_algorithm(algorithm).bits,

@@ -497,10 +497,31 @@ class MatchStrategies(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MarginsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NO_DIHEDRAL_FIELD_NUMBER: _builtins.int
     TRIM_BORDERS_FIELD_NUMBER: _builtins.int
     CROP_VARIANTS_FIELD_NUMBER: _builtins.int
     VARIANT_MARGIN_FIELD_NUMBER: _builtins.int
+    MARGINS_FIELD_NUMBER: _builtins.int
     no_dihedral: _builtins.bool
     """do NOT match rotated/mirrored copies (on by default)"""
     trim_borders: _builtins.bool
@@ -511,6 +532,12 @@ class MatchStrategies(_message.Message):
     def crop_variants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """images added from files also store centred crops, N% a side"""
 
+    @_builtins.property
+    def margins(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The margin of one way of matching, overriding variant_margin for it: keys "dihedral",
+        "trimmed_query", "trimmed", "crop". A match through two ways takes the larger.
+        """
+
     def __init__(
         self,
         *,
@@ -518,10 +545,11 @@ class MatchStrategies(_message.Message):
         trim_borders: _builtins.bool = ...,
         crop_variants: _abc.Iterable[_builtins.int] | None = ...,
         variant_margin: _builtins.int = ...,
+        margins: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["crop_variants", b"crop_variants", "no_dihedral", b"no_dihedral", "trim_borders", b"trim_borders", "variant_margin", b"variant_margin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crop_variants", b"crop_variants", "margins", b"margins", "no_dihedral", b"no_dihedral", "trim_borders", b"trim_borders", "variant_margin", b"variant_margin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
