@@ -108,8 +108,7 @@ class Matcher:
             for bank in [*snapshot.banks, *self.delta.banks.values()])
         self.calibration = calibration if calibration is not None else default_calibration()
         # The served list's size per algorithm, which a match's false-match probability is for
-        self.list_sizes = {name: _plain_entries(snapshot, table)
-                           for name, table in snapshot.tables.items()}
+        self.list_sizes = dict(_snapshot_list_sizes(snapshot))
         for name, table in self.delta.tables.items():
             self.list_sizes[name] = self.list_sizes.get(name, 0) + sum(
                 1 for entry in table.entries if not entry.variant)
@@ -243,6 +242,22 @@ class Matcher:
         return _match(bank, int(snapshot.entry_ids[hit.row]), snapshot.external_ids.get(hit.row),
                       algorithm, hit.distance, hit.query, snapshot.entry_metadata(hit.row),
                       snapshot.variant(hit.row))
+
+
+_LIST_SIZES: dict[tuple[str, int], dict[str, int]] = {}  # (version, id) -> sizes; last few
+
+
+def _snapshot_list_sizes(snapshot: Snapshot) -> dict[str, int]:
+    """Per algorithm, the snapshot's entries (variants not counted), computed once per snapshot:
+    a Matcher is rebuilt for every delta, and counting 10M rows took 38 ms (numpy, load 4.7)."""
+    key = (snapshot.version, id(snapshot))
+    sizes = _LIST_SIZES.get(key)
+    if sizes is None:
+        sizes = {name: _plain_entries(snapshot, table) for name, table in snapshot.tables.items()}
+        while len(_LIST_SIZES) >= 4:
+            del _LIST_SIZES[next(iter(_LIST_SIZES))]
+        _LIST_SIZES[key] = sizes
+    return sizes
 
 
 def _plain_entries(snapshot: Snapshot, table: HashTable) -> int:
