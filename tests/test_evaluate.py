@@ -13,13 +13,15 @@ from PIL import Image
 
 from hashsvc import snapshot as snapshots
 from hashsvc.hashing.algorithms import PDQ
-from hashsvc.hashing.imaging import Upload
+from hashsvc.hashing.imaging import DecodeLimits, Upload
 from hashsvc.home import DataHome
+from hashsvc.matching.calibration import Calibration
 from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.scanner import Scanner
 from hashsvc.store import NewEntry, SqliteStore
 from indexer.evaluation.hashing import (
     METHODS,
+    NO_MATCH,
     WAY_BITS,
     Job,
     margin_table,
@@ -127,8 +129,10 @@ def test_evaluate_command_writes_the_report(tmp_path: Path, home: DataHome) -> N
     shutil.copy(originals / sorted(p.name for p in originals.iterdir())[0],
                 originals / "zz-duplicate.jpg")  # byte-identical: not a distinct pair
     out = tmp_path / "out"
+    calibration = tmp_path / "calibration.json"
     result = run_indexer(home, "evaluate", str(originals), "--transformed", "3", "--transforms",
                          "jpeg_q90,pad_20,rotate_90,crop_5", "--out", str(out), "--workers", "2",
+                         "--list-size", "1000", "--write-calibration", str(calibration),
                          check=True)
     assert "13 originals" in result.stderr
     assert "154 pairs cannot resolve a false-positive rate of 1e-06" in result.stderr
@@ -137,6 +141,17 @@ def test_evaluate_command_writes_the_report(tmp_path: Path, home: DataHome) -> N
     methods = summary["methods"]
     assert set(methods) == {m.name for m in METHODS}
     assert methods["pdq"]["false_positives_at_default"] == 0
+    point = summary["operating_point"]
+    assert point["list_size"] == 1000 and point["target_per_upload"] == 1e-6
+    hashsvc_point = point["methods"]["hashsvc"]
+    assert set(hashsvc_point["comparisons_per_entry"]) >= {"plain", "dihedral", "crop"}
+    per_upload = hashsvc_point["per_upload_upper"]
+    assert per_upload == sorted(per_upload) and per_upload[-1] > 1e-6
+    assert point["algorithms"]["pdq"]["image_pairs"] == 13 * 12 - 2
+    # the model the server would load: every algorithm, and the plain way of each
+    model = Calibration.load(calibration)
+    assert {"pdq", "phash", "dhash"} <= set(model.models)
+    assert all("plain" in ways for ways in model.models.values())
     recall = {name: row["recall_at_default"] for name, row in summary["transforms"].items()}
     curve = summary["transforms"]["pad_20"]["recall_by_threshold"]["hashsvc"]
     assert len(curve) == 65 and curve == sorted(curve)
@@ -145,6 +160,7 @@ def test_evaluate_command_writes_the_report(tmp_path: Path, home: DataHome) -> N
     assert recall["rotate_90"]["pdq"] == 0.0 and recall["rotate_90"]["pdq+dihedral"] == 1.0
     assert recall["pad_20"]["pdq"] == 0.0 and recall["pad_20"]["hashsvc"] >= 2 / 3
     report = (out / "report.md").read_text()
+    assert "## Operating point: false matches per upload against 1,000 entries" in report
     assert "**Warning:** 154 pairs cannot resolve" in report
     assert "| pad_20 | 1.3% |" in report  # Thorn's figure beside ours
     for plot in ("recall_vs_fpr.png", "recall_by_group.png", "recall_by_transform.png"):
@@ -160,3 +176,19 @@ def test_evaluate_command_writes_the_report(tmp_path: Path, home: DataHome) -> N
 def test_evaluate_refuses_bad_arguments(home: DataHome, args: list[str], message: str) -> None:
     result = run_indexer(home, "evaluate", str(PHOTOS), *args)
     assert result.returncode != 0 and message in result.stderr
+
+
+def test_a_copy_over_a_decode_cap_is_a_miss_and_keeps_its_original() -> None:
+    """A copy a scan would refuse (here resize_2.0x over a pixel cap) is a miss; the original
+    is still evaluated, so it stays in recall and in the false-positive pairs."""
+    path = sorted(PHOTOS.iterdir())[0]
+    with Image.open(path) as opened:
+        pixels = opened.width * opened.height
+    limits = DecodeLimits(max_pixels=2 * pixels, max_full_decode_pixels=2 * pixels)
+    pdq = next(m for m in METHODS if m.name == "pdq")
+    result = run_job(Job(0, path, (pdq,), ("jpeg_q90", "resize_2.0x"), limits=limits))
+    assert result.error is None and pdq.name in result.stored and pdq.name in result.queries
+    assert result.distances["resize_2.0x"] == {"pdq": NO_MATCH}
+    assert result.distances["jpeg_q90"]["pdq"] <= pdq.threshold
+    (refused,) = result.refused
+    assert "resize_2.0x" in refused

@@ -18,6 +18,7 @@ from hashsvc.hashing.borders import Box, added_border_box, trim_box, trim_boxes
 from hashsvc.hashing.imaging import Upload
 from hashsvc.home import DataHome
 from hashsvc.matching import variants
+from hashsvc.matching.calibration import way_of_matching
 from hashsvc.matching.delta import Delta
 from hashsvc.matching.strategies import WAYS, MatchStrategies, parse_crop_list
 from hashsvc.matching.variants import content_box
@@ -376,6 +377,9 @@ def test_stored_rotations_and_corner_crops_match_tilted_and_off_centre_copies(
     scanner = _scanner(store, home)
     assert not scanner.scan_image(tilted).matches
     assert [m.entry_variant for m in scanner.scan_image(shifted).matches] == ["corner_6_tr"]
+    # Calibrated scores name the same ways as the margins.
+    assert [way_of_matching("identity", False, v) for v in ("rotate_-4", "corner_6_tr")] == [
+        "rotation", "corner"]
     old = MatchStrategies(trim_borders=True, crop_variants=(2,))
     assert "rotation_variants" not in old.to_json() and "corner_crops" not in old.to_json()
     with pytest.raises(HashsvcError, match="rotation variants must be whole degrees 1-15"):

@@ -164,6 +164,7 @@ def match_to_proto(match: Match) -> types_pb2.Match:
         query_trimmed=match.query_trimmed,
         entry_variant=match.entry_variant,
         hash_index=match.hash_index,
+        false_match_probability=match.false_match_probability,
     )
 
 

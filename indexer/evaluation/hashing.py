@@ -16,9 +16,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from hashsvc.errors import HashsvcError
+from hashsvc.errors import HashsvcError, ImageError
 from hashsvc.hashing.algorithms import QUALITY_FLOOR, get_algorithm
-from hashsvc.hashing.imaging import Upload
+from hashsvc.hashing.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
 from hashsvc.matching.matcher import Query
 from hashsvc.matching.strategies import (
     CORNER,
@@ -133,6 +133,13 @@ class OriginalResult:
     # a strategy counts its ways' margin further, so "matches at threshold t" is "<= t".
     distances: dict[str, dict[str, int]]
     error: str | None = None
+    # Copies the product refused (e.g. over a decode cap): each counts as a miss (NO_MATCH in
+    # `distances`), and the original stays in both recall and the false-positive pairs.
+    refused: list[str] = field(default_factory=list)
+    # method -> per hash of `stored`: its variant name; of `queries`: (transform, trimmed). They
+    # say each compared pair's way of matching (hashsvc.matching.calibration) for the tail model.
+    stored_kinds: dict[str, list[str]] = field(default_factory=dict)
+    query_kinds: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,7 @@ class Job:
     methods: tuple[Method, ...]
     transforms: tuple[str, ...]  # suite names (closures do not pickle); empty: original only
     stored: bool = True  # False for negatives: they are only ever queries
+    limits: DecodeLimits = DEFAULT_LIMITS  # the upload limits a scan applies (copies included)
 
 
 def run_job(job: Job) -> OriginalResult:
@@ -155,24 +163,40 @@ def run_job(job: Job) -> OriginalResult:
 
 def _run(job: Job) -> OriginalResult:
     data = job.path.read_bytes()
-    stored = stored_hashes(job.path, job.methods) if job.stored else {}
-    queries = query_hashes(Upload(data, name=str(job.path)), job.methods)
+    stored_kinds: dict[str, list[str]] = {}
+    query_kinds: dict[str, list[tuple[str, bool]]] = {}
+    stored = stored_hashes(job.path, job.methods, stored_kinds) if job.stored else {}
+    queries = query_hashes(Upload(data, name=str(job.path), limits=job.limits), job.methods,
+                           query_kinds)
     distances: dict[str, dict[str, int]] = {}
+    refused: list[str] = []
     with Image.open(job.path) as opened:
         image = opened.convert("RGB")
     for transform in (BY_NAME[name] for name in job.transforms):
-        upload = Upload(transform.apply(image, job.index), name=f"{job.path}:{transform.name}")
-        found = query_hashes(upload, job.methods)
+        upload = Upload(transform.apply(image, job.index), name=f"{job.path}:{transform.name}",
+                        limits=job.limits)
+        try:
+            found = query_hashes(upload, job.methods)
+        except ImageError as err:
+            # A platform's scan would refuse this copy too: it is a miss, not a lost original.
+            refused.append(err.message)
+            distances[transform.name] = {m.name: NO_MATCH for m in job.methods}
+            continue
         distances[transform.name] = {
             m.name: closest(found[m.name], stored[m.name], m.margins) for m in job.methods
         }
-    return OriginalResult(job.index, stored, queries, distances)
+    return OriginalResult(job.index, stored, queries, distances, refused=refused,
+                          stored_kinds=stored_kinds, query_kinds=query_kinds)
 
 
-def stored_hashes(path: Path, methods: Sequence[Method]) -> dict[str, HashSet]:
-    """Per method, the hashes `indexer add-images` would store for this file."""
+def stored_hashes(
+    path: Path, methods: Sequence[Method], kinds: dict[str, list[str]] | None = None
+) -> dict[str, HashSet]:
+    """Per method, the hashes `indexer add-images` would store for this file; `kinds`, if
+    given, receives each hash's variant name ("" for the plain hash)."""
     stored: dict[str, HashSet] = {}
     by_config: dict[tuple[str, tuple[str, ...]], HashSet] = {}
+    labels: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for method in methods:
         key = (method.algorithm, method.index_variants)  # margins share hashes
         if key not in by_config:
@@ -184,12 +208,19 @@ def stored_hashes(path: Path, methods: Sequence[Method]) -> dict[str, HashSet]:
             ways = [0] * len(result.hashes) + [
                 WAY_BITS[variant_way(name) or ""] for name, _ in result.variants]
             by_config[key] = (_codes(values), np.array(ways, dtype=np.uint8))
+            labels[key] = [""] * len(result.hashes) + [name for name, _ in result.variants]
         stored[method.name] = by_config[key]
+        if kinds is not None:
+            kinds[method.name] = labels[key]
     return stored
 
 
-def query_hashes(upload: Upload, methods: Sequence[Method]) -> dict[str, HashSet]:
-    """Per method, the query hashes a scan of `upload` would look up.
+def query_hashes(
+    upload: Upload, methods: Sequence[Method],
+    kinds: dict[str, list[tuple[str, bool]]] | None = None,
+) -> dict[str, HashSet]:
+    """Per method, the query hashes a scan of `upload` would look up; `kinds`, if given,
+    receives each one's (dihedral transform, trimmed).
 
     One `Scanner.hash_upload` call per algorithm and PDQ path serves every method sharing it:
     its queries come plain first, then rotations, then trimmed, and each method keeps its part.
@@ -214,6 +245,8 @@ def query_hashes(upload: Upload, methods: Sequence[Method]) -> dict[str, HashSet
         found[method.name] = (_codes([q.hash.value for q in kept]), np.array(
             [WAY_BITS[DIHEDRAL] * (q.transform != "identity") + WAY_BITS[TRIMMED_QUERY] * q.trimmed
              for q in kept], dtype=np.uint8))
+        if kinds is not None:
+            kinds[method.name] = [(q.transform, q.trimmed) for q in kept]
     return found
 
 

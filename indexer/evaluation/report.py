@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hashsvc.hashing.algorithms import get_algorithm
+from indexer.evaluation import operating
 from indexer.evaluation.metrics import recall_curve
 from indexer.evaluation.run import Evaluation
 
@@ -21,10 +22,12 @@ THORN_PDQ = {"jpeg_q95": 99.9, "blur": 99.9, "overlay": 99.0, "rotate_4deg": 54.
              "crop_5": 9.0, "pad_20": 1.3}
 
 
-def summarise(evaluation: Evaluation) -> dict[str, Any]:
-    """Every published figure, as plain data (the JSON output; the Markdown reads from it)."""
+def summarise(evaluation: Evaluation, point: dict[str, Any]) -> dict[str, Any]:
+    """Every published figure, as plain data (the JSON output; the Markdown reads from it).
+    `point` is `operating.analyse`'s: the thresholds for the per-upload target."""
     config = evaluation.config
     methods: dict[str, Any] = {}
+    upload_threshold = {name: m["threshold_at_target"] for name, m in point["methods"].items()}
     for method in config.methods:
         pairs = evaluation.pairs[method.name]
         bits = get_algorithm(method.algorithm).bits
@@ -41,6 +44,8 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
             "fpr_at_target_threshold": pairs.rate(at_target) if at_target >= 0 else 0.0,
             "recall_at_default": _at(curve, method.threshold),
             "recall_at_target": _at(curve, at_target),
+            "threshold_at_upload_target": upload_threshold[method.name],
+            "recall_at_upload_target": _at(curve, upload_threshold[method.name]),
             "pair_histogram": pairs.histogram.tolist(),
             "recall_curve": [round(float(v), 6) for v in curve],
             # way of matching -> closest raw distance of each distinct pair through it
@@ -53,6 +58,7 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
         by_method = evaluation.distances[transform.name]
         row: dict[str, Any] = {"group": transform.group, "copies": 0,
                                "recall_at_default": {}, "recall_at_target": {},
+                               "recall_at_upload_target": {},
                                "median_distance": {}, "recall_by_threshold": {}}
         for method in config.methods:
             values = by_method[method.name]
@@ -61,6 +67,8 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
             row["recall_at_default"][method.name] = _at(curve, method.threshold)
             row["recall_at_target"][method.name] = _at(
                 curve, methods[method.name]["threshold_at_target"])
+            row["recall_at_upload_target"][method.name] = _at(
+                curve, upload_threshold[method.name])
             row["median_distance"][method.name] = statistics.median(values) if values else None
             row["recall_by_threshold"][method.name] = [  # [t] for t = 0..CURVE_MAX
                 round(float(v), 4) for v in curve[: CURVE_MAX + 1]]
@@ -74,6 +82,9 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
             "recall_at_target": {
                 m.name: _at(recall_curve(by_method[m.name], get_algorithm(m.algorithm).bits),
                             methods[m.name]["threshold_at_target"]) for m in config.methods},
+            "recall_at_upload_target": {
+                m.name: _at(recall_curve(by_method[m.name], get_algorithm(m.algorithm).bits),
+                            upload_threshold[m.name]) for m in config.methods},
         }
         for group, by_method in groups.items()
     }
@@ -81,7 +92,7 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
     return {
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "originals_folder": str(config.originals),
-        "negatives_folder": str(config.negatives) if config.negatives else None,
+        "negatives_folders": [str(p) for p in config.negatives],
         "originals": evaluation.originals,
         "transformed_originals": evaluation.transformed,
         "negatives": evaluation.negatives,
@@ -91,9 +102,11 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
         "target_fpr": config.target_fpr,
         "seconds": round(evaluation.seconds, 1),
         "errors": evaluation.errors,
+        "refused_copies": evaluation.refused,
         "methods": methods,
         "groups": group_rows,
         "transforms": transforms,
+        "operating_point": point,
     }
 
 
@@ -119,7 +132,9 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         f"{len(summary['duplicates_skipped'])} byte-identical duplicate pair(s) left out. "
         f"Run time {summary['seconds']:.0f} s; {summary['created_at']}.",
         "",
-        "## Methods",
+        *operating.markdown(summary),
+        "",
+        "## Per pair (secondary view): methods",
         "",
         "| method | what | default threshold | false positives at default (rate) | "
         f"threshold for FPR ≤ {target:g} | recall, all copies, at default / at that threshold |",
@@ -166,6 +181,10 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     elif missing := plots_unavailable():
         lines += ["", "## Plots", "", f"Not drawn: {missing}."]
+    if summary["refused_copies"]:
+        lines += ["", "## Copies a scan refuses (counted as misses)", "",
+                  "Their originals stay in recall and in the false-positive pairs.", ""]
+        lines += [f"- {e}" for e in summary["refused_copies"]]
     if summary["errors"]:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in summary["errors"]]
     return "\n".join(lines) + "\n"

@@ -224,6 +224,7 @@ class Match(_message.Message):
     QUERY_TRIMMED_FIELD_NUMBER: _builtins.int
     ENTRY_VARIANT_FIELD_NUMBER: _builtins.int
     HASH_INDEX_FIELD_NUMBER: _builtins.int
+    FALSE_MATCH_PROBABILITY_FIELD_NUMBER: _builtins.int
     bank: _builtins.str
     entry_id: _builtins.int
     external_id: _builtins.str
@@ -244,6 +245,15 @@ class Match(_message.Message):
     """"trimmed" or "crop_N" (N% cut from each side)
     Which hash matched: its index in ScanResult.hashes (for ScanHashes, in the request's
     hashes). When several of them match one entry, the closest is named.
+    """
+    false_match_probability: _builtins.float
+    """The estimated chance that an upload unrelated to every entry would match some entry this
+    close through the same way of matching (plain, dihedral, trimmed, crop variant), against a
+    list of the served size (this algorithm's entries in the snapshot plus changes since):
+    1 - exp(-N * k * F(distance)), F from a tail model of distances between unrelated images
+    (hashsvc/matching/calibration.py; README "Detection quality"). Route matches by it rather
+    than by raw distance. Not a posterior: it ignores how many uploads really are known
+    images, and below ~1e-9 per comparison it is an extrapolation. Absent for MD5/SHA-256.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -269,12 +279,15 @@ class Match(_message.Message):
         query_trimmed: _builtins.bool = ...,
         entry_variant: _builtins.str = ...,
         hash_index: _builtins.int = ...,
+        false_match_probability: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability", "false_match_probability", b"false_match_probability", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "bank", b"bank", "bank_kind", b"bank_kind", "distance", b"distance", "entry_id", b"entry_id", "entry_variant", b"entry_variant", "external_id", b"external_id", "hash_index", b"hash_index", "metadata", b"metadata", "query_transform", b"query_transform", "query_trimmed", b"query_trimmed", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability", "algorithm", b"algorithm", "bank", b"bank", "bank_kind", b"bank_kind", "distance", b"distance", "entry_id", b"entry_id", "entry_variant", b"entry_variant", "external_id", b"external_id", "false_match_probability", b"false_match_probability", "hash_index", b"hash_index", "metadata", b"metadata", "query_transform", b"query_transform", "query_trimmed", b"query_trimmed", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__false_match_probability: _TypeAlias = _typing.Literal["false_match_probability"]  # noqa: Y015
+    _WhichOneofArgType__false_match_probability: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__false_match_probability) -> _WhichOneofReturnType__false_match_probability | None: ...
 
 Global___Match: _TypeAlias = Match  # noqa: Y015
 
