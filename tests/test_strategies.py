@@ -18,6 +18,7 @@ from hashsvc.hashing.borders import Box, added_border_box, trim_box, trim_boxes
 from hashsvc.hashing.imaging import Upload
 from hashsvc.home import DataHome
 from hashsvc.matching import variants
+from hashsvc.matching.calibration import way_of_matching
 from hashsvc.matching.delta import Delta
 from hashsvc.matching.strategies import WAYS, MatchStrategies, parse_crop_list
 from hashsvc.matching.variants import content_box
@@ -258,7 +259,7 @@ def test_variant_margin_makes_strategy_matches_stricter(store: Store, home: Data
 def test_per_way_margins_load_old_configs_and_persist(store: Store) -> None:
     old = MatchStrategies.from_json('{"dihedral": true, "trim_borders": true, '
                                     '"crop_variants": [2], "variant_margin": 12}')
-    assert [old.margin(way) for way in WAYS] == [12, 12, 12, 12]  # one margin for every way
+    assert [old.margin(way) for way in WAYS] == [12] * len(WAYS)  # one margin for every way
     ways = MatchStrategies(trim_borders=True, variant_margin=12, margins=(("dihedral", 0),))
     assert ways.margin("dihedral") == 0 and ways.margin("crop") == 12
     assert ways.margin_for(rotated=True, trimmed=False, variant="") == 0
@@ -282,6 +283,10 @@ def test_margins_per_way_in_the_cli(home: DataHome) -> None:
                 "--margin", "dihedral=0", check=True)
     updated = run_indexer(home, "bank", "update", "b", "--margin", "crop=5", check=True)
     assert "variant margin 12, dihedral margin 0, crop margin 5" in updated.stderr
+    more = run_indexer(home, "bank", "update", "b", "--rotation-variants", "4,3",
+                       "--corner-crops", "4", "--margin", "rotation=2", check=True)
+    assert "rotations ±3°,±4°, corner crops 4%, variant margin 12, dihedral margin 0, " \
+        "crop margin 5, rotation margin 2" in more.stderr
     bad = run_indexer(home, "bank", "update", "b", "--margin", "crop:5")
     assert bad.returncode != 0 and "invalid margin 'crop:5': expected WAY=BITS" in bad.stderr
 
@@ -341,3 +346,41 @@ def test_a_hash_only_bank_matches_padded_photos_with_an_edge_of_their_own(
         assert match.external_id == photo.name and match.query_trimmed
         rescued += hamming(full.value, PDQ.compute(Upload(photo.read_bytes())).value) > 31
     assert rescued >= 1  # the premise: the full trim alone would have missed some
+
+
+def test_stored_rotations_and_corner_crops_match_tilted_and_off_centre_copies(
+    store: Store, home: DataHome
+) -> None:
+    (photo,) = _photos_without_border(1)
+    store.create_bank("more", strategies=MatchStrategies(rotation_variants=(4,),
+                                                         corner_crops=(6,)))
+    _add_files(store, "more", [photo])
+    assert {e.variant for e in store.find_entries("more", _by_name(photo))} == {
+        "", "rotate_4", "rotate_-4", "corner_6_tl", "corner_6_tr", "corner_6_bl",
+        "corner_6_br"}
+    scanner = _scanner(store, home)
+    with Image.open(photo) as opened:
+        image = opened.convert("RGB")
+    tilted = _jpeg(image.rotate(-4, resample=Image.Resampling.BILINEAR))  # clockwise
+    dx, dy = round(image.width * 0.06), round(image.height * 0.06)
+    shifted = _jpeg(image.crop((dx, 0, image.width, image.height - dy)))  # keeps top-right
+    plain = PDQ.compute(Upload(photo.read_bytes())).value
+    for copy, variant in ((tilted, "rotate_-4"), (shifted, "corner_6_tr")):
+        assert hamming(PDQ.compute(Upload(copy)).value, plain) > 31  # PDQ alone fails
+        (match,) = scanner.scan_image(copy).matches
+        assert match.entry_variant == variant and match.external_id == photo.name
+    # Each has its own margin: a rotation margin past the tilted copy's distance stops it only.
+    (tilted_match,) = scanner.scan_image(tilted).matches
+    store.update_bank("more", strategies=MatchStrategies(
+        rotation_variants=(4,), corner_crops=(6,),
+        margins=(("rotation", 31 - tilted_match.distance + 1),)))
+    scanner = _scanner(store, home)
+    assert not scanner.scan_image(tilted).matches
+    assert [m.entry_variant for m in scanner.scan_image(shifted).matches] == ["corner_6_tr"]
+    # Calibrated scores name the same ways as the margins.
+    assert [way_of_matching("identity", False, v) for v in ("rotate_-4", "corner_6_tr")] == [
+        "rotation", "corner"]
+    old = MatchStrategies(trim_borders=True, crop_variants=(2,))
+    assert "rotation_variants" not in old.to_json() and "corner_crops" not in old.to_json()
+    with pytest.raises(HashsvcError, match="rotation variants must be whole degrees 1-15"):
+        MatchStrategies(rotation_variants=(20,))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hashsvc.errors import HashsvcError
+from hashsvc.matching.strategies import variant_way
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
 IDENTITY = "identity"
@@ -51,8 +52,9 @@ def way_of_matching(query_transform: str, query_trimmed: bool, entry_variant: st
     not know gets its name without its parameter (`offcrop_3` -> `offcrop`), so a new strategy
     gets its own model (or, until it has one, the most permissive: `Calibration.model`)."""
     if entry_variant:
-        if entry_variant == STORED_TRIMMED:
-            return STORED_TRIMMED
+        known = variant_way(entry_variant)  # the margins' names: rotate_-3 -> rotation
+        if known is not None:
+            return known
         return entry_variant.rsplit("_", 1)[0] if "_" in entry_variant else entry_variant
     if query_trimmed:
         return TRIMMED_QUERY

@@ -1,5 +1,6 @@
 """The extra PDQ hashes the matching strategies (`hashsvc.matching.strategies`) compute.
 
+Index side also: small rotations each way and corner crops, when the bank asks for them.
 Query side: the hashes of an upload with its uniform borders trimmed, fully and (when that
 differs) with only the added border cut (`borders.trim_boxes`). Index side: for a known
 image added from a file, the hashes of its trimmed box and of centred crops. Both sides use the
@@ -19,7 +20,14 @@ from hashsvc.hashing.algorithms import PDQ, HashValue
 from hashsvc.hashing.borders import DETECT_SIDE, Box, trim_box, trim_boxes
 from hashsvc.hashing.fastpdq import Reduced, pdq_hashes
 from hashsvc.hashing.imaging import Upload
-from hashsvc.matching.strategies import TRIMMED, MatchStrategies, crop_variant_name
+from hashsvc.matching.strategies import (
+    CORNERS,
+    TRIMMED,
+    MatchStrategies,
+    corner_variant_name,
+    crop_variant_name,
+    rotation_variant_name,
+)
 
 
 def content_box(image: Image.Image) -> Box | None:
@@ -89,6 +97,22 @@ def index_variants(
             continue
         found.append((crop_variant_name(percent),
                       PDQ.hash_rgb(rgb[dy:height - dy, dx:width - dx])[0]))
+    if strategies.rotation_variants:
+        image = Image.fromarray(rgb)
+        for degrees in strategies.rotation_variants:
+            for signed in (degrees, -degrees):
+                turned = image.rotate(signed, resample=Image.Resampling.BILINEAR, expand=False)
+                found.append((rotation_variant_name(signed),
+                              PDQ.hash_rgb(np.asarray(turned))[0]))
+    for percent in strategies.corner_crops:
+        dy, dx = round(height * percent / 100), round(width * percent / 100)
+        if height - dy < 8 or width - dx < 8:
+            continue
+        for corner in CORNERS:
+            top = dy if corner[0] == "b" else 0
+            left = dx if corner[1] == "r" else 0
+            found.append((corner_variant_name(percent, corner),
+                          PDQ.hash_rgb(rgb[top:top + height - dy, left:left + width - dx])[0]))
     seen = {plain.value}
     unique: list[tuple[str, HashValue]] = []
     for name, value in found:

@@ -217,6 +217,8 @@ def bank_to_proto(bank: Bank) -> types_pb2.Bank:
             crop_variants=bank.strategies.crop_variants,
             variant_margin=bank.strategies.variant_margin,
             margins=dict(bank.strategies.margins),
+            rotation_variants=bank.strategies.rotation_variants,
+            corner_crops=bank.strategies.corner_crops,
         ),
     )
 
@@ -225,7 +227,9 @@ def strategies_from_proto(message: types_pb2.MatchStrategies) -> MatchStrategies
     return MatchStrategies(dihedral=not message.no_dihedral, trim_borders=message.trim_borders,
                            crop_variants=tuple(message.crop_variants),
                            variant_margin=message.variant_margin,
-                           margins=tuple(message.margins.items()))
+                           margins=tuple(message.margins.items()),
+                           rotation_variants=tuple(message.rotation_variants),
+                           corner_crops=tuple(message.corner_crops))
 
 
 def bank_kind(value: types_pb2.BankKind.ValueType) -> str:

@@ -21,14 +21,17 @@ from hashsvc.hashing.algorithms import QUALITY_FLOOR, get_algorithm
 from hashsvc.hashing.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
 from hashsvc.matching.matcher import Query
 from hashsvc.matching.strategies import (
+    CORNER,
     CROP,
     DEFAULT_CROP_GRID,
     DIHEDRAL,
     PLAIN,
+    ROTATION,
     STORED_TRIMMED,
     TRIMMED,
     TRIMMED_QUERY,
     MatchStrategies,
+    variant_way,
 )
 from hashsvc.scanner import Scanner
 from indexer.evaluation.transforms import BY_NAME
@@ -39,8 +42,10 @@ Ways = npt.NDArray[np.uint8]  # per hash: the ways of matching it involves, one 
 HashSet = tuple[Codes, Ways]
 # One bit per way of matching (strategies.WAYS): a pair of hashes involves the OR of their bits,
 # 0 for plain hash-to-hash, and takes the margin of those ways (`margin_table`).
-WAY_BITS = {DIHEDRAL: 1, TRIMMED_QUERY: 2, STORED_TRIMMED: 4, CROP: 8}
-WAY_COMBINATIONS = 16
+WAY_BITS = {DIHEDRAL: 1, TRIMMED_QUERY: 2, STORED_TRIMMED: 4, CROP: 8, ROTATION: 16, CORNER: 32}
+WAY_COMBINATIONS = 64
+_STORED_EXAMPLE = {STORED_TRIMMED: TRIMMED, CROP: "crop_1", ROTATION: "rotate_1",
+                   CORNER: "corner_1_tl"}  # a variant name of each stored way
 NO_MATCH = 10_000  # the distance recorded when a query set has nothing to compare
 
 
@@ -75,9 +80,10 @@ class Method:
 
 def margin_table(strategies: MatchStrategies) -> npt.NDArray[np.int64]:
     """[ways bits] = the margin a pair of hashes involving those ways gets (the matcher's)."""
+    def variant(bits: int) -> str:  # a stored hash has one variant: one stored bit at most
+        return next((name for way, name in _STORED_EXAMPLE.items() if bits & WAY_BITS[way]), "")
     return np.array([strategies.margin_for(rotated=bool(bits & 1), trimmed=bool(bits & 2),
-                                           variant=TRIMMED if bits & 4 else
-                                           "crop_" if bits & 8 else "")
+                                           variant=variant(bits))
                      for bits in range(WAY_COMBINATIONS)], dtype=np.int64)
 
 
@@ -90,6 +96,8 @@ TUNED_STRATEGIES = replace(HASHSVC_STRATEGIES, variant_margin=12)
 # few false matches), 12 for the ways that add many (crops, trimmed).
 PER_WAY_STRATEGIES = replace(TUNED_STRATEGIES, margins=((DIHEDRAL, 0),))
 QUERY_SIDE = MatchStrategies(dihedral=True, trim_borders=True)
+# Index-side variants for small rotations and off-centre crops, on top of every strategy.
+MORE_STRATEGIES = replace(HASHSVC_STRATEGIES, rotation_variants=(3, 4), corner_crops=(4, 10))
 _EVERY = "PDQ with every strategy: dihedral, trimmed borders, crops " + ",".join(
     map(str, DEFAULT_CROP_GRID)) + "%"
 METHODS: tuple[Method, ...] = (
@@ -106,6 +114,8 @@ METHODS: tuple[Method, ...] = (
            fast_pdq=True),
     Method("hashsvc-ways", "pdq", "every strategy, margin 12 except rotations/flips (0)",
            dihedral=True, strategies=PER_WAY_STRATEGIES),
+    Method("hashsvc-more", "pdq", "every strategy plus stored rotations ±3°,±4° and corner "
+           "crops 4%,10% (reference PDQ)", dihedral=True, strategies=MORE_STRATEGIES),
     Method("hashonly", "pdq", "a hash-only bank (an imported list: plain hashes known): "
            "the query side's dihedral and trimmed uploads only", dihedral=True,
            strategies=QUERY_SIDE, hash_only=True),
@@ -196,8 +206,7 @@ def stored_hashes(
                 raise HashsvcError(result.error)
             values = [h.value for h in result.hashes] + [h.value for _, h in result.variants]
             ways = [0] * len(result.hashes) + [
-                WAY_BITS[STORED_TRIMMED] if name == TRIMMED else WAY_BITS[CROP]
-                for name, _ in result.variants]
+                WAY_BITS[variant_way(name) or ""] for name, _ in result.variants]
             by_config[key] = (_codes(values), np.array(ways, dtype=np.uint8))
             labels[key] = [""] * len(result.hashes) + [name for name, _ in result.variants]
         stored[method.name] = by_config[key]

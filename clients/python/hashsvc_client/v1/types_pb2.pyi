@@ -522,6 +522,8 @@ class MatchStrategies(_message.Message):
     CROP_VARIANTS_FIELD_NUMBER: _builtins.int
     VARIANT_MARGIN_FIELD_NUMBER: _builtins.int
     MARGINS_FIELD_NUMBER: _builtins.int
+    ROTATION_VARIANTS_FIELD_NUMBER: _builtins.int
+    CORNER_CROPS_FIELD_NUMBER: _builtins.int
     no_dihedral: _builtins.bool
     """do NOT match rotated/mirrored copies (on by default)"""
     trim_borders: _builtins.bool
@@ -535,8 +537,16 @@ class MatchStrategies(_message.Message):
     @_builtins.property
     def margins(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """The margin of one way of matching, overriding variant_margin for it: keys "dihedral",
-        "trimmed_query", "trimmed", "crop". A match through two ways takes the larger.
+        "trimmed_query", "trimmed", "crop", "rotation", "corner". A match through two ways takes the larger.
         """
+
+    @_builtins.property
+    def rotation_variants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """images added from files also store N degrees each way"""
+
+    @_builtins.property
+    def corner_crops(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """... and crops cutting N% from two adjacent sides"""
 
     def __init__(
         self,
@@ -546,10 +556,12 @@ class MatchStrategies(_message.Message):
         crop_variants: _abc.Iterable[_builtins.int] | None = ...,
         variant_margin: _builtins.int = ...,
         margins: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        rotation_variants: _abc.Iterable[_builtins.int] | None = ...,
+        corner_crops: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["crop_variants", b"crop_variants", "margins", b"margins", "no_dihedral", b"no_dihedral", "trim_borders", b"trim_borders", "variant_margin", b"variant_margin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corner_crops", b"corner_crops", "crop_variants", b"crop_variants", "margins", b"margins", "no_dihedral", b"no_dihedral", "rotation_variants", b"rotation_variants", "trim_borders", b"trim_borders", "variant_margin", b"variant_margin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
