@@ -38,14 +38,18 @@ CREATE TEMPORARY TABLE IF NOT EXISTS import_staging (
 ) ON COMMIT DROP
 """
 _COPY_STAGING = (b"COPY import_staging (algorithm, hash, external_id, metadata, variant)"
-                 b" FROM STDIN")
+                 b" FROM STDIN (FORMAT BINARY)")
 _INSERT_STAGED = (
     b"INSERT INTO entries (bank_id, algorithm, hash, external_id, metadata, added_at,"
     b" changed_rev, variant) SELECT %s, algorithm, hash, external_id, metadata, %s, %s,"
     b" variant FROM import_staging ORDER BY seq ON CONFLICT (bank_id, algorithm, hash) DO NOTHING"
 )
 _COPY_ENTRIES = (b"COPY entries (algorithm, hash, external_id, metadata, variant, bank_id,"
-                 b" added_at, changed_rev) FROM STDIN")
+                 b" added_at, changed_rev) FROM STDIN (FORMAT BINARY)")
+# Binary COPY: the hash goes as its bytes, not as hex the server must parse back (and the client
+# formats each row in C from these declared types instead of finding a dumper per value).
+_STAGING_TYPES = ["text", "bytea", "text", "text", "text"]
+_ENTRIES_TYPES = [*_STAGING_TYPES, "int8", "float8", "int8"]
 _UNIQUE = b"CREATE UNIQUE INDEX entries_unique ON entries (hash, bank_id, algorithm)"  # schema 2
 _REBUILT = (  # after the unique index, which is built first (it may need a second try)
     b"ALTER TABLE entries ADD CONSTRAINT entries_pkey PRIMARY KEY (id)",
@@ -91,6 +95,7 @@ class PostgresBulkAdder:
         copied = 0
         with self._conn.cursor() as cursor:
             with cursor.copy(_COPY_ENTRIES if self._rebuild else _COPY_STAGING) as copy:
+                copy.set_types(_ENTRIES_TYPES if self._rebuild else _STAGING_TYPES)
                 for e in entries:
                     meta = e[3]
                     row: tuple[Any, ...] = e if meta is None else (
