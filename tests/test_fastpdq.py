@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from hashsvc.errors import ImageError
 from hashsvc.hashing.algorithms import DIHEDRAL_TRANSFORMS, PDQ
 from hashsvc.hashing.fastpdq import EXACT, SCAN, decode_reduced, pdq_fast, pdq_hashes
 from hashsvc.hashing.imaging import DecodeLimits, Upload, decode
+from hashsvc.hashing.jpeg_layout import without_ac_scans
 from tests.conftest import (
     BRIDGE_ORIGINAL,
     IMAGES,
@@ -109,6 +111,18 @@ def test_a_chessboard_hashes_as_its_reference(square: int) -> None:
     assert quality >= 80
     assert hamming(pdq_fast(data).value, reference) <= 10
     assert decode_reduced(data).luma.shape == (3160, 4240)  # decoded again at full size
+
+
+def test_a_large_progressive_jpeg_hashes_the_same_without_its_ac_scans() -> None:
+    # Decoded at 1/8 scale a block is its DC coefficient, so cutting the AC scans (most of a
+    # progressive decode's work) must leave the hash exactly as it was.
+    with Image.open(IMAGES / "exif-rotn" / "exif-rotn-1.jpg") as photo:  # 4032×3024
+        data = encode_image(photo.convert("RGB"), "JPEG", quality=90, progressive=True)
+    dc_only = without_ac_scans(data)
+    assert dc_only is not None and len(dc_only) < len(data) // 2
+    assert pdq_fast(data) == pdq_fast(data, reduction=replace(SCAN, dc_only=False))
+    assert without_ac_scans(data[: len(data) // 2]) is None  # truncated: the decoder says so
+    assert without_ac_scans(BRIDGE_ORIGINAL.read_bytes()) is None  # baseline: nothing to cut
 
 
 _BRIDGE = BRIDGE_ORIGINAL.read_bytes()

@@ -38,6 +38,7 @@ it is decoded small.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -56,6 +57,7 @@ from hashsvc.hashing.imaging import (
     open_checked,
     to_rgb,
 )
+from hashsvc.hashing.jpeg_layout import without_ac_scans
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
@@ -76,6 +78,7 @@ class Reduction:
     `alias_bits`: a DCT-scaled JPEG whose hash moves more than this when its decode is halved
     again is decoded again at full size (`_scale_sensitive`: content that reaches PDQ only
     as aliasing, like a chessboard), if `DecodeLimits.max_full_decode_pixels` allows.
+    `dc_only`: a progressive JPEG decoded at 1/8 scale is decoded without its later AC scans.
     """
 
     jpeg_min_side: int | None = 192
@@ -84,6 +87,7 @@ class Reduction:
     jpeg_luma: bool = True
     byte_luma: bool = True
     alias_bits: int | None = 20
+    dc_only: bool = True
 
 
 SCAN = Reduction()  # the scan policy, chosen by measurement (module docstring)
@@ -158,11 +162,21 @@ def decode_reduced(
 
     `lease`: the call's share of the decode memory budget (see `hashsvc.hashing.imaging.decode`)."""
     opened = open_checked(data, limits, name)
+    side = reduction.jpeg_min_side
+    layout = opened.jpeg
+    if (side and reduction.dc_only and opened.format == "JPEG" and layout is not None
+            and layout.progressive and min(opened.image.size) // side >= 8):
+        # Decoded at 1/8 scale (Pillow's `draft` rule below), a block is its DC coefficient:
+        # the AC scans' entropy decoding, most of the time, is skipped (`without_ac_scans`).
+        dc_only = without_ac_scans(data)
+        if dc_only is not None:
+            with decoder_errors(name, opened.format):
+                opened = opened._replace(
+                    image=Image.open(io.BytesIO(dc_only), formats=("JPEG",)))
     image, fmt = opened.image, opened.format
     width, height = image.size
     dct_scale = 1  # libjpeg decoded ⌈side / dct_scale⌉ pixels per side
     with decoder_errors(name, fmt):
-        side = reduction.jpeg_min_side
         if side and isinstance(image, JpegImagePlugin.JpegImageFile):  # MPO included
             # The largest DCT scale keeping both sides >= side (none for smaller images), and
             # for a YCbCr JPEG only its Y plane: PDQ's luma, without chroma IDCT, upsampling
