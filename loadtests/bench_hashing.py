@@ -10,8 +10,8 @@ over rounds of images/s, and the median over rounds of each round's ratio (the m
 and noisy, so a ratio measured within one round is steadier than a ratio of two medians). The
 baseline is the pipeline python-threatexchange and HMA use: Pillow full decode,
 `convert("RGB")`, `np.asarray`, `pdqhash.compute`. The fast path is `fastpdq.pdq_fast` with its
-scan policy, EXIF orientation included, timed twice: "fast" rebuilds PDQ's operators for every
-image (each upload a new size, the ratio the goal is judged on) and "warm" reuses them. For each
+scan policy, EXIF orientation included, timed twice, "fast" and "warm" (once a cache of PDQ's
+operators per size; the C filter now builds them per call, so both do the same work). For each
 JPEG case it also times the floor, the file's Y plane entropy-decoded at 1/8 scale and nothing
 else, and prints the ceiling, baseline / floor: no libjpeg-based pipeline can beat that ratio.
 
