@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -18,6 +20,7 @@ from hashsvc.errors import ImageError
 from hashsvc.hashing.algorithms import DIHEDRAL_TRANSFORMS, PDQ
 from hashsvc.hashing.fastpdq import EXACT, SCAN, decode_reduced, pdq_fast, pdq_hashes
 from hashsvc.hashing.imaging import DecodeLimits, Upload, decode
+from hashsvc.hashing.jpeg_layout import without_ac_scans
 from tests.conftest import (
     BRIDGE_ORIGINAL,
     IMAGES,
@@ -90,6 +93,36 @@ def test_the_scan_policy_decodes_large_jpegs_small() -> None:
     assert SCAN.jpeg_min_side is not None
     assert SCAN.jpeg_min_side <= min(reduced.luma.shape) < 2 * SCAN.jpeg_min_side
     assert reduced.pixels == 4032 * 3024
+
+
+def _chessboard_jpeg(width: int, height: int, square: int) -> bytes:
+    rows, cols = np.mgrid[0:height, 0:width]
+    board = ((rows // square + cols // square) % 2 * 255).astype(np.uint8)
+    return encode_image(Image.fromarray(board).convert("RGB"), "JPEG", quality=90)
+
+
+@pytest.mark.parametrize("square", [25, 45])
+def test_a_chessboard_hashes_as_its_reference(square: int) -> None:
+    # Issue 15's worst case: a 13.4 MP chessboard reaches the reference's hash only as
+    # aliasing, which a 1/8-scale decode reshapes (these two measured 26 and 40 bits away).
+    # The fast path must see that and hash it from full-size pixels.
+    data = _chessboard_jpeg(4240, 3160, square)
+    reference, quality = _reference(data)
+    assert quality >= 80
+    assert hamming(pdq_fast(data).value, reference) <= 10
+    assert decode_reduced(data).luma.shape == (3160, 4240)  # decoded again at full size
+
+
+def test_a_large_progressive_jpeg_hashes_the_same_without_its_ac_scans() -> None:
+    # Decoded at 1/8 scale a block is its DC coefficient, so cutting the AC scans (most of a
+    # progressive decode's work) must leave the hash exactly as it was.
+    with Image.open(IMAGES / "exif-rotn" / "exif-rotn-1.jpg") as photo:  # 4032×3024
+        data = encode_image(photo.convert("RGB"), "JPEG", quality=90, progressive=True)
+    dc_only = without_ac_scans(data)
+    assert dc_only is not None and len(dc_only) < len(data) // 2
+    assert pdq_fast(data) == pdq_fast(data, reduction=replace(SCAN, dc_only=False))
+    assert without_ac_scans(data[: len(data) // 2]) is None  # truncated: the decoder says so
+    assert without_ac_scans(BRIDGE_ORIGINAL.read_bytes()) is None  # baseline: nothing to cut
 
 
 _BRIDGE = BRIDGE_ORIGINAL.read_bytes()

@@ -7,12 +7,13 @@ its time on full-size pixels that PDQ only averages down to 64×64. Here:
    keeps both sides >= `SCAN.jpeg_min_side` = 192 px, i.e. >= 3 decoded pixels per PDQ cell,
    and (YCbCr JPEGs) as its Y plane only, which is PDQ's luma;
 2. an image the decoder did not scale (PNG, WebP, every other format, JPEGs under 384 px) is
-   box-reduced to at most `SCAN.work_side` = 512 px per axis;
+   converted to 8-bit luma and not reduced at all;
 3. PDQ's blur-and-decimate (two Jarosz box passes with windows sized from the *original*
    dimensions, then sampling 64 rows and columns) is linear and separable, so it is applied to
-   the small image as two banded 64-row operators built from the original size. With no
-   reduction this reproduces `pdqhash` bit for bit on Meta's golden vectors (see the tests);
-   with it, the only difference is what the reduction removed;
+   the small image as two banded 64-row operators built from the original size, in C
+   (`_pdqfast.c`: no NumPy call overhead, so small uploads stop paying more for the filter
+   than for their decode). With no reduction this reproduces `pdqhash` bit for bit on Meta's
+   golden vectors (see the tests); with it, the only difference is what the reduction removed;
 4. the DCT, torben median and bit layout follow Meta's `pdqhashing.cpp`, on floats: rounding
    the 64×64 to bytes to call `pdqhash` costs up to ~20 bits on flat images.
 
@@ -21,10 +22,12 @@ shared photos, upscaled to 1–12 MP, and the PDQ reference images): a JPEG's ag
 reference depends on its decoded short side. Quality >= 80 hashes stay 100% within 10 bits from
 160 px up (median 2, p99 6 bits at 192–223 px), while 1.5–2 px per cell drifts up to 32 bits.
 Resizing after DCT scaling only added error, so JPEGs stop at step 1; decoding the Y plane gave
-the same agreement, ~25% faster. For images without DCT scaling a box filter beat bilinear,
-bicubic, Hamming and Lanczos, and 512 px (p99 2, max 4 bits) costs little more than 256 px
-(p99 6). 256 px instead of 192 would tighten JPEG agreement (p99 2, max 4 bits against p99 6,
-max 14 over 6,000 images) but slow a 1-MP photo ~1.5×: it then decodes at 1/2 scale, not 1/4.
+the same agreement, ~25% faster. Images without DCT scaling were once box-reduced to 512 px
+before a NumPy filter; the C filter reads the whole 8-bit luma for less than the resize
+alone cost (3.4 ms CPU on a 720×960 PNG, load ~19) and hashes within 2 bits of the
+reference instead of 10. 256 px instead of 192 would tighten JPEG agreement (p99 2, max 4
+bits against p99 6, max 14 over 6,000 images) but slow a 1-MP photo ~1.5×: it then decodes at
+1/2 scale, not 1/4.
 
 Reference-exact hashing (`indexer hash`, exports, golden vectors) stays in `imaging` +
 `algorithms.pdq`; this module is for scans. Its checks, messages and typed errors are
@@ -35,13 +38,14 @@ it is decoded small.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+import io
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, ImageFile, ImageOps, JpegImagePlugin
 
+from hashsvc.hashing import _pdqfast
 from hashsvc.hashing.algorithms.base import HashValue
 from hashsvc.hashing.algorithms.pdq import Pdq
 from hashsvc.hashing.decode_budget import Lease
@@ -53,12 +57,11 @@ from hashsvc.hashing.imaging import (
     open_checked,
     to_rgb,
 )
+from hashsvc.hashing.jpeg_layout import without_ac_scans
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.intp]
 Ratio = tuple[int, int]  # (num, den): original pixel p lies in reduced pixel ⌊(p + ½)·num/den⌋
-Operator = tuple[IntArray, Float32Array]  # 64×width reduced indices and their weights
 
 
 @dataclass(frozen=True)
@@ -69,16 +72,28 @@ class Reduction:
     long. `work_side`: an image the decoder did not scale is reduced with `resample` to at most
     this many pixels per axis (aspect ratio not kept: PDQ maps each axis to 64 cells on its own).
     `jpeg_luma`: a YCbCr JPEG decodes to its Y plane only (with `jpeg_min_side` set).
+    `byte_luma`: whatever was decoded in colour is converted to 8-bit luma (Pillow's
+    `convert("L")`, ITU-R 601 like PDQ's, rounded to bytes: 1 byte per pixel for the C filter
+    to read, where PDQ's float luma is 4; the rounding averages out over a cell's pixels).
+    `alias_bits`: a DCT-scaled JPEG whose hash moves more than this when its decode is halved
+    again is decoded again at full size (`_scale_sensitive`: content that reaches PDQ only
+    as aliasing, like a chessboard), if `DecodeLimits.max_full_decode_pixels` allows.
+    `dc_only`: a progressive JPEG decoded at 1/8 scale is decoded without its later AC scans.
     """
 
     jpeg_min_side: int | None = 192
-    work_side: int | None = 512
+    work_side: int | None = None
     resample: Image.Resampling = Image.Resampling.BOX
     jpeg_luma: bool = True
+    byte_luma: bool = True
+    alias_bits: int | None = 20
+    dc_only: bool = True
 
 
 SCAN = Reduction()  # the scan policy, chosen by measurement (module docstring)
-EXACT = Reduction(jpeg_min_side=None, work_side=None, jpeg_luma=False)  # the reference's pixels
+# The reference's pixels:
+EXACT = Reduction(jpeg_min_side=None, work_side=None, jpeg_luma=False, byte_luma=False,
+                  alias_bits=None)
 
 
 @dataclass(frozen=True)
@@ -147,11 +162,21 @@ def decode_reduced(
 
     `lease`: the call's share of the decode memory budget (see `hashsvc.hashing.imaging.decode`)."""
     opened = open_checked(data, limits, name)
+    side = reduction.jpeg_min_side
+    layout = opened.jpeg
+    if (side and reduction.dc_only and opened.format == "JPEG" and layout is not None
+            and layout.progressive and min(opened.image.size) // side >= 8):
+        # Decoded at 1/8 scale (Pillow's `draft` rule below), a block is its DC coefficient:
+        # the AC scans' entropy decoding, most of the time, is skipped (`without_ac_scans`).
+        dc_only = without_ac_scans(data)
+        if dc_only is not None:
+            with decoder_errors(name, opened.format):
+                opened = opened._replace(
+                    image=Image.open(io.BytesIO(dc_only), formats=("JPEG",)))
     image, fmt = opened.image, opened.format
     width, height = image.size
     dct_scale = 1  # libjpeg decoded ⌈side / dct_scale⌉ pixels per side
     with decoder_errors(name, fmt):
-        side = reduction.jpeg_min_side
         if side and isinstance(image, JpegImagePlugin.JpegImageFile):  # MPO included
             # The largest DCT scale keeping both sides >= side (none for smaller images), and
             # for a YCbCr JPEG only its Y plane: PDQ's luma, without chroma IDCT, upsampling
@@ -167,8 +192,14 @@ def decode_reduced(
             ImageOps.exif_transpose(image, in_place=True)  # after `draft`: on the small image
             if orientation in (5, 6, 7, 8):  # these swap the axes
                 width, height = height, width
-        # A JPEG decoded as its Y plane stays grey; everything else converts as the reference.
-        small = image if image.mode == "L" and side and reduction.jpeg_luma else to_rgb(image)
+        # A JPEG decoded as its Y plane stays grey; everything else converts as the reference,
+        # then (`byte_luma`) to Pillow's 8-bit luma, which the C filter reads directly.
+        if image.mode == "L" and (reduction.byte_luma or (side and reduction.jpeg_luma)):
+            small = image  # grey as decoded: its RGB conversion's luma is the same bytes
+        else:
+            small = to_rgb(image)
+            if reduction.byte_luma:
+                small = small.convert("L")
         decoded = small.size
         if dct_scale == 1 and reduction.work_side:
             target = (min(decoded[0], reduction.work_side), min(decoded[1], reduction.work_side))
@@ -184,7 +215,32 @@ def decode_reduced(
         blue *= _LUMA[2]
         luma = red + green + blue
     ratios = ((small.height, decoded[1] * dct_scale), (small.width, decoded[0] * dct_scale))
-    return Reduced(luma, width, height, ratios, fmt)
+    reduced = Reduced(luma, width, height, ratios, fmt)
+    if (dct_scale > 1 and reduction.alias_bits is not None
+            and reduced.pixels <= limits.max_full_decode_pixels
+            and _scale_sensitive(reduced, reduction.alias_bits)):
+        return decode_reduced(data, limits, name=name, apply_orientation=apply_orientation,
+                              reduction=replace(reduction, jpeg_min_side=None), lease=lease)
+    return reduced
+
+
+def _scale_sensitive(reduced: Reduced, bits: int) -> bool:
+    """Whether the hash of a DCT-scaled decode moves more than `bits` when it is halved again.
+
+    A DCT-scaled decode is the image box-filtered before PDQ's own filter. For photographs
+    that changes little, but content above PDQ's 64-cell sampling rate (a chessboard, fine
+    stripes) reaches the reference's hash only as aliasing, which any extra prefilter
+    reshapes: a 13.4 MP chessboard of 25 px squares hashed 26 bits from the reference at 1/8
+    scale, one of 45 px 40 bits. Halving the decode once more (a 2×2 mean, then PDQ again:
+    ~0.1 ms) exposes that sensitivity: over 60 corpus photos, screenshots and phone JPEGs it
+    moved their hashes 2–14 bits; those two chessboards, 62 and 28.
+    """
+    (row_num, row_den), (col_num, col_den) = reduced.ratios
+    halved = np.asarray(Image.fromarray(np.ascontiguousarray(reduced.luma)).reduce(2))
+    coarser = Reduced(halved, reduced.width, reduced.height,
+                      ((row_num, 2 * row_den), (col_num, 2 * col_den)), reduced.format)
+    here, there = pdq_hashes(reduced)[0].value, pdq_hashes(coarser)[0].value
+    return (int.from_bytes(here, "big") ^ int.from_bytes(there, "big")).bit_count() > bits
 
 
 def pdq_from_luma(
@@ -196,86 +252,17 @@ def pdq_from_luma(
     """PDQ's 64×64 downsample and quality of a `rows`×`cols` image, from its reduced `luma`.
 
     `ratios` (rows, then columns) say where original pixels lie in `luma` (see `Ratio`); by
-    default the ratio of the sizes.
+    default the ratio of the sizes. The work is `_pdqfast.downsample` (C): PDQ's two Jarosz
+    box passes, sized from the original, and its decimation, as one banded operator per axis
+    applied to `luma` (see that file for why C, and `Ratio` for the pixel mapping).
     """
     if ratios is None:
         ratios = ((luma.shape[0], rows), (luma.shape[1], cols))
-    (row_index, row_weights), (col_index, col_weights) = _operators(
-        (rows, cols), (luma.shape[0], luma.shape[1]), ratios)
-    # Each output row (column) a weighted sum of a narrow band: a gather and an einsum, which
-    # (unlike a dense matrix product) does few operations and calls no BLAS, whose threads spin
-    # against the service's workers (a dense product with 2 OpenBLAS threads made a 1-MP scan
-    # 7× slower on this 2-core machine).
-    by_rows = np.einsum("ij,ijk->ik", row_weights, luma[row_index], dtype=np.float32)
-    block = np.einsum("jk,ijk->ij", col_weights, by_rows[:, col_index], dtype=np.float32)
-    return block.astype(np.float64), _quality(block)
-
-
-@lru_cache(maxsize=256)
-def _operators(
-    fulls: tuple[int, int], reduced: tuple[int, int], ratios: tuple[Ratio, Ratio]
-) -> tuple[Operator, Operator]:
-    """PDQ's blur-and-decimate along both axes, as 64 bands of weights over each reduced axis.
-
-    Mirrors downscaling.cpp: `jaroszFilterFloat` runs two passes of `box1DFloat` with window
-    `w = computeJaroszFilterWindowSize(full, 64)` (output k averages pixels
-    [k - lead, k + reach], reach = (w + 2) // 2 - 1, lead = w - 1 - reach, clipped at the
-    edges), then
-    `decimateFloat` keeps pixel ⌊(i + ½) · full / 64⌋. So a sample is a weighted sum of at
-    most w first-pass boxes, and each original pixel's weight goes to the reduced pixel that
-    holds its centre (measured closer to the reference than interpolating). A band's weights
-    are differences of the sample's cumulative weight at the band's pixel edges, which is a
-    clipped count per box: nothing is per original pixel, so the cost does not grow with the
-    image.
-
-    Every new upload size pays this, and for arrays this small numpy's per-call overhead is
-    the cost, so both axes go through one set of calls (the narrower window padded with
-    zero weights), in float64: the pixel mapping's floors and ceilings are of ratios of
-    integers far below 2^53, so they are exact (and match the old per-pixel build bit for bit
-    on DCT-scaled JPEGs).
-    """
-    axes = []
-    width = 1
-    for full, size, (num, den) in zip(fulls, reduced, ratios, strict=True):
-        window = (full + 127) // 128
-        reach = (window + 2) // 2 - 1
-        axes.append((full, size, num, den, window - 1 - reach, reach))
-        # A sample's pixels span at most 2w - 1 and touch at most ⌊(2w - 2)·num/den⌋ + 2 reduced.
-        width = max(width, (2 * window - 2) * num // den + 2)
-    full, size, num, den, lead, reach = np.array(axes, dtype=np.float64).T[:, :, None, None]
-    samples = np.floor((np.arange(64)[:, None] + 0.5) * full / 64)  # (axis, 64, 1)
-    # Second pass: a sample averages the first-pass outputs [first, last] (clipped: fewer).
-    first = np.maximum(samples - lead, 0)
-    last = np.minimum(samples + reach, full - 1)
-    outputs = first + np.arange((max(fulls) + 127) // 128)
-    weight = (outputs <= last) / (last - first + 1)
-    np.minimum(outputs, last, out=outputs)
-    # First pass: output k averages pixels [box_first, box_first + box_count).
-    box_first = np.maximum(outputs - lead, 0)
-    box_count = np.minimum(outputs + reach + 1, full) - box_first
-    weight /= box_count
-    # The band starts at the reduced pixel holding the sample's first pixel; reduced pixel j
-    # starts at original pixel ⌈(2j·den - num) / 2num⌉ (the inverse of `Ratio`'s mapping).
-    band_first = np.floor((2 * box_first[:, :, :1] + 1) * num / (2 * den))
-    band = np.maximum(np.minimum(band_first, size - width), 0) + np.arange(width + 1)
-    edge = np.minimum(np.maximum(np.ceil((2 * band * den - num) / (2 * num)), 0), full)
-    # Each box's pixels before each edge, over its count: the sample's cumulative weight there.
-    before = np.minimum(np.maximum(edge[..., None] - box_first[:, :, None, :], 0),
-                        box_count[:, :, None, :])
-    cumulative = np.einsum("aiw,aijw->aij", weight, before)
-    weights = (cumulative[:, :, 1:] - cumulative[:, :, :-1]).astype(np.float32)
-    index = np.minimum(band[:, :, :-1], size - 1).astype(np.intp)  # past the end: weight 0
-    for array in (index, weights):
-        array.setflags(write=False)  # cached and shared between threads: read-only
-    return (index[0], weights[0]), (index[1], weights[1])
-
-
-def _quality(block32: Float32Array) -> int:
-    """pdqImageDomainQualityMetric: count of significant gradients in the 64×64, 0–100."""
-    down = np.trunc((block32[:-1, :] - block32[1:, :]) * np.float32(100) / np.float32(255))
-    across = np.trunc((block32[:, :-1] - block32[:, 1:]) * np.float32(100) / np.float32(255))
-    gradient_sum = int(np.abs(down).sum()) + int(np.abs(across).sum())
-    return min(gradient_sum // 90, 100)
+    pixels = np.ascontiguousarray(luma)
+    block, quality = _pdqfast.downsample(
+        pixels, pixels.shape[0], pixels.shape[1], 1, pixels.dtype == np.float32, rows, cols,
+        ratios[0], ratios[1])
+    return np.frombuffer(block, dtype=np.float32).reshape(64, 64).astype(np.float64), quality
 
 
 def _dct16(reduced: Reduced) -> tuple[FloatArray, int]:
