@@ -34,7 +34,15 @@ from hashsvc.errors import (
 )
 from hashsvc.limits import LIMITS, check_tags, check_text, quote
 from hashsvc.matching.strategies import MatchStrategies
+from hashsvc.store import exchange_sql
 from hashsvc.store.base import redact
+from hashsvc.store.exchange_model import (
+    Credentials,
+    ExchangeBinding,
+    ExchangePage,
+    PageResult,
+    Provenance,
+)
 from hashsvc.store.listing import EntryPage, EntryQuery, page_of, query_sql
 from hashsvc.store.model import (
     AddResult,
@@ -389,8 +397,39 @@ class PostgresStore:
         return StoreStats(revision=revision, banks=banks, entries=entries, disabled=disabled,
                           by_bank_algorithm=by_bank, served_by_bank_algorithm=served)
 
+    # ---- exchanges (exchange_sql.py) ---------------------------------------------------------
+
+    def bind_exchange(self, bank_name: str, exchange: str, config: dict[str, Any],
+                      credentials: Credentials | None = None) -> ExchangeBinding:
+        bank = self.get_bank(bank_name)
+        with self._write() as (conn, _):
+            exchange_sql.bind(_runner(conn), bank.id, exchange, config, credentials)
+        return self.exchange_bindings(bank_name)[0]
+
+    def exchange_bindings(self, bank_name: str | None = None) -> list[ExchangeBinding]:
+        with self._conn() as conn:
+            return exchange_sql.bindings(_runner(conn), bank_name)
+
+    def apply_exchange_page(self, bank_name: str, page: ExchangePage,
+                            expected_checkpoint: str | None) -> PageResult:
+        bank = self.get_bank(bank_name)
+        with self._write() as (conn, revision):
+            return exchange_sql.apply_page(_runner(conn), bank.id, bank.name, revision, page,
+                                           expected_checkpoint)
+
+    def entry_provenance(self, entry_id: int) -> list[Provenance]:
+        with self._conn() as conn:
+            return exchange_sql.provenance(_runner(conn), entry_id)
+
     # ---- single writer -----------------------------------------------------------------------
 
     def writer_lock(self, name: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
         """The advisory lock `name`, for every process using this database (postgres_lock)."""
         return advisory_writer_lock(self._connect(), self._location, name, wait=wait)
+
+
+def _runner(conn: psycopg.Connection[Any]) -> exchange_sql.Run:
+    def run(sql: str, args: tuple[Any, ...]) -> tuple[list[tuple[Any, ...]], int]:
+        cursor = conn.execute(sql.replace("?", "%s").encode(), args)
+        return (cursor.fetchall() if cursor.description is not None else []), cursor.rowcount
+    return run

@@ -21,7 +21,15 @@ from typing import Any
 from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
 from hashsvc.limits import LIMITS, check_tags, check_text, quote
 from hashsvc.matching.strategies import MatchStrategies
+from hashsvc.store import exchange_sql
 from hashsvc.store.base import redact
+from hashsvc.store.exchange_model import (
+    Credentials,
+    ExchangeBinding,
+    ExchangePage,
+    PageResult,
+    Provenance,
+)
 from hashsvc.store.listing import EntryPage, EntryQuery, page_of, query_sql
 from hashsvc.store.model import (
     AddResult,
@@ -40,7 +48,8 @@ from hashsvc.store.model import (
 )
 from hashsvc.store.sqlite_bulk import REVISION_SQL, SqliteBulkAdder
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+_FRESH_SCHEMA = 4  # what _SCHEMA creates; later steps come from _upgrade
 _ENTRIES_V4 = """
 CREATE TABLE IF NOT EXISTS entries (
     id              INTEGER PRIMARY KEY,
@@ -123,8 +132,9 @@ class SqliteStore:
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta (key, value)"
                     " VALUES ('schema', ?), ('revision', '0')",
-                    (str(SCHEMA_VERSION),),
+                    (str(_FRESH_SCHEMA),),
                 )
+                self._upgrade(_FRESH_SCHEMA)
             elif int(row[0]) > SCHEMA_VERSION:
                 raise HashsvcError(
                     f"{self.path}: store schema {row[0]} is newer than this hashsvc "
@@ -149,6 +159,8 @@ class SqliteStore:
                " DROP TABLE entries; ALTER TABLE entries_v4 RENAME TO entries;"
                " CREATE INDEX entries_by_external_id ON entries (bank_id, external_id);"
                f" {_UNIQUE}",
+            # v5: banks bound to exchanges, and where each synced entry came from
+            4: exchange_sql.SQLITE_SCHEMA,
         }
         for version in range(schema, SCHEMA_VERSION):
             self._db.executescript(
@@ -404,6 +416,10 @@ class SqliteStore:
                 db.execute(f"INSERT OR REPLACE INTO removed_entries (entry_id, rev)"
                            f" SELECT id, {REVISION_SQL} FROM entries {where}", args)
                 removed += db.execute(f"DELETE FROM entries {where}", args).rowcount
+            # SQLite may give a removed entry's id to a later one: no provenance may point at
+            # it then (entry_provenance has no foreign key, see exchange_sql)
+            db.execute(f"DELETE FROM entry_provenance WHERE entry_id IN (SELECT entry_id"
+                       f" FROM removed_entries WHERE rev = {REVISION_SQL})")
         return removed
 
     def iter_active_entries(self, batch: int = 100_000) -> Iterator[list[tuple[Any, ...]]]:
@@ -471,6 +487,39 @@ class SqliteStore:
         return StoreStats(revision=self.revision(), banks=bank_count, entries=totals[0],
                           disabled=totals[1], by_bank_algorithm=by_bank,
                           served_by_bank_algorithm=served)
+
+
+    # ---- exchanges (exchange_sql.py) ---------------------------------------------------------
+
+    def bind_exchange(self, bank_name: str, exchange: str, config: dict[str, Any],
+                      credentials: Credentials | None = None) -> ExchangeBinding:
+        bank = self.get_bank(bank_name)
+        with self._write() as db:
+            exchange_sql.bind(_runner(db), bank.id, exchange, config, credentials)
+        return self.exchange_bindings(bank_name)[0]
+
+    def exchange_bindings(self, bank_name: str | None = None) -> list[ExchangeBinding]:
+        with self._read_lock:
+            return exchange_sql.bindings(_runner(self._reader), bank_name)
+
+    def apply_exchange_page(self, bank_name: str, page: ExchangePage,
+                            expected_checkpoint: str | None) -> PageResult:
+        bank = self.get_bank(bank_name)
+        with self._write() as db:
+            revision = int(db.execute(f"SELECT {REVISION_SQL}").fetchone()[0])
+            return exchange_sql.apply_page(_runner(db), bank.id, bank.name, revision, page,
+                                           expected_checkpoint)
+
+    def entry_provenance(self, entry_id: int) -> list[Provenance]:
+        with self._read_lock:
+            return exchange_sql.provenance(_runner(self._reader), entry_id)
+
+
+def _runner(db: sqlite3.Connection) -> exchange_sql.Run:
+    def run(sql: str, args: tuple[Any, ...]) -> tuple[list[tuple[Any, ...]], int]:
+        cursor = db.execute(sql, args)
+        return cursor.fetchall(), cursor.rowcount
+    return run
 
 
 _CHUNK = 500  # selector items per statement: far below SQLite's bound-variable limit
