@@ -1,0 +1,182 @@
+"""Syncing a bank from a hash list that changes between syncs, on every store backend; a sync
+killed with SIGKILL inside a page's transaction; the CLI verbs and a list served over HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from hashsvc.errors import HashsvcError
+from hashsvc.home import DataHome
+from hashsvc.store import EntryQuery, Store
+from indexer.exchanges.sync import sync_bank
+from tests.conftest import run_indexer
+
+
+def _md5(n: int) -> str:
+    return n.to_bytes(16, "big").hex()
+
+
+def _write_list(path: Path, numbers: range | list[int]) -> None:
+    path.write_text("algorithm,hash,external_id\n"
+                    + "".join(f"md5,{_md5(n)},item-{n}\n" for n in numbers))
+
+
+def _bank_hashes(store: Store, bank: str) -> list[str]:
+    page = store.list_entries(EntryQuery(banks=(bank,), limit=1000))
+    return sorted(entry.hash.hex() for entry in page.entries)
+
+
+def test_a_changing_list_syncs_additions_and_deletions(any_store: Store, tmp_path: Path) -> None:
+    listing = tmp_path / "list.csv"
+    _write_list(listing, range(25))
+    any_store.create_bank("tat")
+    any_store.bind_exchange("tat", "file", {"source": str(listing), "page_size": 10})
+
+    first = sync_bank(any_store, "tat")
+    assert (first.pages, first.totals.added, first.totals.deleted) == (3, 25, 0)
+    assert _bank_hashes(any_store, "tat") == sorted(_md5(n) for n in range(25))
+    revision = any_store.revision()
+    again = sync_bank(any_store, "tat")
+    assert again.pages == 0 and any_store.revision() == revision  # nothing new, nothing written
+
+    _write_list(listing, [*range(5, 25), 100, 101, 102])
+    changed = sync_bank(any_store, "tat")
+    totals = changed.totals
+    assert (totals.added, totals.deleted, totals.unchanged) == (3, 5, 20)
+    assert _bank_hashes(any_store, "tat") == sorted(_md5(n) for n in [*range(5, 25), 100, 101,
+                                                                      102])
+    [entry] = any_store.list_entries(EntryQuery(banks=("tat",), external_id="item-100")).entries
+    [seen] = any_store.entry_provenance(entry.id)
+    assert (seen.exchange, seen.upstream_id) == ("file", f"md5:{_md5(100)}")
+
+
+def test_a_list_with_a_bad_line_applies_nothing(any_store: Store, tmp_path: Path) -> None:
+    listing = tmp_path / "list.csv"
+    _write_list(listing, range(3))
+    any_store.create_bank("b")
+    any_store.bind_exchange("b", "file", {"source": str(listing)})
+    sync_bank(any_store, "b")
+    listing.write_text(listing.read_text() + "md5,nothex,x\n")
+    where = re.escape(f"{listing}:5: invalid md5")
+    with pytest.raises(HashsvcError, match=rf"nothing was applied.*{where}"):
+        sync_bank(any_store, "b")
+    listing.write_text("algorithm,hash,external_id\n")
+    with pytest.raises(HashsvcError, match="lists no hashes"):
+        sync_bank(any_store, "b")
+    assert len(_bank_hashes(any_store, "b")) == 3
+
+
+_KILLED_SYNC = """
+import os, signal, sys
+from hashsvc.store import open_store
+from indexer.exchanges import open_exchange
+from indexer.exchanges.sync import sync_bank
+
+class DiesInThirdPage:
+    # The file exchange, except that the process kills itself with SIGKILL after handing the
+    # store five entries of the third page: inside that page's open transaction.
+    def __init__(self, inner):
+        self.inner, self.pages = inner, 0
+    def fetch(self, checkpoint):
+        page = self.inner.fetch(checkpoint)
+        self.pages += 1
+        if self.pages == 3:
+            entries = list(page.upserts)
+            def dying():
+                yield from entries[:5]
+                os.kill(os.getpid(), signal.SIGKILL)
+            page = type(page)(dying(), page.checkpoint, page.more, page.deletions, page.listing,
+                              page.ends_listing)
+        return page
+
+with open_store(sys.argv[1]) as store:
+    binding = store.exchange_bindings("ncmec")[0]
+    sync_bank(store, "ncmec", exchange=DiesInThirdPage(open_exchange(binding)))
+"""
+
+
+def test_a_sync_killed_mid_page_resumes_without_loss_or_duplicates(
+    any_store: Store, tmp_path: Path
+) -> None:
+    listing = tmp_path / "list.csv"
+    _write_list(listing, range(35))
+    any_store.create_bank("ncmec")
+    any_store.bind_exchange("ncmec", "file", {"source": str(listing), "page_size": 10})
+    killed = subprocess.run([sys.executable, "-c", _KILLED_SYNC, any_store.target],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    checkpoint = json.loads(any_store.exchange_bindings("ncmec")[0].checkpoint or "{}")
+    assert (checkpoint["offset"], checkpoint["done"]) == (20, False)  # two pages, not three
+    assert _bank_hashes(any_store, "ncmec") == sorted(_md5(n) for n in range(20))
+
+    resumed = sync_bank(any_store, "ncmec")
+    assert (resumed.pages, resumed.totals.added, resumed.totals.unchanged) == (2, 15, 0)
+    assert _bank_hashes(any_store, "ncmec") == sorted(_md5(n) for n in range(35))
+
+
+class _ListServer(BaseHTTPRequestHandler):
+    body = b""
+    token = "s3cret-token"
+
+    def do_GET(self) -> None:  # the name http.server calls
+        if self.headers.get("Authorization") != f"Bearer {self.token}":
+            self.send_response(401)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def list_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ListServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/list.csv"
+    server.shutdown()
+    server.server_close()
+
+
+def test_cli_binds_syncs_and_never_shows_the_token(
+    home: DataHome, tmp_path: Path, list_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listing = tmp_path / "list.csv"
+    _write_list(listing, range(4))
+    _ListServer.body = listing.read_bytes()
+    run_indexer(home, "bank", "create", "gifct", check=True)
+    run_indexer(home, "exchange", "bind", "gifct", "--type", "url", "--source", list_server,
+                "--credentials-env", "GIFCT_TOKEN", check=True)
+
+    monkeypatch.setenv("GIFCT_TOKEN", "wrong")
+    refused = run_indexer(home, "exchange", "sync", "gifct")
+    assert refused.returncode != 0 and "answered HTTP 401" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    monkeypatch.setenv("GIFCT_TOKEN", _ListServer.token)
+    synced = run_indexer(home, "exchange", "sync", check=True)
+    assert json.loads(synced.stdout)["added"] == 4
+    status = run_indexer(home, "exchange", "status", "gifct", check=True)
+    record = json.loads(status.stdout)
+    assert record["credentials"] == "env:GIFCT_TOKEN" and record["checkpoint"]["done"]
+    for output in (synced.stdout, synced.stderr, status.stdout, status.stderr):
+        assert _ListServer.token not in output
+    assert _ListServer.token.encode() not in home.store_path.read_bytes()
+
+    unbound = run_indexer(home, "exchange", "sync", "nope")
+    assert unbound.returncode != 0 and "'nope' is not bound" in unbound.stderr
