@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from hashsvc.errors import HashsvcError
+from hashsvc.errors import HashsvcError, WriterBusyError
 from hashsvc.home import DataHome
-from hashsvc.store import EntryQuery, Store
+from hashsvc.store import EntryQuery, Store, open_store
 from indexer.exchanges.sync import sync_bank
 from tests.conftest import run_indexer
+from tests.postgres_server import PostgresServer
 
 
 def _md5(n: int) -> str:
@@ -180,3 +181,33 @@ def test_cli_binds_syncs_and_never_shows_the_token(
 
     unbound = run_indexer(home, "exchange", "sync", "nope")
     assert unbound.returncode != 0 and "'nope' is not bound" in unbound.stderr
+
+    listed = run_indexer(home, "entries", "list", "--bank", "gifct", "--json", check=True)
+    entry_id = json.loads(listed.stdout.splitlines()[0])["id"]
+    shown = json.loads(run_indexer(home, "entries", "show", str(entry_id), check=True).stdout)
+    [origin] = shown["provenance"]
+    assert origin["exchange"] == "url" and origin["upstream_id"] == f"md5:{_md5(0)}"
+
+    # every bank: one whose list is gone fails alone, the others still sync
+    run_indexer(home, "bank", "create", "local", check=True)
+    run_indexer(home, "exchange", "bind", "local", "--type", "file", "--source",
+                str(tmp_path / "gone.csv"), check=True)
+    both = run_indexer(home, "exchange", "sync")
+    assert both.returncode == 1 and "local: sync failed: file exchange: cannot read" in both.stderr
+    assert [json.loads(line)["bank"] for line in both.stdout.splitlines()] == ["gifct", "local"]
+    assert "Traceback" not in both.stderr
+
+
+def test_a_second_sync_of_a_postgresql_store_is_refused_while_one_runs(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    listing = tmp_path / "list.csv"
+    _write_list(listing, range(3))
+    target = postgres.new_database()
+    with open_store(target) as first, open_store(target) as second:
+        first.create_bank("b")
+        first.bind_exchange("b", "file", {"source": str(listing)})
+        with first.writer_lock("sync"), pytest.raises(WriterBusyError, match="sync"):
+            sync_bank(second, "b")
+        assert second.get_bank("b").entry_count == 0
+        assert sync_bank(second, "b").totals.added == 3

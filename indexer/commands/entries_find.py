@@ -89,11 +89,14 @@ def entry_to_dict(entry: Entry) -> dict[str, Any]:
         "id": entry.id, "bank": entry.bank, "algorithm": entry.algorithm,
         "hash": get_algorithm(entry.algorithm).format(entry.hash),
         "external_id": entry.external_id, "metadata": entry.metadata,
-        "added_at": dt.datetime.fromtimestamp(entry.added_at, dt.UTC).isoformat(
-            timespec="seconds"),
+        "added_at": _when(entry.added_at),
         "disabled": entry.disabled, "disabled_reason": entry.disabled_reason,
         "variant": entry.variant,
     }
+
+
+def _when(stamp: float) -> str:
+    return dt.datetime.fromtimestamp(stamp, dt.UTC).isoformat(timespec="seconds")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -118,7 +121,12 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         entry = store.get_entry(args.id)
-    sys.stdout.write(json.dumps(entry_to_dict(entry), indent=2, ensure_ascii=False) + "\n")
+        record = entry_to_dict(entry)
+        record["provenance"] = [  # where an exchange-synced entry came from (exchange.py)
+            {"exchange": p.exchange, "upstream_id": p.upstream_id, "tags": list(p.tags),
+             "first_seen": _when(p.first_seen), "last_seen": _when(p.last_seen)}
+            for p in store.entry_provenance(entry.id)]
+    sys.stdout.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return 0
 
 

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from hashsvc.errors import HashsvcError
+from hashsvc.store import Store
 from hashsvc.store.exchange_model import Credentials, ExchangeBinding
 from indexer.commands.common import add_command, emit, open_store, say, when_served
 from indexer.exchanges import EXCHANGES
@@ -76,21 +77,36 @@ def _bind(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
+    """One bank: its error is the command's. Every bank: a failing one is reported and the
+    others still sync (one exchange being down must not hold the rest back); exit 1 if any
+    failed."""
     with open_store(args) as store:
-        banks = [args.bank] if args.bank else [b.bank for b in store.exchange_bindings()]
+        if args.bank:
+            _sync_one(store, args.bank)
+            return 0
+        banks = [b.bank for b in store.exchange_bindings()]
         if not banks:
             raise HashsvcError("no bank is bound to an exchange (`indexer exchange bind`)")
+        failed = 0
         for bank in banks:
-            result = sync_bank(store, bank, on_page=_progress)
-            totals = result.totals
-            say(f"{bank}: {result.pages} page(s) from {result.exchange}: {totals.added:,} added, "
-                f"{totals.updated:,} updated, {totals.deleted:,} deleted, "
-                f"{totals.unchanged:,} unchanged; "
-                + (when_served(store.get_bank(bank)) if result.pages else "nothing new"))
-            emit({"bank": bank, "exchange": result.exchange, "pages": result.pages,
-                  "added": totals.added, "updated": totals.updated, "deleted": totals.deleted,
-                  "unchanged": totals.unchanged})
-    return 0
+            try:
+                _sync_one(store, bank)
+            except HashsvcError as err:
+                failed += 1
+                say(f"{bank}: sync failed: {err.message}")
+                emit({"bank": bank, "error": err.message})
+    return 1 if failed else 0
+
+
+def _sync_one(store: Store, bank: str) -> None:
+    result = sync_bank(store, bank, on_page=_progress)
+    totals = result.totals
+    say(f"{bank}: {result.pages} page(s) from {result.exchange}: {totals.added:,} added, "
+        f"{totals.updated:,} updated, {totals.deleted:,} deleted, {totals.unchanged:,} "
+        "unchanged; " + (when_served(store.get_bank(bank)) if result.pages else "nothing new"))
+    emit({"bank": bank, "exchange": result.exchange, "pages": result.pages,
+          "added": totals.added, "updated": totals.updated, "deleted": totals.deleted,
+          "unchanged": totals.unchanged})
 
 
 def _progress(result: SyncResult) -> None:
