@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -211,3 +212,64 @@ def test_a_second_sync_of_a_postgresql_store_is_refused_while_one_runs(
             sync_bank(second, "b")
         assert second.get_bank("b").entry_count == 0
         assert sync_bank(second, "b").totals.added == 3
+
+
+class _FlakyServer(BaseHTTPRequestHandler):
+    """Answers from a script, one answer per request: (status, body, Content-Length)."""
+
+    script: ClassVar[list[tuple[int, bytes, int]]] = []
+    requests: ClassVar[int] = 0
+
+    def do_GET(self) -> None:  # the name http.server calls
+        status, body, length = _FlakyServer.script[min(_FlakyServer.requests,
+                                                       len(_FlakyServer.script) - 1)]
+        _FlakyServer.requests += 1
+        self.send_response(status)
+        self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def flaky_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    from indexer.exchanges import file_list
+
+    monkeypatch.setattr(file_list, "MAX_RETRY_WAIT", 0.0)  # the count is the test, not the wait
+    _FlakyServer.requests = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/list.csv"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_url_list_is_retried_and_never_applied_truncated(
+    store: Store, tmp_path: Path, flaky_server: str
+) -> None:
+    listing = tmp_path / "list.csv"
+    _write_list(listing, range(6))
+    whole = listing.read_bytes()
+    truncated = whole[: len(whole) // 2]  # ends mid-list: parsed, it would delete half
+    _FlakyServer.script = [(429, b"", 0), (503, b"", 0), (200, truncated, len(whole)),
+                           (200, whole, len(whole))]
+    store.create_bank("b")
+    store.bind_exchange("b", "url", {"source": flaky_server})
+    assert sync_bank(store, "b").totals.added == 6
+    assert _FlakyServer.requests == 4
+
+    _write_list(listing, range(3))
+    _FlakyServer.requests = 0
+    _FlakyServer.script = [(200, listing.read_bytes()[:40], len(listing.read_bytes()))]
+    with pytest.raises(HashsvcError, match=r"IncompleteRead \(4 attempts\); the next sync"):
+        sync_bank(store, "b")
+    assert _FlakyServer.requests == 4
+    _FlakyServer.script = [(404, b"", 0)]
+    with pytest.raises(HashsvcError, match="answered HTTP 404"):
+        sync_bank(store, "b")
+    assert len(_bank_hashes(store, "b")) == 6  # nothing deleted by a list never read whole

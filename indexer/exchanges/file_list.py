@@ -12,8 +12,10 @@ listing read whole). An unchanged list that was read whole is a sync with nothin
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +28,8 @@ from indexer.hashlists import detect_format, read_hash_list
 
 DEFAULT_PAGE_SIZE = 10_000
 FETCH_TIMEOUT = 60.0
+FETCH_ATTEMPTS = 4
+MAX_RETRY_WAIT = 30.0
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -70,6 +74,10 @@ class FileListExchange:
                                f"{err.strerror or err}") from None
 
     def _download(self) -> bytes:
+        """The list's bytes, whole: 429 and 5xx answers and dropped connections are tried
+        again (at most `FETCH_ATTEMPTS` times, waiting as Retry-After says, up to
+        `MAX_RETRY_WAIT` s); a body shorter than its Content-Length is an error, never a
+        shorter list (which would delete the rest)."""
         url = urllib.parse.urlsplit(self.source)
         if url.scheme != "https" and not (url.scheme == "http" and url.hostname in _LOOPBACK):
             raise HashsvcError(f"url exchange: {self.source!r} must be https:// (plain http "
@@ -79,15 +87,26 @@ class FileListExchange:
             from indexer.exchanges import read_secret
 
             request.add_header("Authorization", f"Bearer {read_secret(self.credentials)}")
-        try:
-            with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
-                body: bytes = response.read()
-                return body
-        except urllib.error.HTTPError as err:
-            raise HashsvcError(f"url exchange: {self.source} answered HTTP {err.code}") from None
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", None) or err
-            raise HashsvcError(f"url exchange: cannot fetch {self.source}: {reason}") from None
+        problem = ""
+        for attempt in range(1, FETCH_ATTEMPTS + 1):
+            wait = 0.0
+            try:
+                with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
+                    body: bytes = response.read()
+                    return body
+            except urllib.error.HTTPError as err:
+                if err.code != 429 and err.code < 500:
+                    raise HashsvcError(f"url exchange: {self.source} answered HTTP "
+                                       f"{err.code}") from None
+                problem = f"HTTP {err.code}"
+                wait = _retry_after(err.headers.get("Retry-After"), attempt)
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+                problem = str(getattr(err, "reason", None) or type(err).__name__)
+                wait = _retry_after(None, attempt)
+            if attempt < FETCH_ATTEMPTS:
+                time.sleep(wait)
+        raise HashsvcError(f"url exchange: cannot fetch {self.source}: {problem} "
+                           f"({FETCH_ATTEMPTS} attempts); the next sync resumes")
 
     def _parse(self, content: bytes) -> list[UpstreamEntry]:
         """Every entry of the list, or an error naming the list's bad lines: a list with a
@@ -118,3 +137,13 @@ class FileListExchange:
 
 def _is_url(source: str) -> bool:
     return "://" in source
+
+
+def _retry_after(header: str | None, attempt: int) -> float:
+    """Seconds to wait before attempt `attempt + 1`: the server's Retry-After (in seconds)
+    if it gave one, else doubling from one second; never more than `MAX_RETRY_WAIT`."""
+    try:
+        wait = float(header) if header is not None else 2.0 ** (attempt - 1)
+    except ValueError:  # an HTTP date: not worth parsing for a bounded wait
+        wait = MAX_RETRY_WAIT
+    return min(max(wait, 0.0), MAX_RETRY_WAIT)
