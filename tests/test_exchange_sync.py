@@ -3,16 +3,18 @@ killed with SIGKILL inside a page's transaction; the CLI verbs and a list served
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -20,8 +22,9 @@ from hashsvc.errors import HashsvcError, WriterBusyError
 from hashsvc.home import DataHome
 from hashsvc.store import EntryQuery, Store, open_store
 from indexer.exchanges.sync import sync_bank
-from tests.conftest import run_indexer
+from tests.conftest import BRIDGE_ORIGINAL, IMAGES, run_indexer
 from tests.postgres_server import PostgresServer
+from tests.server_process import ServerProcess
 
 
 def _md5(n: int) -> str:
@@ -273,3 +276,45 @@ def test_a_url_list_is_retried_and_never_applied_truncated(
     with pytest.raises(HashsvcError, match="answered HTTP 404"):
         sync_bank(store, "b")
     assert len(_bank_hashes(store, "b")) == 6  # nothing deleted by a list never read whole
+
+
+def _scan_until(client: Any, image: bytes, *, matched: bool, polls: int = 600) -> Any:
+    """Scan until `matched` is as wanted: a bounded number of calls (the sleep only spaces
+    them out), since servers apply store changes on their next reload tick."""
+    for _ in range(polls):
+        result = client.scan_image(image)
+        if result.matched == matched:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"still matched={not matched} after {polls} scans")
+
+
+def test_a_synced_addition_and_deletion_reach_a_running_server_without_a_publish(
+    home: DataHome, tmp_path: Path
+) -> None:
+    from hashsvc_client import Client
+
+    pen, bridge = (IMAGES / "pen-and-coaster.png").read_bytes(), BRIDGE_ORIGINAL.read_bytes()
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{hashlib.md5(pen).hexdigest()}\n{hashlib.md5(bridge).hexdigest()}\n")
+    run_indexer(home, "bank", "create", "feed", check=True)
+    run_indexer(home, "exchange", "bind", "feed", "--type", "file", "--source", str(listing),
+                "--algorithm", "md5", check=True)
+    with ServerProcess(home.root) as server, \
+            Client(server.target, api_key=server.keys["scanner"]) as client:
+        synced = run_indexer(home, "exchange", "sync", "feed", check=True)
+        assert "live on running servers within about a second" in synced.stderr
+        match = _scan_until(client, pen, matched=True).matches[0]
+        assert dict(match.metadata) == {"exchange": "file",
+                                        "upstream_id": f"md5:{hashlib.md5(pen).hexdigest()}"}
+        listing.write_text(f"{hashlib.md5(bridge).hexdigest()}\n")
+        synced = run_indexer(home, "exchange", "sync", "feed", check=True)
+        assert json.loads(synced.stdout)["deleted"] == 1
+        _scan_until(client, pen, matched=False)
+        assert client.scan_image(bridge).matched
+
+
+@pytest.mark.parametrize("verb", ["bind", "sync", "status"])
+def test_every_exchange_verb_has_help_with_an_example(home: DataHome, verb: str) -> None:
+    result = run_indexer(home, "exchange", verb, "--help")
+    assert result.returncode == 0 and "example:\n  indexer exchange " in result.stdout
