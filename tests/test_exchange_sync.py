@@ -168,6 +168,11 @@ def test_cli_binds_syncs_and_never_shows_the_token(
     run_indexer(home, "exchange", "bind", "gifct", "--type", "url", "--source", list_server,
                 "--credentials-env", "GIFCT_TOKEN", check=True)
 
+    leaky = run_indexer(home, "exchange", "bind", "gifct", "--type", "url", "--source",
+                        list_server.replace("//", "//user:hunter2@"))
+    assert leaky.returncode == 3 and "must not hold a password" in leaky.stderr
+    assert b"hunter2" not in home.store_path.read_bytes()
+
     monkeypatch.setenv("GIFCT_TOKEN", "wrong")
     refused = run_indexer(home, "exchange", "sync", "gifct")
     assert refused.returncode != 0 and "answered HTTP 401" in refused.stderr

@@ -12,6 +12,7 @@ from hashsvc.store import Store
 from hashsvc.store.exchange_model import Credentials, ExchangeBinding
 from indexer.commands.common import add_command, emit, open_store, say, when_served
 from indexer.exchanges import EXCHANGES
+from indexer.exchanges.file_list import FileListExchange
 from indexer.exchanges.sync import SyncResult, sync_bank
 from indexer.hashlists import FORMATS, parse_column_map
 
@@ -67,6 +68,7 @@ def _bind(args: argparse.Namespace) -> int:
         config["columns"] = parse_column_map(args.columns)
     credentials = (Credentials("env", args.credentials_env) if args.credentials_env else
                    Credentials("file", args.credentials_file) if args.credentials_file else None)
+    FileListExchange(config, credentials)  # its checks, before anything is stored
     with open_store(args) as store:
         binding = store.bind_exchange(args.bank, args.exchange, config, credentials)
     resumed = " (checkpoint kept)" if binding.checkpoint else ""

@@ -38,6 +38,10 @@ class FileListExchange:
         source = config.get("source")
         if not isinstance(source, str) or not source:
             raise HashsvcError("a file exchange needs a source: a path or an https:// URL")
+        if _is_url(source) and urllib.parse.urlsplit(source).password is not None:
+            raise HashsvcError("a source URL must not hold a password (it would be stored and "
+                               "shown): name an environment variable or a file with "
+                               "--credentials-env or --credentials-file instead")
         self.source = source
         self.credentials = credentials
         self.format = config.get("format")
