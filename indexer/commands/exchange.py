@@ -12,7 +12,6 @@ from hashsvc.store import Store
 from hashsvc.store.exchange_model import Credentials, ExchangeBinding
 from indexer.commands.common import add_command, emit, open_store, say, when_served
 from indexer.exchanges import EXCHANGES
-from indexer.exchanges.file_list import FileListExchange
 from indexer.exchanges.sync import SyncResult, sync_bank
 from indexer.hashlists import FORMATS, parse_column_map
 
@@ -23,14 +22,18 @@ def register(subcommands: Any) -> None:
 
     bind = add_command(
         verbs, "bind", "Bind an existing bank to an exchange: `file` (a hash list at a local "
-        "path) or `url` (an https:// URL), read again at every sync. Only where the "
+        "path), `url` (an https:// URL), read again at every sync, or `ncmec` (NCMEC's "
+        "hash-sharing API; needs the [exchanges] extra and USER:PASSWORD). Only where the "
         "credentials are (an environment variable's name or a file's path) is stored, never "
         "the credentials. Binding again with the same source keeps the checkpoint.",
         "indexer exchange bind tat --type url --source https://example.org/tat.csv "
         "--credentials-env TAT_TOKEN", _bind)
     bind.add_argument("bank")
     bind.add_argument("--type", required=True, choices=sorted(EXCHANGES), dest="exchange")
-    bind.add_argument("--source", required=True, metavar="PATH_OR_URL")
+    bind.add_argument("--source", metavar="PATH_OR_URL", help="file/url: the hash list")
+    bind.add_argument("--environment", help="ncmec: which NCMEC API (default Industry)")
+    bind.add_argument("--base-url", metavar="URL",
+                      help="ncmec: another address for that API (a stand-in for tests)")
     bind.add_argument("--format", choices=FORMATS, help="default: from the extension")
     bind.add_argument("--algorithm", help="for lists without an algorithm column")
     bind.add_argument("--columns", metavar="FIELD=COLUMN,...",
@@ -56,23 +59,32 @@ def register(subcommands: Any) -> None:
 
 
 def _bind(args: argparse.Namespace) -> int:
-    config: dict[str, Any] = {"source": args.source}
-    if args.exchange == "url" and "://" not in args.source:
-        raise HashsvcError(f"--type url needs a URL, got {args.source!r}")
-    if args.exchange == "file" and "://" in args.source:
-        raise HashsvcError("--type file takes a local path; use --type url for a URL")
-    for key in ("format", "algorithm", "page_size"):
-        if getattr(args, key) is not None:
-            config[key] = getattr(args, key)
-    if args.columns:
-        config["columns"] = parse_column_map(args.columns)
+    config: dict[str, Any] = {}
+    if args.exchange in ("file", "url"):
+        if not args.source:
+            raise HashsvcError(f"--type {args.exchange} needs --source")
+        if args.exchange == "url" and "://" not in args.source:
+            raise HashsvcError(f"--type url needs a URL, got {args.source!r}")
+        if args.exchange == "file" and "://" in args.source:
+            raise HashsvcError("--type file takes a local path; use --type url for a URL")
+        config["source"] = args.source
+        for key in ("format", "algorithm", "page_size"):
+            if getattr(args, key) is not None:
+                config[key] = getattr(args, key)
+        if args.columns:
+            config["columns"] = parse_column_map(args.columns)
+    else:
+        for key in ("environment", "base_url"):
+            if getattr(args, key) is not None:
+                config[key] = getattr(args, key)
     credentials = (Credentials("env", args.credentials_env) if args.credentials_env else
                    Credentials("file", args.credentials_file) if args.credentials_file else None)
-    FileListExchange(config, credentials)  # its checks, before anything is stored
+    # the exchange's own checks (a password in a URL, an unknown environment), before storing
+    EXCHANGES[args.exchange](config, credentials)
     with open_store(args) as store:
         binding = store.bind_exchange(args.bank, args.exchange, config, credentials)
     resumed = " (checkpoint kept)" if binding.checkpoint else ""
-    say(f"bank {binding.bank!r} bound to {binding.exchange} exchange {args.source}{resumed}; "
+    say(f"bank {binding.bank!r} bound to the {binding.exchange} exchange{resumed}; "
         f"`indexer exchange sync {binding.bank}` fetches it")
     emit(_record(binding))
     return 0

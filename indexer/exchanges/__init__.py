@@ -34,8 +34,14 @@ def _file_list(config: dict[str, Any], credentials: Credentials | None) -> Excha
     return FileListExchange(config, credentials)
 
 
+def _ncmec(config: dict[str, Any], credentials: Credentials | None) -> Exchange:
+    from indexer.exchanges.ncmec import NCMECExchange
+
+    return NCMECExchange(config, credentials)
+
+
 # exchange type -> what builds its client from a binding's config and credentials reference
-EXCHANGES: dict[str, Factory] = {"file": _file_list, "url": _file_list}
+EXCHANGES: dict[str, Factory] = {"file": _file_list, "url": _file_list, "ncmec": _ncmec}
 
 
 def open_exchange(binding: ExchangeBinding) -> Exchange:
