@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hashsvc.errors import HashsvcError, NotFoundError, WriterBusyError
-from hashsvc.store import EntrySelector, NewEntry, Store
+from hashsvc.store import EntryQuery, EntrySelector, NewEntry, Store
 from hashsvc.store.exchange_model import Credentials, ExchangePage, UpstreamEntry
 
 
@@ -110,3 +110,17 @@ def test_an_entry_removed_by_hand_comes_back_with_its_listing(any_store: Store) 
     assert (result.added, result.unchanged) == (1, 0)
     [back] = any_store.find_entries("b", EntrySelector(external_ids=["u2"]))
     assert [p.upstream_id for p in any_store.entry_provenance(back.id)] == ["u2"]
+
+
+def test_entries_are_found_by_exchange_and_upstream_id(any_store: Store) -> None:
+    any_store.create_bank("b")
+    any_store.bind_exchange("b", "ncmec", {})
+    any_store.add_entries("b", [NewEntry("md5", _md5(9), "by-hand")])
+    any_store.apply_exchange_page("b", ExchangePage([_up(1), _up(2)], "c1", more=False), None)
+    from_ncmec = any_store.list_entries(EntryQuery(banks=("b",), exchange="ncmec")).entries
+    assert [e.external_id for e in from_ncmec] == ["u1", "u2"]
+    [one] = any_store.list_entries(EntryQuery(upstream_id="u2")).entries
+    assert one.hash == _md5(2)
+    assert any_store.list_entries(EntryQuery(exchange="stopncii")).entries == []
+    with pytest.raises(HashsvcError, match="invalid exchange type"):
+        any_store.list_entries(EntryQuery(exchange="no such").checked())

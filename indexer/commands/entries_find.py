@@ -60,6 +60,8 @@ def _filters(parser: argparse.ArgumentParser) -> None:
                         help="only this bank (repeatable; default: every bank)")
     parser.add_argument("--external-id")
     parser.add_argument("--hash", metavar="ALGO:HEX", help="only entries with this hash")
+    parser.add_argument("--exchange", help="only entries this exchange supplied (e.g. ncmec)")
+    parser.add_argument("--upstream-id", help="only the entry an exchange lists under this id")
     _state_filter(parser)
 
 
@@ -80,8 +82,9 @@ def _query(args: argparse.Namespace) -> EntryQuery:
         parsed = parse_hash(algorithm, value)
         found = (parsed.algorithm, parsed.value)
     return EntryQuery(banks=args.banks, external_id=args.external_id, hash=found,
-                      disabled=args.disabled, after_id=decode_page_token(args.page_token),
-                      limit=args.limit)
+                      disabled=args.disabled, exchange=args.exchange,
+                      upstream_id=args.upstream_id,
+                      after_id=decode_page_token(args.page_token), limit=args.limit)
 
 
 def entry_to_dict(entry: Entry) -> dict[str, Any]:
