@@ -309,6 +309,7 @@ def test_a_synced_addition_and_deletion_reach_a_running_server_without_a_publish
             Client(server.target, api_key=server.keys["scanner"]) as client:
         synced = run_indexer(home, "exchange", "sync", "feed", check=True)
         assert "live on running servers within about a second" in synced.stderr
+        assert "feed: page 1 applied (2 added, 0 deleted so far)" in synced.stderr
         match = _scan_until(client, pen, matched=True).matches[0]
         assert dict(match.metadata) == {"exchange": "file",
                                         "upstream_id": f"md5:{hashlib.md5(pen).hexdigest()}"}

@@ -7,10 +7,19 @@ import datetime as dt
 import json
 from typing import Any
 
+from tqdm import tqdm
+
 from hashsvc.errors import HashsvcError
 from hashsvc.store import Store
 from hashsvc.store.exchange_model import Credentials, ExchangeBinding
-from indexer.commands.common import add_command, emit, open_store, say, when_served
+from indexer.commands.common import (
+    add_command,
+    emit,
+    open_store,
+    say,
+    show_progress,
+    when_served,
+)
 from indexer.exchanges import EXCHANGES
 from indexer.exchanges.sync import SyncResult, sync_bank
 from indexer.hashlists import FORMATS, parse_column_map
@@ -113,7 +122,18 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _sync_one(store: Store, bank: str) -> None:
-    result = sync_bank(store, bank, on_page=_progress)
+    """A progress bar on a terminal (pages, and what they changed so far); a line per page
+    otherwise, for logs."""
+    with tqdm(desc=bank, unit=" pages", disable=not show_progress(), leave=False) as bar:
+        def progress(result: SyncResult) -> None:
+            t = result.totals
+            if bar.disable:
+                say(f"  {bank}: page {result.pages} applied ({t.added:,} added, "
+                    f"{t.deleted:,} deleted so far)")
+            bar.set_postfix(added=t.added, updated=t.updated, deleted=t.deleted, refresh=False)
+            bar.update(1)
+
+        result = sync_bank(store, bank, on_page=progress)
     totals = result.totals
     say(f"{bank}: {result.pages} page(s) from {result.exchange}: {totals.added:,} added, "
         f"{totals.updated:,} updated, {totals.deleted:,} deleted, {totals.unchanged:,} "
@@ -121,12 +141,6 @@ def _sync_one(store: Store, bank: str) -> None:
     emit({"bank": bank, "exchange": result.exchange, "pages": result.pages,
           "added": totals.added, "updated": totals.updated, "deleted": totals.deleted,
           "unchanged": totals.unchanged})
-
-
-def _progress(result: SyncResult) -> None:
-    t = result.totals
-    say(f"  {result.bank}: page {result.pages} applied ({t.added:,} added, {t.deleted:,} "
-        "deleted so far)")
 
 
 def _status(args: argparse.Namespace) -> int:
