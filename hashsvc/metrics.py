@@ -117,6 +117,25 @@ KEYS_FILE_VALID = Gauge(
 KEYS_RELOAD_FAILURES = Counter(
     "hashsvc_keys_reload_failures_total", "Changes to the keys file that did not load"
 )
+STORE_RETRIES = Counter(
+    "hashsvc_store_retries_total",
+    "PostgreSQL store calls re-run after their connection failed (a restart, failover or "
+    "dropped connection), by kind: read or write",
+    ["kind"],
+)
+STORE_RETRIES_EXHAUSTED = Counter(
+    "hashsvc_store_retries_exhausted_total",
+    "PostgreSQL store calls that failed (UNAVAILABLE) after every retry, by kind: read or write",
+    ["kind"],
+)
+for _kind in ("read", "write"):
+    STORE_RETRIES.labels(_kind)  # exported as 0 from the start, so alerts see them
+    STORE_RETRIES_EXHAUSTED.labels(_kind)
+STORE_WRITES_ALREADY_APPLIED = Counter(
+    "hashsvc_store_writes_already_applied_total",
+    "Write retries that found their first try committed (its acknowledgement was lost with the "
+    "connection): answered with the recorded result, not applied twice",
+)
 WORKER_RESTARTS = Counter(
     "hashsvc_worker_restarts_total", "Worker processes restarted by the supervisor after a crash"
 )

@@ -227,7 +227,8 @@ def _pdq_queries(
     upload: Upload, timings: Timings, *, fast: bool, dihedral: bool, trim: bool, source: int
 ) -> list[Query]:
     """The upload's PDQ queries: plain first, then (`dihedral`) its 7 rotations and flips,
-    then (`trim`) the same of its trimmed box, if it has uniform borders."""
+    then (`trim`) the same of each trimmed box, if it has uniform borders (fully trimmed, and
+    with only the added border cut when that differs)."""
     if fast:
         started = time.perf_counter()
         reduced = fastpdq.decode_reduced(upload.data, upload.limits, name=upload.name,
@@ -242,7 +243,8 @@ def _pdq_queries(
     return ([Query(v, t, source=source)
              for v, t in zip(plain, DIHEDRAL_TRANSFORMS, strict=False)]
             + [Query(v, t, trimmed=True, source=source)
-               for v, t in zip(trimmed, DIHEDRAL_TRANSFORMS, strict=False)])
+               for box_hashes in trimmed
+               for v, t in zip(box_hashes, DIHEDRAL_TRANSFORMS, strict=False)])
 
 
 def _default_algorithms(matcher: Matcher) -> tuple[str, ...]:

@@ -4,6 +4,8 @@
     python loadtests/bench_service.py scan-hashes-batch    --batches 100 1000 10000
     python loadtests/bench_service.py scan-image           ~1.6 MP, ~360 KB JPEG, concurrency 8
     python loadtests/bench_service.py stream               ScanImages, 2 streams of that JPEG
+    python loadtests/bench_service.py scan-image --corpus DIR --calls 200
+                                                           the upload corpus's first 200 files
 
 Each command starts the servers it compares (2 workers each, on free loopback ports, over the
 1M-entry PDQ home that `make_snapshot.py` builds: `--home`), then drives them with `loadgen.py`
@@ -164,6 +166,10 @@ def drive(target: Target, loadgen_args: list[str], clients: int, workdir: Path,
         results.append(json.loads(out.read_text()))
     cpu = server_cpu_seconds(target) - cpu_before
     calls = sum(r["issued_total"] for r in results)
+    codes: dict[str, int] = {}
+    for r in results:
+        for code, count in r["errors"].items():
+            codes[code] = codes.get(code, 0) + count
     return {
         "server_cpu_ms_per_call": 1000 * cpu / calls if calls else 0.0,
         "throughput": sum(r["throughput_per_second"] for r in results),
@@ -171,6 +177,7 @@ def drive(target: Target, loadgen_args: list[str], clients: int, workdir: Path,
         "p99_ms": max(r["latency_ms"]["p99"] for r in results),
         "p50_ms": max(r["latency_ms"]["p50"] for r in results),
         "errors": sum(r["error_count"] for r in results),
+        "error_codes": codes,
         "client_cpu_percent": sum(r["client_cpu_percent_of_one_core"] for r in results),
     }
 
@@ -189,6 +196,7 @@ def measure(targets: list[Target], loadgen_args: list[str], rounds: int, clients
             print(f"  round {number + 1}: {target.label:<26} {result['value']:>10.1f} "
                   f"p99 {result['p99_ms']:>7.1f} ms  server CPU "
                   f"{result['server_cpu_ms_per_call']:.3f} ms/call  errors {result['errors']}"
+                  f"{' ' + str(result['error_codes']) if result['errors'] else ''}"
                   f"  client CPU "
                   f"{result['client_cpu_percent']:.0f}%  load {load:.2f}", flush=True)
     return samples
@@ -240,8 +248,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="scan-hashes-batch: hashes per call")
     parser.add_argument("--before", type=Path,
                         help="a hashsvc source tree to serve as well, as 'hashsvc (before)'")
+    parser.add_argument("--corpus", type=Path,
+                        help="scan-image: send this upload corpus (loadtests/upload_corpus.py) "
+                             "instead of the one JPEG; with --calls N each round sends its "
+                             "first N files once each, so both servers hash the same files")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    if args.corpus and args.figure != "scan-image":
+        parser.error("--corpus is for scan-image")
     key_file = args.home / "bootstrap-admin.key"
     known = args.home / "loadtest-known-pdq.txt"
     if not known.exists() or not (key_file.exists() or os.environ.get("HASHSVC_API_KEY")):
@@ -281,12 +295,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets = [reference, *before, fast]
             mode = "scan-image" if figure == "scan-image" else "stream"
             concurrency = args.concurrency or (8 if figure == "scan-image" else 2)
+            sent = (f"upload corpus {args.corpus}"
+                    + (f" (first {args.calls} files)" if args.calls else "")
+                    if args.corpus else "~1.6 MP ~360 KB JPEG")
             title = (f"{'ScanImage' if mode == 'scan-image' else 'ScanImages stream'}, "
-                     f"~1.6 MP ~360 KB JPEG, concurrency {concurrency}, 1M PDQ snapshot, "
-                     "2 workers")
+                     f"{sent}, concurrency {concurrency}, 1M PDQ snapshot, 2 workers")
             print(title, flush=True)
+            images = ["--corpus", str(args.corpus)] if args.corpus else IMAGE
             with serving(targets, workdir):
-                samples = measure(targets, [mode, *common, *IMAGE], args.rounds, args.clients,
+                samples = measure(targets, [mode, *common, *images], args.rounds, args.clients,
                                   concurrency, workdir, "throughput")
             figures.append(report(title, UNITS[figure], HMA[figure], samples,
                                   reference.label, fast.label))

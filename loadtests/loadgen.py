@@ -134,6 +134,15 @@ def load_image(path: Path) -> TestImage:
         return TestImage(data, image.width, image.height, str(path))
 
 
+def read_corpus(corpus: Path) -> list[bytes]:
+    """The files of an upload corpus (`upload_corpus.py`), in its manifest's order."""
+    manifest = corpus / "manifest.jsonl"
+    if not manifest.is_file():
+        raise SystemExit(f"loadgen: {corpus} has no manifest.jsonl (loadtests/upload_corpus.py)")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    return [(corpus / row["file"]).read_bytes() for row in rows]
+
+
 def read_known_hashes(path: Path) -> list[str]:
     """PDQ hex hashes known to be in the snapshot (one a line, as make_snapshot.py writes them)."""
     lines = (line.strip() for line in path.read_text().splitlines())
@@ -204,13 +213,16 @@ UnaryCall = Callable[..., Awaitable[Any]]
 
 
 async def unary_worker(
-    call: UnaryCall, requests: Sequence[Any], offset: int, budget: Budget, recorder: Recorder,
-    metadata: tuple[tuple[str, str], ...], timeout: float,
+    call: UnaryCall, requests: Sequence[Any], offset: int | None, budget: Budget,
+    recorder: Recorder, metadata: tuple[tuple[str, str], ...], timeout: float,
 ) -> None:
-    """One closed-loop caller: the next call starts when the previous one has ended."""
-    index = offset
+    """One closed-loop caller: the next call starts when the previous one has ended.
+
+    `offset` None: the run's n-th call sends request n (whichever worker makes it), so a run
+    of len(requests) calls sends each once: a corpus in its manifest's order."""
+    index = offset or 0
     while budget.take():
-        request = requests[index % len(requests)]
+        request = requests[(index if offset is not None else budget.issued - 1) % len(requests)]
         index += 1
         started = time.perf_counter()
         try:
@@ -301,6 +313,7 @@ class Settings:
     image: TestImage | None
     known_hashes: list[str]
     match_fraction: float
+    corpus: list[bytes] = field(default_factory=list)  # scan-image: these, not `image`
 
 
 async def run(settings: Settings) -> dict[str, Any]:
@@ -331,7 +344,9 @@ async def run(settings: Settings) -> dict[str, Any]:
         recorder = Recorder()
         workers: list[Awaitable[None]] = []
         requests: Sequence[Any] = []
-        if settings.mode == "scan-image":
+        if settings.mode == "scan-image" and settings.corpus:
+            requests = [scan_pb2.ScanImageRequest(image=data) for data in settings.corpus]
+        elif settings.mode == "scan-image":
             assert settings.image is not None
             requests = [scan_pb2.ScanImageRequest(image=settings.image.data)]
         elif settings.mode == "scan-hashes":
@@ -347,7 +362,8 @@ async def run(settings: Settings) -> dict[str, Any]:
                                              metadata, settings.stream_window, settings.timeout))
             else:
                 call = stub.ScanImage if settings.mode == "scan-image" else stub.ScanHashes
-                workers.append(unary_worker(call, requests, i * 997, budget, recorder, metadata,
+                offset = None if settings.corpus else i * 997
+                workers.append(unary_worker(call, requests, offset, budget, recorder, metadata,
                                             settings.timeout))
         # Every call has a deadline, so this bound is only a last resort against a hung channel.
         hard_limit = (settings.timeout * settings.calls if settings.calls
@@ -418,7 +434,10 @@ def summarise(
     if settings.mode == "stream":
         result["items"] = len(in_window)
         result["stream_window"] = settings.stream_window
-    if settings.image is not None and settings.mode != "scan-hashes":
+    if settings.corpus:
+        result["corpus"] = {"files": len(settings.corpus),
+                            "bytes": sum(len(data) for data in settings.corpus)}
+    elif settings.image is not None and settings.mode != "scan-hashes":
         result["image"] = settings.image.describe()
     return result
 
@@ -489,6 +508,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--image", type=Path,
                         help="scan-image/stream: the image to send (default: a photo from "
                              "photos-cc0 upscaled to --megapixels, JPEG --quality)")
+    parser.add_argument("--corpus", type=Path,
+                        help="scan-image: send the files of this upload corpus "
+                             "(loadtests/upload_corpus.py) in its manifest's order, call n "
+                             "the n-th file, cycling; instead of --image")
     parser.add_argument("--megapixels", type=_positive(float), default=1.0,
                         help="size of the default image (default %(default)s; 1.6 with "
                              "--quality 98 makes the issue's ~360 KB upload)")
@@ -518,7 +541,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"loadgen: {err}", file=sys.stderr)
         return 2
     image: TestImage | None = None
-    if args.mode != "scan-hashes":
+    corpus: list[bytes] = []
+    if args.corpus:
+        if args.mode != "scan-image":
+            print("loadgen: --corpus is for scan-image", file=sys.stderr)
+            return 2
+        corpus = read_corpus(args.corpus)
+        print(f"corpus: {len(corpus)} files, {sum(map(len, corpus)):,} bytes, from {args.corpus}",
+              flush=True)
+    elif args.mode != "scan-hashes":
         image = (load_image(args.image) if args.image
                  else make_jpeg(default_photo(), args.megapixels, args.quality))
         info = image.describe()
@@ -538,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_requests=args.calls or args.max_requests, calls=args.calls, batch=args.batch,
         stream_window=args.stream_window,
         timeout=args.timeout, image=image, known_hashes=known,
-        match_fraction=args.match_fraction,
+        match_fraction=args.match_fraction, corpus=corpus,
     )
     try:
         result = asyncio.run(run(settings))

@@ -94,6 +94,12 @@ class PostgresServer:
             self._process.wait()
         self._process = None
 
+    def restart(self) -> None:
+        """Stop (fast: every client disconnected, transactions in flight rolled back) and start
+        again on the same port and data, as a restart or a failover looks to a client."""
+        self.stop()
+        self.start()
+
 
 @contextlib.contextmanager
 def running_postgres(bin_dir: Path) -> Iterator[PostgresServer]:

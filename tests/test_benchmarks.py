@@ -41,6 +41,17 @@ def test_import_benchmark_smoke(postgres: PostgresServer) -> None:
     assert report["postgres"]["hashes_per_second"] > 0 and "--store postgresql://" in result.stdout
 
 
+def test_store_writes_benchmark_smoke() -> None:
+    """Starts its own PostgreSQL server; both contenders' writes must all have committed."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / "bench_store_writes.py"), "--smoke"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["committed"] == 40 and report["ratio_with_to_without"] > 0
+    assert set(report["ms_per_write"]) == {"with key", "without key"}
+
+
 def test_snapshot_benchmark_smoke() -> None:
     """Publishes, FAISS builds and a real server start on loopback, at 20,000 entries."""
     result = subprocess.run(

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from loadtests import upload_corpus
 from loadtests.make_snapshot import KNOWN_FILE, build_home
 from tests.server_process import ServerProcess
 
@@ -155,3 +156,27 @@ def test_bench_service_prints_baseline_and_hashsvc_side_by_side(
     for row in report["rows"].values():
         assert row["median"] > 0 and row["errors"] == 0
     assert report["ratio"] > 0 and "HMA (issue, quoted)" in result.stdout
+
+
+def test_bench_service_scans_an_upload_corpus(server: ServerProcess, tmp_path: Path) -> None:
+    """`scan-image --corpus`: both servers hash the same real-encoder files (JPEG, PNG, WebP,
+    AVIF, a screenshot), each once per round, with no failed call."""
+    missing = upload_corpus.missing_tools()
+    if missing:
+        pytest.skip(f"encoders not installed: apt-get install -y {' '.join(missing)}")
+    corpus = tmp_path / "corpus"
+    upload_corpus.build(corpus, count=8, seed=1,
+                        kinds=["web-jpeg", "png", "webp", "avif", "screenshot"])
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / "bench_service.py"), "scan-image",
+         "--corpus", str(corpus), "--home", str(server.home), "--rounds", "1", "--calls", "8",
+         "--concurrency", "4", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HASHSVC_API_KEY": server.keys["admin"]},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (report,) = json.loads(out.read_text())
+    assert "upload corpus" in report["title"] and "first 8 files" in report["title"]
+    for row in report["rows"].values():
+        assert row["median"] > 0 and row["errors"] == 0 and row["server_cpu_ms_per_call"] > 0

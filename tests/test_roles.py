@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -195,6 +196,37 @@ def test_a_replica_refusing_the_current_snapshot_leaves_the_pool_after_max_age(
     _point_current_at(home, snapshot.version)  # the repository points back: caught up
     served.tick()
     assert _status(served.health) == SERVING
+
+
+def test_a_scan_replica_opens_the_sqlite_store_read_only_and_still_follows_it(
+    home: DataHome,
+) -> None:
+    _seed(home)
+    served = Runtime(ServerConfig(home=home.root, role="scan"))
+    try:
+        store = served.store
+        assert isinstance(store, SqliteStore)
+        with pytest.raises(HashsvcError, match="read-only"):
+            store.create_bank("another")
+        # Not only the store's own guard: the file itself is open mode=ro, so no statement
+        # through the replica's connections can change it.
+        for connection in (store._db, store._reader):
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                connection.execute("UPDATE meta SET value = '0' WHERE key = 'revision'")
+        before = store.revision()
+        with SqliteStore(home.store_path) as admin:  # the admin process writes meanwhile
+            admin.add_entries("known", [NewEntry("pdq", bytes([5]) * 32, "k3")])
+        changes = store.changes_since(before)
+        assert changes.revision == before + 1
+        assert [row[4] for row in changes.active] == ["k3"]
+    finally:
+        served.stop()
+
+
+def test_a_scan_replica_creates_no_sqlite_store(tmp_path: Path) -> None:
+    with pytest.raises(HashsvcError, match=r"no SQLite store at .*read-only and creates none"):
+        Runtime(ServerConfig(home=tmp_path / "home", role="scan"))
+    assert not (tmp_path / "home" / "store.sqlite").exists()
 
 
 @pytest.mark.parametrize(("setting", "value", "error"), [

@@ -310,6 +310,13 @@ def test_bank_strategies_through_the_admin_api_and_explained_matches(
     updated = admin.update_bank("trimming-list", strategies=types_pb2.MatchStrategies(
         no_dihedral=True, crop_variants=[3]))
     assert updated.strategies.no_dihedral and list(updated.strategies.crop_variants) == [3]
+    ways = admin.update_bank("plain-list", strategies=types_pb2.MatchStrategies(
+        variant_margin=12, margins={"dihedral": 0}, rotation_variants=[3], corner_crops=[4]))
+    assert (dict(ways.strategies.margins), list(ways.strategies.rotation_variants),
+            list(ways.strategies.corner_crops)) == ({"dihedral": 0}, [3], [4])
+    with pytest.raises(InvalidArgument, match="unknown way"):
+        admin.update_bank("plain-list", strategies=types_pb2.MatchStrategies(
+            margins={"rotate": 1}))
     admin.publish()
     assert not scanner.scan_image(padded).matched
     with pytest.raises(InvalidArgument, match="whole percentages"):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,14 +138,17 @@ def test_layered_versions_match_exactly_what_full_snapshots_match(
                                 NewEntry("md5", MD5S[3], "photo3-again")])
     _check_same_as_full(store, home, tmp_path, "removes")
 
-    # 4. Live changes on top of the layer, not yet published: the served delta is the layer's
-    # under them, as if the server had read every change since the base.
+    # 4. Live changes on top of the layer, not yet published, beside the full snapshot of the
+    # same revision: the served delta is the layer's under them, as if the server had read
+    # every change since the base. A bank's new threshold applies at the next publish, to the
+    # layer's entries as to the full snapshot's.
     store.remove_entries("known", EntrySelector(external_ids=["h1002", "h60"]))
     store.add_entries("known", [NewEntry("pdq", _flip(NEEDLES[50], 3), "live")])
+    store.update_bank("known", thresholds={"pdq": 12})
+    assert _scan(_served(store, home.snapshots_dir)) == _scan(_served(store, tmp_path /
+                                                                      "full-removes"))
     full = publish(store, LocalRepository(tmp_path / "full-live"), force=True)
     assert full.published
-    assert _scan(_served(store, home.snapshots_dir)) == _scan(_served(store, tmp_path /
-                                                                      "full-live"))
 
     # 5. Compaction: a forced publish is full again, and matches the same.
     compacted = publish(store, home.snapshots_dir, force=True)
@@ -213,3 +218,32 @@ def test_a_damaged_layer_is_refused(store: Store, home: DataHome) -> None:
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SnapshotError, match="`layer` must be present exactly when"):
         load(directory)
+
+
+def test_a_damaged_base_is_replaced_by_a_full_snapshot(store: Store, home: DataHome) -> None:
+    """A layer is never built on a base that does not load: the publish compacts instead."""
+    store.create_bank("known")
+    store.add_entries("known", [NewEntry("pdq", code, f"h{i}")
+                                for i, code in enumerate(HAYSTACK[:10])])
+    base = publish(store, home.snapshots_dir)
+    with (base.path / "entries.ids.npy").open("ab") as handle:
+        handle.write(b"\0")
+    store.add_entries("known", [NewEntry("pdq", HAYSTACK[10], "h10")])
+    result = publish(store, home.snapshots_dir)
+    assert "layer" not in result.manifest
+    snapshot = load_current(home.snapshots_dir)
+    assert snapshot.version == result.version and snapshot.entry_count == 11
+
+
+def test_the_layer_benchmark_smoke() -> None:
+    """loadtests/bench_layer.py, as the README runs it, at 20,000 entries and a 1,000-entry
+    layer: the layered version holds them all, and its side table finds the photo's near
+    duplicates beside the base's one match."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "loadtests" / "bench_layer.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=600, check=True)
+    report = json.loads(done.stdout)
+    assert report["layer_entries"] == 1_000 and report["rounds"] == 5
+    assert report["matches_of_the_photo_hash"] == {"empty": 1, "full": 21}
+    for kind in ("match_miss", "match_hit", "scan_image"):
+        assert report[kind]["full_over_empty_median"] > 0

@@ -7,16 +7,20 @@ import io
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 from hashsvc import snapshot as snapshots
 from hashsvc.errors import HashsvcError
 from hashsvc.hashing.algorithms import PDQ
+from hashsvc.hashing.borders import Box, added_border_box, trim_box, trim_boxes
 from hashsvc.hashing.imaging import Upload
 from hashsvc.home import DataHome
+from hashsvc.matching import variants
+from hashsvc.matching.calibration import way_of_matching
 from hashsvc.matching.delta import Delta
-from hashsvc.matching.strategies import MatchStrategies, parse_crop_list
+from hashsvc.matching.strategies import WAYS, MatchStrategies, parse_crop_list
 from hashsvc.matching.variants import content_box
 from hashsvc.scanner import Scanner, ScanOptions
 from hashsvc.store import EntrySelector, NewEntry, SqliteStore, Store
@@ -250,3 +254,133 @@ def test_variant_margin_makes_strategy_matches_stricter(store: Store, home: Data
     assert not scanner.scan_image(copy).matches
     (plain,) = scanner.scan_image(photo.read_bytes()).matches  # plain matches keep threshold 31
     assert plain.distance == 0 and not plain.query_trimmed
+
+
+def test_per_way_margins_load_old_configs_and_persist(store: Store) -> None:
+    old = MatchStrategies.from_json('{"dihedral": true, "trim_borders": true, '
+                                    '"crop_variants": [2], "variant_margin": 12}')
+    assert [old.margin(way) for way in WAYS] == [12] * len(WAYS)  # one margin for every way
+    ways = MatchStrategies(trim_borders=True, variant_margin=12, margins=(("dihedral", 0),))
+    assert ways.margin("dihedral") == 0 and ways.margin("crop") == 12
+    assert ways.margin_for(rotated=True, trimmed=False, variant="") == 0
+    assert ways.margin_for(rotated=True, trimmed=False, variant="crop_4") == 12  # the larger
+    assert ways.margin_for(rotated=False, trimmed=False, variant="") == 0  # plain: none
+    assert MatchStrategies.from_json(ways.to_json()) == ways
+    assert "margins" not in old.to_json()  # what a hashsvc before per-way margins reads
+    # A way set to the default margin is the same setting as leaving it out.
+    assert MatchStrategies(variant_margin=3, margins=(("crop", 3),)) == MatchStrategies(
+        variant_margin=3)
+    with pytest.raises(HashsvcError, match=r"unknown way.*: rotate \(known: dihedral"):
+        MatchStrategies(margins=(("rotate", 1),))
+    with pytest.raises(HashsvcError, match="crop margin must be 0-64 bits, got 65"):
+        MatchStrategies(margins=(("crop", 65),))
+    store.create_bank("b", strategies=ways)
+    assert store.get_bank("b").strategies == ways
+
+
+def test_margins_per_way_in_the_cli(home: DataHome) -> None:
+    run_indexer(home, "bank", "create", "b", "--trim-borders", "--variant-margin", "12",
+                "--margin", "dihedral=0", check=True)
+    updated = run_indexer(home, "bank", "update", "b", "--margin", "crop=5", check=True)
+    assert "variant margin 12, dihedral margin 0, crop margin 5" in updated.stderr
+    more = run_indexer(home, "bank", "update", "b", "--rotation-variants", "4,3",
+                       "--corner-crops", "4", "--margin", "rotation=2", check=True)
+    assert "rotations ±3°,±4°, corner crops 4%, variant margin 12, dihedral margin 0, " \
+        "crop margin 5, rotation margin 2" in more.stderr
+    bad = run_indexer(home, "bank", "update", "b", "--margin", "crop:5")
+    assert bad.returncode != 0 and "invalid margin 'crop:5': expected WAY=BITS" in bad.stderr
+
+
+def test_a_rotation_margin_of_its_own(store: Store, home: DataHome) -> None:
+    """A margin that stops a trimmed match need not stop a rotated one."""
+    (photo,) = _photos_without_border(1)
+    with Image.open(photo) as image:
+        rotated = _jpeg(image.transpose(Image.Transpose.ROTATE_90))
+    padded = _padded(photo, 20, (0, 0, 0))
+    store.create_bank("b", strategies=MatchStrategies(trim_borders=True))
+    _add_files(store, "b", [photo])
+    scanner = _scanner(store, home)
+    (turned,) = scanner.scan_image(rotated).matches
+    (trimmed,) = scanner.scan_image(padded).matches
+    assert turned.query_transform != "identity" and trimmed.query_trimmed
+    tight = 31 - trimmed.distance + 1  # one bit too many for the trimmed match
+    assert 31 - turned.distance >= 0
+    store.update_bank("b", strategies=MatchStrategies(
+        trim_borders=True, variant_margin=tight, margins=(("dihedral", 31 - turned.distance),)))
+    scanner = _scanner(store, home)
+    assert not scanner.scan_image(padded).matches
+    assert [m.distance for m in scanner.scan_image(rotated).matches] == [turned.distance]
+
+
+def test_only_the_added_border_is_trimmed_for_a_photo_with_an_edge_of_its_own() -> None:
+    """A white band of the photo's own stays when a black pad around it is cut, while the
+    full trim removes both."""
+    luma = np.random.default_rng(3).uniform(0, 255, (200, 300)).astype(np.float32)  # busy
+    luma[:30] = 250.0  # the photo's own near-uniform top edge (a bright sky)
+    padded = np.zeros((260, 360), dtype=np.float32)
+    padded[30:230, 30:330] = luma
+    assert added_border_box(padded) == Box(30, 230, 30, 330)
+    assert trim_box(padded) == Box(60, 230, 30, 330)
+    assert trim_boxes(padded) == [Box(60, 230, 30, 330), Box(30, 230, 30, 330)]
+    assert trim_boxes(luma) == [Box(30, 200, 0, 300)]  # nothing added: one box, the sky cut
+    assert added_border_box(np.zeros((50, 50), dtype=np.float32)) is None  # flat
+
+
+def test_a_hash_only_bank_matches_padded_photos_with_an_edge_of_their_own(
+    store: Store, home: DataHome
+) -> None:
+    """An imported list holds plain hashes only; a padded copy of a photo with its own flat
+    edge must trim back to the photo's frame, not past it."""
+    photos = [p for p in sorted(PHOTOS.iterdir())[:40]
+              if content_box(Upload(p.read_bytes()).decoded.image) is not None][:6]
+    assert len(photos) >= 3
+    store.create_bank("imported", strategies=MatchStrategies(trim_borders=True))
+    store.add_entries("imported", [NewEntry("pdq", PDQ.compute(Upload(p.read_bytes())).value,
+                                            p.name) for p in photos])
+    scanner = _scanner(store, home)
+    rescued = 0
+    for photo in photos:
+        copy = _padded(photo, 20, (30, 60, 120))
+        full = variants.trimmed_pdq(Upload(copy))[0][0]
+        (match,) = scanner.scan_image(copy).matches
+        assert match.external_id == photo.name and match.query_trimmed
+        rescued += hamming(full.value, PDQ.compute(Upload(photo.read_bytes())).value) > 31
+    assert rescued >= 1  # the premise: the full trim alone would have missed some
+
+
+def test_stored_rotations_and_corner_crops_match_tilted_and_off_centre_copies(
+    store: Store, home: DataHome
+) -> None:
+    (photo,) = _photos_without_border(1)
+    store.create_bank("more", strategies=MatchStrategies(rotation_variants=(4,),
+                                                         corner_crops=(6,)))
+    _add_files(store, "more", [photo])
+    assert {e.variant for e in store.find_entries("more", _by_name(photo))} == {
+        "", "rotate_4", "rotate_-4", "corner_6_tl", "corner_6_tr", "corner_6_bl",
+        "corner_6_br"}
+    scanner = _scanner(store, home)
+    with Image.open(photo) as opened:
+        image = opened.convert("RGB")
+    tilted = _jpeg(image.rotate(-4, resample=Image.Resampling.BILINEAR))  # clockwise
+    dx, dy = round(image.width * 0.06), round(image.height * 0.06)
+    shifted = _jpeg(image.crop((dx, 0, image.width, image.height - dy)))  # keeps top-right
+    plain = PDQ.compute(Upload(photo.read_bytes())).value
+    for copy, variant in ((tilted, "rotate_-4"), (shifted, "corner_6_tr")):
+        assert hamming(PDQ.compute(Upload(copy)).value, plain) > 31  # PDQ alone fails
+        (match,) = scanner.scan_image(copy).matches
+        assert match.entry_variant == variant and match.external_id == photo.name
+    # Each has its own margin: a rotation margin past the tilted copy's distance stops it only.
+    (tilted_match,) = scanner.scan_image(tilted).matches
+    store.update_bank("more", strategies=MatchStrategies(
+        rotation_variants=(4,), corner_crops=(6,),
+        margins=(("rotation", 31 - tilted_match.distance + 1),)))
+    scanner = _scanner(store, home)
+    assert not scanner.scan_image(tilted).matches
+    assert [m.entry_variant for m in scanner.scan_image(shifted).matches] == ["corner_6_tr"]
+    # Calibrated scores name the same ways as the margins.
+    assert [way_of_matching("identity", False, v) for v in ("rotate_-4", "corner_6_tr")] == [
+        "rotation", "corner"]
+    old = MatchStrategies(trim_borders=True, crop_variants=(2,))
+    assert "rotation_variants" not in old.to_json() and "corner_crops" not in old.to_json()
+    with pytest.raises(HashsvcError, match="rotation variants must be whole degrees 1-15"):
+        MatchStrategies(rotation_variants=(20,))

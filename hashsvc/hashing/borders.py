@@ -6,6 +6,15 @@ copy back to the original's own content box, whatever the border's colour: trimm
 until no edge is uniform, so a black pad around a white backdrop goes too, on the copy and on
 the original alike, and both land on the same box.
 
+That full trim cuts too far when the original has a near-uniform edge of its own (about a third
+of real photos: sky, a studio backdrop): the copy trims past the original's frame and no longer
+matches the original's plain hash, the only one a hash-only bank (an imported list) holds. So
+`trim_boxes` also gives the box with only the *added* border cut away: one pass per axis that
+stops at the first line whose colour differs from the outermost line's (the border's colour),
+and, when both ends of an axis have a border, cuts only the narrower width from each (pads and
+letterbox bars are symmetric; a sky of the pad's colour makes one end look wider). A scan
+queries both.
+
 Work happens on luma of at most `DETECT_SIDE` px per axis; the box is scaled back, which costs
 well under 1% of a side (PDQ starts to drift at ~1% per side).
 """
@@ -55,15 +64,58 @@ def trim_box(luma: npt.NDArray[Any]) -> Box | None:
     return None if box == Box(0, rows, 0, cols) else box
 
 
-def _uniform_run(region: npt.NDArray[Any]) -> tuple[int, int]:
-    """How many leading and trailing rows of `region` are uniform.
+def trim_boxes(luma: npt.NDArray[Any]) -> list[Box]:
+    """The distinct boxes worth hashing besides the whole frame: the fully trimmed box
+    (`trim_box`) and the box with only the added border cut (`added_border_box`)."""
+    boxes: list[Box] = []
+    for box in (trim_box(luma), added_border_box(luma)):
+        if box is not None and box not in boxes:
+            boxes.append(box)
+    return boxes
+
+
+def added_border_box(luma: npt.NDArray[Any]) -> Box | None:
+    """The box inside the border that was most likely added: on each side, the uniform lines of
+    the outermost line's colour, evened out between opposite sides (`_symmetric`), rows first,
+    then columns of what is left (a pad or letterbox bars); None if nothing is trimmed or the
+    box is too small (see `trim_box`)."""
+    rows, cols = luma.shape
+    lead, trail = _symmetric(*_uniform_run(luma, same_colour=True))
+    top, bottom = lead, rows - trail
+    if bottom - top < MIN_KEEP * rows:
+        return None
+    lead, trail = _symmetric(*_uniform_run(luma[top:bottom].T, same_colour=True))
+    left, right = lead, cols - trail
+    if right - left < MIN_KEEP * cols:
+        return None
+    box = Box(top, bottom, left, right)
+    return None if box == Box(0, rows, 0, cols) else box
+
+
+def _symmetric(lead: int, trail: int) -> tuple[int, int]:
+    """A border at both ends of an axis is cut to the narrower one's width at each (an added
+    pad is symmetric); a border at one end only (a status bar) is left as found."""
+    return (min(lead, trail),) * 2 if lead and trail else (lead, trail)
+
+
+def _uniform_run(region: npt.NDArray[Any], *, same_colour: bool = False) -> tuple[int, int]:
+    """How many leading and trailing rows of `region` are uniform (with `same_colour`, also
+    within the tolerance of the outermost row's colour on that side).
 
     A row is compared with its own mean, not its median: 5x cheaper, and the few outliers a
     uniform row may have (JPEG ringing) move the mean by a few levels only."""
     mean = region.mean(axis=1, keepdims=True)
     uniform = (np.abs(region - mean) <= TOLERANCE).mean(axis=1) >= MIN_UNIFORM
+    if same_colour:
+        means = mean[:, 0]
+        lead_run = uniform & (np.abs(means - means[0]) <= TOLERANCE)
+        trail_run = uniform & (np.abs(means - means[-1]) <= TOLERANCE)
+        return _run_length(lead_run), _run_length(trail_run[::-1])
     if uniform.all():
         return len(uniform), 0
-    lead = int(np.argmin(uniform))
-    trail = int(np.argmin(uniform[::-1]))
-    return lead, trail
+    return _run_length(uniform), _run_length(uniform[::-1])
+
+
+def _run_length(flags: npt.NDArray[np.bool_]) -> int:
+    """How many leading entries of `flags` are True."""
+    return len(flags) if flags.all() else int(np.argmin(flags))

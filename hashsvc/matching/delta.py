@@ -105,8 +105,10 @@ class Delta:
     tombstones: frozenset[int] = frozenset()
     tables: dict[str, DeltaTable] = field(default_factory=dict)
     banks: dict[str, BankInfo] = field(default_factory=dict)
-    # A layered snapshot's changes since its base, searched beside `tables` (see above).
+    # A layered snapshot's changes since its base, searched beside `tables` (see above), with
+    # the snapshot's banks: as in a full snapshot, bank settings change at the next publish.
     layer: dict[str, DeltaTable] = field(default_factory=dict)
+    layer_banks: dict[str, BankInfo] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return sum(len(t) for t in [*self.tables.values(), *self.layer.values()])
@@ -126,8 +128,9 @@ class Delta:
                 revision=int(snapshot.manifest["store_revision"]),
                 changed=frozenset(snapshot.layer.tombstones.tolist()),
                 active=snapshot.layer.active(snapshot.banks)), [])
-            layer = cls(built.revision, built.tombstones, banks={
-                bank.name: bank for bank in snapshot.banks}, layer=built.tables)
+            banks_then = {bank.name: bank for bank in snapshot.banks}
+            layer = cls(built.revision, built.tombstones, banks=banks_then, layer=built.tables,
+                        layer_banks=banks_then)
             _LAYER_DELTAS[snapshot.layer] = layer
         return live.over(layer) if live is not None else layer
 
@@ -136,7 +139,7 @@ class Delta:
         they touched again are hidden (the live copy, if any, is in `tables`)."""
         return Delta(self.revision, layer.tombstones | self.tombstones, self.tables, self.banks,
                      {algorithm: table.hiding(self.tombstones) if self.tombstones else table
-                      for algorithm, table in layer.layer.items()})
+                      for algorithm, table in layer.layer.items()}, layer.layer_banks)
 
     @classmethod
     def build(cls, changes: StoreChanges, banks: list[Bank]) -> Delta:

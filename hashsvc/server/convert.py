@@ -169,6 +169,7 @@ def match_to_proto(match: Match) -> types_pb2.Match:
         query_trimmed=match.query_trimmed,
         entry_variant=match.entry_variant,
         hash_index=match.hash_index,
+        false_match_probability=match.false_match_probability,
     )
 
 
@@ -220,6 +221,9 @@ def bank_to_proto(bank: Bank) -> types_pb2.Bank:
             trim_borders=bank.strategies.trim_borders,
             crop_variants=bank.strategies.crop_variants,
             variant_margin=bank.strategies.variant_margin,
+            margins=dict(bank.strategies.margins),
+            rotation_variants=bank.strategies.rotation_variants,
+            corner_crops=bank.strategies.corner_crops,
         ),
     )
 
@@ -227,7 +231,10 @@ def bank_to_proto(bank: Bank) -> types_pb2.Bank:
 def strategies_from_proto(message: types_pb2.MatchStrategies) -> MatchStrategies:
     return MatchStrategies(dihedral=not message.no_dihedral, trim_borders=message.trim_borders,
                            crop_variants=tuple(message.crop_variants),
-                           variant_margin=message.variant_margin)
+                           variant_margin=message.variant_margin,
+                           margins=tuple(message.margins.items()),
+                           rotation_variants=tuple(message.rotation_variants),
+                           corner_crops=tuple(message.corner_crops))
 
 
 def bank_kind(value: types_pb2.BankKind.ValueType) -> str:

@@ -57,7 +57,8 @@ class Runtime:
             config.resolved_snapshots, cache_dir=config.resolved_snapshot_cache,
             endpoint_url=config.s3_endpoint_url or None,
             poll_interval=config.snapshot_poll_interval)
-        self.store = open_store(config.store_target)
+        # A scan replica reads the store (its live delta) and never writes it.
+        self.store = open_store(config.store_target, read_only=config.role == "scan")
         self.scanner = Scanner(limits=config.limits, fast_pdq=config.scan_fast_pdq)
         self.audit = AuditLog(config.resolved_audit_log, all_scans=config.audit_all_scans)
         self.health = health.HealthServicer(experimental_non_blocking=True)

@@ -76,20 +76,10 @@ def write_layered(store: Store, repository: SnapshotRepository, current: str,
     changes = store.changes_since(base_revision)
     if len(changes.changed) > layer_limit(int(base_counts["entries"])):
         return None
-    with repository.checkout(current) as (source, _):
-        try:
-            base = load(source)
-            same_banks = json.loads((source / "banks.json").read_text()) == banks_json
-        except (SnapshotError, OSError, ValueError):
-            return None
-        bank_index = {bank.name: i for i, bank in enumerate(base.banks)}
-        if not same_banks or any(row[1] not in bank_index for row in changes.active):
-            return None
-        for name in base_files:  # hard links: the same bytes, written once on this disk
-            try:
-                os.link(source / name, directory / name)
-            except OSError:  # another file system
-                shutil.copyfile(source / name, directory / name)
+    base = _link_base(repository, current, base_files, directory, banks_json, changes)
+    if base is None:
+        return None
+    bank_index = {bank.name: i for i, bank in enumerate(base.banks)}
     by_algorithm = _write_layer(writer, changes, bank_index)
     return {
         "format": LAYERED_FORMAT,
@@ -99,6 +89,29 @@ def write_layered(store: Store, repository: SnapshotRepository, current: str,
                   "tombstones": len(changes.changed), "by_algorithm": by_algorithm,
                   "variants": _variant_names(changes)},
     }, base_files
+
+
+def _link_base(repository: SnapshotRepository, current: str, base_files: dict[str, Any],
+               directory: Path, banks_json: list[dict[str, Any]], changes: StoreChanges
+               ) -> Snapshot | None:
+    """The base loaded (and so verified) from `current`, its files linked into `directory`; None
+    if it cannot be loaded or fetched, or its banks.json is no longer the store's."""
+    try:
+        with repository.checkout(current) as (source, _):
+            base = load(source)
+            if json.loads((source / "banks.json").read_text()) != banks_json:
+                return None
+            names = {bank.name for bank in base.banks}
+            if any(row[1] not in names for row in changes.active):
+                return None
+            for name in base_files:  # hard links: the same bytes, written once on this disk
+                try:
+                    os.link(source / name, directory / name)
+                except OSError:  # another file system
+                    shutil.copyfile(source / name, directory / name)
+            return base
+    except (SnapshotError, OSError, ValueError):  # a damaged current: a full snapshot replaces it
+        return None
 
 
 def _variant_names(changes: StoreChanges) -> list[str]:

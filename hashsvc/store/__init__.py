@@ -23,7 +23,8 @@ from hashsvc.store.model import (
     validate_name,
     validate_thresholds,
 )
-from hashsvc.store.sqlite import SCHEMA_VERSION, SqliteStore
+from hashsvc.store.sqlite import SqliteStore
+from hashsvc.store.sqlite_schema import SCHEMA_VERSION
 
 __all__ = [
     "BANK_KINDS", "SCHEMA_VERSION", "AddResult", "Bank", "BankKind", "BulkAdder", "Entry",

@@ -148,12 +148,15 @@ def redact(target: str | Path) -> str:
     return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_NETLOC.sub(r"\1***@", text))
 
 
-def open_store(target: str | Path) -> Store:
-    """The store at `target`: a `postgresql://` URL, else the path of a SQLite file."""
+def open_store(target: str | Path, *, read_only: bool = False) -> Store:
+    """The store at `target`: a `postgresql://` URL, else the path of a SQLite file.
+
+    `read_only` (a scan replica's SQLite file): opened so that nothing can write it. A
+    PostgreSQL store is opened as always (its schema is migrated by whoever opens it first)."""
     if is_postgres(target):
         from hashsvc.store.postgres import PostgresStore  # psycopg only when it is used
 
         return PostgresStore(str(target))
     from hashsvc.store.sqlite import SqliteStore
 
-    return SqliteStore(Path(target))
+    return SqliteStore(Path(target), read_only=read_only)

@@ -46,7 +46,7 @@ def copy_sqlite_to_postgres(source: SqliteStore, target: PostgresStore) -> CopyR
         reader.execute("BEGIN")  # one read transaction: a consistent view of the source
         revision = int(reader.execute(
             "SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
-        with target._write() as (conn, _):
+        with target._errors(), target._write() as (conn, _):
             if conn.execute("SELECT EXISTS (SELECT 1 FROM banks)").fetchone() != (False,):
                 raise AlreadyExistsError(
                     f"{target.location} already holds banks: copy only into an empty store")

@@ -58,7 +58,13 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX entries_unique;
     CREATE UNIQUE INDEX entries_unique ON entries (hash, bank_id, algorithm);
     """,
-    # 3: banks bound to exchanges, and where each synced entry came from (exchange_sql.py)
+    # 3: the operation key of every recent write, so that a write re-run after a lost
+    # connection is applied once (postgres_retry.py)
+    """
+    CREATE TABLE applied_writes (op TEXT PRIMARY KEY, at TIMESTAMPTZ NOT NULL, result TEXT);
+    CREATE INDEX applied_writes_by_at ON applied_writes (at);
+    """,
+    # 4: banks bound to exchanges, and where each synced entry came from (exchange_sql.py)
     exchange_sql.POSTGRES_SCHEMA,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from hashsvc.errors import HashsvcError
-from hashsvc.matching.strategies import MatchStrategies, parse_crop_list
+from hashsvc.matching.strategies import WAYS, MatchStrategies, parse_crop_list, parse_margins
 from hashsvc.store import BANK_KINDS, Bank
 from indexer.commands.common import add_command, emit, open_store, say, when_served
 
@@ -79,23 +79,41 @@ def _bank_fields(parser: argparse.ArgumentParser) -> None:
                             help="for images added from files, also store the PDQ of centred "
                             "crops removing these %% per side: 'default' (2,4,6,8,10), a list "
                             "such as 3,6,9, or 'none'")
+    strategies.add_argument("--rotation-variants", metavar="DEGREES",
+                            help="for images added from files, also store the PDQ of the image "
+                            "turned this many degrees each way: a list such as 3,4, or 'none'")
+    strategies.add_argument("--corner-crops", metavar="PERCENTS",
+                            help="for images added from files, also store the PDQ of crops "
+                            "cutting N%% from two adjacent sides, one per corner: a list such "
+                            "as 4,10, or 'none'")
     strategies.add_argument("--variant-margin", type=int, metavar="BITS",
                             help="matches through a strategy (rotated or trimmed upload, stored "
-                            "variant) must be this many bits inside the threshold (default 0)")
+                            "variant) must be this many bits inside the threshold (default 0); "
+                            "the margin of every way --margin does not name")
+    strategies.add_argument("--margin", action="append", dest="margins", metavar="WAY=BITS",
+                            help="margin for one way of matching (repeatable): "
+                            + ", ".join(WAYS) + "; e.g. --margin dihedral=0 --margin crop=12")
 
 
 def _strategies(args: argparse.Namespace, current: MatchStrategies) -> MatchStrategies | None:
     """The bank's strategies with the flags given applied; None if no flag was given."""
     if (args.dihedral is None and args.trim_borders is None and args.crop_variants is None
-            and args.variant_margin is None):
+            and args.variant_margin is None and args.margins is None
+            and args.rotation_variants is None and args.corner_crops is None):
         return None
     return MatchStrategies(
         dihedral=current.dihedral if args.dihedral is None else args.dihedral,
         trim_borders=current.trim_borders if args.trim_borders is None else args.trim_borders,
         crop_variants=(current.crop_variants if args.crop_variants is None
                        else parse_crop_list(args.crop_variants)),
+        rotation_variants=(current.rotation_variants if args.rotation_variants is None
+                           else parse_crop_list(args.rotation_variants, (), "rotation variants",
+                                                "degrees")),
+        corner_crops=(current.corner_crops if args.corner_crops is None
+                      else parse_crop_list(args.corner_crops, (), "corner crops")),
         variant_margin=(current.variant_margin if args.variant_margin is None
                         else args.variant_margin),
+        margins=tuple({**dict(current.margins), **parse_margins(args.margins or [])}.items()),
     )
 
 

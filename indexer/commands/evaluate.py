@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hashsvc.errors import HashsvcError
 from indexer.commands.common import add_command, say, show_progress
-from indexer.evaluation import report
+from indexer.evaluation import operating, report
 from indexer.evaluation.hashing import METHODS
 from indexer.evaluation.run import Config, evaluate
 from indexer.evaluation.transforms import BY_NAME, SUITE
@@ -29,9 +32,9 @@ def register(subcommands: Any) -> None:
         "indexer evaluate ./photos --out ./eval --target-fpr 1e-6", _run,
     )
     parser.add_argument("originals", type=Path, help="a folder of distinct original images")
-    parser.add_argument("--negatives", type=Path,
+    parser.add_argument("--negatives", type=Path, action="append", default=[],
                         help="a folder of images distinct from every original: more pairs "
-                        "for the false-positive rate")
+                        "for the false-positive rate and the tail model (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("evaluation"),
                         help="output folder (default ./evaluation)")
     parser.add_argument("--limit", type=int, help="use only the first N originals")
@@ -45,6 +48,15 @@ def register(subcommands: Any) -> None:
     parser.add_argument("--target-fpr", type=float, default=1e-6,
                         help="false-positive rate per pair to find thresholds for "
                         "(default 1e-6)")
+    parser.add_argument("--list-size", type=int, default=10_000_000, metavar="N",
+                        help="entries of the list an upload is compared with, for the expected "
+                        "false matches per upload (default 10,000,000)")
+    parser.add_argument("--target-per-upload", type=float, default=1e-6,
+                        help="expected false matches per upload against --list-size entries "
+                        "to find thresholds for (default 1e-6: one per million uploads)")
+    parser.add_argument("--write-calibration", type=Path, metavar="PATH",
+                        help="also write the tail model's parameters as the calibration data "
+                        "file the server scores matches with (hashsvc/matching/calibration.json)")
     parser.add_argument("--workers", type=int, help="processes (default: number of cores)")
 
 
@@ -53,8 +65,16 @@ def _run(args: argparse.Namespace) -> int:
         raise HashsvcError(f"{args.originals}: not a folder of images")
     if not 0 < args.target_fpr < 1:
         raise HashsvcError(f"--target-fpr must be between 0 and 1, got {args.target_fpr}")
+    if args.list_size < 1:
+        raise HashsvcError(f"--list-size must be at least 1, got {args.list_size}")
+    if not args.target_per_upload > 0:
+        raise HashsvcError(f"--target-per-upload must be above 0, got {args.target_per_upload}")
+    for folder in args.negatives:
+        if not folder.exists():
+            raise HashsvcError(f"--negatives {folder}: no such file or folder")
     config = Config(
-        originals=args.originals, negatives=args.negatives, limit=args.limit,
+        originals=args.originals, negatives=tuple(args.negatives), limit=args.limit,
+        list_size=args.list_size, target_per_upload=args.target_per_upload,
         transformed=args.transformed,
         methods=_pick(args.methods, {m.name: m for m in METHODS}, "method"),
         transforms=_pick(args.transforms, BY_NAME, "transform"),
@@ -65,17 +85,26 @@ def _run(args: argparse.Namespace) -> int:
         say(f"warning: plots will not be drawn: {missing_plots}")
     evaluation = evaluate(config)
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = report.summarise(evaluation)
+    summary = report.summarise(evaluation, operating.analyse(evaluation))
     report.write_json(summary, args.out / "results.json")
+    if args.write_calibration:
+        command = "indexer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        data = operating.calibration(summary["operating_point"], evaluation.comparisons,
+                                     evaluation.references, command)
+        args.write_calibration.write_text(json.dumps(data, indent=1) + "\n")
+        say(f"calibration written to {args.write_calibration}")
     plots = report.plot(summary, args.out)
     (args.out / "report.md").write_text(report.markdown(summary, plots))
     say(f"evaluated {summary['originals']:,} originals, {summary['copies']:,} copies, "
         f"{summary['pairs']:,} pairs in {summary['seconds']:.0f} s: {args.out / 'report.md'}")
+    point = summary["operating_point"]
     for name, method in summary["methods"].items():
-        say(f"  {name:14} FPR at {method['default_threshold']}: "
-            f"{method['fpr_at_default']:.2g}; recall {100 * method['recall_at_default']:.1f}% "
-            f"(threshold {method['threshold_at_target']} for FPR <= {config.target_fpr:g}: "
-            f"{100 * method['recall_at_target']:.1f}%)")
+        upload = point["methods"][name]
+        say(f"  {name:16} at {method['default_threshold']}: "
+            f"{upload['per_upload_at_default']:.2g} false matches per upload against "
+            f"{config.list_size:,}; recall {100 * method['recall_at_default']:.1f}% "
+            f"(threshold {upload['threshold_at_target']} for <= {config.target_per_upload:g} "
+            f"per upload: {100 * method['recall_at_upload_target']:.1f}%)")
     if missing_plots:
         say(f"warning: no plots were drawn: {missing_plots}; the report and results.json "
             "are complete")
@@ -83,6 +112,9 @@ def _run(args: argparse.Namespace) -> int:
         say(f"warning: {summary['pairs']:,} pairs cannot resolve a false-positive rate of "
             f"{config.target_fpr:g}: the thresholds for it are optimistic; use more originals "
             "or --negatives")
+    if summary["refused_copies"]:
+        say(f"{len(summary['refused_copies'])} cop(ies) over a scan's limits counted as misses "
+            "(see the report)")
     if summary["errors"]:
         say(f"{len(summary['errors'])} image(s) could not be evaluated (see the report)")
         return 3

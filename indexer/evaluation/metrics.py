@@ -5,6 +5,11 @@ negative against every original) counts once, as a match if any of the query's h
 the threshold of any of the known image's stored hashes — what a scan of that image against a
 bank holding the other would report. The closest distance of each pair is histogrammed, so the
 rate at every threshold comes from one pass.
+
+Per way of matching (`WAY_BITS`), the same histogram is also kept over only the hash pairs that
+involve that way (raw Hamming distance, no margin), and over the plain pairs: how close each
+way brings unrelated images, i.e. what each way costs in false matches, so that its margin can
+be set from its own cost.
 """
 
 from __future__ import annotations
@@ -15,16 +20,22 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from indexer.evaluation.hashing import NO_MATCH, Codes, HashSet, Plain
+from indexer.evaluation.hashing import NO_MATCH, WAY_BITS, Codes, HashSet, Ways
 
 Histogram = npt.NDArray[np.int64]  # [d] = number of pairs whose closest distance is d
 _BLOCK_ROWS = 256  # query rows per block: bounds the XOR buffer to ~200 MB at 3,000 originals
+
+
+PLAIN_WAY = "plain"
 
 
 @dataclass(frozen=True)
 class PairCounts:
     histogram: Histogram  # length bits + 2; the last bin holds pairs with nothing to compare
     pairs: int
+    # way (or "plain") -> the same over the hash pairs through that way only, raw distance;
+    # a way no hash uses is left out
+    by_way: dict[str, Histogram] | None = None
 
     def false_positives(self, threshold: int) -> int:
         return int(self.histogram[: threshold + 1].sum())
@@ -42,10 +53,12 @@ class PairCounts:
 
 def pair_histogram(
     queries: Sequence[HashSet], stored: Sequence[HashSet], bits: int, *,
-    query_owner: Sequence[int], skip_pairs: Collection[tuple[int, int]] = (), margin: int = 0,
+    query_owner: Sequence[int], skip_pairs: Collection[tuple[int, int]] = (),
+    margins: npt.NDArray[np.int64] | None = None,
 ) -> PairCounts:
     """Closest effective distance of every (query image, stored image) pair with different
-    owners (Hamming distance, plus `margin` unless both hashes are plain: see `closest`).
+    owners (Hamming distance, plus the margin of the ways the two hashes involve: see
+    `closest`), and per way the closest raw distance through it (`PairCounts.by_way`).
 
     `queries[i]` is the hash set of query image i, which is original `query_owner[i]` (or -1
     for a negative); `stored[j]` is original j's stored set. `skip_pairs` holds (owner, j)
@@ -56,7 +69,11 @@ def pair_histogram(
     if len(stored_rows) == 0:
         return PairCounts(histogram, 0)
     stored_words = _words(stored_rows)
-    stored_plain = np.concatenate([plain for _, plain in stored])
+    stored_ways = np.concatenate([ways for _, ways in stored])
+    used = int(np.bitwise_or.reduce(stored_ways)) | int(np.bitwise_or.reduce(
+        np.concatenate([ways for _, ways in queries]))) if queries else 0
+    way_bits = {PLAIN_WAY: 0, **{w: b for w, b in WAY_BITS.items() if used & b}}
+    by_way = {way: np.zeros(bits + 2, dtype=np.int64) for way in way_bits}
     pairs = 0
     query_index = 0
     while query_index < len(queries):
@@ -67,8 +84,8 @@ def pair_histogram(
             block.append(queries[query_index])
             rows += len(queries[query_index][0])
             query_index += 1
-        closest = _block_closest(block, stored_words, stored_plain, stored_starts, len(stored),
-                                 bits, margin)
+        closest = _block_closest(block, stored_words, stored_ways, stored_starts, len(stored),
+                                 bits, margins, way_bits)
         for offset in range(len(block)):
             owner = query_owner[first + offset]
             keep = np.ones(len(stored), dtype=bool)
@@ -77,33 +94,51 @@ def pair_histogram(
             for a, b in skip_pairs:
                 if a == owner:
                     keep[b] = False
-            row = closest[offset][keep]
-            histogram += np.bincount(np.minimum(row, bits + 1), minlength=bits + 2)
+            for name, per_pair in closest.items():
+                row = per_pair[offset][keep]
+                counts = np.bincount(np.minimum(row, bits + 1), minlength=bits + 2)
+                if name is None:
+                    histogram += counts
+                else:
+                    by_way[name] += counts
             pairs += int(keep.sum())
-    return PairCounts(histogram, pairs)
+    return PairCounts(histogram, pairs, by_way)
 
 
 def _block_closest(
-    block: list[HashSet], stored_words: npt.NDArray[np.uint64], stored_plain: Plain,
-    stored_starts: npt.NDArray[np.intp], stored_count: int, bits: int, margin: int,
-) -> npt.NDArray[np.int64]:
-    """(len(block), stored_count) closest distances; bits + 1 where a query set is empty."""
-    result = np.full((len(block), stored_count), bits + 1, dtype=np.int64)
+    block: list[HashSet], stored_words: npt.NDArray[np.uint64], stored_ways: Ways,
+    stored_starts: npt.NDArray[np.intp], stored_count: int, bits: int,
+    margins: npt.NDArray[np.int64] | None, way_bits: dict[str, int],
+) -> dict[str | None, npt.NDArray[np.int64]]:
+    """(len(block), stored_count) closest distances, effective under the key None and raw per
+    way; bits + 1 where a query set (or a way's part of it) is empty."""
+    keys: list[str | None] = [None, *way_bits]
+    result = {key: np.full((len(block), stored_count), bits + 1, dtype=np.int64)
+              for key in keys}
     nonempty = [i for i, (codes, _) in enumerate(block) if len(codes)]
     if not nonempty:
         return result
     rows, starts = _stack([block[i][0] for i in nonempty])
-    query_plain = np.concatenate([block[i][1] for i in nonempty])
+    query_ways = np.concatenate([block[i][1] for i in nonempty])
     words = _words(rows)
     distances = np.zeros((len(words), len(stored_words)), dtype=np.int64)
     for w in range(words.shape[1]):
         distances += np.bitwise_count(words[:, w, None] ^ stored_words[None, :, w])
-    if margin:
-        distances += margin * ~(query_plain[:, None] & stored_plain[None, :])
-    per_query = np.minimum.reduceat(distances, starts, axis=0)
-    per_pair = np.minimum.reduceat(per_query, stored_starts, axis=1)
-    result[nonempty] = per_pair
+    ways = query_ways[:, None] | stored_ways[None, :]
+    for name, bit in way_bits.items():
+        through = (ways == 0) if bit == 0 else (ways & bit) != 0
+        result[name][nonempty] = _per_pair(np.where(through, distances, bits + 1), starts,
+                                           stored_starts, bits)
+    if margins is not None:
+        distances += margins[ways]
+    result[None][nonempty] = _per_pair(distances, starts, stored_starts, bits)
     return result
+
+
+def _per_pair(distances: npt.NDArray[np.int64], starts: npt.NDArray[np.intp],
+              stored_starts: npt.NDArray[np.intp], bits: int) -> npt.NDArray[np.int64]:
+    per_query = np.minimum.reduceat(distances, starts, axis=0)
+    return np.minimum(np.minimum.reduceat(per_query, stored_starts, axis=1), bits + 1)
 
 
 def _stack(sets: Sequence[Codes]) -> tuple[Codes, npt.NDArray[np.intp]]:

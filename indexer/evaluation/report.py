@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from hashsvc.hashing.algorithms import get_algorithm
+from indexer.evaluation import operating
 from indexer.evaluation.metrics import recall_curve
 from indexer.evaluation.run import Evaluation
 
 CURVE_MAX = 64  # per-transform recall is published for thresholds 0..64 (the whole of pHash)
+SWEEP = tuple(range(20, 42, 2))  # thresholds of the recall / false-match sweep in the report
 
 # Thorn's perception benchmark, PDQ recall at 99.99% precision (the issue's reference figures),
 # keyed by the suite transform that applies the same edit.
@@ -20,10 +22,12 @@ THORN_PDQ = {"jpeg_q95": 99.9, "blur": 99.9, "overlay": 99.0, "rotate_4deg": 54.
              "crop_5": 9.0, "pad_20": 1.3}
 
 
-def summarise(evaluation: Evaluation) -> dict[str, Any]:
-    """Every published figure, as plain data (the JSON output; the Markdown reads from it)."""
+def summarise(evaluation: Evaluation, point: dict[str, Any]) -> dict[str, Any]:
+    """Every published figure, as plain data (the JSON output; the Markdown reads from it).
+    `point` is `operating.analyse`'s: the thresholds for the per-upload target."""
     config = evaluation.config
     methods: dict[str, Any] = {}
+    upload_threshold = {name: m["threshold_at_target"] for name, m in point["methods"].items()}
     for method in config.methods:
         pairs = evaluation.pairs[method.name]
         bits = get_algorithm(method.algorithm).bits
@@ -40,8 +44,13 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
             "fpr_at_target_threshold": pairs.rate(at_target) if at_target >= 0 else 0.0,
             "recall_at_default": _at(curve, method.threshold),
             "recall_at_target": _at(curve, at_target),
+            "threshold_at_upload_target": upload_threshold[method.name],
+            "recall_at_upload_target": _at(curve, upload_threshold[method.name]),
             "pair_histogram": pairs.histogram.tolist(),
             "recall_curve": [round(float(v), 6) for v in curve],
+            # way of matching -> closest raw distance of each distinct pair through it
+            "pair_histogram_by_way": {way: histogram.tolist()
+                                      for way, histogram in (pairs.by_way or {}).items()},
         }
     transforms: dict[str, Any] = {}
     groups: dict[str, dict[str, list[int]]] = {}
@@ -49,6 +58,7 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
         by_method = evaluation.distances[transform.name]
         row: dict[str, Any] = {"group": transform.group, "copies": 0,
                                "recall_at_default": {}, "recall_at_target": {},
+                               "recall_at_upload_target": {},
                                "median_distance": {}, "recall_by_threshold": {}}
         for method in config.methods:
             values = by_method[method.name]
@@ -57,6 +67,8 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
             row["recall_at_default"][method.name] = _at(curve, method.threshold)
             row["recall_at_target"][method.name] = _at(
                 curve, methods[method.name]["threshold_at_target"])
+            row["recall_at_upload_target"][method.name] = _at(
+                curve, upload_threshold[method.name])
             row["median_distance"][method.name] = statistics.median(values) if values else None
             row["recall_by_threshold"][method.name] = [  # [t] for t = 0..CURVE_MAX
                 round(float(v), 4) for v in curve[: CURVE_MAX + 1]]
@@ -70,6 +82,9 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
             "recall_at_target": {
                 m.name: _at(recall_curve(by_method[m.name], get_algorithm(m.algorithm).bits),
                             methods[m.name]["threshold_at_target"]) for m in config.methods},
+            "recall_at_upload_target": {
+                m.name: _at(recall_curve(by_method[m.name], get_algorithm(m.algorithm).bits),
+                            upload_threshold[m.name]) for m in config.methods},
         }
         for group, by_method in groups.items()
     }
@@ -77,7 +92,7 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
     return {
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "originals_folder": str(config.originals),
-        "negatives_folder": str(config.negatives) if config.negatives else None,
+        "negatives_folders": [str(p) for p in config.negatives],
         "originals": evaluation.originals,
         "transformed_originals": evaluation.transformed,
         "negatives": evaluation.negatives,
@@ -87,9 +102,11 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
         "target_fpr": config.target_fpr,
         "seconds": round(evaluation.seconds, 1),
         "errors": evaluation.errors,
+        "refused_copies": evaluation.refused,
         "methods": methods,
         "groups": group_rows,
         "transforms": transforms,
+        "operating_point": point,
     }
 
 
@@ -115,7 +132,9 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         f"{len(summary['duplicates_skipped'])} byte-identical duplicate pair(s) left out. "
         f"Run time {summary['seconds']:.0f} s; {summary['created_at']}.",
         "",
-        "## Methods",
+        *operating.markdown(summary),
+        "",
+        "## Per pair (secondary view): methods",
         "",
         "| method | what | default threshold | false positives at default (rate) | "
         f"threshold for FPR ≤ {target:g} | recall, all copies, at default / at that threshold |",
@@ -140,6 +159,7 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         for row_name, row in rows.items():
             lines.append(f"| {row_name} | "
                          + " | ".join(_pct(row[key][n]) for n in names) + " |")
+    lines += _sweep(summary) + _ways(summary)
     lines += [
         "", "## Against Thorn's published PDQ figures", "",
         "Thorn's perception benchmark reports PDQ's recall at 99.99% precision on its own data; "
@@ -161,9 +181,56 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     elif missing := plots_unavailable():
         lines += ["", "## Plots", "", f"Not drawn: {missing}."]
+    if summary["refused_copies"]:
+        lines += ["", "## Copies a scan refuses (counted as misses)", "",
+                  "Their originals stay in recall and in the false-positive pairs.", ""]
+        lines += [f"- {e}" for e in summary["refused_copies"]]
     if summary["errors"]:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in summary["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def _sweep(summary: dict[str, Any]) -> list[str]:
+    """Recall over all copies and false matches between distinct images, per threshold."""
+    lines = ["", "## Recall and false matches over thresholds", "",
+             "Recall over all copies / false matches among the distinct pairs, per threshold.",
+             "", "| method | " + " | ".join(str(t) for t in SWEEP) + " |",
+             "|---" * (len(SWEEP) + 1) + "|"]
+    for name, m in summary["methods"].items():
+        cumulative = _cumulative(m["pair_histogram"])
+        lines.append(f"| {name} | " + " | ".join(
+            f"{_pct(m['recall_curve'][t])} / {cumulative[t]:,}" for t in SWEEP) + " |")
+    return lines
+
+
+def _ways(summary: dict[str, Any]) -> list[str]:
+    """Per way of matching, how close it brings distinct images: what each way costs."""
+    lines = ["", "## False matches per way of matching", "",
+             "Distinct pairs whose closest hashes *through that way only* (raw distance, no "
+             "margin) are within the threshold, and those distances' low quantiles: what each "
+             "way costs in false matches, to set its margin from.", "",
+             "| method | way | minimum | 1 in 10⁴ pairs | median | "
+             + " | ".join(f"≤ {t}" for t in SWEEP[::2]) + " |",
+             "|---" * (5 + len(SWEEP[::2])) + "|"]
+    for name, m in summary["methods"].items():
+        for way, histogram in m.get("pair_histogram_by_way", {}).items():
+            cumulative = _cumulative(histogram)
+            total = sum(histogram[:-1])
+            if not total:
+                continue
+            quantile = [next(d for d, c in enumerate(cumulative) if c >= share * total)
+                        for share in (1e-12, 1e-4, 0.5)]
+            lines.append(f"| {name} | {way} | " + " | ".join(map(str, quantile)) + " | "
+                         + " | ".join(f"{cumulative[t]:,}" for t in SWEEP[::2]) + " |")
+    return lines
+
+
+def _cumulative(histogram: list[int]) -> list[int]:
+    running, out = 0, []
+    for count in histogram:
+        running += count
+        out.append(running)
+    return out
 
 
 def _pct(value: float) -> str:

@@ -12,10 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from hashsvc.errors import HashsvcError
 from hashsvc.hashing.algorithms import get_algorithm
-from indexer.evaluation.hashing import Job, Method, run_job
+from indexer.evaluation.hashing import Job, Method, OriginalResult, run_job
 from indexer.evaluation.metrics import PairCounts, pair_histogram
+from indexer.evaluation.tail import TailData, collect, comparisons_per_entry
 from indexer.evaluation.transforms import Transform
 from indexer.folders import find_images, process_map
 
@@ -23,7 +26,7 @@ from indexer.folders import find_images, process_map
 @dataclass(frozen=True)
 class Config:
     originals: Path
-    negatives: Path | None = None
+    negatives: tuple[Path, ...] = ()
     limit: int | None = None  # originals used (for false positives); None: all
     transformed: int | None = None  # of those, how many get the transform suite; None: all
     methods: tuple[Method, ...] = ()
@@ -31,6 +34,8 @@ class Config:
     target_fpr: float = 1e-6
     workers: int | None = None
     progress: bool = False
+    list_size: int = 10_000_000  # entries of the list an upload is compared with
+    target_per_upload: float = 1e-6  # expected false matches per upload to find thresholds for
 
 
 @dataclass
@@ -42,7 +47,12 @@ class Evaluation:
     duplicates: list[tuple[str, str]]
     pairs: dict[str, PairCounts]  # method -> closest-distance histogram of distinct pairs
     distances: dict[str, dict[str, list[int]]]  # transform -> method -> per-copy distance
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # originals that could not be evaluated
+    refused: list[str] = field(default_factory=list)  # copies a scan refuses: counted as misses
+    tails: dict[str, TailData] = field(default_factory=dict)  # algorithm -> every comparison
+    # method -> way of matching -> hash comparisons per list entry and upload
+    comparisons: dict[str, dict[str, float]] = field(default_factory=dict)
+    references: dict[str, str] = field(default_factory=dict)  # algorithm -> the tails' method
     seconds: float = 0.0
 
 
@@ -54,7 +64,7 @@ def evaluate(config: Config) -> Evaluation:
     if len(originals) < 2:
         raise HashsvcError(f"{config.originals}: need at least 2 original images, "
                            f"found {len(originals)}")
-    negatives = find_images([config.negatives]) if config.negatives else []
+    negatives = find_images(config.negatives)
     transformed = len(originals) if config.transformed is None else min(config.transformed,
                                                                         len(originals))
     names = tuple(t.name for t in config.transforms)
@@ -80,7 +90,7 @@ def evaluate(config: Config) -> Evaluation:
             [good[i].stored[method.name] for i in original_ids],
             get_algorithm(method.algorithm).bits,
             query_owner=[position.get(i, -1) for i in query_ids],
-            skip_pairs=skip, margin=method.margin,
+            skip_pairs=skip, margins=method.margins,
         )
     distances: dict[str, dict[str, list[int]]] = {
         t.name: {m.name: [] for m in config.methods} for t in config.transforms
@@ -89,12 +99,51 @@ def evaluate(config: Config) -> Evaluation:
         for transform_name, by_method in good[index].distances.items():
             for method_name, distance in by_method.items():
                 distances[transform_name][method_name].append(distance)
+    tails, comparisons, references = _tails(config, good, original_ids, skip, position)
     return Evaluation(
-        config=config, originals=len(original_ids),
+        config=config, originals=len(original_ids), tails=tails, comparisons=comparisons,
+        references=references,
         transformed=sum(1 for i in original_ids if i < transformed),
         negatives=len(good) - len(original_ids), duplicates=duplicates, pairs=pairs,
-        distances=distances, errors=errors, seconds=time.perf_counter() - started,
+        distances=distances, errors=errors,
+        refused=[message for r in results for message in r.refused],
+        seconds=time.perf_counter() - started,
     )
+
+
+def _tails(
+    config: Config, good: dict[int, OriginalResult], original_ids: list[int],
+    skip: set[tuple[int, int]], position: dict[int, int],
+) -> tuple[dict[str, TailData], dict[str, dict[str, float]], dict[str, str]]:
+    """Per algorithm, every comparison between distinct images through the method that makes
+    the most (every strategy, reference hashing): the tail model's data. Per method, how many
+    comparisons each way of matching makes per entry and upload."""
+    negatives = sorted(i for i in good if i not in position)
+    query_ids = original_ids + negatives
+    image_of = {index: n for n, index in enumerate(query_ids)}  # originals first: = position
+    split = np.zeros(len(query_ids), dtype=np.int8)
+    split[np.random.default_rng(14).permutation(len(query_ids))[: len(query_ids) // 2]] = 1
+    tails: dict[str, TailData] = {}
+    references: dict[str, str] = {}
+    for algorithm in dict.fromkeys(m.algorithm for m in config.methods):
+        reference = max((m for m in config.methods if m.algorithm == algorithm),
+                        key=lambda m: (not m.fast_pdq, m.dihedral, m.trims,
+                                       len(m.index_variants), -int(m.margins.sum())))
+        references[algorithm] = reference.name
+        tails[algorithm] = collect(
+            algorithm, get_algorithm(algorithm).bits,
+            [(good[i].queries[reference.name][0], good[i].query_kinds[reference.name])
+             for i in query_ids], [image_of[i] for i in query_ids],
+            [(good[i].stored[reference.name][0], good[i].stored_kinds[reference.name])
+             for i in original_ids], [image_of[i] for i in original_ids],
+            len(query_ids), split, {(a, b) for a, b in skip})
+    comparisons = {
+        m.name: comparisons_per_entry(
+            [good[i].query_kinds[m.name] for i in query_ids],
+            [good[i].stored_kinds[m.name] for i in original_ids])
+        for m in config.methods
+    }
+    return tails, comparisons, references
 
 
 def _duplicates(

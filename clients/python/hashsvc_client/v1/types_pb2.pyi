@@ -224,6 +224,7 @@ class Match(_message.Message):
     QUERY_TRIMMED_FIELD_NUMBER: _builtins.int
     ENTRY_VARIANT_FIELD_NUMBER: _builtins.int
     HASH_INDEX_FIELD_NUMBER: _builtins.int
+    FALSE_MATCH_PROBABILITY_FIELD_NUMBER: _builtins.int
     bank: _builtins.str
     entry_id: _builtins.int
     external_id: _builtins.str
@@ -244,6 +245,15 @@ class Match(_message.Message):
     """"trimmed" or "crop_N" (N% cut from each side)
     Which hash matched: its index in ScanResult.hashes (for ScanHashes, in the request's
     hashes). When several of them match one entry, the closest is named.
+    """
+    false_match_probability: _builtins.float
+    """The estimated chance that an upload unrelated to every entry would match some entry this
+    close through the same way of matching (plain, dihedral, trimmed, crop variant), against a
+    list of the served size (this algorithm's entries in the snapshot plus changes since):
+    1 - exp(-N * k * F(distance)), F from a tail model of distances between unrelated images
+    (hashsvc/matching/calibration.py; README "Detection quality"). Route matches by it rather
+    than by raw distance. Not a posterior: it ignores how many uploads really are known
+    images, and below ~1e-9 per comparison it is an extrapolation. Absent for MD5/SHA-256.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -269,12 +279,15 @@ class Match(_message.Message):
         query_trimmed: _builtins.bool = ...,
         entry_variant: _builtins.str = ...,
         hash_index: _builtins.int = ...,
+        false_match_probability: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability", "false_match_probability", b"false_match_probability", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "bank", b"bank", "bank_kind", b"bank_kind", "distance", b"distance", "entry_id", b"entry_id", "entry_variant", b"entry_variant", "external_id", b"external_id", "hash_index", b"hash_index", "metadata", b"metadata", "query_transform", b"query_transform", "query_trimmed", b"query_trimmed", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability", "algorithm", b"algorithm", "bank", b"bank", "bank_kind", b"bank_kind", "distance", b"distance", "entry_id", b"entry_id", "entry_variant", b"entry_variant", "external_id", b"external_id", "false_match_probability", b"false_match_probability", "hash_index", b"hash_index", "metadata", b"metadata", "query_transform", b"query_transform", "query_trimmed", b"query_trimmed", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__false_match_probability: _TypeAlias = _typing.Literal["false_match_probability"]  # noqa: Y015
+    _WhichOneofArgType__false_match_probability: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__false_match_probability) -> _WhichOneofReturnType__false_match_probability | None: ...
 
 Global___Match: _TypeAlias = Match  # noqa: Y015
 
@@ -484,10 +497,33 @@ class MatchStrategies(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MarginsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NO_DIHEDRAL_FIELD_NUMBER: _builtins.int
     TRIM_BORDERS_FIELD_NUMBER: _builtins.int
     CROP_VARIANTS_FIELD_NUMBER: _builtins.int
     VARIANT_MARGIN_FIELD_NUMBER: _builtins.int
+    MARGINS_FIELD_NUMBER: _builtins.int
+    ROTATION_VARIANTS_FIELD_NUMBER: _builtins.int
+    CORNER_CROPS_FIELD_NUMBER: _builtins.int
     no_dihedral: _builtins.bool
     """do NOT match rotated/mirrored copies (on by default)"""
     trim_borders: _builtins.bool
@@ -498,6 +534,20 @@ class MatchStrategies(_message.Message):
     def crop_variants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """images added from files also store centred crops, N% a side"""
 
+    @_builtins.property
+    def margins(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The margin of one way of matching, overriding variant_margin for it: keys "dihedral",
+        "trimmed_query", "trimmed", "crop", "rotation", "corner". A match through two ways takes the larger.
+        """
+
+    @_builtins.property
+    def rotation_variants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """images added from files also store N degrees each way"""
+
+    @_builtins.property
+    def corner_crops(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """... and crops cutting N% from two adjacent sides"""
+
     def __init__(
         self,
         *,
@@ -505,10 +555,13 @@ class MatchStrategies(_message.Message):
         trim_borders: _builtins.bool = ...,
         crop_variants: _abc.Iterable[_builtins.int] | None = ...,
         variant_margin: _builtins.int = ...,
+        margins: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        rotation_variants: _abc.Iterable[_builtins.int] | None = ...,
+        corner_crops: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["crop_variants", b"crop_variants", "no_dihedral", b"no_dihedral", "trim_borders", b"trim_borders", "variant_margin", b"variant_margin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corner_crops", b"corner_crops", "crop_variants", b"crop_variants", "margins", b"margins", "no_dihedral", b"no_dihedral", "rotation_variants", b"rotation_variants", "trim_borders", b"trim_borders", "variant_margin", b"variant_margin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
