@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from hashsvc.errors import HashsvcError, NotFoundError, WriterBusyError
 from hashsvc.store import EntryQuery, EntrySelector, NewEntry, Store
 from hashsvc.store.exchange_model import Credentials, ExchangePage, UpstreamEntry
+from hashsvc.store.sql_base import Replayable
 
 
 def _md5(n: int) -> bytes:
@@ -124,3 +127,20 @@ def test_entries_are_found_by_exchange_and_upstream_id(any_store: Store) -> None
     assert any_store.list_entries(EntryQuery(exchange="stopncii")).entries == []
     with pytest.raises(HashsvcError, match="invalid exchange type"):
         any_store.list_entries(EntryQuery(exchange="no such").checked())
+
+
+def test_a_page_replays_what_a_re_run_write_had_already_taken() -> None:
+    """A PostgreSQL write re-run after a lost connection iterates the page's upserts again:
+    it must see them all, from the first, though they come from a generator read once."""
+    taken: list[int] = []
+
+    def upstream() -> Iterator[int]:
+        for n in range(4):
+            taken.append(n)
+            yield n
+
+    replayable = Replayable(upstream())
+    first = iter(replayable)
+    assert [next(first), next(first)] == [0, 1]  # the first attempt dies after two
+    assert list(replayable) == [0, 1, 2, 3] and list(replayable) == [0, 1, 2, 3]
+    assert taken == [0, 1, 2, 3]  # each read from the source once
