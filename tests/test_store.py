@@ -14,6 +14,7 @@ import pytest
 from hashsvc.errors import AlreadyExistsError, HashsvcError, InvalidHashError, NotFoundError
 from hashsvc.home import DataHome
 from hashsvc.store import (
+    SCHEMA_VERSION,
     EntryQuery,
     EntrySelector,
     NewEntry,
@@ -200,7 +201,8 @@ def test_a_version_3_store_is_upgraded_in_place(sqlite_store: SqliteStore) -> No
         result = upgraded.add_entries("a", [NewEntry("pdq", _pdq(1)), NewEntry("pdq", _pdq(3))])
         assert (result.added, result.duplicates) == (1, 1)
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("4",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (
+            str(SCHEMA_VERSION),)
 
 
 def test_disable_enable_remove(store: Store) -> None:

@@ -16,6 +16,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hashsvc.matching.strategies import MatchStrategies
+from hashsvc.store.exchange_model import (
+    Credentials,
+    ExchangeBinding,
+    ExchangePage,
+    PageResult,
+    Provenance,
+)
 from hashsvc.store.listing import EntryPage, EntryQuery
 from hashsvc.store.model import (
     AddResult,
@@ -102,6 +109,24 @@ class Store(Protocol):
     def iter_active_entries(self, batch: int = 100_000) -> Iterator[list[tuple[Any, ...]]]: ...
     def changes_since(self, revision: int) -> StoreChanges: ...
     def stats(self) -> StoreStats: ...
+
+    def bind_exchange(self, bank_name: str, exchange: str, config: dict[str, Any],
+                      credentials: Credentials | None = None) -> ExchangeBinding:
+        """Bind a bank to an exchange (see exchange_model); re-binding with another exchange
+        or config starts its sync again from the beginning."""
+        ...
+
+    def exchange_bindings(self, bank_name: str | None = None) -> list[ExchangeBinding]:
+        """The binding of `bank_name` (`NotFoundError` if it has none), or of every bank."""
+        ...
+
+    def apply_exchange_page(self, bank_name: str, page: ExchangePage,
+                            expected_checkpoint: str | None) -> PageResult:
+        """Apply one page of upstream changes and store its checkpoint, in one transaction;
+        refused (`WriterBusyError`) if the stored checkpoint is no longer the expected one."""
+        ...
+
+    def entry_provenance(self, entry_id: int) -> list[Provenance]: ...
 
     def writer_lock(self, name: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
         """Hold the single-writer lock `name` (e.g. "publish") across every process using this

@@ -31,6 +31,8 @@ class EntryQuery:
     external_id: str | None = None
     hash: tuple[str, bytes] | None = None  # (algorithm, value)
     disabled: bool | None = None  # None: both
+    exchange: str | None = None  # only entries this exchange supplied (exchange_model)
+    upstream_id: str | None = None  # only the entry an exchange lists under this id
     after_id: int = 0  # from the page token
     limit: int = DEFAULT_PAGE_SIZE
 
@@ -42,6 +44,10 @@ class EntryQuery:
             check_external_id(self.external_id)
         if not 1 <= self.limit <= LIMITS.page_entries:
             raise HashsvcError(f"page size {self.limit} is out of range 1..{LIMITS.page_entries}")
+        if self.exchange is not None:
+            check_name(self.exchange, "exchange type")
+        if self.upstream_id is not None:
+            check_external_id(self.upstream_id)
         if self.after_id < 0:
             raise HashsvcError("invalid page token")
         return self
@@ -70,6 +76,11 @@ def query_sql(query: EntryQuery, mark: str) -> tuple[str, tuple[object, ...]]:
     if query.disabled is not None:
         clauses.append("e.disabled = ?")
         args.append(query.disabled if mark == "%s" else int(query.disabled))
+    for column, value in (("exchange", query.exchange), ("upstream_id", query.upstream_id)):
+        if value is not None:
+            clauses.append("EXISTS (SELECT 1 FROM entry_provenance p WHERE p.entry_id = e.id"
+                           f" AND p.bank_id = e.bank_id AND p.{column} = ?)")
+            args.append(value)
     sql = f"WHERE {' AND '.join(clauses)} ORDER BY e.id LIMIT {query.limit + 1}"
     return sql.replace("?", mark), tuple(args)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import psycopg
 
 from hashsvc.errors import HashsvcError
+from hashsvc.store import exchange_sql
 
 # MIGRATIONS[n] takes a database from schema n to n + 1. Append; never edit a released step.
 # Text that is compared or indexed is COLLATE "C" (bytes, as in SQLite): the same order on every
@@ -63,6 +64,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE applied_writes (op TEXT PRIMARY KEY, at TIMESTAMPTZ NOT NULL, result TEXT);
     CREATE INDEX applied_writes_by_at ON applied_writes (at);
     """,
+    # 4: banks bound to exchanges, and where each synced entry came from (exchange_sql.py)
+    exchange_sql.POSTGRES_SCHEMA,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

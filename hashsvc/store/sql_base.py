@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, ClassVar, Self, TypeVar
+from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from hashsvc.errors import AlreadyExistsError, NotFoundError
 from hashsvc.limits import check_tags, quote
 from hashsvc.matching.strategies import MatchStrategies
+from hashsvc.store import exchange_sql
+from hashsvc.store.exchange_model import (
+    Credentials,
+    ExchangeBinding,
+    ExchangePage,
+    PageResult,
+    Provenance,
+)
 from hashsvc.store.listing import EntryPage, EntryQuery, page_of, query_sql
 from hashsvc.store.model import (
     AddResult,
@@ -197,3 +205,58 @@ class SqlStoreBase:
                   disabled=bool(r[7]), disabled_reason=r[8], variant=r[9])
             for r in rows
         ]
+
+    # ---- exchanges (exchange_sql.py) ---------------------------------------------------------
+
+    def _runner(self, conn: Any) -> exchange_sql.Run:
+        """exchange_sql's statements on `conn`, in this engine's placeholders."""
+        def run(sql: str, args: tuple[Any, ...]) -> tuple[list[tuple[Any, ...]], int]:
+            cursor = conn.execute(self._sql(sql), args)
+            rows = cursor.fetchall() if cursor.description is not None else []
+            return rows, cursor.rowcount
+        return run
+
+    def _read_runner(self) -> exchange_sql.Run:
+        return lambda sql, args: (self._rows(self._sql(sql), args), -1)
+
+    def bind_exchange(self, bank_name: str, exchange: str, config: dict[str, Any],
+                      credentials: Credentials | None = None) -> ExchangeBinding:
+        bank = self.get_bank(bank_name)
+        self._in_write(lambda conn: exchange_sql.bind(
+            self._runner(conn), bank.id, exchange, config, credentials))
+        return self.exchange_bindings(bank_name)[0]
+
+    def exchange_bindings(self, bank_name: str | None = None) -> list[ExchangeBinding]:
+        return exchange_sql.bindings(self._read_runner(), bank_name)
+
+    def apply_exchange_page(self, bank_name: str, page: ExchangePage,
+                            expected_checkpoint: str | None) -> PageResult:
+        """One write transaction; a PostgreSQL write re-run after a lost connection replays
+        the upserts it had already taken from the page (`Replayable`)."""
+        bank = self.get_bank(bank_name)
+        replayable = replace(page, upserts=Replayable(page.upserts))
+
+        def body(conn: Any) -> dict[str, int]:
+            revision = int(conn.execute(f"SELECT {self.dialect.revision_sql}").fetchone()[0])
+            return asdict(exchange_sql.apply_page(
+                self._runner(conn), bank.id, bank.name, revision, replayable,
+                expected_checkpoint))
+
+        return PageResult(**self._in_write(body))
+
+    def entry_provenance(self, entry_id: int) -> list[Provenance]:
+        return exchange_sql.provenance(self._read_runner(), entry_id)
+
+
+class Replayable(Generic[T]):
+    """An iterable read once from its source, and replayed from the start on a second pass."""
+
+    def __init__(self, items: Iterable[T]) -> None:
+        self._source = iter(items)
+        self._seen: list[T] = []
+
+    def __iter__(self) -> Iterator[T]:
+        yield from self._seen
+        for item in self._source:
+            self._seen.append(item)
+            yield item

@@ -196,6 +196,10 @@ class SqliteStore(SqlStoreBase):
                 db.execute(f"INSERT OR REPLACE INTO removed_entries (entry_id, rev)"
                            f" SELECT id, {REVISION_SQL} FROM entries {where}", args)
                 removed += db.execute(f"DELETE FROM entries {where}", args).rowcount
+            # SQLite may give a removed entry's id to a later one: no provenance may point at
+            # it then (entry_provenance has no foreign key, see exchange_sql)
+            db.execute(f"DELETE FROM entry_provenance WHERE entry_id IN (SELECT entry_id"
+                       f" FROM removed_entries WHERE rev = {REVISION_SQL})")
         return removed
 
     def iter_active_entries(self, batch: int = 100_000) -> Iterator[list[tuple[Any, ...]]]:

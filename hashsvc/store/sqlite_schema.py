@@ -10,8 +10,10 @@ import sqlite3
 from pathlib import Path
 
 from hashsvc.errors import HashsvcError
+from hashsvc.store import exchange_sql
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+_FRESH_SCHEMA = 4  # what _SCHEMA creates; later steps come from _upgrade
 _ENTRIES_V4 = """
 CREATE TABLE IF NOT EXISTS entries (
     id              INTEGER PRIMARY KEY,
@@ -64,8 +66,9 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
         db.execute(
             "INSERT OR IGNORE INTO meta (key, value)"
             " VALUES ('schema', ?), ('revision', '0')",
-            (str(SCHEMA_VERSION),),
+            (str(_FRESH_SCHEMA),),
         )
+        _upgrade(db, _FRESH_SCHEMA)
     elif int(row[0]) > SCHEMA_VERSION:
         raise HashsvcError(
             f"{path}: store schema {row[0]} is newer than this hashsvc "
@@ -100,6 +103,8 @@ def _upgrade(db: sqlite3.Connection, schema: int) -> None:
            " DROP TABLE entries; ALTER TABLE entries_v4 RENAME TO entries;"
            " CREATE INDEX entries_by_external_id ON entries (bank_id, external_id);"
            f" {_UNIQUE}",
+        # v5: banks bound to exchanges, and where each synced entry came from
+        4: exchange_sql.SQLITE_SCHEMA,
     }
     for version in range(schema, SCHEMA_VERSION):
         db.executescript(

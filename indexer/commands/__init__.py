@@ -8,6 +8,7 @@ from indexer.commands import (
     entries,
     entries_find,
     evaluate,
+    exchange,
     hash_files,
     import_list,
     match,
@@ -18,5 +19,5 @@ from indexer.commands import (
 
 COMMANDS: tuple[ModuleType, ...] = (
     bank, import_list, add_images, entries, entries_find, publish, stats, store, hash_files,
-    match, evaluate,
+    match, evaluate, exchange,
 )

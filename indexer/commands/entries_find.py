@@ -60,6 +60,8 @@ def _filters(parser: argparse.ArgumentParser) -> None:
                         help="only this bank (repeatable; default: every bank)")
     parser.add_argument("--external-id")
     parser.add_argument("--hash", metavar="ALGO:HEX", help="only entries with this hash")
+    parser.add_argument("--exchange", help="only entries this exchange supplied (e.g. ncmec)")
+    parser.add_argument("--upstream-id", help="only the entry an exchange lists under this id")
     _state_filter(parser)
 
 
@@ -80,8 +82,9 @@ def _query(args: argparse.Namespace) -> EntryQuery:
         parsed = parse_hash(algorithm, value)
         found = (parsed.algorithm, parsed.value)
     return EntryQuery(banks=args.banks, external_id=args.external_id, hash=found,
-                      disabled=args.disabled, after_id=decode_page_token(args.page_token),
-                      limit=args.limit)
+                      disabled=args.disabled, exchange=args.exchange,
+                      upstream_id=args.upstream_id,
+                      after_id=decode_page_token(args.page_token), limit=args.limit)
 
 
 def entry_to_dict(entry: Entry) -> dict[str, Any]:
@@ -89,11 +92,14 @@ def entry_to_dict(entry: Entry) -> dict[str, Any]:
         "id": entry.id, "bank": entry.bank, "algorithm": entry.algorithm,
         "hash": get_algorithm(entry.algorithm).format(entry.hash),
         "external_id": entry.external_id, "metadata": entry.metadata,
-        "added_at": dt.datetime.fromtimestamp(entry.added_at, dt.UTC).isoformat(
-            timespec="seconds"),
+        "added_at": _when(entry.added_at),
         "disabled": entry.disabled, "disabled_reason": entry.disabled_reason,
         "variant": entry.variant,
     }
+
+
+def _when(stamp: float) -> str:
+    return dt.datetime.fromtimestamp(stamp, dt.UTC).isoformat(timespec="seconds")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -118,7 +124,12 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         entry = store.get_entry(args.id)
-    sys.stdout.write(json.dumps(entry_to_dict(entry), indent=2, ensure_ascii=False) + "\n")
+        record = entry_to_dict(entry)
+        record["provenance"] = [  # where an exchange-synced entry came from (exchange.py)
+            {"exchange": p.exchange, "upstream_id": p.upstream_id, "tags": list(p.tags),
+             "first_seen": _when(p.first_seen), "last_seen": _when(p.last_seen)}
+            for p in store.entry_provenance(entry.id)]
+    sys.stdout.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return 0
 
 
