@@ -37,15 +37,14 @@ STAGES = {
     "getexif": "EXIF read",
     "exif_transpose": "EXIF orientation",
     "to_rgb": "convert to RGB",
-    "resize": "box reduce to 512 px",
+    "resize": "box reduce (images the decoder did not scale)",
+    "convert": "to 8-bit luma (Pillow)",
     "split": "luma: split planes",
-    "_operators": "PDQ operators (per size)",
-    "pdq_from_luma": "PDQ blur-decimate (einsum)",
-    "_quality": "PDQ quality",
+    "pdq_from_luma": "PDQ blur-decimate and quality (C, _pdqfast)",
+    "_scale_sensitive": "aliasing check (JPEG at reduced scale)",
     "_dct16": "DCT 64->16",
     "_bits": "median and bits",
     "decode_reduced": "decode_reduced, own lines (luma arithmetic)",
-    "cache_clear": "operator cache clear",
 }
 
 

@@ -7,7 +7,7 @@
  * builds both operators (O(64 * window) per axis, so nothing needs caching) and applies them
  * straight to the decoded bytes, grey or RGB, with the GIL released.
  *
- * The arithmetic is fastpdq's (see `_operators` there, the model of this code): pdqhash's two
+ * The arithmetic is what fastpdq's NumPy operators did before this file: pdqhash's two
  * Jarosz box passes with windows sized from the *original* dimensions, then decimation to 64
  * samples per axis, written as weights per original pixel; each original pixel p's weight goes
  * to the reduced pixel floor((2p + 1) * num / (2 * den)) that holds its centre. Luma from RGB is
