@@ -8,10 +8,12 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -121,6 +123,17 @@ def any_store(request: pytest.FixtureRequest, home: DataHome) -> Iterator[Store]
         target = request.getfixturevalue("postgres").new_database()
     with open_store(target) as opened:
         yield opened
+
+
+def scan_until(client: Any, image: bytes, *, matched: bool, polls: int = 600) -> Any:
+    """Scan until the result's `matched` is as wanted: a bounded number of calls (the sleep only
+    spaces them out), since servers apply store changes on their next reload tick."""
+    for _ in range(polls):
+        result = client.scan_image(image)
+        if result.matched == matched:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"still matched={not matched} after {polls} scans")
 
 
 def run_indexer(

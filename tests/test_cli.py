@@ -8,7 +8,6 @@ import re
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from hashsvc.config import ServerConfig
 from hashsvc.home import DataHome
-from tests.conftest import BRIDGE_ORIGINAL, IMAGES, PHOTOS, run_indexer
+from tests.conftest import BRIDGE_ORIGINAL, IMAGES, PHOTOS, run_indexer, scan_until
 from tests.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,17 +313,6 @@ def test_readme_states_the_reload_interval_the_code_uses() -> None:
 # ---- issue 12, defect 17: what is live, what a publish does, and staging -----------------------
 
 
-def _scan_until(client: Any, image: bytes, *, matched: bool, polls: int = 600) -> Any:
-    """Scan until the result's `matched` is as wanted: a bounded number of calls (the sleep only
-    spaces them out), since servers apply store changes on their next reload tick."""
-    for _ in range(polls):
-        result = client.scan_image(image)
-        if result.matched == matched:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"still matched={not matched} after {polls} scans")
-
-
 def test_staged_bank_serves_nothing_until_enabled_then_goes_live_without_a_publish(
     home: DataHome,
 ) -> None:
@@ -344,7 +332,7 @@ def test_staged_bank_serves_nothing_until_enabled_then_goes_live_without_a_publi
         live = run_indexer(home, "add-images", "live", str(pen), check=True)
         assert "live on running servers within about a second" in live.stderr
         # Once the later change to `live` is served, the server has seen the staged entries too.
-        assert _scan_until(client, pen.read_bytes(), matched=True).snapshot_version == version
+        assert scan_until(client, pen.read_bytes(), matched=True).snapshot_version == version
         assert not client.scan_image(BRIDGE_ORIGINAL.read_bytes()).matched
 
         stats = json.loads(run_indexer(home, "stats", "--json", check=True).stdout)
@@ -354,14 +342,14 @@ def test_staged_bank_serves_nothing_until_enabled_then_goes_live_without_a_publi
 
         enabled = run_indexer(home, "bank", "enable", "review", check=True)
         assert "live on running servers within about a second" in enabled.stderr
-        result = _scan_until(client, BRIDGE_ORIGINAL.read_bytes(), matched=True)
+        result = scan_until(client, BRIDGE_ORIGINAL.read_bytes(), matched=True)
         assert result.matches[0].bank == "review" and result.snapshot_version == version
         stats = json.loads(run_indexer(home, "stats", "--json", check=True).stdout)
         assert stats["served"]["entries"] == 4 and stats["store"]["staged_banks"] == []
         assert "served: 4 entries" in run_indexer(home, "stats", check=True).stdout
 
         run_indexer(home, "bank", "disable", "review", check=True)
-        _scan_until(client, BRIDGE_ORIGINAL.read_bytes(), matched=False)
+        scan_until(client, BRIDGE_ORIGINAL.read_bytes(), matched=False)
         disabled = run_indexer(home, "disable", "live", "--external-id", pen.name, check=True)
         assert "disabled 2 entries in 'live': live on running servers" in disabled.stderr
-        _scan_until(client, pen.read_bytes(), matched=False)
+        scan_until(client, pen.read_bytes(), matched=False)

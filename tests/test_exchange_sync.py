@@ -10,11 +10,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 
@@ -22,7 +21,7 @@ from hashsvc.errors import HashsvcError, WriterBusyError
 from hashsvc.home import DataHome
 from hashsvc.store import EntryQuery, Store, open_store
 from indexer.exchanges.sync import sync_bank
-from tests.conftest import BRIDGE_ORIGINAL, IMAGES, run_indexer
+from tests.conftest import BRIDGE_ORIGINAL, IMAGES, run_indexer, scan_until
 from tests.postgres_server import PostgresServer
 from tests.server_process import ServerProcess
 
@@ -283,17 +282,6 @@ def test_a_url_list_is_retried_and_never_applied_truncated(
     assert len(_bank_hashes(store, "b")) == 6  # nothing deleted by a list never read whole
 
 
-def _scan_until(client: Any, image: bytes, *, matched: bool, polls: int = 600) -> Any:
-    """Scan until `matched` is as wanted: a bounded number of calls (the sleep only spaces
-    them out), since servers apply store changes on their next reload tick."""
-    for _ in range(polls):
-        result = client.scan_image(image)
-        if result.matched == matched:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"still matched={not matched} after {polls} scans")
-
-
 def test_a_synced_addition_and_deletion_reach_a_running_server_without_a_publish(
     home: DataHome, tmp_path: Path
 ) -> None:
@@ -310,13 +298,13 @@ def test_a_synced_addition_and_deletion_reach_a_running_server_without_a_publish
         synced = run_indexer(home, "exchange", "sync", "feed", check=True)
         assert "live on running servers within about a second" in synced.stderr
         assert "feed: page 1 applied (2 added, 0 deleted so far)" in synced.stderr
-        match = _scan_until(client, pen, matched=True).matches[0]
+        match = scan_until(client, pen, matched=True).matches[0]
         assert dict(match.metadata) == {"exchange": "file",
                                         "upstream_id": f"md5:{hashlib.md5(pen).hexdigest()}"}
         listing.write_text(f"{hashlib.md5(bridge).hexdigest()}\n")
         synced = run_indexer(home, "exchange", "sync", "feed", check=True)
         assert json.loads(synced.stdout)["deleted"] == 1
-        _scan_until(client, pen, matched=False)
+        scan_until(client, pen, matched=False)
         assert client.scan_image(bridge).matched
 
 
