@@ -254,7 +254,8 @@ def set_alert_after(run: Run, bank_id: int, seconds: float) -> None:
 
 def health(run: Run, bank_name: str | None) -> list[SyncHealth]:
     """The sync health of every bound bank (or of `bank_name`), bound but never synced too."""
-    bindings(run, bank_name)  # NotFoundError for a bank that is not bound
+    if bank_name is not None:
+        bindings(run, bank_name)  # NotFoundError for a bank that is not bound
     where, args = ("WHERE b.name = ?", (bank_name,)) if bank_name is not None else ("", ())
     rows, _ = run("SELECT b.name, x.exchange, x.bound_at, h.last_success, h.last_error,"
                   " h.last_error_at, h.errors, h.fetched, h.added, h.updated, h.deleted,"
