@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hashsvc.errors import HashsvcError
@@ -76,7 +77,9 @@ def _gauges(server: ServerProcess, bank: str) -> dict[str, float]:
                 assert set(sample.labels) <= {"bank", "exchange", "change"}  # never credentials
                 assert sample.labels["exchange"] == "file"
                 change = sample.labels.get("change")
-                found[sample.name + (f":{change}" if change else "")] = sample.value
+                key = sample.name + (f":{change}" if change else "")
+                assert key not in found, f"{key} exported twice"
+                found[key] = sample.value
     return found
 
 
@@ -92,14 +95,17 @@ def _gauges_once(server: ServerProcess, bank: str, name: str, value: float,
     raise AssertionError(f"{name} never read {value} in {scrapes} scrapes: {gauges}")
 
 
-def test_a_server_exports_what_a_cli_sync_recorded(home: DataHome, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])  # 2: one value per bank, not one per worker
+def test_a_server_exports_what_a_cli_sync_recorded(
+    home: DataHome, tmp_path: Path, workers: str
+) -> None:
     listing = tmp_path / "list.csv"
     _write_list(listing, range(3))
     run_indexer(home, "bank", "create", "feed", check=True)
     run_indexer(home, "exchange", "bind", "feed", "--type", "file", "--source", str(listing),
                 "--alert-after", "36", "--credentials-env", "FEED_TOKEN", check=True)
     run_indexer(home, "exchange", "sync", "feed", check=True)
-    with ServerProcess(home.root) as server:
+    with ServerProcess(home.root, "--workers", workers) as server:
         gauges = _gauges_once(server, "feed", "hashsvc_exchange_sync_errors", 0)
         assert gauges["hashsvc_exchange_entries:added"] == 3
         assert gauges["hashsvc_exchange_entries:fetched"] == 3
