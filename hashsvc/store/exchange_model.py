@@ -147,7 +147,11 @@ class SyncHealth:
         return self.last_error_at is not None and (
             self.last_success is None or self.last_error_at > self.last_success)
 
+    def without_success(self, now: float) -> float:
+        """Seconds since the last successful sync (since the binding until one has)."""
+        return now - (self.last_success or self.bound_at)
+
     def stale(self, now: float) -> bool:
-        """True when no sync has succeeded for `alert_after` seconds (counted from the binding
-        until one has): the condition the HashsvcExchangeSyncStale alert watches."""
-        return now - (self.last_success or self.bound_at) > self.alert_after
+        """True when no sync has succeeded for `alert_after` seconds: the condition the
+        HashsvcExchangeSyncStale alert watches."""
+        return self.without_success(now) > self.alert_after

@@ -161,13 +161,12 @@ def _status(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         health = {h.bank: h for h in store.exchange_health(args.bank)}
         for binding in store.exchange_bindings(args.bank):
-            record = _record(binding) | _health_record(health[binding.bank], now)
-            if record["stale"]:
-                say(f"{binding.bank}: no successful sync for "
-                    f"{_hours(now - (health[binding.bank].last_success or binding.bound_at))}"
-                    f" (alert after {_hours(health[binding.bank].alert_after)})"
-                    + (f"; last error: {record['last_error']}" if record["last_error"] else ""))
-            emit(record)
+            bank = health[binding.bank]
+            if bank.stale(now):
+                say(f"{bank.bank}: no successful sync for {_hours(bank.without_success(now))}"
+                    f" (alert after {_hours(bank.alert_after)})"
+                    + (f"; last error: {bank.last_error}" if bank.last_error else ""))
+            emit(_record(binding) | _health_record(bank, now))
     return 0
 
 
