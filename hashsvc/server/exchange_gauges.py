@@ -9,6 +9,7 @@ query) and exports it, so the metrics and the alert hold whatever ran the sync.
 from __future__ import annotations
 
 from hashsvc import metrics
+from hashsvc.errors import HashsvcError
 from hashsvc.store import Store
 
 
@@ -20,8 +21,14 @@ class ExchangeGauges:
     def update(self) -> None:
         """Set every bound bank's gauges; a bank unbound or deleted loses its series (in one
         process; with several workers a dead series stays until the worker restarts)."""
+        try:
+            banks = self._store.exchange_health()
+        except HashsvcError:
+            # The store unreachable: keep the last values. The watcher pass this runs in must
+            # go on to load snapshots, which need no store; the outage has its own metrics.
+            return
         labels: set[tuple[str, str]] = set()
-        for health in self._store.exchange_health():
+        for health in banks:
             key = (health.bank, health.exchange)
             labels.add(key)
             metrics.EXCHANGE_LAST_SUCCESS.labels(*key).set(health.last_success or health.bound_at)
