@@ -24,8 +24,8 @@ class ExchangeGauges:
         try:
             banks = self._store.exchange_health()
         except HashsvcError:
-            # The store unreachable: keep the last values. The watcher pass this runs in must
-            # go on to load snapshots, which need no store; the outage has its own metrics.
+            # The store unreachable: keep the last values (the outage has its own metrics),
+            # and let the watcher pass end as a success (it has served what it had to).
             return
         labels: set[tuple[str, str]] = set()
         for health in banks:

@@ -64,7 +64,7 @@ def create_server(
         StreamLimits(per_key=config.max_streams_per_key,
                      per_connection=config.max_streams_per_connection))
     runtime.gauge_updaters.append(interceptor.publish_in_flight)
-    runtime.gauge_updaters.append(ExchangeGauges(runtime.store).update)
+    runtime.store_gauge_updaters.append(ExchangeGauges(runtime.store).update)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=_OTHER_THREADS, thread_name_prefix="rpc-other"),
         interceptors=[interceptor],
