@@ -139,3 +139,34 @@ STORE_WRITES_ALREADY_APPLIED = Counter(
 WORKER_RESTARTS = Counter(
     "hashsvc_worker_restarts_total", "Worker processes restarted by the supervisor after a crash"
 )
+
+# Exchange-backed banks. The sync runs wherever `indexer exchange sync` does, so it writes how
+# it went into the store (SyncHealth) and every server exports that, read on each watcher pass:
+# these are gauges of stored values, counts included (they are totals since the bank was bound).
+EXCHANGE_LAST_SUCCESS = Gauge(
+    "hashsvc_exchange_last_success_timestamp_seconds",
+    "When the bank's last exchange sync succeeded (the bind time until one has), by bank and "
+    "exchange type",
+    ["bank", "exchange"], multiprocess_mode="livemax",
+)
+EXCHANGE_ALERT_AFTER = Gauge(
+    "hashsvc_exchange_sync_alert_after_seconds",
+    "How long the bank may go without a successful sync before HashsvcExchangeSyncStale fires "
+    "(`indexer exchange bind --alert-after`)",
+    ["bank", "exchange"], multiprocess_mode="livemax",
+)
+EXCHANGE_FAILING = Gauge(
+    "hashsvc_exchange_sync_failing", "1 while the bank's latest exchange sync failed, else 0",
+    ["bank", "exchange"], multiprocess_mode="livemax",
+)
+EXCHANGE_SYNC_ERRORS = Gauge(
+    "hashsvc_exchange_sync_errors", "Failed exchange syncs of the bank since it was bound",
+    ["bank", "exchange"], multiprocess_mode="livemax",
+)
+EXCHANGE_ENTRIES = Gauge(
+    "hashsvc_exchange_entries",
+    "Upstream entries since the bank was bound: fetched (read from the exchange), and the "
+    "changes applied: added, updated, deleted",
+    ["bank", "exchange", "change"], multiprocess_mode="livemax",
+)
+

@@ -68,6 +68,9 @@ def test_pages_add_update_and_delete_as_live_entry_changes(any_store: Store) -> 
         "tat", EntrySelector(hashes=[("md5", _md5(2))]))] == []
     [seen] = any_store.entry_provenance(entry.id)
     assert seen.tags == ("terror", "verified") and seen.last_seen >= seen.first_seen
+    listed = any_store.entries_provenance([entry.id, entry.id + 1000])  # one query a page
+    assert [(p.entry_id, p.upstream_id) for p in listed] == [(entry.id, "u1")]
+    assert any_store.entries_provenance([]) == []
     assert any_store.exchange_bindings("tat")[0].checkpoint == "c2"
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from hashsvc.errors import HashsvcError, WriterBusyError
 from hashsvc.home import DataHome
-from hashsvc.store import EntryQuery, Store, open_store
+from hashsvc.store import EntryQuery, NewEntry, Store, open_store
 from indexer.exchanges.sync import sync_bank
 from tests.conftest import BRIDGE_ORIGINAL, IMAGES, run_indexer, scan_until
 from tests.postgres_server import PostgresServer
@@ -312,3 +312,28 @@ def test_a_synced_addition_and_deletion_reach_a_running_server_without_a_publish
 def test_every_exchange_verb_has_help_with_an_example(home: DataHome, verb: str) -> None:
     result = run_indexer(home, "exchange", verb, "--help")
     assert result.returncode == 0 and "example:\n  indexer exchange " in result.stdout
+
+
+def test_get_and_list_entries_return_provenance_over_grpc(home: DataHome, tmp_path: Path) -> None:
+    from hashsvc_client import Client
+
+    listing = tmp_path / "list.csv"
+    _write_list(listing, [1, 2])
+    run_indexer(home, "bank", "create", "feed", check=True)
+    run_indexer(home, "bank", "create", "manual", check=True)
+    run_indexer(home, "exchange", "bind", "feed", "--type", "file", "--source", str(listing),
+                check=True)
+    run_indexer(home, "exchange", "sync", "feed", check=True)
+    with open_store(home.store_path) as store:
+        store.add_entries("manual", [NewEntry("md5", bytes(16), "by-hand")])
+    with ServerProcess(home.root) as server, \
+            Client(server.target, api_key=server.keys["admin"]) as admin:
+        page = admin.list_entries(banks=["feed"], upstream_id=f"md5:{_md5(2)}")
+        [entry] = page.entries
+        [origin] = entry.provenance
+        assert (origin.exchange, origin.upstream_id) == ("file", f"md5:{_md5(2)}")
+        assert 0 < origin.first_seen <= origin.last_seen
+        assert admin.get_entry(entry.id).provenance == entry.provenance
+        assert len(admin.list_entries(exchange="file").entries) == 2
+        [by_hand] = admin.list_entries(banks=["manual"]).entries
+        assert not by_hand.provenance  # imported or added by hand: no exchange behind it

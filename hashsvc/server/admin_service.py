@@ -20,6 +20,7 @@ from hashsvc.server.runtime import Runtime
 from hashsvc.server.status import abort
 from hashsvc.snapshot import publish
 from hashsvc.store import EntrySelector, NewEntry, encode_page_token
+from hashsvc.store.exchange_model import Provenance
 
 log = logging.getLogger("hashsvc.admin")
 
@@ -162,10 +163,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 if not query.banks:
                     return admin_pb2.ListEntriesResponse()
             page = self._store.list_entries(query)
+            origins = _by_entry(self._store.entries_provenance([e.id for e in page.entries]))
         except HashsvcError as err:
             abort(context, err)
         return admin_pb2.ListEntriesResponse(
-            entries=[convert.entry_to_proto(e) for e in page.entries],
+            entries=[convert.entry_to_proto(e, origins.get(e.id, ())) for e in page.entries],
             next_page_token=encode_page_token(page.next_after_id),
         )
 
@@ -176,9 +178,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             entry = self._store.get_entry(request.id)
             if not scope.visible(entry.bank):  # the very answer a missing entry gets
                 raise NotFoundError(f"no entry with id {request.id}")
+            origins = self._store.entry_provenance(entry.id)
         except HashsvcError as err:
             abort(context, err)
-        return admin_pb2.GetEntryResponse(entry=convert.entry_to_proto(entry))
+        return admin_pb2.GetEntryResponse(entry=convert.entry_to_proto(entry, origins))
 
     def PublishSnapshot(
         self, request: admin_pb2.PublishSnapshotRequest, context: grpc.ServicerContext
@@ -254,3 +257,10 @@ def _merged_selector(requests: Iterator[Any]) -> EntrySelector:
         external_ids.extend(part.external_ids)
         hashes.extend(part.hashes)
     return EntrySelector(ids=ids, external_ids=external_ids, hashes=hashes)
+
+
+def _by_entry(provenance: list[Provenance]) -> dict[int, list[Provenance]]:
+    grouped: dict[int, list[Provenance]] = {}
+    for origin in provenance:
+        grouped.setdefault(origin.entry_id, []).append(origin)
+    return grouped

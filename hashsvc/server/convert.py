@@ -16,6 +16,7 @@ from hashsvc.matching.matcher import IDENTITY, Match
 from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.scanner import ComputedHash, ScanOptions, ScanResult, Timings
 from hashsvc.store import Bank, Entry, EntryQuery, EntrySelector, NewEntry, decode_page_token
+from hashsvc.store.exchange_model import Provenance
 from hashsvc.store.listing import DEFAULT_PAGE_SIZE
 
 log = logging.getLogger("hashsvc.convert")
@@ -259,8 +260,13 @@ def counts_to_proto(counts: dict[str, Any]) -> admin_pb2.SnapshotCounts:
     )
 
 
-def entry_to_proto(entry: Entry) -> admin_pb2.Entry:
+def entry_to_proto(entry: Entry, provenance: Sequence[Provenance] = ()) -> admin_pb2.Entry:
+    """`entry` with the provenance an exchange-backed bank recorded for it (the caller reads
+    it from the store: a page's worth in one query)."""
     return admin_pb2.Entry(
+        provenance=[admin_pb2.EntryProvenance(
+            exchange=p.exchange, upstream_id=p.upstream_id, tags=p.tags,
+            first_seen=p.first_seen, last_seen=p.last_seen) for p in provenance],
         id=entry.id, bank=entry.bank,
         hash=types_pb2.Hash(algorithm=ALGORITHM_TO_PROTO[entry.algorithm],
                             hex=get_algorithm(entry.algorithm).format(entry.hash)),
@@ -276,6 +282,7 @@ def entry_query_from_proto(message: admin_pb2.ListEntriesRequest) -> EntryQuery:
         banks=list(message.banks), external_id=message.external_id or None,
         hash=(found.algorithm, found.value) if found else None,
         disabled=message.disabled if message.HasField("disabled") else None,
+        exchange=message.exchange or None, upstream_id=message.upstream_id or None,
         after_id=decode_page_token(message.page_token),
         limit=message.page_size or DEFAULT_PAGE_SIZE,
     ).checked()

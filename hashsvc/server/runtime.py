@@ -76,6 +76,8 @@ class Runtime:
         self._entry_labels: set[tuple[str, str]] = set()
         # Called by the watcher on every pass: gauges kept current from here rather than per call.
         self.gauge_updaters: list[Callable[[], None]] = []
+        # Gauges read from the store: after the snapshot and delta, which must not wait on them.
+        self.store_gauge_updaters: list[Callable[[], None]] = []
         self.readiness = Readiness(self.health, SERVICES_BY_ROLE[config.role],
                                    config.max_snapshot_age)  # NOT_SERVING until a snapshot loads
         metrics.SNAPSHOT_LOADED.set(0)
@@ -253,6 +255,8 @@ class Runtime:
             snapshot = self.scanner.snapshot
             if snapshot is not None:
                 metrics.SNAPSHOT_AGE.set(time.time() - snapshot.created_at)
+            for update in self.store_gauge_updaters:
+                update()
         except Exception as err:
             problem = f"{type(err).__name__}: {err}"
             if problem != self._watch_problem:

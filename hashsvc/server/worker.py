@@ -32,6 +32,7 @@ from hashsvc.config import ServerConfig
 from hashsvc.errors import HashsvcError
 from hashsvc.server.admin_service import AdminServicer
 from hashsvc.server.admission import AdmissionPool, StreamLimits
+from hashsvc.server.exchange_gauges import ExchangeGauges
 from hashsvc.server.interceptors import CallInterceptor, KeyFile
 from hashsvc.server.observe import ScanObserver
 from hashsvc.server.ports import AddressInUseError
@@ -63,6 +64,7 @@ def create_server(
         StreamLimits(per_key=config.max_streams_per_key,
                      per_connection=config.max_streams_per_connection))
     runtime.gauge_updaters.append(interceptor.publish_in_flight)
+    runtime.store_gauge_updaters.append(ExchangeGauges(runtime.store).update)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=_OTHER_THREADS, thread_name_prefix="rpc-other"),
         interceptors=[interceptor],

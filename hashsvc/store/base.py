@@ -10,7 +10,7 @@ revision are reported by `changes_since`, which is what servers' live deltas are
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ from hashsvc.store.exchange_model import (
     ExchangePage,
     PageResult,
     Provenance,
+    SyncHealth,
 )
 from hashsvc.store.listing import EntryPage, EntryQuery
 from hashsvc.store.model import (
@@ -127,6 +128,25 @@ class Store(Protocol):
         ...
 
     def entry_provenance(self, entry_id: int) -> list[Provenance]: ...
+
+    def entries_provenance(self, entry_ids: Sequence[int]) -> list[Provenance]:
+        """The provenance of many entries at once (a page of ListEntries), by entry id."""
+        ...
+
+    def record_exchange_sync(self, bank_name: str, totals: PageResult,
+                             error: str | None = None) -> None:
+        """Add a finished (or, with `error`, failed) sync's counts to the bank's SyncHealth;
+        does not bump the revision."""
+        ...
+
+    def set_exchange_alert_after(self, bank_name: str, seconds: float) -> None:
+        """How long the bank may go without a successful sync before it alerts."""
+        ...
+
+    def exchange_health(self, bank_name: str | None = None) -> list[SyncHealth]:
+        """The SyncHealth of `bank_name` (`NotFoundError` if it is not bound), or of every
+        bound bank."""
+        ...
 
     def writer_lock(self, name: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
         """Hold the single-writer lock `name` (e.g. "publish") across every process using this

@@ -116,3 +116,42 @@ class Provenance:
 
 def check_exchange_name(name: str) -> str:
     return check_name(name, "exchange type")
+
+
+DEFAULT_ALERT_AFTER = 86_400.0  # seconds without a successful sync before a bank alerts
+
+
+@dataclass(frozen=True)
+class SyncHealth:
+    """How a bank's syncs have gone, as the store keeps it for whichever process reads it: the
+    CLI that ran the sync writes it, the server exports it as metrics, `exchange status` shows
+    it. Counts are since the bank was bound; `fetched` is upstream entries read (added,
+    updated or unchanged), the others the entry changes applied."""
+
+    bank: str
+    exchange: str
+    bound_at: float
+    last_success: float | None
+    last_error: str | None
+    last_error_at: float | None
+    errors: int
+    fetched: int
+    added: int
+    updated: int
+    deleted: int
+    alert_after: float
+
+    @property
+    def failing(self) -> bool:
+        """True while the latest sync attempt failed (its error is newer than any success)."""
+        return self.last_error_at is not None and (
+            self.last_success is None or self.last_error_at > self.last_success)
+
+    def without_success(self, now: float) -> float:
+        """Seconds since the last successful sync (since the binding until one has)."""
+        return now - (self.last_success or self.bound_at)
+
+    def stale(self, now: float) -> bool:
+        """True when no sync has succeeded for `alert_after` seconds: the condition the
+        HashsvcExchangeSyncStale alert watches."""
+        return self.without_success(now) > self.alert_after

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hashsvc.errors import NotFoundError, WriterBusyError
 from hashsvc.hashing.algorithms import get_algorithm
 from hashsvc.limits import check_tags, quote
 from hashsvc.store.exchange_model import (
+    DEFAULT_ALERT_AFTER,
     Credentials,
     ExchangeBinding,
     ExchangePage,
     PageResult,
     Provenance,
+    SyncHealth,
     UpstreamEntry,
     check_exchange_name,
 )
@@ -52,10 +54,34 @@ CREATE TABLE IF NOT EXISTS entry_provenance (
 );
 CREATE INDEX IF NOT EXISTS entry_provenance_by_entry ON entry_provenance (entry_id);
 """
-POSTGRES_SCHEMA = (SQLITE_SCHEMA.replace("INTEGER PRIMARY KEY", "BIGINT PRIMARY KEY")
-                   .replace("INTEGER NOT NULL", "BIGINT NOT NULL")
-                   .replace("REAL", "DOUBLE PRECISION")
-                   .replace("upstream_id TEXT", 'upstream_id TEXT COLLATE "C"'))
+# How each bank's syncs went (SyncHealth). Its own table, written outside the revision (a sync
+# that finds nothing new must not look like a store change to `publish` or the servers).
+SQLITE_HEALTH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS exchange_sync_health (
+    bank_id       INTEGER PRIMARY KEY REFERENCES banks (id) ON DELETE CASCADE,
+    last_success  REAL,
+    last_error    TEXT,
+    last_error_at REAL,
+    errors        INTEGER NOT NULL DEFAULT 0,
+    fetched       INTEGER NOT NULL DEFAULT 0,
+    added         INTEGER NOT NULL DEFAULT 0,
+    updated       INTEGER NOT NULL DEFAULT 0,
+    deleted       INTEGER NOT NULL DEFAULT 0,
+    alert_after   REAL
+);
+"""
+
+
+def _postgres(schema: str) -> str:
+    return (schema.replace("INTEGER PRIMARY KEY", "BIGINT PRIMARY KEY")
+            .replace("INTEGER NOT NULL", "BIGINT NOT NULL")
+            .replace("REAL", "DOUBLE PRECISION")
+            .replace("upstream_id TEXT", 'upstream_id TEXT COLLATE "C"'))
+
+
+POSTGRES_SCHEMA = _postgres(SQLITE_SCHEMA)
+POSTGRES_HEALTH_SCHEMA = _postgres(SQLITE_HEALTH_SCHEMA)
+_ERROR_CHARS = 500  # of a failed sync's error kept in the store
 
 _BINDING_COLUMNS = ("b.name, x.exchange, x.config, x.credentials, x.checkpoint, x.bound_at,"
                     " x.synced_at")
@@ -90,9 +116,14 @@ def bindings(run: Run, bank_name: str | None) -> list[ExchangeBinding]:
                             bound_at=r[5], synced_at=r[6]) for r in rows]
 
 
-def provenance(run: Run, entry_id: int) -> list[Provenance]:
+def provenance(run: Run, entry_ids: Sequence[int]) -> list[Provenance]:
+    """The provenance of every entry in `entry_ids`, by entry then upstream id: one query for
+    a whole ListEntries page rather than one per entry."""
+    if not entry_ids:
+        return []
     rows, _ = run("SELECT entry_id, exchange, upstream_id, tags, first_seen, last_seen"
-                  " FROM entry_provenance WHERE entry_id = ? ORDER BY upstream_id", (entry_id,))
+                  f" FROM entry_provenance WHERE entry_id IN ({', '.join('?' * len(entry_ids))})"
+                  " ORDER BY entry_id, upstream_id", tuple(entry_ids))
     return [Provenance(entry_id=r[0], exchange=r[1], upstream_id=r[2],
                        tags=tuple(json.loads(r[3])), first_seen=r[4], last_seen=r[5])
             for r in rows]
@@ -198,3 +229,42 @@ def _metadata(exchange: str, upstream: UpstreamEntry, tags: list[str]) -> str:
         record["upstream_tags"] = tags
     return json.dumps(record)
 
+
+
+def record_sync(run: Run, bank_id: int, totals: PageResult, error: str | None) -> None:
+    """Add a sync's counts (pages applied before a failure count too: they are committed)
+    and stamp its success, or its error."""
+    now = time.time()
+    fetched = totals.added + totals.updated + totals.unchanged
+    outcome = ("last_success = ?" if error is None else
+               "last_error = ?, last_error_at = ?, errors = exchange_sync_health.errors + 1")
+    values: tuple[Any, ...] = (now,) if error is None else (error[:_ERROR_CHARS], now)
+    run("INSERT INTO exchange_sync_health (bank_id) VALUES (?) ON CONFLICT (bank_id) DO NOTHING",
+        (bank_id,))
+    run(f"UPDATE exchange_sync_health SET {outcome}, fetched = fetched + ?, added = added + ?,"
+        " updated = updated + ?, deleted = deleted + ? WHERE bank_id = ?",
+        (*values, fetched, totals.added, totals.updated, totals.deleted, bank_id))
+
+
+def set_alert_after(run: Run, bank_id: int, seconds: float) -> None:
+    run("INSERT INTO exchange_sync_health (bank_id, alert_after) VALUES (?, ?)"
+        " ON CONFLICT (bank_id) DO UPDATE SET alert_after = excluded.alert_after",
+        (bank_id, seconds))
+
+
+def health(run: Run, bank_name: str | None) -> list[SyncHealth]:
+    """The sync health of every bound bank (or of `bank_name`), bound but never synced too."""
+    if bank_name is not None:
+        bindings(run, bank_name)  # NotFoundError for a bank that is not bound
+    where, args = ("WHERE b.name = ?", (bank_name,)) if bank_name is not None else ("", ())
+    rows, _ = run("SELECT b.name, x.exchange, x.bound_at, h.last_success, h.last_error,"
+                  " h.last_error_at, h.errors, h.fetched, h.added, h.updated, h.deleted,"
+                  " h.alert_after FROM exchange_bindings x JOIN banks b ON b.id = x.bank_id"
+                  f" LEFT JOIN exchange_sync_health h ON h.bank_id = x.bank_id {where}"
+                  " ORDER BY b.name", args)
+    return [SyncHealth(bank=r[0], exchange=r[1], bound_at=r[2], last_success=r[3],
+                       last_error=r[4], last_error_at=r[5], errors=r[6] or 0,
+                       fetched=r[7] or 0, added=r[8] or 0, updated=r[9] or 0,
+                       deleted=r[10] or 0,
+                       alert_after=DEFAULT_ALERT_AFTER if r[11] is None else r[11])
+            for r in rows]

@@ -189,6 +189,12 @@ class PostgresStore(SqlStoreBase):
     def _in_write(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
         return self._transact(lambda conn, _: body(conn))
 
+    def _in_side_write(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Not re-run on a lost connection: what it writes is bookkeeping whose loss the next
+        sync repairs, and counts added twice would be wrong."""
+        with self._errors(), self._conn() as conn, conn.transaction():
+            return body(conn)
+
     def _read(self, body: Callable[[psycopg.Connection[Any]], T], *, snapshot: bool = False) -> T:
         """`body(connection)`, re-run on a lost connection; `snapshot`: in one REPEATABLE READ
         read-only transaction, for several statements that must see one state."""

@@ -66,6 +66,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 4: banks bound to exchanges, and where each synced entry came from (exchange_sql.py)
     exchange_sql.POSTGRES_SCHEMA,
+    # 5: how each exchange-backed bank's syncs went (metrics, alerts, `exchange status`)
+    exchange_sql.POSTGRES_HEALTH_SCHEMA,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

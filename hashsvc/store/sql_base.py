@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from hashsvc.errors import AlreadyExistsError, NotFoundError
+from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
 from hashsvc.limits import check_tags, quote
 from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.store import exchange_sql
@@ -25,6 +25,7 @@ from hashsvc.store.exchange_model import (
     ExchangePage,
     PageResult,
     Provenance,
+    SyncHealth,
 )
 from hashsvc.store.listing import EntryPage, EntryQuery, page_of, query_sql
 from hashsvc.store.model import (
@@ -64,6 +65,11 @@ class SqlStoreBase:
     dialect: ClassVar[Dialect]
 
     def _in_write(self, body: Callable[[Any], T]) -> T:
+        raise NotImplementedError
+
+    def _in_side_write(self, body: Callable[[Any], T]) -> T:
+        """A write transaction that changes no entry, so does not bump the revision: what a
+        server or `publish` reads as "the store changed" must not move for bookkeeping."""
         raise NotImplementedError
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -245,7 +251,27 @@ class SqlStoreBase:
         return PageResult(**self._in_write(body))
 
     def entry_provenance(self, entry_id: int) -> list[Provenance]:
-        return exchange_sql.provenance(self._read_runner(), entry_id)
+        return exchange_sql.provenance(self._read_runner(), [entry_id])
+
+    def entries_provenance(self, entry_ids: Sequence[int]) -> list[Provenance]:
+        return exchange_sql.provenance(self._read_runner(), entry_ids)
+
+    def record_exchange_sync(self, bank_name: str, totals: PageResult,
+                             error: str | None = None) -> None:
+        bank = self.get_bank(bank_name)
+        self._in_side_write(lambda conn: exchange_sql.record_sync(
+            self._runner(conn), bank.id, totals, error))
+
+    def set_exchange_alert_after(self, bank_name: str, seconds: float) -> None:
+        if not seconds > 0:
+            raise HashsvcError(f"bank {quote(bank_name)}: the alert threshold must be a "
+                               f"positive number of seconds, got {seconds:g}")
+        bank = self.get_bank(bank_name)
+        self._in_side_write(lambda conn: exchange_sql.set_alert_after(
+            self._runner(conn), bank.id, seconds))
+
+    def exchange_health(self, bank_name: str | None = None) -> list[SyncHealth]:
+        return exchange_sql.health(self._read_runner(), bank_name)
 
 
 class Replayable(Generic[T]):

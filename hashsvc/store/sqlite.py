@@ -123,6 +123,19 @@ class SqliteStore(SqlStoreBase):
         with self._write() as db:
             return body(db)
 
+    def _in_side_write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        if self.read_only:
+            raise HashsvcError(f"{self.path} is open read-only (a scan replica writes nothing)")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return result
+
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._read_lock:
             return self._reader.execute(sql, args).fetchall()

@@ -12,7 +12,7 @@ from pathlib import Path
 from hashsvc.errors import HashsvcError
 from hashsvc.store import exchange_sql
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _FRESH_SCHEMA = 4  # what _SCHEMA creates; later steps come from _upgrade
 _ENTRIES_V4 = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -105,6 +105,8 @@ def _upgrade(db: sqlite3.Connection, schema: int) -> None:
            f" {_UNIQUE}",
         # v5: banks bound to exchanges, and where each synced entry came from
         4: exchange_sql.SQLITE_SCHEMA,
+        # v6: how each exchange-backed bank's syncs went (metrics, alerts, `exchange status`)
+        5: exchange_sql.SQLITE_HEALTH_SCHEMA,
     }
     for version in range(schema, SCHEMA_VERSION):
         db.executescript(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import time
 from typing import Any
 
 from tqdm import tqdm
 
 from hashsvc.errors import HashsvcError
 from hashsvc.store import Store
-from hashsvc.store.exchange_model import Credentials, ExchangeBinding
+from hashsvc.store.exchange_model import Credentials, ExchangeBinding, SyncHealth
 from indexer.commands.common import (
     add_command,
     emit,
@@ -49,6 +50,10 @@ def register(subcommands: Any) -> None:
                       help="the list's column names, e.g. hash=MD5,external_id=ID")
     bind.add_argument("--page-size", type=int,
                       help="entries applied per store transaction (default 10000)")
+    bind.add_argument("--alert-after", type=float, metavar="HOURS",
+                      help="how long the bank may go without a successful sync before "
+                           "`exchange status` calls it stale and HashsvcExchangeSyncStale "
+                           "fires (default 24; kept when binding again)")
     secret = bind.add_mutually_exclusive_group()
     secret.add_argument("--credentials-env", metavar="VAR",
                         help="environment variable holding the exchange's token")
@@ -62,8 +67,11 @@ def register(subcommands: Any) -> None:
         "indexer exchange sync tat", _sync)
     sync.add_argument("bank", nargs="?")
 
-    status = add_command(verbs, "status", "Show bound banks, their exchange and last sync.",
-                         "indexer exchange status", _status)
+    status = add_command(
+        verbs, "status", "Show bound banks, their exchange, checkpoint and how their syncs "
+        "went: last success, last error, counts since binding, and `stale` when no sync has "
+        "succeeded for longer than the bank's --alert-after (the condition the "
+        "HashsvcExchangeSyncStale alert watches).", "indexer exchange status", _status)
     status.add_argument("bank", nargs="?")
 
 
@@ -86,12 +94,17 @@ def _bind(args: argparse.Namespace) -> int:
         for key in ("environment", "base_url"):
             if getattr(args, key) is not None:
                 config[key] = getattr(args, key)
+    if args.alert_after is not None and not args.alert_after > 0:
+        raise HashsvcError(f"--alert-after must be a positive number of hours, "
+                           f"got {args.alert_after:g}")
     credentials = (Credentials("env", args.credentials_env) if args.credentials_env else
                    Credentials("file", args.credentials_file) if args.credentials_file else None)
     # the exchange's own checks (a password in a URL, an unknown environment), before storing
     EXCHANGES[args.exchange](config, credentials)
     with open_store(args) as store:
         binding = store.bind_exchange(args.bank, args.exchange, config, credentials)
+        if args.alert_after is not None:
+            store.set_exchange_alert_after(args.bank, args.alert_after * 3600)
     resumed = " (checkpoint kept)" if binding.checkpoint else ""
     say(f"bank {binding.bank!r} bound to the {binding.exchange} exchange{resumed}; "
         f"`indexer exchange sync {binding.bank}` fetches it")
@@ -144,10 +157,31 @@ def _sync_one(store: Store, bank: str) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
+    now = time.time()
     with open_store(args) as store:
+        health = {h.bank: h for h in store.exchange_health(args.bank)}
         for binding in store.exchange_bindings(args.bank):
-            emit(_record(binding))
+            bank = health[binding.bank]
+            if bank.stale(now):
+                say(f"{bank.bank}: no successful sync for {_hours(bank.without_success(now))}"
+                    f" (alert after {_hours(bank.alert_after)})"
+                    + (f"; last error: {bank.last_error}" if bank.last_error else ""))
+            emit(_record(binding) | _health_record(bank, now))
     return 0
+
+
+def _health_record(health: SyncHealth, now: float) -> dict[str, Any]:
+    return {
+        "last_success": _when(health.last_success), "last_error": health.last_error,
+        "last_error_at": _when(health.last_error_at), "errors": health.errors,
+        "entries": {"fetched": health.fetched, "added": health.added,
+                    "updated": health.updated, "deleted": health.deleted},
+        "alert_after_hours": health.alert_after / 3600, "stale": health.stale(now),
+    }
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h"
 
 
 def _record(binding: ExchangeBinding) -> dict[str, Any]:

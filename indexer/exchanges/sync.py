@@ -9,14 +9,18 @@ had not finished: nothing lost, nothing applied twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hashsvc.errors import HashsvcError
 from hashsvc.store import Store
+from hashsvc.store.base import redact
 from hashsvc.store.exchange_model import PageResult
 from indexer.exchanges import Exchange, open_exchange
 
 LOCK_NAME = "sync"
+log = logging.getLogger("indexer.exchanges")
 
 
 @dataclass
@@ -38,17 +42,33 @@ def sync_bank(
     store also refuses a page whose starting checkpoint is stale, whatever the lock."""
     with store.writer_lock(LOCK_NAME):
         binding = store.exchange_bindings(bank)[0]
-        client = exchange if exchange is not None else open_exchange(binding)
         result = SyncResult(bank=bank, exchange=binding.exchange, checkpoint=binding.checkpoint)
-        while max_pages is None or result.pages < max_pages:
-            page = client.fetch(result.checkpoint)
-            if page.checkpoint == result.checkpoint and not page.more:
-                break  # nothing new upstream: no write, no revision bump
-            result.totals += store.apply_exchange_page(bank, page, result.checkpoint)
-            result.checkpoint = page.checkpoint
-            result.pages += 1
-            if on_page is not None:
-                on_page(result)
-            if not page.more:
-                break
+        try:
+            client = exchange if exchange is not None else open_exchange(binding)
+            while max_pages is None or result.pages < max_pages:
+                page = client.fetch(result.checkpoint)
+                if page.checkpoint == result.checkpoint and not page.more:
+                    break  # nothing new upstream: no entry written, no revision bump
+                result.totals += store.apply_exchange_page(bank, page, result.checkpoint)
+                result.checkpoint = page.checkpoint
+                result.pages += 1
+                if on_page is not None:
+                    on_page(result)
+                if not page.more:
+                    break
+        except Exception as err:
+            _record_failure(store, result, err)
+            raise
+        # written by whatever ran the sync, read by every server (metrics and alerts)
+        store.record_exchange_sync(bank, result.totals)
     return result
+
+
+def _record_failure(store: Store, result: SyncResult, err: Exception) -> None:
+    """Keep the failure (the pages applied before it count) for metrics and `exchange status`;
+    if the store itself is what failed, the original error is the one worth raising."""
+    problem = err.message if isinstance(err, HashsvcError) else f"{type(err).__name__}: {err}"
+    try:
+        store.record_exchange_sync(result.bank, result.totals, redact(problem))
+    except HashsvcError as also:
+        log.warning("%s: could not record the failed sync: %s", result.bank, also.message)

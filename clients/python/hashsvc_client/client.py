@@ -205,12 +205,14 @@ class Client:
 
     def list_entries(
         self, *, banks: Sequence[str] = (), external_id: str = "", hash: HashLike | None = None,
-        disabled: bool | None = None, page_size: int = 0, page_token: str = "",
+        disabled: bool | None = None, exchange: str = "", upstream_id: str = "",
+        page_size: int = 0, page_token: str = "",
     ) -> admin_pb2.ListEntriesResponse:
         """One page of entries; pass `next_page_token` back for the next (or `iter_entries`)."""
         request = admin_pb2.ListEntriesRequest(
-            banks=banks, external_id=external_id, disabled=disabled, page_size=page_size,
-            page_token=page_token, hash=_channel.to_hashes([hash])[0] if hash else None)
+            banks=banks, external_id=external_id, disabled=disabled, exchange=exchange,
+            upstream_id=upstream_id, page_size=page_size, page_token=page_token,
+            hash=_channel.to_hashes([hash])[0] if hash else None)
         return self._call(self._admin.ListEntries, request, self.timeout)
 
     def iter_entries(self, **filters: Any) -> Iterator[admin_pb2.Entry]:

@@ -408,6 +408,7 @@ class Entry(_message.Message):
     DISABLED_FIELD_NUMBER: _builtins.int
     DISABLED_REASON_FIELD_NUMBER: _builtins.int
     VARIANT_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     bank: _builtins.str
     external_id: _builtins.str
@@ -424,6 +425,12 @@ class Entry(_message.Message):
 
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def provenance(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntryProvenance]:
+        """Where an exchange-backed bank got the entry: one per upstream id that lists its hash
+        (usually one; none for an entry imported or added by hand). 11-19 stay free.
+        """
+
     def __init__(
         self,
         *,
@@ -436,14 +443,53 @@ class Entry(_message.Message):
         disabled: _builtins.bool = ...,
         disabled_reason: _builtins.str = ...,
         variant: _builtins.str = ...,
+        provenance: _abc.Iterable[Global___EntryProvenance] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_at", b"added_at", "bank", b"bank", "disabled", b"disabled", "disabled_reason", b"disabled_reason", "external_id", b"external_id", "hash", b"hash", "id", b"id", "metadata", b"metadata", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_at", b"added_at", "bank", b"bank", "disabled", b"disabled", "disabled_reason", b"disabled_reason", "external_id", b"external_id", "hash", b"hash", "id", b"id", "metadata", b"metadata", "provenance", b"provenance", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Entry: _TypeAlias = Entry  # noqa: Y015
+
+@_typing.final
+class EntryProvenance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCHANGE_FIELD_NUMBER: _builtins.int
+    UPSTREAM_ID_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    exchange: _builtins.str
+    """the connector's type, e.g. "ncmec", "file" """
+    upstream_id: _builtins.str
+    """the exchange's own id for the hash"""
+    first_seen: _builtins.float
+    """Unix seconds: the first sync that listed it"""
+    last_seen: _builtins.float
+    """Unix seconds: the latest sync that listed it"""
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the exchange's labels and opinions, as it lists them"""
+
+    def __init__(
+        self,
+        *,
+        exchange: _builtins.str = ...,
+        upstream_id: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        first_seen: _builtins.float = ...,
+        last_seen: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange", "first_seen", b"first_seen", "last_seen", b"last_seen", "tags", b"tags", "upstream_id", b"upstream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntryProvenance: _TypeAlias = EntryProvenance  # noqa: Y015
 
 @_typing.final
 class ListEntriesRequest(_message.Message):
@@ -457,6 +503,8 @@ class ListEntriesRequest(_message.Message):
     DISABLED_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    EXCHANGE_FIELD_NUMBER: _builtins.int
+    UPSTREAM_ID_FIELD_NUMBER: _builtins.int
     external_id: _builtins.str
     disabled: _builtins.bool
     """unset: both"""
@@ -464,6 +512,10 @@ class ListEntriesRequest(_message.Message):
     """0: 100; at most 1,000"""
     page_token: _builtins.str
     """"" for the first page, else the last next_page_token"""
+    exchange: _builtins.str
+    """only entries this exchange type supplied"""
+    upstream_id: _builtins.str
+    """only the entry an exchange lists under this id"""
     @_builtins.property
     def banks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """empty: every bank; an unknown bank is NOT_FOUND"""
@@ -481,10 +533,12 @@ class ListEntriesRequest(_message.Message):
         disabled: _builtins.bool | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        exchange: _builtins.str = ...,
+        upstream_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_disabled", b"_disabled", "disabled", b"disabled", "hash", b"hash"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_disabled", b"_disabled", "banks", b"banks", "disabled", b"disabled", "external_id", b"external_id", "hash", b"hash", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_disabled", b"_disabled", "banks", b"banks", "disabled", b"disabled", "exchange", b"exchange", "external_id", b"external_id", "hash", b"hash", "page_size", b"page_size", "page_token", b"page_token", "upstream_id", b"upstream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__disabled: _TypeAlias = _typing.Literal["disabled"]  # noqa: Y015
     _WhichOneofArgType__disabled: _TypeAlias = _typing.Literal["_disabled", b"_disabled"]  # noqa: Y015
