@@ -53,7 +53,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: the unique index leads with the hash. The same uniqueness, but a comparison is decided
     # by the first column (random bytes) instead of walking two columns that are equal across a
-    # bank: building it after a 1M-row import took 3.2-4.3 s against 9.5-10 s (load ~12).
+    # bank: about 2.5x faster to build after a 1M-row import (timed once, load ~12).
     """
     DROP INDEX entries_unique;
     CREATE UNIQUE INDEX entries_unique ON entries (hash, bank_id, algorithm);
