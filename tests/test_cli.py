@@ -45,10 +45,13 @@ def test_bank_from_one_image_matches_every_edit_and_no_unrelated_photo(home: Dat
         assert 0 <= match["distance"] <= match["threshold"] == 31
         assert match["external_id"] == "aaa-orig.jpg" and match["tags"] == ["demo"]
 
-    photos = run_indexer(home, "match", str(PHOTOS))
+    # Every tenth photo: 300 unrelated photos keep the check meaningful at a tenth of the cost
+    # (the whole collection's false matches are `indexer evaluate`'s to measure, not a unit test's).
+    sample = sorted(PHOTOS.iterdir())[::10]
+    photos = run_indexer(home, "match", *map(str, sample))
     assert photos.returncode == 0, photos.stderr
     scanned = _lines(photos.stdout)
-    assert len(scanned) == 3000
+    assert len(scanned) == len(sample) == 300
     assert not [r["file"] for r in scanned if r["matched"]]
 
 
