@@ -203,11 +203,17 @@ def test_pages_resume_after_a_truncated_page_and_apply_deletions_and_opinions(
     assert len(_entries(any_store)) == 2
 
 
-def test_refused_token_and_failing_server_apply_nothing(
+def test_rate_limits_are_waited_out_and_refusals_apply_nothing(
     store: Store, graph_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _StandIn.pages = {"": [(200, (FIRST, ""))]}
-    _bind(store, graph_url, monkeypatch, token=f"{APP_ID}|wrongTokenWrongToken_99")
+    # the Graph API's rate limit (code 4, sent as a 403) is waited out like a 429
+    _StandIn.pages = {"": [(403, {"error": {"message": "Application request limit reached",
+                                            "type": "OAuthException", "code": 4}}),
+                           (200, (FIRST[:1], ""))]}
+    _bind(store, graph_url, monkeypatch)
+    assert sync_bank(store, "gifct").totals.added == 1 and len(_StandIn.paths) == 2
+    _StandIn.paths = []
+    monkeypatch.setenv("TX_TOKEN", f"{APP_ID}|wrongTokenWrongToken_99")
     with pytest.raises(HashsvcError, match=r"HTTP 401 \(OAuthException 190: Invalid OAuth"
                        ) as raised:
         sync_bank(store, "gifct")
@@ -217,6 +223,7 @@ def test_refused_token_and_failing_server_apply_nothing(
         sync_bank(store, "gifct")
     assert "not-an-app-token" not in str(raised.value)
 
+    checkpoint = store.exchange_bindings("gifct")[0].checkpoint
     # 5xx: tried again a bounded number of times, then the sync fails
     monkeypatch.setenv("TX_TOKEN", TOKEN)
     _StandIn.paths, _StandIn.pages = [], {"": [(503, {"error": {"code": 2}})]}
@@ -229,7 +236,8 @@ def test_refused_token_and_failing_server_apply_nothing(
         "next": f"http://localhost:1/v26.0/{GROUP}/threat_updates/?after=X"}})]}
     with pytest.raises(HashsvcError, match="refusing to send the token there"):
         sync_bank(store, "gifct")
-    assert store.exchange_bindings("gifct")[0].checkpoint is None and not _entries(store)
+    assert store.exchange_bindings("gifct")[0].checkpoint == checkpoint
+    assert list(_entries(store)) == ["1001"]
     health = store.exchange_health("gifct")[0]
     assert health.errors == 4 and TOKEN not in (health.last_error or "")
 

@@ -43,6 +43,8 @@ REACTIONS = {"confirmed": "SAW_THIS_TOO", "false_positive": "DISAGREE_WITH_TAGS"
 # what each update carries: the indicator, and per descriptor what its opinion is made of
 FIELDS = ("id", "indicator", "type", "last_updated", "should_delete",
           "descriptors{id,reactions,my_reactions,owner{id},tags,status}")
+# Graph API error codes that mean "over a rate limit" (it sends them with 400/403, not 429)
+RATE_LIMITED = frozenset({4, 17, 32, 613})
 DEFAULT_PAGE_SIZE = 500
 MAX_TAGS = 32  # LIMITS.tags: past it, descriptor tags give way to the opinions
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -195,9 +197,10 @@ class ThreatExchangeExchange:
                                    f"{descriptor_id}: refused ({self._graph_error(answer)})")
 
     def _call(self, what: str, function: Callable[..., T], *args: Any) -> T:
-        """`function`, tried again on 429, 5xx and dropped connections (at most
-        `FETCH_ATTEMPTS` times, waiting as Retry-After says); any other failure at once. The
-        errors name what failed, never the token (requests' messages hold URLs that do)."""
+        """`function`, tried again on 429, 5xx, the Graph API's rate-limit errors and dropped
+        connections (at most `FETCH_ATTEMPTS` times, waiting as Retry-After says); any other
+        failure at once. The errors name what failed, never the token (requests' messages
+        hold URLs that do)."""
         import requests
 
         problem = ""
@@ -206,8 +209,9 @@ class ThreatExchangeExchange:
                 return function(*args)
             except requests.HTTPError as err:
                 status = err.response.status_code if err.response is not None else 0
-                problem = f"HTTP {status} ({self._graph_error(_json_or_none(err.response))})"
-                if status != 429 and status < 500:
+                body = _json_or_none(err.response)
+                problem = f"HTTP {status} ({self._graph_error(body)})"
+                if status != 429 and status < 500 and _graph_code(body) not in RATE_LIMITED:
                     break
                 wait = _retry_after(err.response.headers.get("Retry-After")
                                     if err.response is not None else None, attempt)
@@ -263,6 +267,12 @@ def _json_or_none(response: Any) -> Any:
         return response.json() if response is not None else None
     except ValueError:
         return None
+
+
+def _graph_code(body: Any) -> int | None:
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) else None
 
 
 def _tag(text: object) -> str:
