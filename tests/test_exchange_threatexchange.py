@@ -278,6 +278,13 @@ def test_feedback_is_a_reaction_on_every_descriptor(
         exchange.send_feedback("1999", "confirmed", "")
     with pytest.raises(HashsvcError, match="unknown verdict 'maybe'"):
         exchange.send_feedback("1001", "maybe", "")
+    monkeypatch.setenv("TX_TOKEN", f"{APP_ID}|wrongTokenWrongToken_99")
+    refused: Any = open_exchange(store.exchange_bindings("gifct")[0])
+    with pytest.raises(HashsvcError, match=r"descriptors: HTTP 401 .*; feedback not sent"
+                       ) as raised:
+        refused.send_feedback("1001", "false_positive", "")
+    assert "wrongToken" not in str(raised.value)
+    assert len(_StandIn.reactions) == 5  # the four above and the refused one, no more
 
 
 def test_cli_binds_a_privacy_group_and_syncs_it(

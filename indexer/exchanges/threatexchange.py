@@ -111,7 +111,8 @@ class ThreatExchangeExchange:
             cursor = api.get_threat_updates(self.privacy_group, start_time=start or None,
                                             stop_time=stop, page_size=self.page_size,
                                             fields=FIELDS)
-        updates = self._call("fetch threat_updates", cursor.next)
+        updates = self._call("fetch threat_updates", cursor.next,
+                             outcome="nothing applied, the next sync resumes")
         following = self._stripped(self._own_url(cursor.next_url)) if cursor.next_url else ""
         if not isinstance(updates, list):
             raise HashsvcError(f"fb_threatexchange: privacy group {self.privacy_group}: the "
@@ -196,7 +197,8 @@ class ThreatExchangeExchange:
                 raise HashsvcError(f"fb_threatexchange: react {reaction} to descriptor "
                                    f"{descriptor_id}: refused ({self._graph_error(answer)})")
 
-    def _call(self, what: str, function: Callable[..., T], *args: Any) -> T:
+    def _call(self, what: str, function: Callable[..., T], *args: Any,
+              outcome: str = "feedback not sent") -> T:
         """`function`, tried again on 429, 5xx, the Graph API's rate-limit errors and dropped
         connections (at most `FETCH_ATTEMPTS` times, waiting as Retry-After says); any other
         failure at once. The errors name what failed, never the token (requests' messages
@@ -230,7 +232,7 @@ class ThreatExchangeExchange:
         else:
             problem += f", {FETCH_ATTEMPTS} attempts"
         raise HashsvcError(f"fb_threatexchange: privacy group {self.privacy_group}: cannot "
-                           f"{what}: {problem}; nothing applied, the next sync resumes")
+                           f"{what}: {problem}; {outcome}")
 
     def _graph_error(self, body: Any) -> str:
         """The Graph API's own account of an error (`{"error": {"code", "message"}}`)."""
