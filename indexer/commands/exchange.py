@@ -32,8 +32,10 @@ def register(subcommands: Any) -> None:
 
     bind = add_command(
         verbs, "bind", "Bind an existing bank to an exchange: `file` (a hash list at a local "
-        "path), `url` (an https:// URL), read again at every sync, or `ncmec` (NCMEC's "
-        "hash-sharing API; needs the [exchanges] extra and USER:PASSWORD). Only where the "
+        "path), `url` (an https:// or s3:// URL), read again at every sync, `ncmec` (NCMEC's "
+        "hash-sharing API; needs the [exchanges] extra and USER:PASSWORD) or "
+        "`fb_threatexchange` (a ThreatExchange privacy group, e.g. GIFCT's; needs the "
+        "[exchanges] extra and an app token APP_ID|SECRET). Only where the "
         "credentials are (an environment variable's name or a file's path) is stored, never "
         "the credentials. Binding again with the same source keeps the checkpoint.",
         "indexer exchange bind tat --type url --source https://example.org/tat.csv "
@@ -43,7 +45,13 @@ def register(subcommands: Any) -> None:
     bind.add_argument("--source", metavar="PATH_OR_URL", help="file/url: the hash list")
     bind.add_argument("--environment", help="ncmec: which NCMEC API (default Industry)")
     bind.add_argument("--base-url", metavar="URL",
-                      help="ncmec: another address for that API (a stand-in for tests)")
+                      help="ncmec, fb_threatexchange: another address for that API (a "
+                           "stand-in for tests)")
+    bind.add_argument("--privacy-group", type=int, metavar="ID",
+                      help="fb_threatexchange: the ThreatExchange privacy group's id")
+    bind.add_argument("--s3-endpoint-url", metavar="URL",
+                      help="url with s3://: an S3-compatible endpoint (default "
+                           "$HASHSVC_S3_ENDPOINT_URL, then $AWS_ENDPOINT_URL, else AWS S3)")
     bind.add_argument("--format", choices=FORMATS, help="default: from the extension")
     bind.add_argument("--algorithm", help="for lists without an algorithm column")
     bind.add_argument("--columns", metavar="FIELD=COLUMN,...",
@@ -85,13 +93,13 @@ def _bind(args: argparse.Namespace) -> int:
         if args.exchange == "file" and "://" in args.source:
             raise HashsvcError("--type file takes a local path; use --type url for a URL")
         config["source"] = args.source
-        for key in ("format", "algorithm", "page_size"):
+        for key in ("format", "algorithm", "page_size", "s3_endpoint_url"):
             if getattr(args, key) is not None:
                 config[key] = getattr(args, key)
         if args.columns:
             config["columns"] = parse_column_map(args.columns)
     else:
-        for key in ("environment", "base_url"):
+        for key in ("environment", "base_url", "privacy_group"):
             if getattr(args, key) is not None:
                 config[key] = getattr(args, key)
     if args.alert_after is not None and not args.alert_after > 0:

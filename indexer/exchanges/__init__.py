@@ -40,8 +40,15 @@ def _ncmec(config: dict[str, Any], credentials: Credentials | None) -> Exchange:
     return NCMECExchange(config, credentials)
 
 
+def _fb_threatexchange(config: dict[str, Any], credentials: Credentials | None) -> Exchange:
+    from indexer.exchanges.threatexchange import ThreatExchangeExchange
+
+    return ThreatExchangeExchange(config, credentials)
+
+
 # exchange type -> what builds its client from a binding's config and credentials reference
 EXCHANGES: dict[str, Factory] = {"file": _file_list, "url": _file_list, "ncmec": _ncmec}
+EXCHANGES["fb_threatexchange"] = _fb_threatexchange
 
 
 def open_exchange(binding: ExchangeBinding) -> Exchange:

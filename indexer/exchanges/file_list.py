@@ -1,5 +1,6 @@
-"""The `file`/`url` exchange: a hash list at a local path or an HTTPS URL, read again at each
-sync, through the same parser as `indexer import` (hashlists.py).
+"""The `file`/`url` exchange: a hash list at a local path, an HTTPS URL or an s3:// URL
+(s3_list.py), read again at each sync, through the same parser as `indexer import`
+(hashlists.py).
 
 A list only says what exists, so the list's content digest names the listing: pages are
 slices of it, the checkpoint is (listing, offset), and the last page ends the listing, which
@@ -37,16 +38,22 @@ class FileListExchange:
     def __init__(self, config: dict[str, Any], credentials: Credentials | None) -> None:
         source = config.get("source")
         if not isinstance(source, str) or not source:
-            raise HashsvcError("a file exchange needs a source: a path or an https:// URL")
+            raise HashsvcError("a file exchange needs a source: a path, or an https:// or "
+                               "s3:// URL")
         if _is_url(source) and urllib.parse.urlsplit(source).password is not None:
             raise HashsvcError("a source URL must not hold a password (it would be stored and "
                                "shown): name an environment variable or a file with "
                                "--credentials-env or --credentials-file instead")
+        if source.startswith("s3://"):
+            from indexer.exchanges.s3_list import s3_location
+
+            s3_location(source)
         self.source = source
         self.credentials = credentials
         self.format = config.get("format")
         self.algorithm = config.get("algorithm")
         self.columns: dict[str, str] | None = config.get("columns")
+        self.s3_endpoint_url: str | None = config.get("s3_endpoint_url")
         self.page_size = int(config.get("page_size", DEFAULT_PAGE_SIZE))
         if self.page_size < 1:
             raise HashsvcError(f"page_size must be at least 1, got {self.page_size}")
@@ -83,9 +90,13 @@ class FileListExchange:
         `MAX_RETRY_WAIT` s); a body shorter than its Content-Length is an error, never a
         shorter list (which would delete the rest)."""
         url = urllib.parse.urlsplit(self.source)
+        if url.scheme == "s3":
+            from indexer.exchanges.s3_list import read_s3_list
+
+            return read_s3_list(self.source, self.s3_endpoint_url, self.credentials)
         if url.scheme != "https" and not (url.scheme == "http" and url.hostname in _LOOPBACK):
-            raise HashsvcError(f"url exchange: {self.source!r} must be https:// (plain http "
-                               "only on loopback)")
+            raise HashsvcError(f"url exchange: {self.source!r} must be https:// or s3:// "
+                               "(plain http only on loopback)")
         request = urllib.request.Request(self.source)
         if self.credentials is not None:
             from indexer.exchanges import read_secret
