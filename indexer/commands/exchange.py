@@ -32,8 +32,9 @@ def register(subcommands: Any) -> None:
 
     bind = add_command(
         verbs, "bind", "Bind an existing bank to an exchange: `file` (a hash list at a local "
-        "path), `url` (an https:// URL), read again at every sync, or `ncmec` (NCMEC's "
-        "hash-sharing API; needs the [exchanges] extra and USER:PASSWORD). Only where the "
+        "path), `url` (an https:// URL), read again at every sync, or an exchange's API "
+        "(needs the [exchanges] extra): `ncmec` (USER:PASSWORD), `stopncii` "
+        "(FETCH_KEY,SUBSCRIPTION_KEY[,FEEDBACK_KEY]), `tat` (USERNAME:PASSWORD). Only where the "
         "credentials are (an environment variable's name or a file's path) is stored, never "
         "the credentials. Binding again with the same source keeps the checkpoint.",
         "indexer exchange bind tat --type url --source https://example.org/tat.csv "
@@ -43,7 +44,8 @@ def register(subcommands: Any) -> None:
     bind.add_argument("--source", metavar="PATH_OR_URL", help="file/url: the hash list")
     bind.add_argument("--environment", help="ncmec: which NCMEC API (default Industry)")
     bind.add_argument("--base-url", metavar="URL",
-                      help="ncmec: another address for that API (a stand-in for tests)")
+                      help="ncmec, stopncii, tat: another address for that API (a "
+                           "stand-in for tests)")
     bind.add_argument("--format", choices=FORMATS, help="default: from the extension")
     bind.add_argument("--algorithm", help="for lists without an algorithm column")
     bind.add_argument("--columns", metavar="FIELD=COLUMN,...",

@@ -40,8 +40,24 @@ def _ncmec(config: dict[str, Any], credentials: Credentials | None) -> Exchange:
     return NCMECExchange(config, credentials)
 
 
+def _stopncii(config: dict[str, Any], credentials: Credentials | None) -> Exchange:
+    from indexer.exchanges.stopncii import StopNCIIExchange
+
+    return StopNCIIExchange(config, credentials)
+
+
+def _tat(config: dict[str, Any], credentials: Credentials | None) -> Exchange:
+    from indexer.exchanges.tat import TATExchange
+
+    return TATExchange(config, credentials)
+
+
 # exchange type -> what builds its client from a binding's config and credentials reference
-EXCHANGES: dict[str, Factory] = {"file": _file_list, "url": _file_list, "ncmec": _ncmec}
+EXCHANGES: dict[str, Factory] = {
+    "file": _file_list, "url": _file_list, "ncmec": _ncmec,
+    "stopncii": _stopncii,
+    "tat": _tat,
+}
 
 
 def open_exchange(binding: ExchangeBinding) -> Exchange:
