@@ -6,6 +6,7 @@ errors a real server gives: 401, 429 with Retry-After, 5xx, a malformed and a tr
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -127,8 +128,9 @@ def _checkpoint(store: Store) -> dict[str, Any]:
 
 
 def test_pages_are_retried_refused_whole_when_bad_and_resumed_with_deletions(
-    any_store: Store, stopncii_url: str
+    any_store: Store, stopncii_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)  # as a server's logs would show it: no key
     # page 2: rate-limited, then a server error (both retried by the client), then a page
     # with a record that does not parse, then one cut off mid-document, then whole
     _StandIn.answers = {"start=10": [(200, FIRST)],
@@ -162,6 +164,8 @@ def test_pages_are_retried_refused_whole_when_bad_and_resumed_with_deletions(
 
     again = sync_bank(any_store, "ncii")  # the next listing starts at nextSetTimestamp
     assert "startTimestamp=2000" in _StandIn.requests[-1][1] and again.pages == 0
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert logged and not any(k in logged for k in (FETCH_KEY, SUBSCRIPTION_KEY, FEEDBACK_KEY))
 
 
 def test_refused_keys_apply_nothing_and_are_never_shown(

@@ -7,6 +7,7 @@ Retry-After, 5xx, a page with a bad entry and a truncated page."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -127,8 +128,9 @@ def _gets(after: str | None = None) -> list[str]:
 
 
 def test_pages_are_retried_refused_whole_when_bad_and_resumed_with_deletions(
-    any_store: Store, tat_url: str
+    any_store: Store, tat_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)  # as a server's logs would show it: no credential
     # page 2: rate-limited, then a server error (both retried by the client), then a page with
     # an entry whose hash is not one, then one cut off mid-document, then whole
     _StandIn.answers = {"": [(200, FIRST)],
@@ -163,6 +165,8 @@ def test_pages_are_retried_refused_whole_when_bad_and_resumed_with_deletions(
     assert _gets()[-1] == "1700000009,4" and again.pages == 0
     assert json.loads(any_store.exchange_bindings("tat")[0].checkpoint or "{}") == {
         "after": "1700000009,4"}
+    assert caplog.records and not [r for r in caplog.records
+                                   if USER in r.getMessage() or PASSWORD in r.getMessage()]
 
 
 def test_a_refused_sign_in_applies_nothing_and_never_shows_the_password(

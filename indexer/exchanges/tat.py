@@ -57,7 +57,7 @@ class TATExchange:
             if not sep or not user or not password:
                 raise HashsvcError(f"tat credentials ({self._credentials.source} "
                                    f"{self._credentials.name}) must be USERNAME:PASSWORD")
-            self._client = self._api_module.TATHashListAPI(user, password)
+            self._client = _quiet_client(self._api_module)(user, password)
             if self._base_url:  # a stand-in: the client has no parameter for it
                 self._client.BASE_URL = self._base_url + "/"
         return self._client
@@ -89,6 +89,20 @@ class TATExchange:
         following = response.checkpoint or after  # an empty page has no last entry
         return ExchangePage(upserts, json.dumps({"after": following}),
                             more=bool(response.next), deletions=deletions)
+
+
+def _quiet_client(api: Any) -> Any:
+    """TATHashListAPI signing in without its log line. Why: the client logs the username at
+    INFO on the root logger before every page, and a server's logs must hold no credential."""
+
+    class QuietAPI(api.TATHashListAPI):  # type: ignore[misc]
+        def get_auth_token(self, username: str, password: str) -> str | None:
+            answer = self._post(api.TATEndpoint.authenticate, data={
+                "username": username, "password": password, "resend": False})
+            token = answer.get("token")
+            return str(token) if token else None
+
+    return QuietAPI
 
 
 def _check_fields(entry: tat_api.TATHashListEntry) -> None:
