@@ -210,6 +210,15 @@ def test_an_expired_page_token_resumes_from_the_timestamp(stopncii_url: str) -> 
     assert json.loads(page.checkpoint) == {"start": 2000, "next": ""}
 
 
+def test_of_two_records_of_a_hash_in_one_page_the_later_wins(stopncii_url: str) -> None:
+    _StandIn.answers = {"start=10": [(200, _page(
+        [_record(PDQ_A, status="Withdrawn"), _record(PDQ_A), _record(PDQ_B),
+         _record(PDQ_B, status="Deleted")], token=None, next_set=20))]}
+    exchange = StopNCIIExchange({"base_url": stopncii_url}, Credentials("env", "STOPNCII_KEYS"))
+    page = exchange.fetch(None)
+    assert ([e.upstream_id for e in page.upserts], list(page.deletions)) == ([PDQ_A], [PDQ_B])
+
+
 def test_feedback_is_sent_as_stopncii_feedback_on_the_hash(
     store: Store, stopncii_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

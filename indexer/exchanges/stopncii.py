@@ -101,25 +101,29 @@ class StopNCIIExchange:
         except Exception as err:  # requests' errors, JSON that does not parse, dacite's
             raise fetch_failed("stopncii", err) from None
         _check_every_record_parsed(client.last_page, response.hashRecords)
-        upserts: list[UpstreamEntry] = []
-        deletions: list[str] = []
+        # upstream id -> the entry, or None if deleted; a record is the hash's whole state,
+        # so of two records of one hash the later wins
+        changes: dict[str, UpstreamEntry | None] = {}
         for number, record in enumerate(response.hashRecords, 1):
             algorithm = SIGNAL_TYPES.get(record.signalType.value)
             if algorithm is None:
                 continue
             upstream_id = record.hashValue.lower()
             if record.hashStatus.value in GONE:
-                deletions.append(upstream_id)
+                changes[upstream_id] = None
                 continue
             try:
                 digest = get_algorithm(algorithm).parse(record.hashValue)
             except HashsvcError as err:
                 raise HashsvcError(f"stopncii exchange: record {number} of the page: "
                                    f"{err.message}; page refused, nothing applied") from None
-            upserts.append(UpstreamEntry(upstream_id, algorithm, digest, tags=_tags(record)))
+            changes[upstream_id] = UpstreamEntry(upstream_id, algorithm, digest,
+                                                 tags=_tags(record))
         following = _next_state(state, response)
-        return ExchangePage(upserts, json.dumps(following, sort_keys=True),
-                            more=response.hasMoreRecords, deletions=deletions)
+        return ExchangePage([e for e in changes.values() if e is not None],
+                            json.dumps(following, sort_keys=True),
+                            more=response.hasMoreRecords,
+                            deletions=[i for i, e in changes.items() if e is None])
 
     def send_feedback(self, upstream_id: str, verdict: str, reason: str) -> None:
         """An analyst's verdict on a match as StopNCII feedback (Blocked / NotBlocked) on the

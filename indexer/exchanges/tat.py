@@ -70,25 +70,26 @@ class TATExchange:
             raise
         except Exception as err:  # requests' errors, JSON that does not parse, a missing field
             raise fetch_failed("tat", err) from None
-        upserts: list[UpstreamEntry] = []
-        deletions: list[str] = []
+        # upstream id -> the entry, or None if deleted (or no longer one we keep); of two
+        # versions of an entry in one page the later wins
+        changes: dict[str, UpstreamEntry | None] = {}
         for number, entry in enumerate(response.results, 1):
             try:
                 _check_fields(entry)
-                if entry.deleted:
-                    deletions.append(str(entry.id))
-                elif (algorithm := _algorithm(entry)) is not None:
+                changes[str(entry.id)] = None
+                if not entry.deleted and (algorithm := _algorithm(entry)) is not None:
                     digest = get_algorithm(algorithm).parse(entry.hash_digest)
                     ideology = [entry.ideology] if isinstance(entry.ideology, str) else []
-                    upserts.append(UpstreamEntry(str(entry.id), algorithm, digest,
-                                                 tags=upstream_tags(ideology)))
+                    changes[str(entry.id)] = UpstreamEntry(str(entry.id), algorithm, digest,
+                                                           tags=upstream_tags(ideology))
             except HashsvcError as err:
                 raise HashsvcError(f"tat exchange: entry {number} of the page (id "
                                    f"{str(entry.id)[:40]!r}): {err.message}; page refused, "
                                    "nothing applied, the next sync resumes") from None
         following = response.checkpoint or after  # an empty page has no last entry
-        return ExchangePage(upserts, json.dumps({"after": following}),
-                            more=bool(response.next), deletions=deletions)
+        return ExchangePage([e for e in changes.values() if e is not None],
+                            json.dumps({"after": following}), more=bool(response.next),
+                            deletions=[i for i, e in changes.items() if e is None])
 
 
 def _quiet_client(api: Any) -> Any:
