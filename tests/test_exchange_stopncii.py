@@ -56,7 +56,7 @@ class _StandIn(BaseHTTPRequestHandler):
     (status, body); the last answer of a queue repeats. Records every request."""
 
     answers: ClassVar[dict[str, list[tuple[int, bytes]]]] = {}
-    feedback_answer: ClassVar[int] = 200
+    feedback_answer: ClassVar[tuple[int, bytes]] = (200, b"{}")
     requests: ClassVar[list[tuple[str, str, dict[str, str], bytes]]] = []
 
     def do_GET(self) -> None:  # the names http.server calls
@@ -75,7 +75,7 @@ class _StandIn(BaseHTTPRequestHandler):
         if keys != {"Ocp-Apim-Subscription-Key": SUBSCRIPTION_KEY, "x-functions-key": wanted}:
             self._answer(401, b'{"statusCode": 401, "message": "Access denied"}')
         elif endpoint == "SubmitFeedback":
-            self._answer(_StandIn.feedback_answer, b"{}")
+            self._answer(*_StandIn.feedback_answer)
         else:
             query = urllib.parse.parse_qs(url.query)
             page = query.get("nextPageToken", [f"start={query['startTimestamp'][0]}"])[0]
@@ -97,7 +97,7 @@ class _StandIn(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def stopncii_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    _StandIn.requests, _StandIn.answers, _StandIn.feedback_answer = [], {}, 200
+    _StandIn.requests, _StandIn.answers, _StandIn.feedback_answer = [], {}, (200, b"{}")
     monkeypatch.setenv("STOPNCII_KEYS", f"{FETCH_KEY},{SUBSCRIPTION_KEY},{FEEDBACK_KEY}")
     server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -233,8 +233,11 @@ def test_feedback_is_sent_as_stopncii_feedback_on_the_hash(
             {"tags": [], "feedbackValue": "NotBlocked", "hashValue": PDQ_A}]}),
         ("POST", "/v1/SubmitFeedback", keys, {"count": 1, "hashFeedbacks": [
             {"tags": [], "feedbackValue": "Blocked", "hashValue": PDQ_C}]})]
+    assert "case 77" not in str(sent)  # the analyst's reason stays here
 
-    _StandIn.feedback_answer = 503  # not retried by the client: the outbox tries again
+    _StandIn.feedback_answer = (200, b"")  # accepted without a JSON body: sent all the same
+    exchange.send_feedback(PDQ_C, "confirmed", "")
+    _StandIn.feedback_answer = (503, b"")  # not retried by the client: the outbox tries again
     with pytest.raises(HashsvcError, match=rf"feedback on {PDQ_A}: not sent \(HTTPError: 503"):
         exchange.send_feedback(PDQ_A, "confirmed", "")
     with pytest.raises(HashsvcError, match="is not the upstream id of a StopNCII entry"):
@@ -246,7 +249,7 @@ def test_feedback_is_sent_as_stopncii_feedback_on_the_hash(
     without_key: Any = open_exchange(store.exchange_bindings("ncii")[0])
     with pytest.raises(HashsvcError, match="credentials hold no SubmitFeedback function key"):
         without_key.send_feedback(PDQ_A, "confirmed", "")
-    assert len(_StandIn.requests) == 3
+    assert len(_StandIn.requests) == 4
 
 
 def test_a_binding_takes_only_what_stopncii_uses() -> None:

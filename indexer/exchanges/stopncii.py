@@ -60,6 +60,7 @@ class StopNCIIExchange:
         self._api_module = api
         self._credentials = credentials
         self._client: Any = None
+        self._feedback_key = False  # known once the credentials are read
 
     def _api(self) -> Any:
         """The client, made at the first call: only then are the credentials read."""
@@ -75,6 +76,7 @@ class StopNCIIExchange:
                 raise HashsvcError(f"stopncii credentials ({where}): the third part is the "
                                    "SubmitFeedback function key; a base URL goes in --base-url")
             api = self._api_module
+            self._feedback_key = len(keys) == 3
             others = {api.StopNCIIEndpoint.SubmitFeedback: keys[2]} if len(keys) == 3 else {}
             self._client = _page_keeping_client(api)(
                 subscription_key=keys[1], fetch_function_key=keys[0],
@@ -136,12 +138,14 @@ class StopNCIIExchange:
             raise HashsvcError(f"stopncii feedback: {upstream_id[:80]!r} is not the upstream "
                                "id of a StopNCII entry (a PDQ hash in hex)")
         client = self._api()
-        if api.StopNCIIEndpoint.SubmitFeedback not in client._function_keys:
+        if not self._feedback_key:
             raise HashsvcError(f"stopncii feedback on {upstream_id}: the credentials hold no "
                                f"SubmitFeedback function key ({_CREDENTIALS_FORMAT})")
         try:
             client.submit_feedback(api.StopNCIISignalType.ImagePDQ, upstream_id,
                                    api.StopNCIICSPFeedbackValue(VERDICTS[verdict]))
+        except json.JSONDecodeError:
+            pass  # accepted (2xx) with a body that is not JSON: sent, not to be sent again
         except Exception as err:
             raise HashsvcError(f"stopncii feedback on {upstream_id}: not sent "
                                f"({first_line(err)})") from None
