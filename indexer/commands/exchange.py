@@ -32,10 +32,11 @@ def register(subcommands: Any) -> None:
 
     bind = add_command(
         verbs, "bind", "Bind an existing bank to an exchange: `file` (a hash list at a local "
-        "path), `url` (an https:// or s3:// URL), read again at every sync, `ncmec` (NCMEC's "
-        "hash-sharing API; needs the [exchanges] extra and USER:PASSWORD) or "
-        "`fb_threatexchange` (a ThreatExchange privacy group, e.g. GIFCT's; needs the "
-        "[exchanges] extra and an app token APP_ID|SECRET). Only where the "
+        "path), `url` (an https:// or s3:// URL), read again at every sync, or an exchange's "
+        "API (needs the [exchanges] extra): `ncmec` (USER:PASSWORD), `stopncii` "
+        "(FETCH_KEY,SUBSCRIPTION_KEY[,FEEDBACK_KEY]), `tat` (USERNAME:PASSWORD), "
+        "`fb_threatexchange` (a ThreatExchange privacy group, e.g. GIFCT's; an app token "
+        "APP_ID|SECRET). Only where the "
         "credentials are (an environment variable's name or a file's path) is stored, never "
         "the credentials. Binding again with the same source keeps the checkpoint.",
         "indexer exchange bind tat --type url --source https://example.org/tat.csv "
@@ -45,7 +46,7 @@ def register(subcommands: Any) -> None:
     bind.add_argument("--source", metavar="PATH_OR_URL", help="file/url: the hash list")
     bind.add_argument("--environment", help="ncmec: which NCMEC API (default Industry)")
     bind.add_argument("--base-url", metavar="URL",
-                      help="ncmec, fb_threatexchange: another address for that API (a "
+                      help="ncmec, stopncii, tat, fb_threatexchange: another address for that API (a "
                            "stand-in for tests)")
     bind.add_argument("--privacy-group", type=int, metavar="ID",
                       help="fb_threatexchange: the ThreatExchange privacy group's id")

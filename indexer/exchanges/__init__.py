@@ -46,9 +46,23 @@ def _fb_threatexchange(config: dict[str, Any], credentials: Credentials | None) 
     return ThreatExchangeExchange(config, credentials)
 
 
+def _stopncii(config: dict[str, Any], credentials: Credentials | None) -> Exchange:
+    from indexer.exchanges.stopncii import StopNCIIExchange
+
+    return StopNCIIExchange(config, credentials)
+
+
+def _tat(config: dict[str, Any], credentials: Credentials | None) -> Exchange:
+    from indexer.exchanges.tat import TATExchange
+
+    return TATExchange(config, credentials)
+
+
 # exchange type -> what builds its client from a binding's config and credentials reference
-EXCHANGES: dict[str, Factory] = {"file": _file_list, "url": _file_list, "ncmec": _ncmec}
-EXCHANGES["fb_threatexchange"] = _fb_threatexchange
+EXCHANGES: dict[str, Factory] = {
+    "file": _file_list, "url": _file_list, "ncmec": _ncmec,
+    "fb_threatexchange": _fb_threatexchange, "stopncii": _stopncii, "tat": _tat,
+}
 
 
 def open_exchange(binding: ExchangeBinding) -> Exchange:
