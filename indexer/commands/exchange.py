@@ -46,8 +46,8 @@ def register(subcommands: Any) -> None:
     bind.add_argument("--source", metavar="PATH_OR_URL", help="file/url: the hash list")
     bind.add_argument("--environment", help="ncmec: which NCMEC API (default Industry)")
     bind.add_argument("--base-url", metavar="URL",
-                      help="ncmec, stopncii, tat, fb_threatexchange: another address for that API (a "
-                           "stand-in for tests)")
+                      help="ncmec, stopncii, tat, fb_threatexchange: another address for "
+                           "that API (a stand-in for tests)")
     bind.add_argument("--privacy-group", type=int, metavar="ID",
                       help="fb_threatexchange: the ThreatExchange privacy group's id")
     bind.add_argument("--s3-endpoint-url", metavar="URL",
