@@ -223,3 +223,27 @@ def test_cli_binds_and_syncs_tat_without_showing_the_password(
         assert PASSWORD not in output.stdout + output.stderr
         assert "Traceback" not in output.stderr
     assert PASSWORD.encode() not in home.store_path.read_bytes()
+
+
+def test_a_long_retry_after_is_waited_out_for_at_most_a_minute_by_both_clients() -> None:
+    """urllib3 would honour a Retry-After of 6 hours, holding the sync's writer lock (and so
+    every publish) that long; both web clients' sessions cap the wait."""
+    from threatexchange.exchanges.clients.stopncii import api as stopncii_api
+    from threatexchange.exchanges.clients.techagainstterrorism import api as tat_api
+    from urllib3 import HTTPResponse
+
+    from indexer.exchanges.stopncii import _page_keeping_client
+    from indexer.exchanges.tat import _quiet_client
+    from indexer.exchanges.web_api import MAX_RETRY_AFTER_S
+
+    throttled = HTTPResponse(status=429, headers={"Retry-After": str(6 * 3600)})
+    stopncii = _page_keeping_client(stopncii_api)("subscription", "fetch")
+    sessions = [stopncii._get_session(stopncii_api.StopNCIIEndpoint.FetchHashes)]
+    with _quiet_client(tat_api)("user", "password")._get_session() as tat_session:
+        sessions.append(tat_session)
+        for session in sessions:
+            retries = [a.max_retries for a in session.adapters.values()
+                       if a.max_retries.status_forcelist]
+            assert retries, "the client's own retry policy is kept"
+            assert {r.get_retry_after(throttled) for r in retries} == {MAX_RETRY_AFTER_S}
+            assert {r.total for r in retries} == {4}

@@ -25,6 +25,7 @@ from hashsvc.errors import HashsvcError
 from hashsvc.hashing.algorithms import get_algorithm
 from hashsvc.store.exchange_model import Credentials, ExchangePage, UpstreamEntry
 from indexer.exchanges.web_api import (
+    cap_retry_after,
     check_config,
     checked_base_url,
     fetch_failed,
@@ -153,7 +154,8 @@ class StopNCIIExchange:
 
 def _page_keeping_client(api: Any) -> Any:
     """StopNCIIAPI keeping each FetchHashes page as served. Why: the client skips a record it
-    cannot parse (logging it), which would apply the rest of the page; we refuse it whole."""
+    cannot parse (logging it), which would apply the rest of the page; we refuse it whole.
+    Its sessions wait out at most MAX_RETRY_AFTER_S of a Retry-After (web_api)."""
 
     class PageKeepingAPI(api.StopNCIIAPI):  # type: ignore[misc]
         last_page: Any = None
@@ -161,6 +163,9 @@ def _page_keeping_client(api: Any) -> Any:
         def _get(self, endpoint: Any, **params: Any) -> Any:
             self.last_page = super()._get(endpoint, **params)
             return self.last_page
+
+        def _get_session(self, endpoint: Any) -> Any:
+            return cap_retry_after(super()._get_session(endpoint))
 
     return PageKeepingAPI
 

@@ -16,13 +16,21 @@ has no feedback API: this exchange takes no opinions back.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from hashsvc.errors import HashsvcError
 from hashsvc.hashing.algorithms import get_algorithm
 from hashsvc.store.exchange_model import Credentials, ExchangePage, UpstreamEntry
-from indexer.exchanges.web_api import check_config, checked_base_url, fetch_failed, upstream_tags
+from indexer.exchanges.web_api import (
+    cap_retry_after,
+    check_config,
+    checked_base_url,
+    fetch_failed,
+    upstream_tags,
+)
 
 if TYPE_CHECKING:
     from threatexchange.exchanges.clients.techagainstterrorism import api as tat_api
@@ -94,9 +102,15 @@ class TATExchange:
 
 def _quiet_client(api: Any) -> Any:
     """TATHashListAPI signing in without its log line. Why: the client logs the username at
-    INFO on the root logger before every page, and a server's logs must hold no credential."""
+    INFO on the root logger before every page, and a server's logs must hold no credential.
+    Its sessions wait out at most MAX_RETRY_AFTER_S of a Retry-After (web_api)."""
 
     class QuietAPI(api.TATHashListAPI):  # type: ignore[misc]
+        @contextlib.contextmanager
+        def _get_session(self, auth_token: str | None = None) -> Iterator[Any]:
+            with super()._get_session(auth_token) as session:
+                yield cap_retry_after(session)
+
         def get_auth_token(self, username: str, password: str) -> str | None:
             answer = self._post(api.TATEndpoint.authenticate, data={
                 "username": username, "password": password, "resend": False})

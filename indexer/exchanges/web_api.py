@@ -14,6 +14,8 @@ import urllib.parse
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from urllib3.util.retry import Retry
+
 from hashsvc.errors import HashsvcError
 from hashsvc.limits import LIMITS
 
@@ -66,3 +68,28 @@ def fetch_failed(exchange: str, err: BaseException) -> HashsvcError:
     never the keys (those travel in headers and form bodies)."""
     return HashsvcError(f"{exchange} exchange: fetch failed ({first_line(err)}); nothing "
                         "applied, the next sync resumes")
+
+
+# The longest Retry-After a sync waits out. urllib3 honours up to 6 hours a wait, and a sync
+# holds the single-writer lock (which publishing needs) all the while: a confused or hostile
+# server must not stop publishing for hours. Past this, the retry comes sooner and, if still
+# refused, the sync fails and resumes from its checkpoint next time.
+MAX_RETRY_AFTER_S = 60.0
+
+
+class _CappedRetry(Retry):
+    def get_retry_after(self, response: Any) -> float | None:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, MAX_RETRY_AFTER_S)
+
+
+def cap_retry_after(session: Any) -> Any:
+    """`session` (a requests.Session a client made) with every adapter's retries waiting at
+    most MAX_RETRY_AFTER_S for a Retry-After. The clients build their Retry inside their
+    session factories, so the policy is changed on the object they made: its class becomes
+    the capped one (same fields, one method different), nothing else of theirs changes."""
+    for adapter in session.adapters.values():
+        retry = getattr(adapter, "max_retries", None)
+        if isinstance(retry, Retry) and not isinstance(retry, _CappedRetry):
+            retry.__class__ = _CappedRetry
+    return session
