@@ -23,7 +23,7 @@ from hashsvc.errors import HashsvcError, NotFoundError
 from hashsvc.home import DataHome
 from hashsvc.keys import add_key
 from hashsvc.snapshot import publish
-from hashsvc.store import Entry, EntryQuery, NewEntry, Store, open_store
+from hashsvc.store import Entry, EntryQuery, EntrySelector, NewEntry, Store, open_store
 from hashsvc.store.feedback_model import NewFeedback
 from tests.conftest import run_indexer
 from tests.postgres_server import PostgresServer
@@ -65,6 +65,23 @@ def test_a_false_positive_disables_once_and_keeps_the_first_reason(any_store: St
     assert (verdicts[2].scanned_hash, verdicts[2].upload_id) == ("pdq:" + BRIDGE.hex(), "u-9")
     any_store.record_feedback(entry.id, NewFeedback("confirmed", "", "T-4", "dan"))
     assert any_store.revision() == revision  # a confirmation changes no entry
+
+
+def test_a_second_disable_keeps_the_first_reason(any_store: Store) -> None:
+    """Whichever way an entry is disabled again (SetEntriesDisabled, `indexer disable`, a false
+    positive), the first reason stays; enabling clears it, so the next disable sets its own."""
+    any_store.create_bank("b")
+    any_store.add_entries("b", [NewEntry("pdq", BRIDGE, "x-1")])
+    (entry,) = _entries(any_store, "b")
+    by_id = EntrySelector(ids=[entry.id])
+    assert any_store.set_disabled("b", by_id, True, "first") == 1
+    assert any_store.set_disabled("b", by_id, True, "second") == 1
+    assert any_store.get_entry(entry.id).disabled_reason == "first"
+    assert not any_store.record_feedback(entry.id, _fp("third")).disabled_now
+    assert any_store.get_entry(entry.id).disabled_reason == "first"
+    any_store.set_disabled("b", by_id, False)
+    any_store.set_disabled("b", by_id, True, "fourth")
+    assert any_store.get_entry(entry.id).disabled_reason == "fourth"
 
 
 def test_bad_feedback_records_nothing(any_store: Store) -> None:
