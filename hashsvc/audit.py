@@ -72,6 +72,12 @@ class AuditLog:
             "suppressed_by_allowlist": _matches(result.suppressed),
         })
 
+    def event(self, event: str, *, caller: str, **fields: Any) -> None:
+        """An investigator-relevant admin act (an analyst's verdict on a match): the same
+        line format as a scan's record, ids and hashes only."""
+        self.write({"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                    "event": event, "caller": caller, **fields})
+
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:

@@ -170,3 +170,11 @@ EXCHANGE_ENTRIES = Gauge(
     ["bank", "exchange", "change"], multiprocess_mode="livemax",
 )
 
+# Analysts' verdicts (ReportMatchFeedback). Counted by the server that took the call; verdicts
+# given with `indexer entries feedback` are in the store and the audit log, not here.
+MATCH_FEEDBACK = Counter(
+    "hashsvc_match_feedback_total",
+    "Analysts' verdicts on matches through ReportMatchFeedback, by bank and verdict "
+    "(confirmed, false_positive)",
+    ["bank", "verdict"],
+)

@@ -107,8 +107,8 @@ def test_pages_resume_after_a_truncated_page_and_apply_deletions(
     with pytest.raises(HashsvcError, match=r"fetch failed \(ParseError.*next sync resumes"):
         sync_bank(any_store, "ncmec")
     assert len(_StandIn.paths) == 3  # page 1, page 2 rate-limited, page 2 truncated
-    assert _entries(any_store) == {"e1:MD5": (MD5_1, ["A1"]), "e1:PDQ": (PDQ_1, ["A1"]),
-                                   "e2:MD5": (MD5_2, ["A2"])}
+    assert _entries(any_store) == {"42-e1:MD5": (MD5_1, ["A1"]), "42-e1:PDQ": (PDQ_1, ["A1"]),
+                                   "42-e2:MD5": (MD5_2, ["A2"])}
     checkpoint = json.loads(any_store.exchange_bindings("ncmec")[0].checkpoint or "{}")
     assert checkpoint["next"].endswith("start=2&size=2&max=3")
 
@@ -116,7 +116,7 @@ def test_pages_resume_after_a_truncated_page_and_apply_deletions(
     # the resumed page is the one NCMEC named, from and to included (#1744 in the client)
     assert _StandIn.paths[-1] == "/hashsharing" + checkpoint["next"]
     assert (resumed.pages, resumed.totals.deleted, resumed.totals.updated) == (1, 2, 1)
-    assert _entries(any_store) == {"e1:MD5": (MD5_1, ["B1"])}  # its PDQ is gone with e2
+    assert _entries(any_store) == {"42-e1:MD5": (MD5_1, ["B1"])}  # its PDQ is gone with e2
     window = json.loads(any_store.exchange_bindings("ncmec")[0].checkpoint or "{}")
     assert window["next"] == "" and window["from"] == checkpoint["from"]
 

@@ -206,6 +206,7 @@ def test_alerts_and_dashboard_use_only_metrics_that_exist(server: ServerProcess)
     exported |= {"hashsvc_exchange_last_success_timestamp_seconds", "hashsvc_exchange_entries",
                  "hashsvc_exchange_sync_alert_after_seconds", "hashsvc_exchange_sync_failing",
                  "hashsvc_exchange_sync_errors"}
+    exported |= {"hashsvc_match_feedback_total"}  # per verdict given (test_feedback shows it)
     alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
     rules = [rule for group in alerts["groups"] for rule in group["rules"]]
     assert len(rules) >= 6 and all({"alert", "expr", "labels", "annotations"} <= set(r)

@@ -7,22 +7,25 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc
 
 from hashsvc.errors import HashsvcError, NotFoundError
 from hashsvc.limits import check_name, loggable, quote
+from hashsvc.metrics import MATCH_FEEDBACK
 from hashsvc.server import convert, scope
 from hashsvc.server.interceptors import caller
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.status import abort
 from hashsvc.snapshot import publish
-from hashsvc.store import EntrySelector, NewEntry, encode_page_token
+from hashsvc.store import Entry, EntrySelector, NewEntry, encode_page_token
 from hashsvc.store.exchange_model import Provenance
+from hashsvc.store.feedback_model import Feedback, NewFeedback
 
 log = logging.getLogger("hashsvc.admin")
+PerEntry = TypeVar("PerEntry", Provenance, Feedback)
 
 UPDATABLE = ("name", "description", "kind", "enabled", "tags", "thresholds", "strategies")
 
@@ -163,11 +166,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 if not query.banks:
                     return admin_pb2.ListEntriesResponse()
             page = self._store.list_entries(query)
-            origins = _by_entry(self._store.entries_provenance([e.id for e in page.entries]))
+            ids = [e.id for e in page.entries]
+            origins = _by_entry(self._store.entries_provenance(ids))
+            verdicts = _by_entry(self._store.entries_feedback(ids))
         except HashsvcError as err:
             abort(context, err)
         return admin_pb2.ListEntriesResponse(
-            entries=[convert.entry_to_proto(e, origins.get(e.id, ())) for e in page.entries],
+            entries=[convert.entry_to_proto(e, origins.get(e.id, ()), verdicts.get(e.id, ()))
+                     for e in page.entries],
             next_page_token=encode_page_token(page.next_after_id),
         )
 
@@ -179,9 +185,63 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             if not scope.visible(entry.bank):  # the very answer a missing entry gets
                 raise NotFoundError(f"no entry with id {request.id}")
             origins = self._store.entry_provenance(entry.id)
+            verdicts = self._store.entries_feedback([entry.id])
         except HashsvcError as err:
             abort(context, err)
-        return admin_pb2.GetEntryResponse(entry=convert.entry_to_proto(entry, origins))
+        return admin_pb2.GetEntryResponse(entry=convert.entry_to_proto(entry, origins, verdicts))
+
+    def ReportMatchFeedback(
+        self, request: admin_pb2.ReportMatchFeedbackRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ReportMatchFeedbackResponse:
+        """Recorded in the store first (the record of truth), then counted and audited: a
+        call that fails records nothing anywhere."""
+        try:
+            entry = self._feedback_entry(request)
+            scanned = (convert.hash_from_proto(request.scanned_hash, "scanned_hash")
+                       if request.HasField("scanned_hash") else None)
+            feedback = NewFeedback(
+                verdict=convert.verdict_from_proto(request.verdict), reason=request.reason,
+                case_id=request.case_id, given_by=caller.get(), upload_id=request.upload_id,
+                scanned_hash=f"{scanned.algorithm}:{scanned.hex}" if scanned else "",
+            ).checked()
+            result = self._store.record_feedback(entry.id, feedback)
+        except HashsvcError as err:
+            abort(context, err)
+        if result.disabled_now:
+            self._runtime.refresh_delta()  # out of this worker's scans before the call returns
+        MATCH_FEEDBACK.labels(bank=entry.bank, verdict=feedback.verdict).inc()
+        fields: dict[str, Any] = {
+            "bank": entry.bank, "entry_id": entry.id, "verdict": feedback.verdict,
+            "feedback_id": result.feedback_id, "case_id": loggable(feedback.case_id),
+            "reason": loggable(feedback.reason), "disabled_now": result.disabled_now,
+            "queued_upstream": result.queued, "scanned_hash": feedback.scanned_hash,
+            "upload_id": loggable(feedback.upload_id)}
+        self._runtime.audit.event("match_feedback", caller=feedback.given_by, **fields)
+        self._audit("report_match_feedback", **fields)
+        return admin_pb2.ReportMatchFeedbackResponse(
+            feedback_id=result.feedback_id, entry_id=entry.id,
+            disabled=result.disabled_reason is not None, disabled_now=result.disabled_now,
+            disabled_reason=result.disabled_reason or "", queued_upstream=result.queued)
+
+    def _feedback_entry(self, request: admin_pb2.ReportMatchFeedbackRequest) -> Entry:
+        """The entry a verdict is about, by id or by bank and hash; one the caller's key may
+        not see gets the very answer a missing one gets."""
+        if request.entry_id:
+            entry = self._store.get_entry(request.entry_id)
+            if not scope.visible(entry.bank) or (request.bank and request.bank != entry.bank):
+                raise NotFoundError(f"no entry with id {request.entry_id}"
+                                    + (f" in bank {quote(request.bank)}" if request.bank else ""))
+            return entry
+        if not request.bank or not request.HasField("hash"):
+            raise HashsvcError("name the entry: entry_id (a match's entry_id), or bank and hash")
+        bank = scope.require(check_name(request.bank))
+        value = convert.hash_from_proto(request.hash, "hash")
+        found = [e for e in self._store.find_entries(
+            bank, EntrySelector(hashes=[(value.algorithm, value.value)])) if not e.variant]
+        if not found:
+            raise NotFoundError(f"no entry with {value.algorithm} hash {value.hex} in bank "
+                                f"{quote(bank)}")
+        return found[0]
 
     def PublishSnapshot(
         self, request: admin_pb2.PublishSnapshotRequest, context: grpc.ServicerContext
@@ -259,8 +319,8 @@ def _merged_selector(requests: Iterator[Any]) -> EntrySelector:
     return EntrySelector(ids=ids, external_ids=external_ids, hashes=hashes)
 
 
-def _by_entry(provenance: list[Provenance]) -> dict[int, list[Provenance]]:
-    grouped: dict[int, list[Provenance]] = {}
-    for origin in provenance:
-        grouped.setdefault(origin.entry_id, []).append(origin)
+def _by_entry(records: list[PerEntry]) -> dict[int, list[PerEntry]]:
+    grouped: dict[int, list[PerEntry]] = {}
+    for record in records:
+        grouped.setdefault(record.entry_id, []).append(record)
     return grouped

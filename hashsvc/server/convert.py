@@ -17,6 +17,7 @@ from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.scanner import ComputedHash, ScanOptions, ScanResult, Timings
 from hashsvc.store import Bank, Entry, EntryQuery, EntrySelector, NewEntry, decode_page_token
 from hashsvc.store.exchange_model import Provenance
+from hashsvc.store.feedback_model import CONFIRMED, FALSE_POSITIVE, Feedback
 from hashsvc.store.listing import DEFAULT_PAGE_SIZE
 
 log = logging.getLogger("hashsvc.convert")
@@ -32,6 +33,10 @@ BANK_KIND_TO_PROTO: dict[str, types_pb2.BankKind.ValueType] = {
 }
 PROTO_TO_BANK_KIND: dict[types_pb2.BankKind.ValueType, str] = {
     value: name for name, value in BANK_KIND_TO_PROTO.items()
+}
+VERDICT_TO_PROTO: dict[str, admin_pb2.FeedbackVerdict.ValueType] = {
+    CONFIRMED: admin_pb2.FEEDBACK_VERDICT_CONFIRMED,
+    FALSE_POSITIVE: admin_pb2.FEEDBACK_VERDICT_FALSE_POSITIVE,
 }
 
 
@@ -260,10 +265,32 @@ def counts_to_proto(counts: dict[str, Any]) -> admin_pb2.SnapshotCounts:
     )
 
 
-def entry_to_proto(entry: Entry, provenance: Sequence[Provenance] = ()) -> admin_pb2.Entry:
-    """`entry` with the provenance an exchange-backed bank recorded for it (the caller reads
-    it from the store: a page's worth in one query)."""
+def verdict_from_proto(value: admin_pb2.FeedbackVerdict.ValueType) -> str:
+    for name, proto in VERDICT_TO_PROTO.items():
+        if proto == value:
+            return name
+    raise HashsvcError("verdict: unspecified or unknown (use FEEDBACK_VERDICT_CONFIRMED or "
+                       "FEEDBACK_VERDICT_FALSE_POSITIVE)")
+
+
+def feedback_to_proto(feedback: Feedback) -> admin_pb2.EntryFeedback:
+    message = admin_pb2.EntryFeedback(
+        id=feedback.id, verdict=VERDICT_TO_PROTO[feedback.verdict], reason=feedback.reason,
+        case_id=feedback.case_id, given_by=feedback.given_by, given_at=feedback.given_at,
+        upload_id=feedback.upload_id, upstream=feedback.upstream)
+    algorithm, _, hex_value = feedback.scanned_hash.partition(":")
+    if algorithm in ALGORITHM_TO_PROTO:  # stored as "algorithm:hex" (feedback_model)
+        message.scanned_hash.CopyFrom(types_pb2.Hash(algorithm=ALGORITHM_TO_PROTO[algorithm],
+                                                     hex=hex_value))
+    return message
+
+
+def entry_to_proto(entry: Entry, provenance: Sequence[Provenance] = (),
+                   feedback: Sequence[Feedback] = ()) -> admin_pb2.Entry:
+    """`entry` with the provenance an exchange-backed bank recorded for it and the verdicts
+    analysts gave on it (the caller reads both from the store: a page's worth in one query)."""
     return admin_pb2.Entry(
+        feedback=[feedback_to_proto(f) for f in feedback],
         provenance=[admin_pb2.EntryProvenance(
             exchange=p.exchange, upstream_id=p.upstream_id, tags=p.tags,
             first_seen=p.first_seen, last_seen=p.last_seen) for p in provenance],

@@ -24,6 +24,13 @@ from hashsvc.store.exchange_model import (
     Provenance,
     SyncHealth,
 )
+from hashsvc.store.feedback_model import (
+    Feedback,
+    FeedbackResult,
+    NewFeedback,
+    OutboxHealth,
+    OutboxItem,
+)
 from hashsvc.store.listing import EntryPage, EntryQuery
 from hashsvc.store.model import (
     AddResult,
@@ -147,6 +154,27 @@ class Store(Protocol):
         """The SyncHealth of `bank_name` (`NotFoundError` if it is not bound), or of every
         bound bank."""
         ...
+
+    def record_feedback(self, entry_id: int, feedback: NewFeedback) -> FeedbackResult:
+        """Record an analyst's verdict on an entry, in one transaction with its consequences:
+        a false positive disables the entry (an entry already disabled keeps its first reason:
+        the verdict is recorded beside it), and the verdict is queued for the entry's exchange
+        if its bank is bound to one. `NotFoundError` for an unknown entry."""
+        ...
+
+    def entries_feedback(self, entry_ids: Sequence[int]) -> list[Feedback]:
+        """Every verdict given on these entries, by entry then time."""
+        ...
+
+    def pending_feedback(self, bank_name: str) -> list[OutboxItem]:
+        """The bank's verdicts not yet sent to its exchange, oldest first."""
+        ...
+
+    def mark_feedback_sent(self, item: OutboxItem, error: str | None = None) -> None:
+        """Stamp a send of `item`: sent (never pending again), or failed with `error`."""
+        ...
+
+    def feedback_outbox_health(self, bank_name: str) -> OutboxHealth: ...
 
     def writer_lock(self, name: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
         """Hold the single-writer lock `name` (e.g. "publish") across every process using this

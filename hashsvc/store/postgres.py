@@ -51,7 +51,7 @@ from hashsvc.store.postgres_retry import (
     with_retries,
 )
 from hashsvc.store.postgres_schema import migrate
-from hashsvc.store.selectors import _selector_sql
+from hashsvc.store.selectors import _selector_sql, reason_sql
 from hashsvc.store.sql_base import Dialect, SqlStoreBase, T
 
 CONNECT_TIMEOUT = 10  # seconds: an unreachable server fails a command, it does not hang it
@@ -277,8 +277,8 @@ class PostgresStore(SqlStoreBase):
 
         def update(conn: psycopg.Connection[Any], revision: int) -> int:
             return sum(conn.execute(
-                f"UPDATE entries SET disabled = %s, disabled_reason = %s, changed_rev = %s"
-                f" {where}".encode(),
+                f"UPDATE entries SET disabled = %s, disabled_reason = {reason_sql(disabled, '%s')},"
+                f" changed_rev = %s {where}".encode(),
                 (disabled, reason if disabled else None, revision, *args)).rowcount
                 for where, args in clauses)
 

@@ -42,3 +42,14 @@ def _selector_clauses(
         pairs = selector.hashes[start : start + _CHUNK]
         clause = " OR ".join(f"({alias}algorithm = ? AND {alias}hash = ?)" for _ in pairs)
         yield f"{prefix}({clause})", (bank_id, *(v for pair in pairs for v in pair))
+
+
+def reason_sql(disabled: bool, mark: str = "?") -> str:
+    """What `set_disabled` sets `disabled_reason` to, with one `mark` for the new reason.
+
+    Disabling an entry that is already disabled with a reason keeps that first reason (a
+    confirmed false positive's case, say) rather than overwrite it; enabling clears it."""
+    if not disabled:
+        return mark
+    return (f"CASE WHEN disabled AND disabled_reason IS NOT NULL THEN disabled_reason"
+            f" ELSE {mark} END")

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
 from hashsvc.limits import check_tags, quote
 from hashsvc.matching.strategies import MatchStrategies
-from hashsvc.store import exchange_sql
+from hashsvc.store import exchange_sql, feedback_sql
 from hashsvc.store.exchange_model import (
     Credentials,
     ExchangeBinding,
@@ -26,6 +26,14 @@ from hashsvc.store.exchange_model import (
     PageResult,
     Provenance,
     SyncHealth,
+)
+from hashsvc.store.feedback_model import (
+    FALSE_POSITIVE,
+    Feedback,
+    FeedbackResult,
+    NewFeedback,
+    OutboxHealth,
+    OutboxItem,
 )
 from hashsvc.store.listing import EntryPage, EntryQuery, page_of, query_sql
 from hashsvc.store.model import (
@@ -272,6 +280,37 @@ class SqlStoreBase:
 
     def exchange_health(self, bank_name: str | None = None) -> list[SyncHealth]:
         return exchange_sql.health(self._read_runner(), bank_name)
+
+    # ---- match feedback (feedback_sql.py) ------------------------------------------------------
+
+    def record_feedback(self, entry_id: int, feedback: NewFeedback) -> FeedbackResult:
+        """A false positive disables its entry, so it is a revision-bumping write (servers
+        drop the entry through their delta); a confirmation changes no entry, so it is not."""
+        feedback.checked()
+        flag = self.dialect.flag(True)
+
+        def body(conn: Any, revision: int | None) -> dict[str, Any]:
+            return asdict(feedback_sql.record(self._runner(conn), entry_id, feedback, revision,
+                                              flag))
+
+        if feedback.verdict == FALSE_POSITIVE:
+            def disabling(conn: Any) -> dict[str, Any]:
+                revision = int(conn.execute(f"SELECT {self.dialect.revision_sql}").fetchone()[0])
+                return body(conn, revision)
+            return FeedbackResult(**self._in_write(disabling))
+        return FeedbackResult(**self._in_side_write(lambda conn: body(conn, None)))
+
+    def entries_feedback(self, entry_ids: Sequence[int]) -> list[Feedback]:
+        return feedback_sql.of_entries(self._read_runner(), entry_ids)
+
+    def pending_feedback(self, bank_name: str) -> list[OutboxItem]:
+        return feedback_sql.pending(self._read_runner(), self.get_bank(bank_name).id)
+
+    def mark_feedback_sent(self, item: OutboxItem, error: str | None = None) -> None:
+        self._in_side_write(lambda conn: feedback_sql.mark(self._runner(conn), item, error))
+
+    def feedback_outbox_health(self, bank_name: str) -> OutboxHealth:
+        return feedback_sql.health(self._read_runner(), self.get_bank(bank_name).id)
 
 
 class Replayable(Generic[T]):

@@ -25,7 +25,7 @@ from hashsvc.store.model import (
     StoreChanges,
     StoreStats,
 )
-from hashsvc.store.selectors import _selector_sql
+from hashsvc.store.selectors import _selector_sql, reason_sql
 from hashsvc.store.sql_base import Dialect, SqlStoreBase, T
 from hashsvc.store.sqlite_bulk import REVISION_SQL, SqliteBulkAdder
 from hashsvc.store.sqlite_schema import check_version, migrate
@@ -195,7 +195,7 @@ class SqliteStore(SqlStoreBase):
         with self._write() as db:
             for where, args in _selector_sql(bank.id, selector, alias=""):
                 changed += db.execute(
-                    f"UPDATE entries SET disabled = ?, disabled_reason = ?,"
+                    f"UPDATE entries SET disabled = ?, disabled_reason = {reason_sql(disabled)},"
                     f" changed_rev = {REVISION_SQL} {where}",
                     (int(disabled), reason if disabled else None, *args),
                 ).rowcount

@@ -21,6 +21,7 @@ from hashsvc.errors import HashsvcError
 from hashsvc.hashing.algorithms import get_algorithm, parse_hash
 from hashsvc.limits import LIMITS
 from hashsvc.store import Entry, EntryQuery, Store, decode_page_token, encode_page_token
+from indexer.commands import entries_feedback
 from indexer.commands.common import add_command, emit, open_store, say
 
 EXPORT_COLUMNS = ("algorithm", "hash", "external_id", "metadata")
@@ -53,6 +54,7 @@ def register(subcommands: Any) -> None:
     export.add_argument("-o", "--output", type=Path, metavar="FILE",
                         help="write here (default: stdout)")
     _state_filter(export)
+    entries_feedback.register(verbs)
 
 
 def _filters(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +131,12 @@ def _show(args: argparse.Namespace) -> int:
             {"exchange": p.exchange, "upstream_id": p.upstream_id, "tags": list(p.tags),
              "first_seen": _when(p.first_seen), "last_seen": _when(p.last_seen)}
             for p in store.entry_provenance(entry.id)]
+        record["feedback"] = [  # analysts' verdicts (entries_feedback.py), oldest first
+            {"id": f.id, "verdict": f.verdict, "reason": f.reason, "case_id": f.case_id,
+             "given_by": f.given_by, "given_at": _when(f.given_at),
+             "scanned_hash": f.scanned_hash or None, "upload_id": f.upload_id or None,
+             "upstream": f.upstream or None}
+            for f in store.entries_feedback([entry.id])]
     sys.stdout.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return 0
 

@@ -80,7 +80,8 @@ def register(subcommands: Any) -> None:
         verbs, "status", "Show bound banks, their exchange, checkpoint and how their syncs "
         "went: last success, last error, counts since binding, and `stale` when no sync has "
         "succeeded for longer than the bank's --alert-after (the condition the "
-        "HashsvcExchangeSyncStale alert watches).", "indexer exchange status", _status)
+        "HashsvcExchangeSyncStale alert watches); and its feedback outbox: verdicts pending, "
+        "sent, failed send attempts and the last error.", "indexer exchange status", _status)
     status.add_argument("bank", nargs="?")
 
 
@@ -162,7 +163,11 @@ def _sync_one(store: Store, bank: str) -> None:
         "unchanged; " + (when_served(store.get_bank(bank)) if result.pages else "nothing new"))
     emit({"bank": bank, "exchange": result.exchange, "pages": result.pages,
           "added": totals.added, "updated": totals.updated, "deleted": totals.deleted,
-          "unchanged": totals.unchanged})
+          "unchanged": totals.unchanged, "feedback_sent": result.feedback_sent,
+          "feedback_failed": result.feedback_failed})
+    if result.feedback_failed:
+        say(f"{bank}: {result.feedback_failed} verdict(s) not sent to {result.exchange}, kept "
+            "for the next sync (`indexer exchange status` shows the error)")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -175,7 +180,11 @@ def _status(args: argparse.Namespace) -> int:
                 say(f"{bank.bank}: no successful sync for {_hours(bank.without_success(now))}"
                     f" (alert after {_hours(bank.alert_after)})"
                     + (f"; last error: {bank.last_error}" if bank.last_error else ""))
-            emit(_record(binding) | _health_record(bank, now))
+            outbox = store.feedback_outbox_health(binding.bank)
+            emit(_record(binding) | _health_record(bank, now) | {"feedback": {
+                "pending": outbox.pending, "sent": outbox.sent,
+                "failed_attempts": outbox.failed_attempts, "last_error": outbox.last_error,
+                "last_error_at": _when(outbox.last_error_at)}})
     return 0
 
 

@@ -25,6 +25,18 @@ class Exchange(Protocol):
         ...
 
 
+class FeedbackTaker(Protocol):
+    """An exchange that takes opinions on its hashes (NCMEC's upvotes and downvotes,
+    StopNCII's feedback, ThreatExchange's reactions). The feedback outbox (`sync.py`) calls it
+    once per verdict and upstream id, and never again once it has returned."""
+
+    def send_feedback(self, upstream_id: str, verdict: str, reason: str) -> None:
+        """Send `verdict` ("confirmed" or "false_positive", with the analyst's `reason`) on
+        the hash the exchange lists as `upstream_id`. Raise a `HashsvcError` naming what
+        failed (never a credential): the verdict stays queued and the next sync retries."""
+        ...
+
+
 Factory = Callable[[dict[str, Any], Credentials | None], Exchange]
 
 

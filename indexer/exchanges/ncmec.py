@@ -9,9 +9,15 @@ killed mid-window resumes at the next page of the same window (as the client's o
 read [to, now]. Upserts are idempotent, so the windows' shared second costs nothing.
 
 An NCMEC entry carries several fingerprints; each one we match on (image MD5 and PDQ) is an
-entry of ours with upstream id `ENTRY_ID:TYPE`, external id the NCMEC entry id, and the
-entry's classification as its tag. A deleted entry (`<deletedImage>`), or a fingerprint an
-update no longer has, deletes ours.
+entry of ours with upstream id `MEMBER-ENTRY_ID:TYPE` (NCMEC's entry ids are per member, the
+ESP that listed it, and its feedback API addresses an entry by both), external id the NCMEC
+entry id, and the entry's classification as its tag. A deleted entry (`<deletedImage>`), or a
+fingerprint an update no longer has, deletes ours.
+
+Feedback (`send_feedback`): a confirmed match is an upvote, a false positive a downvote. NCMEC
+takes a downvote only with one of its own reasons (by GUID, listed per fingerprint type), not
+free text: the analyst's reason is used if it names one of them (or is its GUID), else NCMEC's
+only reason if it has just one; otherwise the send fails naming the reasons, and stays queued.
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ class NCMECExchange:
                 continue
             tags = (_TAG_CHARS.sub("-", update.classification),) if update.classification else ()
             for kind, algorithm in FINGERPRINTS.items():
-                upstream_id = f"{update.id}:{kind.upper()}"
+                upstream_id = f"{update.member_id}-{update.id}:{kind.upper()}"
                 value = None if update.deleted else update.fingerprints.get(kind)
                 if value is None:
                     deletions.append(upstream_id)
@@ -105,6 +111,43 @@ class NCMECExchange:
         following = response.next or ""
         return ExchangePage(upserts, json.dumps({"from": start, "to": end, "next": following}),
                             more=bool(following), deletions=deletions)
+
+
+    def send_feedback(self, upstream_id: str, verdict: str, reason: str) -> None:
+        member, _, rest = upstream_id.partition("-")
+        entry_id, _, kind = rest.rpartition(":")
+        if not (member.isdigit() and entry_id and kind.lower() in FINGERPRINTS):
+            raise HashsvcError(f"ncmec exchange: upstream id {upstream_id[:80]!r} is not "
+                               "MEMBER-ENTRY:TYPE; sync the bank again to renew it")
+        fingerprint = self._hash_api.FingerprintType(kind.upper())
+        feedback = self._hash_api.FeedbackType
+        try:
+            api = self._api()
+            if verdict == "confirmed":
+                api.submit_feedback(int(member), entry_id, fingerprint, feedback.upvote)
+                return
+            api.submit_feedback(int(member), entry_id, fingerprint, feedback.downvote,
+                                self._reason_guid(api, fingerprint, reason))
+        except HashsvcError:
+            raise
+        except Exception as err:  # requests' errors, and the client's bare Exception
+            raise HashsvcError(f"ncmec exchange: feedback on {upstream_id} not sent "
+                               f"({_first_line(err)}); kept for the next sync") from None
+
+    @staticmethod
+    def _reason_guid(api: Any, fingerprint: Any, reason: str) -> str | None:
+        """NCMEC's reason GUID the analyst's reason names; None lets the client take the
+        only one there is (it fails, naming them, if there are several)."""
+        reasons: dict[str, str] = api.feedback_reasons(fingerprint)  # GUID -> name
+        wanted = reason.strip().casefold()
+        for guid, name in reasons.items():
+            if wanted in (guid.casefold(), name.strip().casefold()):
+                return guid
+        if len(reasons) == 1:
+            return None
+        raise HashsvcError(f"ncmec exchange: a downvote needs one of NCMEC's reasons for "
+                           f"{fingerprint.value}, and {reason[:80]!r} names none: "
+                           f"{', '.join(sorted(reasons.values()))}")
 
 
 def _checked_base_url(value: object) -> str:

@@ -17,7 +17,7 @@ from hashsvc.errors import HashsvcError
 from hashsvc.store import Store
 from hashsvc.store.base import redact
 from hashsvc.store.exchange_model import PageResult
-from indexer.exchanges import Exchange, open_exchange
+from indexer.exchanges import Exchange, FeedbackTaker, open_exchange
 
 LOCK_NAME = "sync"
 log = logging.getLogger("indexer.exchanges")
@@ -30,6 +30,8 @@ class SyncResult:
     pages: int = 0
     totals: PageResult = field(default_factory=PageResult)
     checkpoint: str | None = None
+    feedback_sent: int = 0
+    feedback_failed: int = 0
 
 
 def sync_bank(
@@ -45,6 +47,7 @@ def sync_bank(
         result = SyncResult(bank=bank, exchange=binding.exchange, checkpoint=binding.checkpoint)
         try:
             client = exchange if exchange is not None else open_exchange(binding)
+            push_feedback(store, client, result)
             while max_pages is None or result.pages < max_pages:
                 page = client.fetch(result.checkpoint)
                 if page.checkpoint == result.checkpoint and not page.more:
@@ -62,6 +65,30 @@ def sync_bank(
         # written by whatever ran the sync, read by every server (metrics and alerts)
         store.record_exchange_sync(bank, result.totals)
     return result
+
+
+def push_feedback(store: Store, client: Exchange, result: SyncResult) -> None:
+    """Send the bank's queued verdicts to its exchange, oldest first, each marked sent as soon
+    as the exchange took it (a sent verdict is never selected again). A failed send is
+    counted and kept with its error for `exchange status`, and retried by the next sync; it
+    does not fail the sync, whose entries are another matter. An exchange without
+    `send_feedback` (a hash list, TAT) leaves its verdicts queued, shown as pending."""
+    if not hasattr(client, "send_feedback"):
+        return
+    taker: FeedbackTaker = client  # type: ignore[assignment]  # checked just above
+    for item in store.pending_feedback(result.bank):
+        try:
+            taker.send_feedback(item.upstream_id, item.verdict, item.reason)
+        except Exception as err:
+            problem = (err.message if isinstance(err, HashsvcError)
+                       else f"{type(err).__name__}: {err}")
+            log.warning("%s: feedback %d on %s not sent: %s", result.bank, item.feedback_id,
+                        item.upstream_id, redact(problem))
+            store.mark_feedback_sent(item, redact(problem))
+            result.feedback_failed += 1
+            continue
+        store.mark_feedback_sent(item)
+        result.feedback_sent += 1
 
 
 def _record_failure(store: Store, result: SyncResult, err: Exception) -> None:

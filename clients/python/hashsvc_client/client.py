@@ -228,6 +228,21 @@ class Client:
         return self._call(self._admin.GetEntry, admin_pb2.GetEntryRequest(id=entry_id),
                           self.timeout).entry
 
+    def report_match_feedback(
+        self, verdict: str, *, entry_id: int = 0, bank: str = "", hash: HashLike | None = None,
+        reason: str = "", case_id: str = "", scanned_hash: HashLike | None = None,
+        upload_id: str = "",
+    ) -> admin_pb2.ReportMatchFeedbackResponse:
+        """An analyst's verdict, "confirmed" or "false_positive" (which needs a reason and
+        disables the entry), on the entry of a match: by `entry_id` (a match's), or `bank` and
+        `hash`. Never send the image: `scanned_hash` and `upload_id` are the most it takes."""
+        request = admin_pb2.ReportMatchFeedbackRequest(
+            entry_id=entry_id, bank=bank, reason=reason, case_id=case_id, upload_id=upload_id,
+            verdict=admin_pb2.FeedbackVerdict.Value(f"FEEDBACK_VERDICT_{verdict.upper()}"),
+            hash=_channel.to_hashes([hash])[0] if hash else None,
+            scanned_hash=_channel.to_hashes([scanned_hash])[0] if scanned_hash else None)
+        return self._call(self._admin.ReportMatchFeedback, request, self.admin_timeout)
+
     def publish(self, *, force: bool = False) -> admin_pb2.PublishSnapshotResponse:
         return self._call(self._admin.PublishSnapshot,
                           admin_pb2.PublishSnapshotRequest(force=force), self.admin_timeout)

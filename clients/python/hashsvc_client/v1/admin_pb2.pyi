@@ -16,6 +16,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from hashsvc_client.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -27,6 +28,27 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _FeedbackVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeedbackVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedbackVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEEDBACK_VERDICT_UNSPECIFIED: _FeedbackVerdict.ValueType  # 0
+    FEEDBACK_VERDICT_CONFIRMED: _FeedbackVerdict.ValueType  # 1
+    """the match was right"""
+    FEEDBACK_VERDICT_FALSE_POSITIVE: _FeedbackVerdict.ValueType  # 2
+    """the match was wrong: the entry is disabled"""
+
+class FeedbackVerdict(_FeedbackVerdict, metaclass=_FeedbackVerdictEnumTypeWrapper): ...
+
+FEEDBACK_VERDICT_UNSPECIFIED: FeedbackVerdict.ValueType  # 0
+FEEDBACK_VERDICT_CONFIRMED: FeedbackVerdict.ValueType  # 1
+"""the match was right"""
+FEEDBACK_VERDICT_FALSE_POSITIVE: FeedbackVerdict.ValueType  # 2
+"""the match was wrong: the entry is disabled"""
+Global___FeedbackVerdict: _TypeAlias = FeedbackVerdict  # noqa: Y015
 
 @_typing.final
 class CreateBankRequest(_message.Message):
@@ -409,6 +431,7 @@ class Entry(_message.Message):
     DISABLED_REASON_FIELD_NUMBER: _builtins.int
     VARIANT_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    FEEDBACK_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     bank: _builtins.str
     external_id: _builtins.str
@@ -428,7 +451,13 @@ class Entry(_message.Message):
     @_builtins.property
     def provenance(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntryProvenance]:
         """Where an exchange-backed bank got the entry: one per upstream id that lists its hash
-        (usually one; none for an entry imported or added by hand). 11-19 stay free.
+        (usually one; none for an entry imported or added by hand).
+        """
+
+    @_builtins.property
+    def feedback(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntryFeedback]:
+        """Analysts' verdicts on matches of this entry (ReportMatchFeedback), oldest first. 12-19
+        stay free.
         """
 
     def __init__(
@@ -444,14 +473,154 @@ class Entry(_message.Message):
         disabled_reason: _builtins.str = ...,
         variant: _builtins.str = ...,
         provenance: _abc.Iterable[Global___EntryProvenance] | None = ...,
+        feedback: _abc.Iterable[Global___EntryFeedback] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_at", b"added_at", "bank", b"bank", "disabled", b"disabled", "disabled_reason", b"disabled_reason", "external_id", b"external_id", "hash", b"hash", "id", b"id", "metadata", b"metadata", "provenance", b"provenance", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_at", b"added_at", "bank", b"bank", "disabled", b"disabled", "disabled_reason", b"disabled_reason", "external_id", b"external_id", "feedback", b"feedback", "hash", b"hash", "id", b"id", "metadata", b"metadata", "provenance", b"provenance", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Entry: _TypeAlias = Entry  # noqa: Y015
+
+@_typing.final
+class EntryFeedback(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    GIVEN_BY_FIELD_NUMBER: _builtins.int
+    GIVEN_AT_FIELD_NUMBER: _builtins.int
+    SCANNED_HASH_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    UPSTREAM_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    verdict: Global___FeedbackVerdict.ValueType
+    reason: _builtins.str
+    case_id: _builtins.str
+    given_by: _builtins.str
+    """the API key's name (or `indexer:<user>` from the CLI)"""
+    given_at: _builtins.float
+    """Unix seconds"""
+    upload_id: _builtins.str
+    """the platform's id for the upload, if given"""
+    upstream: _builtins.str
+    """"" (no exchange), "pending" or "sent" to the exchange"""
+    @_builtins.property
+    def scanned_hash(self) -> _types_pb2.Hash:
+        """the upload's hash, if given"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        verdict: Global___FeedbackVerdict.ValueType = ...,
+        reason: _builtins.str = ...,
+        case_id: _builtins.str = ...,
+        given_by: _builtins.str = ...,
+        given_at: _builtins.float = ...,
+        scanned_hash: _types_pb2.Hash | None = ...,
+        upload_id: _builtins.str = ...,
+        upstream: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scanned_hash", b"scanned_hash"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "given_at", b"given_at", "given_by", b"given_by", "id", b"id", "reason", b"reason", "scanned_hash", b"scanned_hash", "upload_id", b"upload_id", "upstream", b"upstream", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntryFeedback: _TypeAlias = EntryFeedback  # noqa: Y015
+
+@_typing.final
+class ReportMatchFeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    SCANNED_HASH_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.int
+    """the matched entry (Match.entry_id); or bank and hash:"""
+    bank: _builtins.str
+    verdict: Global___FeedbackVerdict.ValueType
+    """required"""
+    reason: _builtins.str
+    """required for FEEDBACK_VERDICT_FALSE_POSITIVE"""
+    case_id: _builtins.str
+    """the platform's case or ticket"""
+    upload_id: _builtins.str
+    """the platform's id for the upload, if it has one"""
+    @_builtins.property
+    def hash(self) -> _types_pb2.Hash:
+        """the entry's hash (algorithm and hex or raw)"""
+
+    @_builtins.property
+    def scanned_hash(self) -> _types_pb2.Hash:
+        """the upload's computed hash, if kept; never the image"""
+
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.int = ...,
+        bank: _builtins.str = ...,
+        hash: _types_pb2.Hash | None = ...,
+        verdict: Global___FeedbackVerdict.ValueType = ...,
+        reason: _builtins.str = ...,
+        case_id: _builtins.str = ...,
+        scanned_hash: _types_pb2.Hash | None = ...,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "scanned_hash", b"scanned_hash"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "case_id", b"case_id", "entry_id", b"entry_id", "hash", b"hash", "reason", b"reason", "scanned_hash", b"scanned_hash", "upload_id", b"upload_id", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportMatchFeedbackRequest: _TypeAlias = ReportMatchFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class ReportMatchFeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEEDBACK_ID_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    DISABLED_FIELD_NUMBER: _builtins.int
+    DISABLED_NOW_FIELD_NUMBER: _builtins.int
+    DISABLED_REASON_FIELD_NUMBER: _builtins.int
+    QUEUED_UPSTREAM_FIELD_NUMBER: _builtins.int
+    feedback_id: _builtins.int
+    entry_id: _builtins.int
+    disabled: _builtins.bool
+    """the entry is disabled now"""
+    disabled_now: _builtins.bool
+    """this verdict disabled it (false: it was already)"""
+    disabled_reason: _builtins.str
+    """the reason the entry is disabled with (the first one)"""
+    queued_upstream: _builtins.int
+    """verdicts queued for the bank's exchange (0: no exchange)"""
+    def __init__(
+        self,
+        *,
+        feedback_id: _builtins.int = ...,
+        entry_id: _builtins.int = ...,
+        disabled: _builtins.bool = ...,
+        disabled_now: _builtins.bool = ...,
+        disabled_reason: _builtins.str = ...,
+        queued_upstream: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "disabled_now", b"disabled_now", "disabled_reason", b"disabled_reason", "entry_id", b"entry_id", "feedback_id", b"feedback_id", "queued_upstream", b"queued_upstream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportMatchFeedbackResponse: _TypeAlias = ReportMatchFeedbackResponse  # noqa: Y015
 
 @_typing.final
 class EntryProvenance(_message.Message):

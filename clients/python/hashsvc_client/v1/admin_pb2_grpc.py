@@ -89,6 +89,11 @@ class AdminServiceStub:
                 request_serializer=hashsvc_dot_v1_dot_admin__pb2.GetIndexStatusRequest.SerializeToString,
                 response_deserializer=hashsvc_dot_v1_dot_admin__pb2.GetIndexStatusResponse.FromString,
                 _registered_method=True)
+        self.ReportMatchFeedback = channel.unary_unary(
+                '/hashsvc.v1.AdminService/ReportMatchFeedback',
+                request_serializer=hashsvc_dot_v1_dot_admin__pb2.ReportMatchFeedbackRequest.SerializeToString,
+                response_deserializer=hashsvc_dot_v1_dot_admin__pb2.ReportMatchFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -166,6 +171,18 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportMatchFeedback(self, request, context):
+        """An analyst's verdict on a match: CONFIRMED, or FALSE_POSITIVE (which disables the entry,
+        live through the delta like SetEntriesDisabled; an entry already disabled keeps its first
+        reason and the verdict is recorded beside it). Recorded in the store with the key's name,
+        written to the audit log, and queued for the entry's exchange if its bank is bound to one
+        that takes feedback (sent by the bank's next sync). NOT_FOUND for an unknown entry (or one
+        in a bank the key may not see); INVALID_ARGUMENT for a false positive without a reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +240,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetIndexStatus,
                     request_deserializer=hashsvc_dot_v1_dot_admin__pb2.GetIndexStatusRequest.FromString,
                     response_serializer=hashsvc_dot_v1_dot_admin__pb2.GetIndexStatusResponse.SerializeToString,
+            ),
+            'ReportMatchFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportMatchFeedback,
+                    request_deserializer=hashsvc_dot_v1_dot_admin__pb2.ReportMatchFeedbackRequest.FromString,
+                    response_serializer=hashsvc_dot_v1_dot_admin__pb2.ReportMatchFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -522,6 +544,33 @@ class AdminService:
             '/hashsvc.v1.AdminService/GetIndexStatus',
             hashsvc_dot_v1_dot_admin__pb2.GetIndexStatusRequest.SerializeToString,
             hashsvc_dot_v1_dot_admin__pb2.GetIndexStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportMatchFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashsvc.v1.AdminService/ReportMatchFeedback',
+            hashsvc_dot_v1_dot_admin__pb2.ReportMatchFeedbackRequest.SerializeToString,
+            hashsvc_dot_v1_dot_admin__pb2.ReportMatchFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

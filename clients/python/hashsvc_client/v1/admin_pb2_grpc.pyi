@@ -56,6 +56,14 @@ class AdminServiceStub:
     PublishSnapshot: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PublishSnapshotRequest, _admin_pb2.PublishSnapshotResponse]
     """Build a snapshot from the store, make it current, and serve it. No-op if unchanged."""
     GetIndexStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetIndexStatusRequest, _admin_pb2.GetIndexStatusResponse]
+    ReportMatchFeedback: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReportMatchFeedbackRequest, _admin_pb2.ReportMatchFeedbackResponse]
+    """An analyst's verdict on a match: CONFIRMED, or FALSE_POSITIVE (which disables the entry,
+    live through the delta like SetEntriesDisabled; an entry already disabled keeps its first
+    reason and the verdict is recorded beside it). Recorded in the store with the key's name,
+    written to the audit log, and queued for the entry's exchange if its bank is bound to one
+    that takes feedback (sent by the bank's next sync). NOT_FOUND for an unknown entry (or one
+    in a bank the key may not see); INVALID_ARGUMENT for a false positive without a reason.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -78,6 +86,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     PublishSnapshot: _aio.UnaryUnaryMultiCallable[_admin_pb2.PublishSnapshotRequest, _admin_pb2.PublishSnapshotResponse]  # type: ignore[assignment]
     """Build a snapshot from the store, make it current, and serve it. No-op if unchanged."""
     GetIndexStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetIndexStatusRequest, _admin_pb2.GetIndexStatusResponse]  # type: ignore[assignment]
+    ReportMatchFeedback: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReportMatchFeedbackRequest, _admin_pb2.ReportMatchFeedbackResponse]  # type: ignore[assignment]
+    """An analyst's verdict on a match: CONFIRMED, or FALSE_POSITIVE (which disables the entry,
+    live through the delta like SetEntriesDisabled; an entry already disabled keeps its first
+    reason and the verdict is recorded beside it). Recorded in the store with the key's name,
+    written to the audit log, and queued for the entry's exchange if its bank is bound to one
+    that takes feedback (sent by the bank's next sync). NOT_FOUND for an unknown entry (or one
+    in a bank the key may not see); INVALID_ARGUMENT for a false positive without a reason.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -163,5 +179,19 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetIndexStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetIndexStatusResponse, _abc.Awaitable[_admin_pb2.GetIndexStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReportMatchFeedback(
+        self,
+        request: _admin_pb2.ReportMatchFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ReportMatchFeedbackResponse, _abc.Awaitable[_admin_pb2.ReportMatchFeedbackResponse]]:
+        """An analyst's verdict on a match: CONFIRMED, or FALSE_POSITIVE (which disables the entry,
+        live through the delta like SetEntriesDisabled; an entry already disabled keeps its first
+        reason and the verdict is recorded beside it). Recorded in the store with the key's name,
+        written to the audit log, and queued for the entry's exchange if its bank is bound to one
+        that takes feedback (sent by the bank's next sync). NOT_FOUND for an unknown entry (or one
+        in a bank the key may not see); INVALID_ARGUMENT for a false positive without a reason.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
