@@ -6,6 +6,7 @@ Agreement is Meta's bar for a PDQ port: within 10 bits of the reference for imag
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -18,9 +19,10 @@ from PIL import Image
 
 from hashsvc.errors import ImageError
 from hashsvc.hashing.algorithms import DIHEDRAL_TRANSFORMS, PDQ
+from hashsvc.hashing.decode_small_jpeg import luma_scans_only
 from hashsvc.hashing.fastpdq import EXACT, SCAN, decode_reduced, pdq_fast, pdq_hashes
-from hashsvc.hashing.imaging import DecodeLimits, Upload, decode
-from hashsvc.hashing.jpeg_layout import without_ac_scans
+from hashsvc.hashing.imaging import DecodeLimits, Upload, decode, open_checked
+from hashsvc.hashing.jpeg_layout import without_ac_scans, without_chroma_ac_scans
 from tests.conftest import (
     BRIDGE_ORIGINAL,
     IMAGES,
@@ -123,6 +125,44 @@ def test_a_large_progressive_jpeg_hashes_the_same_without_its_ac_scans() -> None
     assert pdq_fast(data) == pdq_fast(data, reduction=replace(SCAN, dc_only=False))
     assert without_ac_scans(data[: len(data) // 2]) is None  # truncated: the decoder says so
     assert without_ac_scans(BRIDGE_ORIGINAL.read_bytes()) is None  # baseline: nothing to cut
+
+
+def _y_plane(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("L", image.size)
+        return np.asarray(image)
+
+
+@pytest.mark.parametrize("subsampling", [0, 2], ids=["4:4:4", "4:2:0"])
+def test_a_small_progressive_jpeg_decodes_the_same_y_plane_without_its_chroma_ac_scans(
+        subsampling: int) -> None:
+    # An AC scan codes one component, so cutting Cb's and Cr's leaves every Y pixel as it was:
+    # the fast path's hash may not move at all, at full size or DCT-scaled.
+    with Image.open(BRIDGE_ORIGINAL) as photo:
+        rgb = photo.convert("RGB")
+    for size in ((300, 225), (800, 600)):
+        data = encode_image(rgb.resize(size), "JPEG", quality=85, progressive=True,
+                            subsampling=subsampling)
+        cut = without_chroma_ac_scans(data)
+        assert cut is not None and len(cut) < len(data)
+        assert np.array_equal(_y_plane(cut), _y_plane(data))
+        assert pdq_fast(data) == pdq_fast(data, reduction=replace(SCAN, luma_scans=False))
+    assert without_chroma_ac_scans(BRIDGE_ORIGINAL.read_bytes()) is None  # baseline
+    assert without_chroma_ac_scans(data[: len(data) // 2]) is None  # truncated
+
+
+def test_an_rgb_coded_progressive_jpeg_keeps_its_chroma_scans() -> None:
+    # With an Adobe segment saying "no transform" libjpeg reads the components as R, G, B and
+    # computes grey from all three: none of their scans may be cut.
+    with Image.open(BRIDGE_ORIGINAL) as photo:
+        data = encode_image(photo.convert("RGB").resize((300, 225)), "JPEG", quality=85,
+                            progressive=True)
+    adobe = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # APP14, transform 0
+    app0_end = 4 + int.from_bytes(data[4:6], "big")  # SOI, then Pillow's JFIF APP0 segment
+    rgb_coded = data[:2] + adobe + data[app0_end:]
+    opened = open_checked(rgb_coded, DecodeLimits(), "rgb.jpg")
+    assert opened.image.info.get("adobe_transform") == 0
+    assert luma_scans_only(opened, rgb_coded, "rgb.jpg") is opened
 
 
 _BRIDGE = BRIDGE_ORIGINAL.read_bytes()

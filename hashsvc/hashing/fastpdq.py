@@ -49,6 +49,7 @@ from hashsvc.hashing import _pdqfast
 from hashsvc.hashing.algorithms.base import HashValue
 from hashsvc.hashing.algorithms.pdq import Pdq
 from hashsvc.hashing.decode_budget import Lease
+from hashsvc.hashing.decode_small_jpeg import luma_scans_only
 from hashsvc.hashing.imaging import (
     DEFAULT_LIMITS,
     DecodeLimits,
@@ -79,6 +80,8 @@ class Reduction:
     again is decoded again at full size (`_scale_sensitive`: content that reaches PDQ only
     as aliasing, like a chessboard), if `DecodeLimits.max_full_decode_pixels` allows.
     `dc_only`: a progressive JPEG decoded at 1/8 scale is decoded without its later AC scans.
+    `luma_scans`: any other progressive YCbCr JPEG decoded as its Y plane is decoded without
+    its chroma AC scans (`decode_small_jpeg`: the same Y pixels, less entropy decoding).
     """
 
     jpeg_min_side: int | None = 192
@@ -88,6 +91,7 @@ class Reduction:
     byte_luma: bool = True
     alias_bits: int | None = 20
     dc_only: bool = True
+    luma_scans: bool = True
 
 
 SCAN = Reduction()  # the scan policy, chosen by measurement (module docstring)
@@ -173,6 +177,8 @@ def decode_reduced(
             with decoder_errors(name, opened.format):
                 opened = opened._replace(
                     image=Image.open(io.BytesIO(dc_only), formats=("JPEG",)))
+    elif side and reduction.jpeg_luma and reduction.luma_scans:
+        opened = luma_scans_only(opened, data, name)
     image, fmt = opened.image, opened.format
     width, height = image.size
     dct_scale = 1  # libjpeg decoded ⌈side / dct_scale⌉ pixels per side
