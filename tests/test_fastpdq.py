@@ -115,6 +115,19 @@ def test_a_chessboard_hashes_as_its_reference(square: int) -> None:
     assert decode_reduced(data).luma.shape == (3160, 4240)  # decoded again at full size
 
 
+def test_a_small_chessboard_drifting_at_half_scale_is_hashed_at_full_size() -> None:
+    # Under 1 MP the fast path decodes at 1/2 scale; this board's hash moves exactly 20 bits
+    # when halved again and hashed 28 bits from the reference at 1/2 scale (0 at full size),
+    # so the aliasing check's threshold must be below 20.
+    data = _chessboard_jpeg(640, 480, 11)
+    reference, quality = _reference(data)
+    assert quality >= 80
+    assert hamming(pdq_fast(data, reduction=replace(SCAN, alias_bits=None)).value,
+                   reference) > 16  # the drift this test exists for
+    assert hamming(pdq_fast(data).value, reference) <= 10
+    assert decode_reduced(data).luma.shape == (480, 640)  # decoded again at full size
+
+
 def test_a_large_progressive_jpeg_hashes_the_same_without_its_ac_scans() -> None:
     # Decoded at 1/8 scale a block is its DC coefficient, so cutting the AC scans (most of a
     # progressive decode's work) must leave the hash exactly as it was.

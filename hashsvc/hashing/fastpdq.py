@@ -89,7 +89,7 @@ class Reduction:
     resample: Image.Resampling = Image.Resampling.BOX
     jpeg_luma: bool = True
     byte_luma: bool = True
-    alias_bits: int | None = 20
+    alias_bits: int | None = 16
     dc_only: bool = True
     luma_scans: bool = True
 
@@ -256,7 +256,10 @@ def _scale_sensitive(reduced: Reduced, bits: int) -> bool:
     reshapes: a 13.4 MP chessboard of 25 px squares hashed 26 bits from the reference at 1/8
     scale, one of 45 px 40 bits. Halving the decode once more (a 2×2 mean, then PDQ again:
     ~0.1 ms) exposes that sensitivity: over 60 corpus photos, screenshots and phone JPEGs it
-    moved their hashes 2–14 bits; those two chessboards, 62 and 28.
+    moved their hashes 2–14 bits; those two chessboards, 62 and 28. At 20 bits a 640×480
+    chessboard of 11 px squares (moved exactly 20) hashed 28 bits off at 1/2 scale, 0 at full
+    size; 16 catches it, and over the 140 DCT-scaled JPEGs of the seed-1 300-file corpus
+    (upload_corpus.py) falls back on 3 instead of 2 (moves 32, 24, 18; next 16, 14).
     """
     (row_num, row_den), (col_num, col_den) = reduced.ratios
     halved = np.asarray(Image.fromarray(np.ascontiguousarray(reduced.luma)).reduce(2))
