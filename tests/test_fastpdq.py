@@ -6,6 +6,7 @@ Agreement is Meta's bar for a PDQ port: within 10 bits of the reference for imag
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -18,9 +19,10 @@ from PIL import Image
 
 from hashsvc.errors import ImageError
 from hashsvc.hashing.algorithms import DIHEDRAL_TRANSFORMS, PDQ
+from hashsvc.hashing.decode_small_jpeg import luma_scans_only
 from hashsvc.hashing.fastpdq import EXACT, SCAN, decode_reduced, pdq_fast, pdq_hashes
-from hashsvc.hashing.imaging import DecodeLimits, Upload, decode
-from hashsvc.hashing.jpeg_layout import without_ac_scans
+from hashsvc.hashing.imaging import DecodeLimits, Upload, decode, open_checked
+from hashsvc.hashing.jpeg_layout import without_ac_scans, without_chroma_ac_scans
 from tests.conftest import (
     BRIDGE_ORIGINAL,
     IMAGES,
@@ -113,6 +115,19 @@ def test_a_chessboard_hashes_as_its_reference(square: int) -> None:
     assert decode_reduced(data).luma.shape == (3160, 4240)  # decoded again at full size
 
 
+def test_a_small_chessboard_drifting_at_half_scale_is_hashed_at_full_size() -> None:
+    # Under 1 MP the fast path decodes at 1/2 scale; this board's hash moves exactly 20 bits
+    # when halved again and hashed 28 bits from the reference at 1/2 scale (0 at full size),
+    # so the aliasing check's threshold must be below 20.
+    data = _chessboard_jpeg(640, 480, 11)
+    reference, quality = _reference(data)
+    assert quality >= 80
+    assert hamming(pdq_fast(data, reduction=replace(SCAN, alias_bits=None)).value,
+                   reference) > 16  # the drift this test exists for
+    assert hamming(pdq_fast(data).value, reference) <= 10
+    assert decode_reduced(data).luma.shape == (480, 640)  # decoded again at full size
+
+
 def test_a_large_progressive_jpeg_hashes_the_same_without_its_ac_scans() -> None:
     # Decoded at 1/8 scale a block is its DC coefficient, so cutting the AC scans (most of a
     # progressive decode's work) must leave the hash exactly as it was.
@@ -123,6 +138,44 @@ def test_a_large_progressive_jpeg_hashes_the_same_without_its_ac_scans() -> None
     assert pdq_fast(data) == pdq_fast(data, reduction=replace(SCAN, dc_only=False))
     assert without_ac_scans(data[: len(data) // 2]) is None  # truncated: the decoder says so
     assert without_ac_scans(BRIDGE_ORIGINAL.read_bytes()) is None  # baseline: nothing to cut
+
+
+def _y_plane(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("L", image.size)
+        return np.asarray(image)
+
+
+@pytest.mark.parametrize("subsampling", [0, 2], ids=["4:4:4", "4:2:0"])
+def test_a_small_progressive_jpeg_decodes_the_same_y_plane_without_its_chroma_ac_scans(
+        subsampling: int) -> None:
+    # An AC scan codes one component, so cutting Cb's and Cr's leaves every Y pixel as it was:
+    # the fast path's hash may not move at all, at full size or DCT-scaled.
+    with Image.open(BRIDGE_ORIGINAL) as photo:
+        rgb = photo.convert("RGB")
+    for size in ((300, 225), (800, 600)):
+        data = encode_image(rgb.resize(size), "JPEG", quality=85, progressive=True,
+                            subsampling=subsampling)
+        cut = without_chroma_ac_scans(data)
+        assert cut is not None and len(cut) < len(data)
+        assert np.array_equal(_y_plane(cut), _y_plane(data))
+        assert pdq_fast(data) == pdq_fast(data, reduction=replace(SCAN, luma_scans=False))
+    assert without_chroma_ac_scans(BRIDGE_ORIGINAL.read_bytes()) is None  # baseline
+    assert without_chroma_ac_scans(data[: len(data) // 2]) is None  # truncated
+
+
+def test_an_rgb_coded_progressive_jpeg_keeps_its_chroma_scans() -> None:
+    # With an Adobe segment saying "no transform" libjpeg reads the components as R, G, B and
+    # computes grey from all three: none of their scans may be cut.
+    with Image.open(BRIDGE_ORIGINAL) as photo:
+        data = encode_image(photo.convert("RGB").resize((300, 225)), "JPEG", quality=85,
+                            progressive=True)
+    adobe = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # APP14, transform 0
+    app0_end = 4 + int.from_bytes(data[4:6], "big")  # SOI, then Pillow's JFIF APP0 segment
+    rgb_coded = data[:2] + adobe + data[app0_end:]
+    opened = open_checked(rgb_coded, DecodeLimits(), "rgb.jpg")
+    assert opened.image.info.get("adobe_transform") == 0
+    assert luma_scans_only(opened, rgb_coded, "rgb.jpg") is opened
 
 
 _BRIDGE = BRIDGE_ORIGINAL.read_bytes()

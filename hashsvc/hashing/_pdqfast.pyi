@@ -15,3 +15,16 @@ def downsample(
     row_ratio: tuple[int, int],
     col_ratio: tuple[int, int],
 ) -> tuple[bytes, int]: ...
+
+def pdq(
+    pixels: npt.NDArray[Any],
+    rows: int,
+    cols: int,
+    channels: int,
+    is_float: bool,
+    full_rows: int,
+    full_cols: int,
+    row_ratio: tuple[int, int],
+    col_ratio: tuple[int, int],
+    dct: bytes,
+) -> tuple[bytes, int]: ...

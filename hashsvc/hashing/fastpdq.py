@@ -49,6 +49,7 @@ from hashsvc.hashing import _pdqfast
 from hashsvc.hashing.algorithms.base import HashValue
 from hashsvc.hashing.algorithms.pdq import Pdq
 from hashsvc.hashing.decode_budget import Lease
+from hashsvc.hashing.decode_small_jpeg import luma_scans_only
 from hashsvc.hashing.imaging import (
     DEFAULT_LIMITS,
     DecodeLimits,
@@ -79,6 +80,8 @@ class Reduction:
     again is decoded again at full size (`_scale_sensitive`: content that reaches PDQ only
     as aliasing, like a chessboard), if `DecodeLimits.max_full_decode_pixels` allows.
     `dc_only`: a progressive JPEG decoded at 1/8 scale is decoded without its later AC scans.
+    `luma_scans`: any other progressive YCbCr JPEG decoded as its Y plane is decoded without
+    its chroma AC scans (`decode_small_jpeg`: the same Y pixels, less entropy decoding).
     """
 
     jpeg_min_side: int | None = 192
@@ -86,8 +89,9 @@ class Reduction:
     resample: Image.Resampling = Image.Resampling.BOX
     jpeg_luma: bool = True
     byte_luma: bool = True
-    alias_bits: int | None = 20
+    alias_bits: int | None = 16
     dc_only: bool = True
+    luma_scans: bool = True
 
 
 SCAN = Reduction()  # the scan policy, chosen by measurement (module docstring)
@@ -105,6 +109,7 @@ class Reduced:
     height: int
     ratios: tuple[Ratio, Ratio]  # where original rows, then columns, lie in luma (see Ratio)
     format: str
+    scan_hash: HashValue | None = None  # its PDQ, when the aliasing check already computed it
 
     @property
     def pixels(self) -> int:
@@ -118,6 +123,7 @@ _DCT = (
     np.sqrt(2.0 / 64)
     * np.cos((np.pi / 2.0 / 64) * np.outer(np.arange(1, 17), 2 * np.arange(64) + 1))
 ).astype(np.float32).astype(np.float64)
+_DCT_BYTES = _DCT.tobytes()  # the same matrix for `_pdqfast.pdq`
 # Sign patterns of dct16OriginalTo*: index parity (odd → +1, even → -1) and checkerboard.
 _ODD = np.where(np.arange(16) % 2 == 1, 1.0, -1.0)
 _CHECKER = np.where(np.add.outer(np.arange(16), np.arange(16)) % 2 == 0, 1.0, -1.0)
@@ -139,14 +145,28 @@ def pdq_fast(
 
 def pdq_hashes(reduced: Reduced, *, dihedral: bool = False) -> list[HashValue]:
     """PDQ of a reduced upload: one hash, or the 8 dihedral ones for the cost of about one."""
-    coefficients, quality = _dct16(reduced)
     if not dihedral:
-        variants = [coefficients]
-    else:  # dct16OriginalTo*: each transform's DCT is the original's, re-signed or transposed
-        a = coefficients
-        variants = [a, (a * _ODD[None, :]).T, a * _CHECKER, (a * _ODD[:, None]).T,
-                    a * _ODD[:, None], a * _ODD[None, :], a.T, (a * _CHECKER).T]
+        return [reduced.scan_hash or _hash(reduced)]
+    coefficients, quality = _dct16(reduced)
+    # dct16OriginalTo*: each transform's DCT is the original's, re-signed or transposed
+    a = coefficients
+    variants = [a, (a * _ODD[None, :]).T, a * _CHECKER, (a * _ODD[:, None]).T,
+                a * _ODD[:, None], a * _ODD[None, :], a.T, (a * _CHECKER).T]
     return [HashValue(Pdq.name, _bits(v), quality) for v in variants]
+
+
+def _hash(reduced: Reduced) -> HashValue:
+    """`pdq_hashes`' single hash in one C call (`_pdqfast.pdq`: filter, DCT, median, bits),
+    the same arithmetic as `_dct16` + `_bits`: a small upload paid more for their ~10 NumPy
+    calls (~0.1 ms) than for its decode's tail (profile: README Performance)."""
+    if min(reduced.width, reduced.height) < _MIN_HASHABLE_DIM:
+        return HashValue(Pdq.name, bytes(32), 0)  # the reference's all-zero hash, quality 0
+    (row_num, row_den), (col_num, col_den) = reduced.ratios
+    pixels = np.ascontiguousarray(reduced.luma)
+    value, quality = _pdqfast.pdq(
+        pixels, pixels.shape[0], pixels.shape[1], 1, pixels.dtype == np.float32,
+        reduced.height, reduced.width, (row_num, row_den), (col_num, col_den), _DCT_BYTES)
+    return HashValue(Pdq.name, value, quality)
 
 
 def decode_reduced(
@@ -173,6 +193,8 @@ def decode_reduced(
             with decoder_errors(name, opened.format):
                 opened = opened._replace(
                     image=Image.open(io.BytesIO(dc_only), formats=("JPEG",)))
+    elif side and reduction.jpeg_luma and reduction.luma_scans:
+        opened = luma_scans_only(opened, data, name)
     image, fmt = opened.image, opened.format
     width, height = image.size
     dct_scale = 1  # libjpeg decoded ⌈side / dct_scale⌉ pixels per side
@@ -217,10 +239,11 @@ def decode_reduced(
     ratios = ((small.height, decoded[1] * dct_scale), (small.width, decoded[0] * dct_scale))
     reduced = Reduced(luma, width, height, ratios, fmt)
     if (dct_scale > 1 and reduction.alias_bits is not None
-            and reduced.pixels <= limits.max_full_decode_pixels
-            and _scale_sensitive(reduced, reduction.alias_bits)):
-        return decode_reduced(data, limits, name=name, apply_orientation=apply_orientation,
-                              reduction=replace(reduction, jpeg_min_side=None), lease=lease)
+            and reduced.pixels <= limits.max_full_decode_pixels):
+        reduced = replace(reduced, scan_hash=_hash(reduced))
+        if _scale_sensitive(reduced, reduction.alias_bits):
+            return decode_reduced(data, limits, name=name, apply_orientation=apply_orientation,
+                                  reduction=replace(reduction, jpeg_min_side=None), lease=lease)
     return reduced
 
 
@@ -233,7 +256,10 @@ def _scale_sensitive(reduced: Reduced, bits: int) -> bool:
     reshapes: a 13.4 MP chessboard of 25 px squares hashed 26 bits from the reference at 1/8
     scale, one of 45 px 40 bits. Halving the decode once more (a 2×2 mean, then PDQ again:
     ~0.1 ms) exposes that sensitivity: over 60 corpus photos, screenshots and phone JPEGs it
-    moved their hashes 2–14 bits; those two chessboards, 62 and 28.
+    moved their hashes 2–14 bits; those two chessboards, 62 and 28. At 20 bits a 640×480
+    chessboard of 11 px squares (moved exactly 20) hashed 28 bits off at 1/2 scale, 0 at full
+    size; 16 catches it, and over the 140 DCT-scaled JPEGs of the seed-1 300-file corpus
+    (upload_corpus.py) falls back on 3 instead of 2 (moves 32, 24, 18; next 16, 14).
     """
     (row_num, row_den), (col_num, col_den) = reduced.ratios
     halved = np.asarray(Image.fromarray(np.ascontiguousarray(reduced.luma)).reduce(2))

@@ -24,6 +24,7 @@ a millisecond per megabyte (~0.4 ms/MB measured on 24 MP baseline and progressiv
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Any marker: 0xFF followed by a byte that is neither stuffing (00) nor more fill (FF).
@@ -139,11 +140,42 @@ def without_ac_scans(data: bytes) -> bytes | None:
     1/8-scale pixels come out (the tests compare them) for the DC scans' share of the work.
     Every other segment (tables, restart intervals, APPn) is kept in place.
     """
+    return _without_scans(data, lambda scan: scan.spectral_start > 0 and not (
+        scan.first_component_only and scan.spectral_start == 1 and scan.refines == 0))
+
+
+def without_chroma_ac_scans(data: bytes) -> bytes | None:
+    """A progressive JPEG with the AC scans of every component but the first (Cb and Cr in a
+    YCbCr file) cut out, or None as for `without_ac_scans`.
+
+    Why: decoded as its Y plane (`draft("L")`), a YCbCr JPEG's chroma is never shown, but a
+    progressive decode still entropy-decodes every scan of every component into its
+    coefficient buffer. An AC scan codes one component only, so cutting the chroma ones
+    leaves every Y coefficient, hence every Y pixel, bit for bit as it was (the tests compare
+    them), for 10-30% less decoding on small progressive photos (`decode_small_jpeg`).
+    """
+    return _without_scans(data, lambda scan: scan.spectral_start > 0
+                          and not scan.first_component_only)
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What `_without_scans` tells its predicate about one SOS segment."""
+
+    first_component_only: bool  # the scan codes the frame's first component (Y) and no other
+    spectral_start: int  # Ss: 0 for a DC scan
+    refines: int  # Ah: 0 for a scan's first pass over its bits
+
+
+def _without_scans(data: bytes, cut: Callable[[_Scan], bool]) -> bytes | None:
+    """A progressive JPEG with the scans `cut` picks cut out (their SOS segment and entropy-
+    coded data), or None if `data` is not one whose walk reaches its EOI cleanly or no scan
+    was cut."""
     if not data.startswith(b"\xff\xd8"):
         return None
     kept: list[bytes] = []
     copied = 0  # data[copied:position] is still to be kept
-    cut = False
+    cut_any = False
     position = 2
     segments = 0
     frame_components = 0
@@ -152,7 +184,7 @@ def without_ac_scans(data: bytes) -> bytes | None:
         marker = data[found.start() + 1]
         position = found.end()
         if marker == _EOI:
-            return b"".join([*kept, data[copied:position]]) if cut else None
+            return b"".join([*kept, data[copied:position]]) if cut_any else None
         if segments > MAX_SEGMENTS:
             return None
         if marker in _STANDALONE:
@@ -171,15 +203,15 @@ def without_ac_scans(data: bytes) -> bytes | None:
         position += length
         if marker == _SOS:
             entropy_end = _AFTER_ENTROPY.search(data, position)
-            if entropy_end is None or not body or len(body) < 2 + 2 * body[0]:
+            if entropy_end is None or not body or len(body) < 4 + 2 * body[0]:
                 return None
             position = entropy_end.start()
             first_component = data[frame_components] if frame_components else -1
-            spectral_start, successive = body[1 + 2 * body[0]], body[3 + 2 * body[0]]
-            luma_ac_start = (body[1] == first_component and spectral_start == 1
-                             and successive >> 4 == 0)
-            if spectral_start > 0 and not luma_ac_start:
+            scan = _Scan(first_component_only=body[0] == 1 and body[1] == first_component,
+                         spectral_start=body[1 + 2 * body[0]],
+                         refines=body[3 + 2 * body[0]] >> 4)
+            if cut(scan):
                 kept.append(data[copied:segment_start])
                 copied = position
-                cut = True
+                cut_any = True
     return None
