@@ -57,6 +57,30 @@ def test_the_change_feed_and_snapshots_carry_provenance(any_store: Store, home: 
     assert json.loads(text)[0][:3] == ["tat", "up-c", ["new"]]
 
 
+def test_an_entry_an_exchange_lists_later_reaches_the_delta_with_it(any_store: Store) -> None:
+    """An entry imported by hand and then listed upstream, or listed under two upstream ids of
+    which one goes, keeps its hash: its provenance still changes, and the delta must see it."""
+    any_store.create_bank("feed")
+    any_store.add_entries("feed", [NewEntry("md5", hashlib.md5(b"a").digest(), "by-hand")])
+    any_store.bind_exchange("feed", "tat", {})
+    before = any_store.revision()
+    assert not any_store.changes_since(before).changed
+    any_store.apply_exchange_page("feed", _page({"a": ("one",)}, "1"), None)
+    changes = any_store.changes_since(before)
+    [(entry_id, text)] = changes.provenance.items()
+    assert [row[0] for row in changes.active] == [entry_id]
+    assert json.loads(text)[0][:3] == ["tat", "up-a", ["one"]]
+
+    # a second upstream id for the same hash, then the first one deleted upstream
+    twin = ExchangePage([UpstreamEntry("twin", "md5", hashlib.md5(b"a").digest())], "2", False)
+    any_store.apply_exchange_page("feed", twin, "1")
+    before = any_store.revision()
+    gone = ExchangePage((), "3", False, deletions=["up-a"])
+    assert any_store.apply_exchange_page("feed", gone, "2").deleted == 0  # the entry stays
+    [text] = any_store.changes_since(before).provenance.values()
+    assert [item[1] for item in json.loads(text)] == ["twin"]
+
+
 def test_snapshots_without_provenance_load_as_before(store: Store, home: DataHome) -> None:
     store.create_bank("manual")
     store.add_entries("manual", [NewEntry("md5", bytes(16), "by-hand")])

@@ -222,6 +222,7 @@ def _upsert(run: Run, bank_id: int, exchange: str, revision: int, now: float,
         existing, _ = run("SELECT id FROM entries WHERE bank_id = ? AND algorithm = ?"
                           " AND hash = ?", (bank_id, algorithm.name, upstream.hash))
         entry_id = existing[0][0]
+        _provenance_changed(run, revision, entry_id)
     # ON CONFLICT: a row left by an entry removed by hand (`indexer remove`) is taken over
     run("INSERT INTO entry_provenance (bank_id, upstream_id, entry_id, exchange, tags, listing,"
         " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -239,11 +240,18 @@ def _delete(run: Run, bank_id: int, revision: int, upstream_id: str) -> int:
     entry_id = rows[0][0]
     others, _ = run("SELECT 1 FROM entry_provenance WHERE entry_id = ? LIMIT 1", (entry_id,))
     if others:
+        _provenance_changed(run, revision, entry_id)
         return 0
     run("INSERT INTO removed_entries (entry_id, rev) VALUES (?, ?)"
         " ON CONFLICT (entry_id) DO UPDATE SET rev = excluded.rev", (entry_id, revision))
     _, count = run("DELETE FROM entries WHERE id = ?", (entry_id,))
     return count
+
+
+def _provenance_changed(run: Run, revision: int, entry_id: int) -> None:
+    """Mark an entry changed whose provenance changed while it stayed: servers then read it
+    again, with its provenance, through the delta (their matches report it)."""
+    run("UPDATE entries SET changed_rev = ? WHERE id = ?", (revision, entry_id))
 
 
 def _metadata(exchange: str, upstream: UpstreamEntry, tags: list[str]) -> str:
