@@ -15,6 +15,8 @@ from hashsvc.snapshot import load_current, publish
 from hashsvc.store import NewEntry, Store
 from hashsvc.store.exchange_model import ExchangePage, UpstreamEntry
 from tests.conftest import BRIDGE_ORIGINAL, IMAGES, run_indexer, scan_until
+from tests.postgres_server import PostgresServer
+from tests.scale_out import running_cluster
 from tests.server_process import ServerProcess
 
 
@@ -150,3 +152,48 @@ def test_matches_report_provenance_from_snapshot_delta_and_layer(
             time.sleep(0.05)
         assert result.snapshot_version == with_layer.version
         origin_of(result.matches[0], digests["later"])
+
+
+def test_a_scan_replica_reports_the_provenance_of_a_scheduled_sync(
+    postgres: PostgresServer, s3_endpoint: str, tmp_path: Path
+) -> None:
+    """Both halves together, as deployed: the admin service syncs a bound bank on its own
+    schedule into PostgreSQL; a scan replica (which never reads the provenance table) reports
+    the provenance from its delta, then from the published snapshot in the bucket."""
+    from hashsvc_client import Client
+
+    digest = hashlib.md5(b"known").hexdigest()
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"algorithm,hash,external_id\nmd5,{digest},known-1\n")
+    with running_cluster(postgres.new_database(), s3_endpoint, tmp_path / "cluster",
+                         replicas=1) as cluster:
+        indexer = DataHome(tmp_path / "indexer-home")
+        run_indexer(indexer, "--store", cluster.store, "bank", "create", "feed", check=True)
+        run_indexer(indexer, "--store", cluster.store, "exchange", "bind", "feed", "--type",
+                    "file", "--source", str(listing), "--every", "1s", check=True)
+        [replica] = cluster.replicas
+        with Client(replica.target, api_key=cluster.scan_key) as client:
+            def provenance() -> list[tuple[str, str]]:
+                result = client.scan_hashes([("md5", digest)])
+                return [(p.exchange, p.upstream_id) for m in result.matches
+                        for p in m.provenance]
+
+            expected = [("file", f"md5:{digest}")]
+            for _ in range(1200):  # scans 0.1 s apart: a hang guard
+                if provenance() == expected:
+                    break
+                time.sleep(0.1)
+            assert provenance() == expected  # from the delta
+            published = run_indexer(indexer, "--store", cluster.store, "publish", "--snapshots",
+                                    cluster.snapshots, "--s3-endpoint-url", cluster.endpoint,
+                                    check=True)
+            version = json.loads(published.stdout)["version"]
+            for _ in range(1200):
+                if client.scan_hashes([("md5", digest)]).snapshot_version == version:
+                    break
+                time.sleep(0.1)
+            result = client.scan_hashes([("md5", digest)])
+            assert result.snapshot_version == version
+            assert [(p.exchange, p.upstream_id) for p in result.matches[0].provenance] == expected
+    assert any(r.get("event") == "exchange_sync" and r.get("added") == 1 for r in map(
+        json.loads, (cluster.admin.home / "audit.jsonl").read_text().splitlines()))
