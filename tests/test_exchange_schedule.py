@@ -5,13 +5,19 @@ and a sync that stops between pages when asked."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from hashsvc.audit import AuditLog
 from hashsvc.home import DataHome
+from hashsvc.server.exchange_schedule import ExchangeScheduler
 from hashsvc.store import Entry, Store, open_store
+from hashsvc.store.exchange_model import Credentials, ExchangePage
 from hashsvc.store.listing import EntryQuery
+from indexer.exchanges import EXCHANGES, Exchange
+from indexer.exchanges.file_list import FileListExchange
 from indexer.exchanges.sync import sync_bank
 from tests.conftest import run_indexer
 from tests.postgres_server import PostgresServer
@@ -175,3 +181,44 @@ def test_a_sync_asked_to_stop_ends_between_pages_and_resumes(
     rest = sync_bank(store, "feed")
     assert rest.pages == 1 and rest.totals.added == 2
     assert _external_ids(store, "feed") == [f"item-{n}" for n in range(6)]
+
+
+def test_a_server_skips_the_round_another_holds_and_finds_it_done(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Deterministic, in one process: two schedulers on separate connections to one PostgreSQL
+    store. While the first syncs (inside its exchange's fetch), the second's round must skip
+    (the lock is held); after it, the second finds the bank no longer due (the first's sync
+    is in the store), so the round was synced once."""
+    listing = tmp_path / "list.csv"
+    _write_list(listing, range(3))
+    url = postgres.new_database()
+    during: list[list[str]] = []
+    stopping = threading.Event()
+    with open_store(url) as one_store, open_store(url) as two_store:
+        two = ExchangeScheduler(two_store, AuditLog(tmp_path / "two.jsonl"), 0, stopping)
+
+        def racing(config: dict[str, Any], credentials: Credentials | None) -> Exchange:
+            listed = FileListExchange(config, credentials)
+
+            class Racing:
+                def fetch(self, checkpoint: str | None) -> ExchangePage:
+                    during.append(two.run_round())  # the other server's round, meanwhile
+                    return listed.fetch(checkpoint)
+
+            return Racing()
+
+        EXCHANGES["racing"] = racing
+        try:
+            one_store.create_bank("feed")
+            one_store.bind_exchange("feed", "racing", {"source": str(listing), "every": 3600})
+            one = ExchangeScheduler(one_store, AuditLog(tmp_path / "one.jsonl"), 0, stopping)
+            assert one.run_round() == ["feed"]
+            assert during and all(round_ == [] for round_ in during)
+            assert two.run_round() == []  # not due: synced a moment ago, by the other
+        finally:
+            del EXCHANGES["racing"]
+        assert _external_ids(one_store, "feed") == [f"item-{n}" for n in range(3)]
+    assert not (tmp_path / "two.jsonl").exists()
+    [record] = map(json.loads, (tmp_path / "one.jsonl").read_text().splitlines())
+    assert (record["bank"], record["added"], record["after"]) == ("feed", 3, None)
