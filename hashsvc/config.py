@@ -58,6 +58,8 @@ class ServerConfig:
     role: str = "all"  # scan: ScanService; admin: AdminService and publishing; all: both
     max_snapshot_age: float = 0.0  # seconds behind the repository before NOT_SERVING; 0 = off
     max_connection_age: float = 0.0  # seconds before a client connection is closed; 0 = never
+    exchange_sync: bool = True  # admin role: sync exchange-bound banks when they are due
+    exchange_sync_every: float = 0.0  # seconds, for banks bound without --every; 0 = those not
     log_level: str = "INFO"
 
     @property
@@ -157,6 +159,11 @@ HELP: dict[str, str] = {
     "max_connection_age": "seconds after which the server asks a client to reconnect (so that "
     "clients balancing over DNS, e.g. a Kubernetes headless Service, find new replicas); "
     "0 = never",
+    "exchange_sync": "in the admin role, sync each exchange-bound bank when it is due (its "
+    "`indexer exchange bind --every`, else --exchange-sync-every), one server at a time; "
+    "--no-exchange-sync leaves syncing to `indexer exchange sync` (cron)",
+    "exchange_sync_every": "seconds between scheduled syncs of a bank bound without --every; "
+    "0 = only banks bound with --every are synced on a schedule",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 
@@ -165,7 +172,7 @@ HELP: dict[str, str] = {
 POSITIVE = frozenset({"max_concurrent_rpcs", "max_streams_per_key", "max_streams_per_connection",
                       "stream_window", "stream_buffer_bytes", "client_idle_timeout",
                       "snapshot_poll_interval"})
-NOT_NEGATIVE = frozenset({"max_snapshot_age", "max_connection_age"})
+NOT_NEGATIVE = frozenset({"max_snapshot_age", "max_connection_age", "exchange_sync_every"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

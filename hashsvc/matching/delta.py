@@ -34,6 +34,7 @@ from hashsvc.matching.mih import MultiIndexHash
 from hashsvc.snapshot import BankInfo, Snapshot
 from hashsvc.snapshot.model import SnapshotLayer
 from hashsvc.store import Bank, StoreChanges
+from hashsvc.store.exchange_model import Provenance, provenance_from_json
 
 # The delta each loaded layer becomes, built once: live changes arrive many times a second.
 _LAYER_DELTAS: weakref.WeakKeyDictionary[SnapshotLayer, Delta] = weakref.WeakKeyDictionary()
@@ -49,6 +50,7 @@ class DeltaEntry:
     external_id: str | None
     metadata: dict[str, Any] | None
     variant: str = ""
+    provenance: tuple[Provenance, ...] = ()
 
 
 @dataclass
@@ -127,7 +129,8 @@ class Delta:
             built = cls.build(StoreChanges(
                 revision=int(snapshot.manifest["store_revision"]),
                 changed=frozenset(snapshot.layer.tombstones.tolist()),
-                active=snapshot.layer.active(snapshot.banks)), [])
+                active=snapshot.layer.active(snapshot.banks),
+                provenance=snapshot.layer.provenance_by_id()), [])
             banks_then = {bank.name: bank for bank in snapshot.banks}
             layer = cls(built.revision, built.tombstones, banks=banks_then, layer=built.tables,
                         layer_banks=banks_then)
@@ -147,8 +150,9 @@ class Delta:
         for entry_id, bank, algorithm, value, external_id, metadata, variant in changes.active:
             codes, entries = grouped.setdefault(algorithm, ([], []))
             codes.append(value)
-            entries.append(DeltaEntry(entry_id, bank, external_id,
-                                      json.loads(metadata) if metadata else None, variant))
+            entries.append(DeltaEntry(
+                entry_id, bank, external_id, json.loads(metadata) if metadata else None, variant,
+                provenance_from_json(entry_id, changes.provenance.get(entry_id))))
         tables = {
             algorithm: DeltaTable.make(
                 np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(

@@ -30,6 +30,7 @@ from hashsvc.matching.mih import MultiIndexHash
 from hashsvc.matching.strategies import MatchStrategies
 from hashsvc.snapshot import BankInfo, HashTable, Snapshot
 from hashsvc.snapshot.model import SnapshotLayer
+from hashsvc.store.exchange_model import Provenance
 
 IDENTITY = "identity"
 
@@ -67,6 +68,8 @@ class Match:
     hash_index: int = 0  # the `source` of the query that matched
     # The tail model's chance that an unrelated upload matches this close (calibration.py)
     false_match_probability: float | None = None
+    # where an exchange-backed bank got the entry (exchange, upstream id, tags); () otherwise
+    provenance: tuple[Provenance, ...] = ()
 
 
 @dataclass
@@ -250,7 +253,7 @@ class Matcher:
             if known is None or distance < known.distance:
                 best[entry.entry_id] = _match(bank, entry.entry_id, entry.external_id,
                                               algorithm, distance, query,
-                                              entry.metadata, entry.variant)
+                                              entry.metadata, entry.variant, entry.provenance)
         return list(best.values())
 
     def _to_match(self, algorithm: str, hit: _Hit) -> Match:
@@ -258,7 +261,7 @@ class Matcher:
         bank = snapshot.banks[int(snapshot.entry_banks[hit.row])]
         return _match(bank, int(snapshot.entry_ids[hit.row]), snapshot.external_ids.get(hit.row),
                       algorithm, hit.distance, hit.query, snapshot.entry_metadata(hit.row),
-                      snapshot.variant(hit.row))
+                      snapshot.variant(hit.row), snapshot.entry_provenance(hit.row))
 
 
 _LIST_SIZES: dict[tuple[str, int], dict[str, int]] = {}  # (version, id) -> sizes; last few
@@ -345,12 +348,13 @@ def _one_per_known_image(matches: list[Match]) -> list[Match]:
 def _match(
     bank: BankInfo, entry_id: int, external_id: str | None, algorithm: str, distance: int,
     query: Query, metadata: dict[str, Any] | None, variant: str = "",
+    provenance: tuple[Provenance, ...] = (),
 ) -> Match:
     return Match(bank=bank.name, bank_kind=bank.kind, entry_id=entry_id,
                  external_id=external_id, algorithm=algorithm, distance=distance,
                  threshold=bank.threshold(algorithm), query_transform=query.transform,
                  tags=bank.tags, metadata=metadata, query_trimmed=query.trimmed,
-                 entry_variant=variant, hash_index=query.source)
+                 entry_variant=variant, hash_index=query.source, provenance=provenance)
 
 
 def _exact_lookup(

@@ -176,6 +176,7 @@ def match_to_proto(match: Match) -> types_pb2.Match:
         entry_variant=match.entry_variant,
         hash_index=match.hash_index,
         false_match_probability=match.false_match_probability,
+        provenance=provenance_to_proto(match.provenance),
     )
 
 
@@ -285,15 +286,19 @@ def feedback_to_proto(feedback: Feedback) -> admin_pb2.EntryFeedback:
     return message
 
 
+def provenance_to_proto(provenance: Sequence[Provenance]) -> list[types_pb2.EntryProvenance]:
+    return [types_pb2.EntryProvenance(exchange=p.exchange, upstream_id=p.upstream_id,
+                                      tags=p.tags, first_seen=p.first_seen,
+                                      last_seen=p.last_seen) for p in provenance]
+
+
 def entry_to_proto(entry: Entry, provenance: Sequence[Provenance] = (),
                    feedback: Sequence[Feedback] = ()) -> admin_pb2.Entry:
     """`entry` with the provenance an exchange-backed bank recorded for it and the verdicts
     analysts gave on it (the caller reads both from the store: a page's worth in one query)."""
     return admin_pb2.Entry(
         feedback=[feedback_to_proto(f) for f in feedback],
-        provenance=[admin_pb2.EntryProvenance(
-            exchange=p.exchange, upstream_id=p.upstream_id, tags=p.tags,
-            first_seen=p.first_seen, last_seen=p.last_seen) for p in provenance],
+        provenance=provenance_to_proto(provenance),
         id=entry.id, bank=entry.bank,
         hash=types_pb2.Hash(algorithm=ALGORITHM_TO_PROTO[entry.algorithm],
                             hex=get_algorithm(entry.algorithm).format(entry.hash)),

@@ -40,6 +40,7 @@ from hashsvc.config import ServerConfig
 from hashsvc.errors import RepositoryUnavailableError, SnapshotError, SnapshotFetchError
 from hashsvc.matching.delta import Delta
 from hashsvc.scanner import Scanner
+from hashsvc.server.exchange_schedule import ExchangeScheduler
 from hashsvc.server.readiness import SERVICES_BY_ROLE, Readiness
 from hashsvc.snapshot import Snapshot, load
 from hashsvc.snapshot.cache import FetchStats
@@ -48,11 +49,15 @@ from hashsvc.store import open_store
 
 log = logging.getLogger("hashsvc.runtime")
 _MIN_TICK_GAP = 0.02  # seconds between watcher passes woken by store notifications
+SYNC_STOP_WAIT = 30.0  # seconds a stopping server waits for a scheduled sync's page in flight
 
 
 class Runtime:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, schedules_syncs: bool = True) -> None:
+        """`schedules_syncs`: this process runs the scheduled exchange syncs (if its role and
+        config have them): one worker of several does, the others would only wait on it."""
         self.config = config
+        self._schedules_syncs = schedules_syncs
         self.repository = open_repository(
             config.resolved_snapshots, cache_dir=config.resolved_snapshot_cache,
             endpoint_url=config.s3_endpoint_url or None,
@@ -73,6 +78,7 @@ class Runtime:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self._poller: threading.Thread | None = None
+        self._scheduler: threading.Thread | None = None
         self._entry_labels: set[tuple[str, str]] = set()
         # Called by the watcher on every pass: gauges kept current from here rather than per call.
         self.gauge_updaters: list[Callable[[], None]] = []
@@ -91,6 +97,12 @@ class Runtime:
             self._poller = threading.Thread(target=self._poll, name="snapshot-poller",
                                             daemon=True)
             self._poller.start()
+        if self._schedules_syncs and self.config.role != "scan" and self.config.exchange_sync:
+            scheduler = ExchangeScheduler(self.store, self.audit,
+                                          self.config.exchange_sync_every, self._stopping)
+            self._scheduler = threading.Thread(target=scheduler.run, name="exchange-sync",
+                                               daemon=True)
+            self._scheduler.start()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -98,6 +110,8 @@ class Runtime:
         for thread in (self._watcher, self._poller):
             if thread is not None:
                 thread.join(timeout=5)
+        if self._scheduler is not None:  # stops between pages: one fetch and apply at most
+            self._scheduler.join(timeout=SYNC_STOP_WAIT)
         self.store.close()
         self.audit.close()
 

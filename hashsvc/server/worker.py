@@ -134,7 +134,7 @@ def run_worker(
     if supervisor_pid is not None:
         exit_with_supervisor(supervisor_pid, stopping)
     faiss.omp_set_num_threads(1)  # one thread per query: OpenMP made single queries far slower
-    runtime = Runtime(config)
+    runtime = Runtime(config, schedules_syncs=index == 0)
     runtime.start()
     server, port, stream_pool = create_server(config, runtime, reuse_port=reuse_port)
     server.start()

@@ -129,8 +129,13 @@ def _write_layer(writer: ArrayWriter, changes: StoreChanges, bank_index: dict[st
                                              dtype=np.int32))
     writer.array("layer.variants.npy", np.array([variants[row[6]] for row in rows],
                                                 dtype=np.uint8))
-    for name, column in (("external_ids", 4), ("metadata", 5)):
-        blob, offsets = StringTable.encode([row[column] for row in rows])
+    columns = [(name, [row[column] for row in rows])
+               for name, column in (("external_ids", 4), ("metadata", 5))]
+    provenance = [changes.provenance.get(row[0]) for row in rows]
+    if any(provenance):  # as in a full snapshot: only when some row has any
+        columns.append(("provenance", provenance))
+    for name, strings in columns:
+        blob, offsets = StringTable.encode(strings)
         writer.array(f"layer.{name}.bin.npy", blob)
         writer.array(f"layer.{name}.offsets.npy", offsets)
     by_algorithm: dict[str, int] = {}

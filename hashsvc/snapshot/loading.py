@@ -143,6 +143,7 @@ class _Reader:
             entry_variants=entry_variants,
             variant_names=variant_names,
             layer=self.layer(layer, banks) if layer else None,
+            provenance=self.optional_strings("provenance", entries),
         )
 
     def layer(self, layer: dict[str, Any], banks: list[BankInfo]) -> SnapshotLayer:
@@ -166,6 +167,7 @@ class _Reader:
             variant_names=variant_names,
             external_ids=self.strings("external_ids", rows, "layer"),
             metadata=self.strings("metadata", rows, "layer"),
+            provenance=self.optional_strings("provenance", rows, "layer"),
             codes={algorithm: self.array(f"layer.{algorithm}.codes.npy", np.uint8,
                                          (count, get_algorithm(algorithm).bits // 8), source)
                    for algorithm, count in sorted(by_algorithm.items())},
@@ -227,6 +229,14 @@ class _Reader:
         offsets = self.array(offsets_file, np.int64, (entries + 1,), "counts.entries + 1")
         self.offsets(offsets_file, offsets, entries + 1, len(blob))
         return StringTable(blob, offsets)
+
+    def optional_strings(self, name: str, entries: int, prefix: str = "entries"
+                         ) -> StringTable | None:
+        """A string column only some snapshots have (none: written before it existed, or with
+        nothing in it), checked like the others when it is there."""
+        if f"{prefix}.{name}.bin.npy" not in self.files:
+            return None
+        return self.strings(name, entries, prefix)
 
     def rows(self, name: str, dtype: npt.DTypeLike, length: int, bound: int, what: str
              ) -> npt.NDArray[Any]:

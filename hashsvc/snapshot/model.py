@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from hashsvc.hashing.algorithms import get_algorithm
 from hashsvc.matching.strategies import PLAIN, MatchStrategies
+from hashsvc.store.exchange_model import Provenance, provenance_from_json
 
 FORMAT_VERSION = 2  # 2: PDQ indexed by multi-index hashing; format 1 (FAISS) still loads
 # 3: a base plus a changes layer (layering.py). Only layered versions carry it, so that a hashsvc
@@ -108,9 +109,19 @@ class SnapshotLayer:
     external_ids: StringTable
     metadata: StringTable
     codes: dict[str, npt.NDArray[np.uint8]]  # algorithm -> (n, bytes), in row order
+    # exchange provenance JSON per row (exchange_model.provenance_by_entry); None: no row has
+    # any (and in layers written before provenance was carried)
+    provenance: StringTable | None = None
 
     def __len__(self) -> int:
         return len(self.entry_ids)
+
+    def provenance_by_id(self) -> dict[int, str]:
+        """Entry id -> provenance JSON, as the store's change feed carries it."""
+        if self.provenance is None:
+            return {}
+        return {int(entry_id): text for row, entry_id in enumerate(self.entry_ids.tolist())
+                if (text := self.provenance.get(row))}
 
     def active(self, banks: list[BankInfo]) -> list[tuple[Any, ...]]:
         """The active entries as the store's change feed lists them (StoreChanges.active)."""
@@ -144,6 +155,9 @@ class Snapshot:
     entry_variants: npt.NDArray[np.uint8] | None = None
     variant_names: tuple[str, ...] = ("",)
     layer: SnapshotLayer | None = None  # a layered version's changes since its base files
+    # exchange provenance JSON per row, as in SnapshotLayer; None: no row has any (and in
+    # snapshots written before provenance was carried, which load as they always did)
+    provenance: StringTable | None = None
 
     def variant(self, row: int) -> str:
         if self.entry_variants is None:
@@ -163,4 +177,9 @@ class Snapshot:
     def entry_metadata(self, row: int) -> dict[str, Any] | None:
         text = self.metadata.get(row)
         return json.loads(text) if text else None
+
+    def entry_provenance(self, row: int) -> tuple[Provenance, ...]:
+        if self.provenance is None:
+            return ()
+        return provenance_from_json(int(self.entry_ids[row]), self.provenance.get(row))
 

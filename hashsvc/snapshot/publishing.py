@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from hashsvc.snapshot.repository import (
     fsync_dir,
 )
 from hashsvc.store import Bank, Store
+from hashsvc.store.exchange_model import provenance_by_entry
 
 
 def publish(
@@ -130,7 +132,12 @@ def _write_snapshot(store: Store, directory: Path, version: str, revision: int) 
     hashes: dict[str, list[bytes]] = {name: [] for name in ALGORITHMS}
     hash_rows: dict[str, list[int]] = {name: [] for name in ALGORITHMS}
     by_bank: dict[str, dict[str, int]] = {}
+    bound = {b.bank for b in store.exchange_bindings()}
+    bound_ids = {bank.id for bank in banks if bank.name in bound}
+    provenance: list[str | None] = []
     for batch in store.iter_active_entries():
+        if bound_ids:
+            provenance.extend(_provenance_of(store, batch, bound_ids))
         for entry_id, bank_id, algorithm, value, external_id, meta, variant in batch:
             row = len(entry_ids)
             variants.append(variant_codes.setdefault(variant, len(variant_codes)))
@@ -149,7 +156,11 @@ def _write_snapshot(store: Store, directory: Path, version: str, revision: int) 
     writer.array("entries.banks.npy", np.asarray(entry_banks, dtype=np.int32))
     if len(variant_codes) > 1:
         writer.array("entries.variants.npy", np.asarray(variants, dtype=np.uint8))
-    for name, strings in (("external_ids", external_ids), ("metadata", metadata)):
+    # provenance only when some row has any: a store without exchanges writes what it did
+    columns = [("external_ids", external_ids), ("metadata", metadata)]
+    if any(provenance):
+        columns.append(("provenance", provenance))
+    for name, strings in columns:
         blob, offsets = StringTable.encode(strings)
         writer.array(f"entries.{name}.bin.npy", blob)
         writer.array(f"entries.{name}.offsets.npy", offsets)
@@ -173,6 +184,21 @@ def _write_snapshot(store: Store, directory: Path, version: str, revision: int) 
     }
     writer.json(MANIFEST, manifest, record=False)
     return manifest
+
+
+_PROVENANCE_QUERY_IDS = 5000  # entry ids per provenance query (SQLite's and psycopg's limits)
+
+
+def _provenance_of(store: Store, batch: Sequence[Sequence[Any]], bound_ids: set[int]
+                   ) -> list[str | None]:
+    """The provenance JSON of each row of `batch` (None for banks bound to no exchange): what
+    a match of the row reports, carried in the snapshot as its metadata is."""
+    ids = [row[0] for row in batch if row[1] in bound_ids]
+    texts: dict[int, str] = {}
+    for start in range(0, len(ids), _PROVENANCE_QUERY_IDS):
+        texts.update(provenance_by_entry(
+            store.entries_provenance(ids[start:start + _PROVENANCE_QUERY_IDS])))
+    return [texts.get(row[0]) for row in batch]
 
 
 def _write_table(

@@ -18,6 +18,10 @@ from hashsvc.errors import HashsvcError
 from hashsvc.limits import check_name, quote
 
 CREDENTIAL_SOURCES = ("env", "file")
+# The binding config's key for how often the admin service syncs the bank on its own, in
+# seconds (`indexer exchange bind --every`). Not the connector's: changing it keeps the
+# checkpoint, where any other change to the config starts the sync again from the beginning.
+SCHEDULE_KEY = "every"
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,16 @@ class ExchangeBinding:
     checkpoint: str | None  # opaque to the store: the connector's cursor, as text
     bound_at: float
     synced_at: float | None  # when the last page was applied
+
+    def sync_every(self, default: float) -> float:
+        """Seconds between scheduled syncs of this bank: its own `--every`, else `default`
+        (the server's); 0 means not on a schedule."""
+        every = self.config.get(SCHEDULE_KEY)
+        return default if every is None else float(every)
+
+    def connector_config(self) -> dict[str, Any]:
+        """The config without the schedule: what the exchange's client is built from."""
+        return {k: v for k, v in self.config.items() if k != SCHEDULE_KEY}
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,26 @@ class Provenance:
     tags: tuple[str, ...]
     first_seen: float
     last_seen: float
+
+
+def provenance_by_entry(records: Iterable[Provenance]) -> dict[int, str]:
+    """Entry id -> its provenance as one JSON text: how a snapshot row and the change feed
+    carry it to the scanners, which never read the provenance table per match."""
+    grouped: dict[int, list[list[Any]]] = {}
+    for p in records:
+        grouped.setdefault(p.entry_id, []).append(
+            [p.exchange, p.upstream_id, list(p.tags), p.first_seen, p.last_seen])
+    return {entry_id: json.dumps(items, separators=(",", ":"))
+            for entry_id, items in grouped.items()}
+
+
+def provenance_from_json(entry_id: int, text: str | None) -> tuple[Provenance, ...]:
+    """What `provenance_by_entry` wrote for `entry_id` (none for None or empty text)."""
+    if not text:
+        return ()
+    return tuple(Provenance(entry_id=entry_id, exchange=str(item[0]), upstream_id=str(item[1]),
+                            tags=tuple(str(t) for t in item[2]), first_seen=float(item[3]),
+                            last_seen=float(item[4])) for item in json.loads(text))
 
 
 def check_exchange_name(name: str) -> str:

@@ -18,6 +18,7 @@ from hashsvc.hashing.algorithms import get_algorithm
 from hashsvc.limits import check_tags, quote
 from hashsvc.store.exchange_model import (
     DEFAULT_ALERT_AFTER,
+    SCHEDULE_KEY,
     Credentials,
     ExchangeBinding,
     ExchangePage,
@@ -26,6 +27,7 @@ from hashsvc.store.exchange_model import (
     SyncHealth,
     UpstreamEntry,
     check_exchange_name,
+    provenance_by_entry,
 )
 
 # One statement with `?` marks and its arguments -> the rows it returns (if any) and rowcount.
@@ -90,11 +92,13 @@ _BINDING_COLUMNS = ("b.name, x.exchange, x.config, x.credentials, x.checkpoint, 
 def bind(run: Run, bank_id: int, exchange: str, config: dict[str, Any],
          credentials: Credentials | None) -> None:
     """Bind (or re-bind) a bank; a changed exchange or config starts again from no
-    checkpoint, the same ones keep it (re-binding to rotate a credentials path resumes)."""
+    checkpoint, the same ones keep it (re-binding to rotate a credentials path, or to change
+    how often it is synced, resumes)."""
     check_exchange_name(exchange)
     config_json = json.dumps(config, sort_keys=True)
     rows, _ = run("SELECT exchange, config FROM exchange_bindings WHERE bank_id = ?", (bank_id,))
-    keep = bool(rows) and (rows[0][0], rows[0][1]) == (exchange, config_json)
+    keep = bool(rows) and (rows[0][0], _without_schedule(json.loads(rows[0][1]))) == (
+        exchange, _without_schedule(config))
     run("INSERT INTO exchange_bindings (bank_id, exchange, config, credentials, bound_at)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (bank_id) DO UPDATE SET"
         " exchange = excluded.exchange, config = excluded.config,"
@@ -102,6 +106,11 @@ def bind(run: Run, bank_id: int, exchange: str, config: dict[str, Any],
         + ("" if keep else ", checkpoint = NULL, synced_at = NULL"),
         (bank_id, exchange, config_json, credentials.to_json() if credentials else None,
          time.time()))
+
+
+def _without_schedule(config: dict[str, Any]) -> dict[str, Any]:
+    """What decides where the exchange's checkpoint points: the config less its schedule."""
+    return {k: v for k, v in config.items() if k != SCHEDULE_KEY}
 
 
 def bindings(run: Run, bank_name: str | None) -> list[ExchangeBinding]:
@@ -127,6 +136,21 @@ def provenance(run: Run, entry_ids: Sequence[int]) -> list[Provenance]:
     return [Provenance(entry_id=r[0], exchange=r[1], upstream_id=r[2],
                        tags=tuple(json.loads(r[3])), first_seen=r[4], last_seen=r[5])
             for r in rows]
+
+
+# The provenance of every entry changed after a revision (`?`), for the change feed: read in
+# the same transaction as the changes (`Store.changes_since`), so the two agree.
+CHANGED_PROVENANCE_SQL = (
+    "SELECT p.entry_id, p.exchange, p.upstream_id, p.tags, p.first_seen, p.last_seen"
+    " FROM entry_provenance p JOIN entries e ON e.id = p.entry_id WHERE e.changed_rev > ?"
+    " ORDER BY p.entry_id, p.upstream_id")
+
+
+def provenance_texts(rows: Sequence[Sequence[Any]]) -> dict[int, str]:
+    """Rows of `CHANGED_PROVENANCE_SQL` -> entry id -> its provenance as JSON."""
+    return provenance_by_entry(
+        Provenance(entry_id=r[0], exchange=r[1], upstream_id=r[2], tags=tuple(json.loads(r[3])),
+                   first_seen=r[4], last_seen=r[5]) for r in rows)
 
 
 def apply_page(run: Run, bank_id: int, bank_name: str, revision: int, page: ExchangePage,
@@ -198,6 +222,7 @@ def _upsert(run: Run, bank_id: int, exchange: str, revision: int, now: float,
         existing, _ = run("SELECT id FROM entries WHERE bank_id = ? AND algorithm = ?"
                           " AND hash = ?", (bank_id, algorithm.name, upstream.hash))
         entry_id = existing[0][0]
+        _provenance_changed(run, revision, entry_id)
     # ON CONFLICT: a row left by an entry removed by hand (`indexer remove`) is taken over
     run("INSERT INTO entry_provenance (bank_id, upstream_id, entry_id, exchange, tags, listing,"
         " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -215,11 +240,18 @@ def _delete(run: Run, bank_id: int, revision: int, upstream_id: str) -> int:
     entry_id = rows[0][0]
     others, _ = run("SELECT 1 FROM entry_provenance WHERE entry_id = ? LIMIT 1", (entry_id,))
     if others:
+        _provenance_changed(run, revision, entry_id)
         return 0
     run("INSERT INTO removed_entries (entry_id, rev) VALUES (?, ?)"
         " ON CONFLICT (entry_id) DO UPDATE SET rev = excluded.rev", (entry_id, revision))
     _, count = run("DELETE FROM entries WHERE id = ?", (entry_id,))
     return count
+
+
+def _provenance_changed(run: Run, revision: int, entry_id: int) -> None:
+    """Mark an entry changed whose provenance changed while it stayed: servers then read it
+    again, with its provenance, through the delta (their matches report it)."""
+    run("UPDATE entries SET changed_rev = ? WHERE id = ?", (revision, entry_id))
 
 
 def _metadata(exchange: str, upstream: UpstreamEntry, tags: list[str]) -> str:

@@ -96,6 +96,9 @@ class StoreChanges:
     changed: frozenset[int]  # entry ids changed (added, disabled, enabled, removed)
     # (id, bank, algorithm, hash, external_id, metadata JSON, variant)
     active: list[tuple[Any, ...]]
+    # entry id -> its exchange provenance as JSON (exchange_model.provenance_by_entry), for the
+    # changed entries that have one
+    provenance: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

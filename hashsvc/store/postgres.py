@@ -30,6 +30,7 @@ from hashsvc.errors import (
     StoreUnavailableError,
 )
 from hashsvc.limits import LIMITS, check_text, quote
+from hashsvc.store import exchange_sql
 from hashsvc.store.base import redact
 from hashsvc.store.model import (
     EntrySelector,
@@ -315,7 +316,8 @@ class PostgresStore(SqlStoreBase):
     def changes_since(self, revision: int) -> StoreChanges:
         """As `SqliteStore.changes_since`, in one REPEATABLE READ transaction."""
 
-        def read(conn: psycopg.Connection[Any]) -> tuple[int, list[Any], list[int]]:
+        def read(conn: psycopg.Connection[Any]
+                 ) -> tuple[int, list[Any], list[int], list[Any]]:
             current = int(conn.execute(
                 "SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])  # type: ignore[index]
             rows = conn.execute(
@@ -325,13 +327,16 @@ class PostgresStore(SqlStoreBase):
                 (revision,)).fetchall()
             removed = [r[0] for r in conn.execute(
                 "SELECT entry_id FROM removed_entries WHERE rev > %s", (revision,))]
-            return current, rows, removed
+            provenance = conn.execute(exchange_sql.CHANGED_PROVENANCE_SQL.replace("?", "%s"),
+                                      (revision,)).fetchall()
+            return current, rows, removed, provenance
 
-        current, rows, removed = self._read(read, snapshot=True)
+        current, rows, removed, provenance = self._read(read, snapshot=True)
         return StoreChanges(
             revision=current,
             changed=frozenset([r[0] for r in rows] + removed),
             active=[(r[0], r[1], r[2], bytes(r[3]), *r[4:7]) for r in rows if r[7]],
+            provenance=exchange_sql.provenance_texts(provenance),
         )
 
     def stats(self) -> StoreStats:

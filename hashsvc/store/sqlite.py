@@ -19,6 +19,7 @@ from typing import Any
 
 from hashsvc.errors import HashsvcError
 from hashsvc.limits import LIMITS, check_text
+from hashsvc.store import exchange_sql
 from hashsvc.store.base import redact
 from hashsvc.store.model import (
     EntrySelector,
@@ -253,12 +254,15 @@ class SqliteStore(SqlStoreBase):
                 ).fetchall()
                 removed = [r[0] for r in self._reader.execute(
                     "SELECT entry_id FROM removed_entries WHERE rev > ?", (revision,))]
+                provenance = self._reader.execute(
+                    exchange_sql.CHANGED_PROVENANCE_SQL, (revision,)).fetchall()
             finally:
                 self._reader.execute("COMMIT")
         return StoreChanges(
             revision=current,
             changed=frozenset([r[0] for r in rows] + removed),
             active=[r[:7] for r in rows if r[7]],
+            provenance=exchange_sql.provenance_texts(provenance),
         )
 
     def stats(self) -> StoreStats:

@@ -10,9 +10,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from hashsvc.errors import HashsvcError
+from hashsvc.errors import HashsvcError, NotFoundError
 from hashsvc.store import Store
-from hashsvc.store.exchange_model import Credentials, ExchangeBinding, SyncHealth
+from hashsvc.store.exchange_model import (
+    SCHEDULE_KEY,
+    Credentials,
+    ExchangeBinding,
+    SyncHealth,
+)
 from indexer.commands.common import (
     add_command,
     emit,
@@ -63,6 +68,11 @@ def register(subcommands: Any) -> None:
                       help="how long the bank may go without a successful sync before "
                            "`exchange status` calls it stale and HashsvcExchangeSyncStale "
                            "fires (default 24; kept when binding again)")
+    bind.add_argument("--every", metavar="DURATION",
+                      help="how often the admin service syncs the bank on its own, e.g. 15m, "
+                           "6h, 1d or seconds (default: the server's --exchange-sync-every; "
+                           "`off`: never on a schedule; kept when binding again without it; "
+                           "changing it keeps the checkpoint)")
     secret = bind.add_mutually_exclusive_group()
     secret.add_argument("--credentials-env", metavar="VAR",
                         help="environment variable holding the exchange's token")
@@ -107,11 +117,16 @@ def _bind(args: argparse.Namespace) -> int:
     if args.alert_after is not None and not args.alert_after > 0:
         raise HashsvcError(f"--alert-after must be a positive number of hours, "
                            f"got {args.alert_after:g}")
+    if args.every is not None:
+        config[SCHEDULE_KEY] = parse_every(args.every)
     credentials = (Credentials("env", args.credentials_env) if args.credentials_env else
                    Credentials("file", args.credentials_file) if args.credentials_file else None)
     # the exchange's own checks (a password in a URL, an unknown environment), before storing
-    EXCHANGES[args.exchange](config, credentials)
+    EXCHANGES[args.exchange]({k: v for k, v in config.items() if k != SCHEDULE_KEY},
+                             credentials)
     with open_store(args) as store:
+        if args.every is None:
+            config.update(_kept_schedule(store, args.bank))
         binding = store.bind_exchange(args.bank, args.exchange, config, credentials)
         if args.alert_after is not None:
             store.set_exchange_alert_after(args.bank, args.alert_after * 3600)
@@ -120,6 +135,35 @@ def _bind(args: argparse.Namespace) -> int:
         f"`indexer exchange sync {binding.bank}` fetches it")
     emit(_record(binding))
     return 0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_every(text: str) -> float:
+    """`--every`: seconds, or a number with s, m, h or d; `off` (0) takes the bank off the
+    schedule, even when the server has a default."""
+    value = text.strip().lower()
+    if value in ("off", "0"):
+        return 0.0
+    unit = _UNITS.get(value[-1:], 0)
+    try:
+        seconds = float(value[:-1] if unit else value) * (unit or 1)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise HashsvcError(f"--every must be a duration such as 90s, 15m, 6h or 1d (or off), "
+                           f"got {text!r}")
+    return seconds
+
+
+def _kept_schedule(store: Store, bank: str) -> dict[str, Any]:
+    """A re-bind without --every keeps the schedule the bank had."""
+    try:
+        [binding] = store.exchange_bindings(bank)
+    except NotFoundError:
+        return {}
+    return {k: v for k, v in binding.config.items() if k == SCHEDULE_KEY}
 
 
 def _sync(args: argparse.Namespace) -> int:

@@ -82,7 +82,7 @@ def open_exchange(binding: ExchangeBinding) -> Exchange:
     if factory is None:
         raise HashsvcError(f"bank {binding.bank!r} is bound to exchange {binding.exchange!r}, "
                            f"which this hashsvc does not have (known: {', '.join(EXCHANGES)})")
-    return factory(binding.config, binding.credentials)
+    return factory(binding.connector_config(), binding.credentials)
 
 
 def read_secret(credentials: Credentials) -> str:

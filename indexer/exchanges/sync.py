@@ -37,33 +37,49 @@ class SyncResult:
 def sync_bank(
     store: Store, bank: str, *, exchange: Exchange | None = None,
     on_page: Callable[[SyncResult], None] | None = None, max_pages: int | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> SyncResult:
     """Apply every page the bank's exchange has after its checkpoint (at most `max_pages`).
 
     Holds the store's single-writer lock "sync", so two syncs of one store take turns; the
     store also refuses a page whose starting checkpoint is stale, whatever the lock."""
     with store.writer_lock(LOCK_NAME):
-        binding = store.exchange_bindings(bank)[0]
-        result = SyncResult(bank=bank, exchange=binding.exchange, checkpoint=binding.checkpoint)
-        try:
-            client = exchange if exchange is not None else open_exchange(binding)
-            push_feedback(store, client, result)
-            while max_pages is None or result.pages < max_pages:
-                page = client.fetch(result.checkpoint)
-                if page.checkpoint == result.checkpoint and not page.more:
-                    break  # nothing new upstream: no entry written, no revision bump
-                result.totals += store.apply_exchange_page(bank, page, result.checkpoint)
-                result.checkpoint = page.checkpoint
-                result.pages += 1
-                if on_page is not None:
-                    on_page(result)
-                if not page.more:
-                    break
-        except Exception as err:
-            _record_failure(store, result, err)
-            raise
-        # written by whatever ran the sync, read by every server (metrics and alerts)
-        store.record_exchange_sync(bank, result.totals)
+        return sync_bank_locked(store, bank, exchange=exchange, on_page=on_page,
+                                max_pages=max_pages, stop=stop)
+
+
+def sync_bank_locked(
+    store: Store, bank: str, *, exchange: Exchange | None = None,
+    on_page: Callable[[SyncResult], None] | None = None, max_pages: int | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> SyncResult:
+    """`sync_bank` for a caller that already holds the "sync" lock (the admin service's
+    scheduler, which takes it once for a round of banks). `stop` is asked before each page:
+    True ends the sync there, between pages, with every page applied so far kept (the next
+    sync resumes from its checkpoint)."""
+    binding = store.exchange_bindings(bank)[0]
+    result = SyncResult(bank=bank, exchange=binding.exchange, checkpoint=binding.checkpoint)
+    try:
+        client = exchange if exchange is not None else open_exchange(binding)
+        push_feedback(store, client, result)
+        while max_pages is None or result.pages < max_pages:
+            if stop is not None and stop():
+                break
+            page = client.fetch(result.checkpoint)
+            if page.checkpoint == result.checkpoint and not page.more:
+                break  # nothing new upstream: no entry written, no revision bump
+            result.totals += store.apply_exchange_page(bank, page, result.checkpoint)
+            result.checkpoint = page.checkpoint
+            result.pages += 1
+            if on_page is not None:
+                on_page(result)
+            if not page.more:
+                break
+    except Exception as err:
+        _record_failure(store, result, err)
+        raise
+    # written by whatever ran the sync, read by every server (metrics and alerts)
+    store.record_exchange_sync(bank, result.totals)
     return result
 
 

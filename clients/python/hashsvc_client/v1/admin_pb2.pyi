@@ -449,7 +449,7 @@ class Entry(_message.Message):
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct: ...
     @_builtins.property
-    def provenance(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntryProvenance]:
+    def provenance(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.EntryProvenance]:
         """Where an exchange-backed bank got the entry: one per upstream id that lists its hash
         (usually one; none for an entry imported or added by hand).
         """
@@ -472,7 +472,7 @@ class Entry(_message.Message):
         disabled: _builtins.bool = ...,
         disabled_reason: _builtins.str = ...,
         variant: _builtins.str = ...,
-        provenance: _abc.Iterable[Global___EntryProvenance] | None = ...,
+        provenance: _abc.Iterable[_types_pb2.EntryProvenance] | None = ...,
         feedback: _abc.Iterable[Global___EntryFeedback] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "metadata", b"metadata"]  # noqa: Y015
@@ -621,44 +621,6 @@ class ReportMatchFeedbackResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportMatchFeedbackResponse: _TypeAlias = ReportMatchFeedbackResponse  # noqa: Y015
-
-@_typing.final
-class EntryProvenance(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EXCHANGE_FIELD_NUMBER: _builtins.int
-    UPSTREAM_ID_FIELD_NUMBER: _builtins.int
-    TAGS_FIELD_NUMBER: _builtins.int
-    FIRST_SEEN_FIELD_NUMBER: _builtins.int
-    LAST_SEEN_FIELD_NUMBER: _builtins.int
-    exchange: _builtins.str
-    """the connector's type, e.g. "ncmec", "file" """
-    upstream_id: _builtins.str
-    """the exchange's own id for the hash"""
-    first_seen: _builtins.float
-    """Unix seconds: the first sync that listed it"""
-    last_seen: _builtins.float
-    """Unix seconds: the latest sync that listed it"""
-    @_builtins.property
-    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """the exchange's labels and opinions, as it lists them"""
-
-    def __init__(
-        self,
-        *,
-        exchange: _builtins.str = ...,
-        upstream_id: _builtins.str = ...,
-        tags: _abc.Iterable[_builtins.str] | None = ...,
-        first_seen: _builtins.float = ...,
-        last_seen: _builtins.float = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange", "first_seen", b"first_seen", "last_seen", b"last_seen", "tags", b"tags", "upstream_id", b"upstream_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___EntryProvenance: _TypeAlias = EntryProvenance  # noqa: Y015
 
 @_typing.final
 class ListEntriesRequest(_message.Message):

@@ -225,6 +225,7 @@ class Match(_message.Message):
     ENTRY_VARIANT_FIELD_NUMBER: _builtins.int
     HASH_INDEX_FIELD_NUMBER: _builtins.int
     FALSE_MATCH_PROBABILITY_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
     bank: _builtins.str
     entry_id: _builtins.int
     external_id: _builtins.str
@@ -263,6 +264,14 @@ class Match(_message.Message):
     def metadata(self) -> _struct_pb2.Struct:
         """the entry's metadata from its hash list"""
 
+    @_builtins.property
+    def provenance(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntryProvenance]:
+        """Where an exchange-backed bank got the entry (as on Entry.provenance): the exchange, its id
+        for the hash and its tags, so a match can be routed or reported upstream without a
+        GetEntry. Empty for entries imported or added by hand. As of the entry's last change or
+        the last publish, whichever is later: last_seen may lag the store's by a publish.
+        """
+
     def __init__(
         self,
         *,
@@ -280,16 +289,60 @@ class Match(_message.Message):
         entry_variant: _builtins.str = ...,
         hash_index: _builtins.int = ...,
         false_match_probability: _builtins.float | None = ...,
+        provenance: _abc.Iterable[Global___EntryProvenance] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability", "false_match_probability", b"false_match_probability", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability", "algorithm", b"algorithm", "bank", b"bank", "bank_kind", b"bank_kind", "distance", b"distance", "entry_id", b"entry_id", "entry_variant", b"entry_variant", "external_id", b"external_id", "false_match_probability", b"false_match_probability", "hash_index", b"hash_index", "metadata", b"metadata", "query_transform", b"query_transform", "query_trimmed", b"query_trimmed", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability", "algorithm", b"algorithm", "bank", b"bank", "bank_kind", b"bank_kind", "distance", b"distance", "entry_id", b"entry_id", "entry_variant", b"entry_variant", "external_id", b"external_id", "false_match_probability", b"false_match_probability", "hash_index", b"hash_index", "metadata", b"metadata", "provenance", b"provenance", "query_transform", b"query_transform", "query_trimmed", b"query_trimmed", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__false_match_probability: _TypeAlias = _typing.Literal["false_match_probability"]  # noqa: Y015
     _WhichOneofArgType__false_match_probability: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__false_match_probability) -> _WhichOneofReturnType__false_match_probability | None: ...
 
 Global___Match: _TypeAlias = Match  # noqa: Y015
+
+@_typing.final
+class EntryProvenance(_message.Message):
+    """Where an entry came from, for entries of a bank bound to an exchange (`indexer exchange`).
+    (Declared here rather than in admin.proto since 15 of Match carries it too; the full name,
+    hashsvc.v1.EntryProvenance, and so the wire format, are unchanged.)
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCHANGE_FIELD_NUMBER: _builtins.int
+    UPSTREAM_ID_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    exchange: _builtins.str
+    """the connector's type, e.g. "ncmec", "file" """
+    upstream_id: _builtins.str
+    """the exchange's own id for the hash"""
+    first_seen: _builtins.float
+    """Unix seconds: the first sync that listed it"""
+    last_seen: _builtins.float
+    """Unix seconds: the latest sync that listed it"""
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the exchange's labels and opinions, as it lists them"""
+
+    def __init__(
+        self,
+        *,
+        exchange: _builtins.str = ...,
+        upstream_id: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        first_seen: _builtins.float = ...,
+        last_seen: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange", "first_seen", b"first_seen", "last_seen", b"last_seen", "tags", b"tags", "upstream_id", b"upstream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntryProvenance: _TypeAlias = EntryProvenance  # noqa: Y015
 
 @_typing.final
 class Timings(_message.Message):
