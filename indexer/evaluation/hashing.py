@@ -34,6 +34,7 @@ from hashsvc.matching.strategies import (
     variant_way,
 )
 from hashsvc.scanner import Scanner
+from indexer.evaluation.same_photo import SIDE, Thumbnail, thumbnail
 from indexer.evaluation.transforms import BY_NAME
 from indexer.folders import hash_file
 
@@ -140,6 +141,8 @@ class OriginalResult:
     # say each compared pair's way of matching (hashsvc.matching.calibration) for the tail model.
     stored_kinds: dict[str, list[str]] = field(default_factory=dict)
     query_kinds: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)
+    # The same-photo check's thumbnail (`indexer.evaluation.same_photo`), independent of PDQ
+    thumbnail: Thumbnail | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,9 @@ def _run(job: Job) -> OriginalResult:
     distances: dict[str, dict[str, int]] = {}
     refused: list[str] = []
     with Image.open(job.path) as opened:
+        opened.draft("RGB", (4 * SIDE, 4 * SIDE))  # JPEG: decode at a fraction of the size
+        small = thumbnail(opened)
+    with Image.open(job.path) as opened:
         image = opened.convert("RGB")
     for transform in (BY_NAME[name] for name in job.transforms):
         upload = Upload(transform.apply(image, job.index), name=f"{job.path}:{transform.name}",
@@ -186,7 +192,7 @@ def _run(job: Job) -> OriginalResult:
             m.name: closest(found[m.name], stored[m.name], m.margins) for m in job.methods
         }
     return OriginalResult(job.index, stored, queries, distances, refused=refused,
-                          stored_kinds=stored_kinds, query_kinds=query_kinds)
+                          stored_kinds=stored_kinds, query_kinds=query_kinds, thumbnail=small)
 
 
 def stored_hashes(

@@ -60,9 +60,9 @@ def pair_histogram(
     owners (Hamming distance, plus the margin of the ways the two hashes involve: see
     `closest`), and per way the closest raw distance through it (`PairCounts.by_way`).
 
-    `queries[i]` is the hash set of query image i, which is original `query_owner[i]` (or -1
-    for a negative); `stored[j]` is original j's stored set. `skip_pairs` holds (owner, j)
-    pairs to leave out (byte-identical duplicates: not distinct images).
+    `queries[i]` is the hash set of query image i, which is original `query_owner[i]` (an
+    owner of len(stored) or more, or -1, is a negative); `stored[j]` is original j's stored
+    set. `skip_pairs` holds (owner, j) pairs to leave out (duplicates: not distinct images).
     """
     histogram = np.zeros(bits + 2, dtype=np.int64)
     stored_rows, stored_starts = _stack([codes for codes, _ in stored])
@@ -89,7 +89,7 @@ def pair_histogram(
         for offset in range(len(block)):
             owner = query_owner[first + offset]
             keep = np.ones(len(stored), dtype=bool)
-            if owner >= 0:
+            if 0 <= owner < len(stored):
                 keep[owner] = False
             for a, b in skip_pairs:
                 if a == owner:

@@ -12,6 +12,7 @@ from hashsvc.hashing.algorithms import get_algorithm
 from indexer.evaluation import operating
 from indexer.evaluation.metrics import recall_curve
 from indexer.evaluation.run import Evaluation
+from indexer.evaluation.same_photo import SAME_PHOTO_NCC, SIDE
 
 CURVE_MAX = 64  # per-transform recall is published for thresholds 0..64 (the whole of pHash)
 SWEEP = tuple(range(20, 42, 2))  # thresholds of the recall / false-match sweep in the report
@@ -99,6 +100,7 @@ def summarise(evaluation: Evaluation, point: dict[str, Any]) -> dict[str, Any]:
         "copies": sum(r["copies"] for r in transforms.values()),
         "pairs": any_pairs.pairs if any_pairs else 0,
         "duplicates_skipped": evaluation.duplicates,
+        "same_photo_skipped": [list(p) for p in evaluation.same_photo],
         "target_fpr": config.target_fpr,
         "seconds": round(evaluation.seconds, 1),
         "errors": evaluation.errors,
@@ -129,8 +131,14 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         + f": {summary['pairs']:,} ordered pairs of distinct images for false positives; "
         f"{summary['transformed_originals']:,} originals × {len(summary['transforms'])} "
         f"transforms = {summary['copies']:,} copies for recall. "
-        f"{len(summary['duplicates_skipped'])} byte-identical duplicate pair(s) left out. "
-        f"Run time {summary['seconds']:.0f} s; {summary['created_at']}.",
+        f"{len(summary['duplicates_skipped'])} byte-identical duplicate pair(s) left out; "
+        f"{len(summary['same_photo_skipped'])} pair(s) of files holding one photograph (grey "
+        f"{SIDE}×{SIDE} thumbnails correlating ≥ {SAME_PHOTO_NCC} in some rotation/flip) "
+        "left out"
+        + "".join(f"{'; ' if i else ': '}{a} ~ {b} ({ncc})"
+                  for i, (a, b, ncc) in enumerate(summary["same_photo_skipped"][:20]))
+        + (" …" if len(summary["same_photo_skipped"]) > 20 else "")
+        + f". Run time {summary['seconds']:.0f} s; {summary['created_at']}.",
         "",
         *operating.markdown(summary),
         "",
