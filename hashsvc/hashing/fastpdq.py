@@ -45,13 +45,15 @@ import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, ImageFile, ImageOps, JpegImagePlugin
 
-from hashsvc.hashing import _pdqfast
+from hashsvc.hashing import _pdqfast, decode_png, decode_webp
 from hashsvc.hashing.algorithms.base import HashValue
 from hashsvc.hashing.algorithms.pdq import Pdq
 from hashsvc.hashing.decode_budget import Lease
 from hashsvc.hashing.imaging import (
     DEFAULT_LIMITS,
     DecodeLimits,
+    Opened,
+    admit_decode,
     decoder_errors,
     load_checked,
     open_checked,
@@ -79,6 +81,8 @@ class Reduction:
     again is decoded again at full size (`_scale_sensitive`: content that reaches PDQ only
     as aliasing, like a chessboard), if `DecodeLimits.max_full_decode_pixels` allows.
     `dc_only`: a progressive JPEG decoded at 1/8 scale is decoded without its later AC scans.
+    `direct_luma` (with `byte_luma`): PNGs and lossy WebPs go to their own decoders
+    (`decode_png`, `decode_webp`) for 8-bit luma, where those apply.
     """
 
     jpeg_min_side: int | None = 192
@@ -88,12 +92,14 @@ class Reduction:
     byte_luma: bool = True
     alias_bits: int | None = 20
     dc_only: bool = True
+    direct_luma: bool = True
 
 
 SCAN = Reduction()  # the scan policy, chosen by measurement (module docstring)
 # The reference's pixels:
 EXACT = Reduction(jpeg_min_side=None, work_side=None, jpeg_luma=False, byte_luma=False,
-                  alias_bits=None)
+                  alias_bits=None, direct_luma=False)
+_DIRECT_DECODERS = {"PNG": decode_png, "WEBP": decode_webp}  # luma without Pillow's decode
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,12 @@ def decode_reduced(
 
     `lease`: the call's share of the decode memory budget (see `hashsvc.hashing.imaging.decode`)."""
     opened = open_checked(data, limits, name)
+    if reduction.direct_luma and reduction.byte_luma:
+        direct = _direct_luma(data, opened, limits, name, lease)
+        if direct is not None:
+            height, width = direct.shape
+            return Reduced(direct, width, height, ((height, height), (width, width)),
+                           opened.format)
     side = reduction.jpeg_min_side
     layout = opened.jpeg
     if (side and reduction.dc_only and opened.format == "JPEG" and layout is not None
@@ -222,6 +234,19 @@ def decode_reduced(
         return decode_reduced(data, limits, name=name, apply_orientation=apply_orientation,
                               reduction=replace(reduction, jpeg_min_side=None), lease=lease)
     return reduced
+
+
+def _direct_luma(data: bytes, opened: Opened, limits: DecodeLimits, name: str,
+                 lease: Lease | None) -> npt.NDArray[np.uint8] | None:
+    """8-bit luma from the format's own decoder, under `load_checked`'s caps and budget; None
+    where it does not apply or refuses the file (then Pillow decodes it, and reports errors)."""
+    decoder = _DIRECT_DECODERS.get(opened.format)
+    if decoder is None or not decoder.applies(data):
+        return None
+    with decoder_errors(name, opened.format):
+        admit_decode(opened, limits, name, full=False, lease=lease)
+        luma: npt.NDArray[np.uint8] | None = decoder.luma(data, *opened.image.size)
+    return luma
 
 
 def _scale_sensitive(reduced: Reduced, bits: int) -> bool:
