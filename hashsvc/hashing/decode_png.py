@@ -60,7 +60,8 @@ def luma(data: bytes, width: int, height: int) -> npt.NDArray[np.uint8] | None:
     already checked against the decode limits), or None if libspng refuses it."""
     grey = data[25] in (_GREY, _GREY_ALPHA)
     try:
-        pixels = pyspng.load(data, "L" if data[25] == _GREY else "LA" if grey else "RGB")
+        # libspng gives grey only from grey without alpha; grey with alpha comes as RGB.
+        pixels = pyspng.load(data, "L" if data[25] == _GREY else "RGB")
     except RuntimeError:
         return None
     if pixels.shape[:2] != (height, width):
