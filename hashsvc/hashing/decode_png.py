@@ -55,9 +55,10 @@ def _has_exif(data: bytes) -> bool:
     return False
 
 
-def luma(data: bytes, width: int, height: int) -> npt.NDArray[np.uint8] | None:
+def luma(data: bytes, width: int, height: int) -> tuple[npt.NDArray[np.uint8], bool] | None:
     """The 8-bit luma (Pillow's `convert("L")`) of a PNG of `width`×`height` (the header's size,
-    already checked against the decode limits), or None if libspng refuses it."""
+    already checked against the decode limits), and False (full range, unlike a WebP's), or
+    None if libspng refuses it."""
     grey = data[25] in (_GREY, _GREY_ALPHA)
     try:
         # libspng gives grey only from grey without alpha; grey with alpha comes as RGB.
@@ -67,6 +68,6 @@ def luma(data: bytes, width: int, height: int) -> npt.NDArray[np.uint8] | None:
     if pixels.shape[:2] != (height, width):
         return None
     if grey:  # as decoded: no copy (the decode budget counts 1 byte per pixel for grey)
-        return np.ascontiguousarray(pixels[..., 0]) if pixels.ndim == 3 else pixels
+        return (np.ascontiguousarray(pixels[..., 0]) if pixels.ndim == 3 else pixels), False
     rgb = Image.frombuffer("RGB", (width, height), pixels, "raw", "RGB", 0, 1)
-    return np.asarray(rgb.convert("L"))
+    return np.asarray(rgb.convert("L")), False

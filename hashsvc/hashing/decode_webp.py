@@ -5,10 +5,11 @@ converts that to RGB and to 8-bit luma; three full-size passes for what a lossy 
 stores. Inside, a lossy WebP is YUV 4:2:0, and its Y plane (BT.601 studio range, 16-235) is
 PDQ's luma up to an affine map: libwebp turns YUV into RGB with R, G, B = 1.164 (Y - 16) +
 chroma terms that cancel in 0.299 R + 0.587 G + 0.114 B. `WebPDecodeYUVInto` decodes that plane
-(and the quarter-size chroma, which libwebp writes anyway) into our buffers; one table lookup
-(Pillow's `point`) maps it to full range, rounded to bytes like `convert("L")`. PDQ's hash bits
-depend on the luma only up to such a map (DC is not in its DCT and the bits compare against
-the median), and its quality sees full-range values as the reference does.
+(and the quarter-size chroma, which libwebp writes anyway) into our buffers. The C filter
+reads the plane as it is, and `fastpdq` maps PDQ's 64×64 (the filter is linear) to full range
+before the DCT: the hash bits depend on luma only up to such a map (DC is not in PDQ's DCT, and
+the bits compare against the median), and the quality is computed on full-range values as the
+reference's is. (Mapping every pixel with a table first cost ~10% of a WebP's scan.)
 
 The library is Pillow's own libwebp, reached through its `_webp` extension (the dynamic loader
 resolves a symbol through that module's dependencies): no new dependency, and the same
@@ -30,8 +31,6 @@ from PIL import Image
 
 _MAX_CHUNKS = 16
 _EXIF_OR_ANIMATION = 0x08 | 0x02  # flags in the VP8X chunk
-# Studio-range Y (16-235) to full-range luma, rounded and clipped as libwebp's RGB would be.
-_TO_FULL_RANGE = [min(255, max(0, round((y - 16) * 255 / 219))) for y in range(256)]
 
 
 def _load_library() -> Any:
@@ -79,11 +78,13 @@ def _bitstream(data: bytes) -> bytes | None:
     return None
 
 
-def luma(data: bytes, width: int, height: int) -> npt.NDArray[np.uint8] | None:
+def luma(data: bytes, width: int, height: int) -> tuple[npt.NDArray[np.uint8], bool] | None:
     """The 8-bit luma of a still WebP of `width`×`height` (the header's size, already checked
-    against the decode limits), or None where libwebp disagrees or refuses.
+    against the decode limits), with whether it is studio range (16-235), or None where libwebp
+    disagrees or refuses.
 
-    Lossy: the Y plane, mapped to full range. Lossless (stored as RGB, so no Y plane to take):
+    Lossy: the Y plane as decoded (studio range: `fastpdq` maps PDQ's 64×64 to full range).
+    Lossless (stored as RGB, so no Y plane to take):
     RGB straight into our buffer, skipping Pillow's RGBA copy, then `convert("L")`."""
     got_width, got_height = ctypes.c_int(), ctypes.c_int()
     if (_LIBRARY is None
@@ -95,7 +96,7 @@ def luma(data: bytes, width: int, height: int) -> npt.NDArray[np.uint8] | None:
         if not _LIBRARY.WebPDecodeRGBInto(data, len(data), rgb.ctypes.data, rgb.size, 3 * width):
             return None
         return np.asarray(
-            Image.frombuffer("RGB", (width, height), rgb, "raw", "RGB", 0, 1).convert("L"))
+            Image.frombuffer("RGB", (width, height), rgb, "raw", "RGB", 0, 1).convert("L")), False
     y = np.empty((height, width), dtype=np.uint8)
     chroma_width, chroma_height = (width + 1) // 2, (height + 1) // 2
     chroma = np.empty((2, chroma_height, chroma_width), dtype=np.uint8)
@@ -106,4 +107,4 @@ def luma(data: bytes, width: int, height: int) -> npt.NDArray[np.uint8] | None:
         chroma[1].ctypes.data, chroma[1].size, chroma_width)
     if not decoded:
         return None
-    return np.asarray(Image.fromarray(y).point(_TO_FULL_RANGE))
+    return y, True

@@ -111,6 +111,7 @@ class Reduced:
     height: int
     ratios: tuple[Ratio, Ratio]  # where original rows, then columns, lie in luma (see Ratio)
     format: str
+    studio_range: bool = False  # luma is BT.601 studio-range Y (16-235): a lossy WebP's plane
 
     @property
     def pixels(self) -> int:
@@ -171,9 +172,10 @@ def decode_reduced(
     if reduction.direct_luma and reduction.byte_luma:
         direct = _direct_luma(data, opened, limits, name, lease)
         if direct is not None:
-            height, width = direct.shape
-            return Reduced(direct, width, height, ((height, height), (width, width)),
-                           opened.format)
+            pixels, studio_range = direct
+            height, width = pixels.shape
+            return Reduced(pixels, width, height, ((height, height), (width, width)),
+                           opened.format, studio_range)
     side = reduction.jpeg_min_side
     layout = opened.jpeg
     if (side and reduction.dc_only and opened.format == "JPEG" and layout is not None
@@ -237,15 +239,16 @@ def decode_reduced(
 
 
 def _direct_luma(data: bytes, opened: Opened, limits: DecodeLimits, name: str,
-                 lease: Lease | None) -> npt.NDArray[np.uint8] | None:
-    """8-bit luma from the format's own decoder, under `load_checked`'s caps and budget; None
-    where it does not apply or refuses the file (then Pillow decodes it, and reports errors)."""
+                 lease: Lease | None) -> tuple[npt.NDArray[np.uint8], bool] | None:
+    """8-bit luma from the format's own decoder (and whether it is studio range), under
+    `load_checked`'s caps and budget; None where it does not apply or refuses the file (then
+    Pillow decodes it, and reports errors)."""
     decoder = _DIRECT_DECODERS.get(opened.format)
     if decoder is None or not decoder.applies(data):
         return None
     with decoder_errors(name, opened.format):
         admit_decode(opened, limits, name, full=False, lease=lease)
-        luma: npt.NDArray[np.uint8] | None = decoder.luma(data, *opened.image.size)
+        luma: tuple[npt.NDArray[np.uint8], bool] | None = decoder.luma(data, *opened.image.size)
     return luma
 
 
@@ -299,8 +302,20 @@ def _dct16(reduced: Reduced) -> tuple[FloatArray, int]:
     if min(reduced.width, reduced.height) < _MIN_HASHABLE_DIM:
         return np.zeros((16, 16)), 0
     block, quality = pdq_from_luma(reduced.luma, reduced.height, reduced.width, reduced.ratios)
+    if reduced.studio_range:  # to full range after the (linear) filter, not per pixel before
+        block = (block - 16.0) * (255.0 / 219.0)
+        quality = _quality(block)
     dct = np.einsum("ik,kl->il", _DCT, block)
     return np.einsum("il,jl->ij", dct, _DCT), quality
+
+
+def _quality(block: FloatArray) -> int:
+    """pdqImageDomainQualityMetric of a 64×64, as `_pdqfast.c`'s `quality` computes it."""
+    cells = block.astype(np.float32)
+    scale = np.float32(100.0) / np.float32(255.0)
+    down = np.trunc((cells[:-1] - cells[1:]) * scale)
+    across = np.trunc((cells[:, :-1] - cells[:, 1:]) * scale)
+    return min(100, int(np.abs(down).sum() + np.abs(across).sum()) // 90)
 
 
 def _bits(coefficients: FloatArray) -> bytes:
