@@ -13,13 +13,14 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from hashsvc.errors import ImageError, ImageTooLargeError
 from hashsvc.hashing import decode_png, decode_webp
 from hashsvc.hashing.decode_budget import MemoryBudget
-from hashsvc.hashing.fastpdq import EXACT, decode_reduced, pdq_fast
+from hashsvc.hashing.fastpdq import EXACT, decode_reduced, pdq_fast, pdq_hashes
 from hashsvc.hashing.imaging import DecodeLimits, decode, to_rgb
+from hashsvc.matching.variants import trimmed_pdq_fast
 from tests.conftest import BRIDGE_ORIGINAL, encode_image, hamming, png_header_only
 
 PHOTO = Image.open(BRIDGE_ORIGINAL).convert("RGB").reduce(3)  # 533×334 of a real photo
@@ -151,3 +152,18 @@ def test_the_direct_decoders_are_held_to_the_cap_and_the_budget(fmt: str) -> Non
         decode_reduced(data, lease=lease)
         assert roomy.in_use == lease.held > 4 * 2**20  # reserved once, and held to the end
     assert small.in_use == roomy.in_use == 0
+
+
+def test_a_trimmed_box_of_a_webp_is_hashed_in_full_range_too() -> None:
+    """A dull photo (PDQ quality ~60, under its cap of 100, so the range shows) in a border,
+    against the same file decoded by Pillow to full-range float luma (EXACT)."""
+    dull = ImageEnhance.Contrast(PHOTO.filter(ImageFilter.GaussianBlur(2))).enhance(0.2)
+    webp = encode_image(ImageOps.expand(dull, border=60, fill="grey"), "WEBP")
+    direct, pillow = decode_reduced(webp), decode_reduced(webp, reduction=EXACT)
+    assert direct.studio_range and not pillow.studio_range
+    boxes = list(zip(trimmed_pdq_fast(direct), trimmed_pdq_fast(pillow), strict=True))
+    assert boxes
+    for got, expected in [(pdq_hashes(direct), pdq_hashes(pillow)), *boxes]:
+        assert expected[0].quality is not None and 40 < expected[0].quality < 90
+        assert got[0].quality is not None and abs(got[0].quality - expected[0].quality) <= 2
+        assert hamming(got[0].value, expected[0].value) <= 8
