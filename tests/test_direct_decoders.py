@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from hashsvc.hashing.decode_budget import MemoryBudget
 from hashsvc.hashing.fastpdq import EXACT, decode_reduced, pdq_fast, pdq_hashes
 from hashsvc.hashing.imaging import DecodeLimits, decode, to_rgb
 from hashsvc.matching.variants import trimmed_pdq_fast
+from loadtests.upload_corpus import find_tools, missing_tools
 from tests.conftest import BRIDGE_ORIGINAL, encode_image, hamming, png_header_only
 
 PHOTO = Image.open(BRIDGE_ORIGINAL).convert("RGB").reduce(3)  # 533×334 of a real photo
@@ -167,3 +170,16 @@ def test_a_trimmed_box_of_a_webp_is_hashed_in_full_range_too() -> None:
         assert expected[0].quality is not None and 40 < expected[0].quality < 90
         assert got[0].quality is not None and abs(got[0].quality - expected[0].quality) <= 2
         assert hamming(got[0].value, expected[0].value) <= 8
+
+
+@pytest.mark.skipif("imagemagick" in missing_tools(),
+                    reason="needs ImageMagick (apt-get install imagemagick)")
+def test_an_interlaced_png_from_imagemagick_gives_pillows_luma(tmp_path: Path) -> None:
+    """Half the corpus's PNGs are Adam7-interlaced, which Pillow cannot write."""
+    plain, interlaced = tmp_path / "plain.png", tmp_path / "interlaced.png"
+    PHOTO.save(plain)
+    subprocess.run([find_tools()["imagemagick"], str(plain), "-interlace", "PNG",
+                    f"PNG24:{interlaced}"], check=True, capture_output=True)
+    data = interlaced.read_bytes()
+    assert data[28] == 1 and decode_png.applies(data)  # IHDR: Adam7
+    _assert_pillows_luma(decode_png.luma(data, *PHOTO.size), data)
