@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, ImageFile, ImageOps, JpegImagePlugin
 
-from hashsvc.hashing import _pdqfast
+from hashsvc.hashing import _pdqfast, decode_png, decode_webp
 from hashsvc.hashing.algorithms.base import HashValue
 from hashsvc.hashing.algorithms.pdq import Pdq
 from hashsvc.hashing.decode_budget import Lease
@@ -53,6 +53,8 @@ from hashsvc.hashing.decode_small_jpeg import luma_scans_only
 from hashsvc.hashing.imaging import (
     DEFAULT_LIMITS,
     DecodeLimits,
+    Opened,
+    admit_decode,
     decoder_errors,
     load_checked,
     open_checked,
@@ -82,6 +84,8 @@ class Reduction:
     `dc_only`: a progressive JPEG decoded at 1/8 scale is decoded without its later AC scans.
     `luma_scans`: any other progressive YCbCr JPEG decoded as its Y plane is decoded without
     its chroma AC scans (`decode_small_jpeg`: the same Y pixels, less entropy decoding).
+    `direct_luma` (with `byte_luma`): PNGs and lossy WebPs go to their own decoders
+    (`decode_png`, `decode_webp`) for 8-bit luma, where those apply.
     """
 
     jpeg_min_side: int | None = 192
@@ -92,12 +96,14 @@ class Reduction:
     alias_bits: int | None = 16
     dc_only: bool = True
     luma_scans: bool = True
+    direct_luma: bool = True
 
 
 SCAN = Reduction()  # the scan policy, chosen by measurement (module docstring)
 # The reference's pixels:
 EXACT = Reduction(jpeg_min_side=None, work_side=None, jpeg_luma=False, byte_luma=False,
-                  alias_bits=None)
+                  alias_bits=None, direct_luma=False)
+_DIRECT_DECODERS = {"PNG": decode_png, "WEBP": decode_webp}  # luma without Pillow's decode
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ class Reduced:
     ratios: tuple[Ratio, Ratio]  # where original rows, then columns, lie in luma (see Ratio)
     format: str
     scan_hash: HashValue | None = None  # its PDQ, when the aliasing check already computed it
+    studio_range: bool = False  # luma is BT.601 studio-range Y (16-235): a lossy WebP's plane
 
     @property
     def pixels(self) -> int:
@@ -161,6 +168,9 @@ def _hash(reduced: Reduced) -> HashValue:
     calls (~0.1 ms) than for its decode's tail (profile: README Performance)."""
     if min(reduced.width, reduced.height) < _MIN_HASHABLE_DIM:
         return HashValue(Pdq.name, bytes(32), 0)  # the reference's all-zero hash, quality 0
+    if reduced.studio_range:  # the quality needs the 64×64 mapped to full range (`_dct16`)
+        coefficients, quality = _dct16(reduced)
+        return HashValue(Pdq.name, _bits(coefficients), quality)
     (row_num, row_den), (col_num, col_den) = reduced.ratios
     pixels = np.ascontiguousarray(reduced.luma)
     value, quality = _pdqfast.pdq(
@@ -182,6 +192,13 @@ def decode_reduced(
 
     `lease`: the call's share of the decode memory budget (see `hashsvc.hashing.imaging.decode`)."""
     opened = open_checked(data, limits, name)
+    if reduction.direct_luma and reduction.byte_luma:
+        direct = _direct_luma(data, opened, limits, name, lease)
+        if direct is not None:
+            pixels, studio_range = direct
+            height, width = pixels.shape
+            return Reduced(pixels, width, height, ((height, height), (width, width)),
+                           opened.format, studio_range)
     side = reduction.jpeg_min_side
     layout = opened.jpeg
     if (side and reduction.dc_only and opened.format == "JPEG" and layout is not None
@@ -247,6 +264,20 @@ def decode_reduced(
     return reduced
 
 
+def _direct_luma(data: bytes, opened: Opened, limits: DecodeLimits, name: str,
+                 lease: Lease | None) -> tuple[npt.NDArray[np.uint8], bool] | None:
+    """8-bit luma from the format's own decoder (and whether it is studio range), under
+    `load_checked`'s caps and budget; None where it does not apply or refuses the file (then
+    Pillow decodes it, and reports errors)."""
+    decoder = _DIRECT_DECODERS.get(opened.format)
+    if decoder is None or not decoder.applies(data):
+        return None
+    with decoder_errors(name, opened.format):
+        admit_decode(opened, limits, name, full=False, lease=lease)
+        luma: tuple[npt.NDArray[np.uint8], bool] | None = decoder.luma(data, *opened.image.size)
+    return luma
+
+
 def _scale_sensitive(reduced: Reduced, bits: int) -> bool:
     """Whether the hash of a DCT-scaled decode moves more than `bits` when it is halved again.
 
@@ -300,8 +331,20 @@ def _dct16(reduced: Reduced) -> tuple[FloatArray, int]:
     if min(reduced.width, reduced.height) < _MIN_HASHABLE_DIM:
         return np.zeros((16, 16)), 0
     block, quality = pdq_from_luma(reduced.luma, reduced.height, reduced.width, reduced.ratios)
+    if reduced.studio_range:  # to full range after the (linear) filter, not per pixel before
+        block = (block - 16.0) * (255.0 / 219.0)
+        quality = _quality(block)
     dct = np.einsum("ik,kl->il", _DCT, block)
     return np.einsum("il,jl->ij", dct, _DCT), quality
+
+
+def _quality(block: FloatArray) -> int:
+    """pdqImageDomainQualityMetric of a 64×64, as `_pdqfast.c`'s `quality` computes it."""
+    cells = block.astype(np.float32)
+    scale = np.float32(100.0) / np.float32(255.0)
+    down = np.trunc((cells[:-1] - cells[1:]) * scale)
+    across = np.trunc((cells[:, :-1] - cells[:, 1:]) * scale)
+    return min(100, int(np.abs(down).sum() + np.abs(across).sum()) // 90)
 
 
 def _bits(coefficients: FloatArray) -> bytes:

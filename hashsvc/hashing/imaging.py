@@ -187,6 +187,15 @@ def load_checked(
     `max_full_decode_pixels`; then the decode's estimated peak memory is reserved from `lease`.
     Call inside `decoder_errors`.
     """
+    admit_decode(opened, limits, name, full=full, lease=lease)
+    opened.image.load()
+
+
+def admit_decode(
+    opened: Opened, limits: DecodeLimits, name: str, *, full: bool, lease: Lease | None
+) -> None:
+    """`load_checked`'s checks without its decode: for a decoder other than Pillow's
+    (`hashsvc.hashing.decode_png`, `decode_webp`), which must be held to the same caps."""
     width, height = opened.image.size
     pixels = width * height
     if pixels > limits.max_full_decode_pixels:
@@ -197,7 +206,6 @@ def load_checked(
     if lease is not None:
         lease.reserve(estimate_peak_bytes(pixels, mode=opened.image.mode, fmt=opened.format,
                                           full=full, layout=opened.jpeg), name)
-    opened.image.load()
 
 
 @contextmanager

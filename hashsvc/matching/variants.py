@@ -70,6 +70,7 @@ def trimmed_pdq_fast(reduced: Reduced, *, dihedral: bool = False) -> list[list[H
             height=max(1, round((box.bottom - box.top) * row_den / row_num)),
             ratios=reduced.ratios,
             format=reduced.format,
+            studio_range=reduced.studio_range,
         )
         found.append(pdq_hashes(region, dihedral=dihedral))
     return found
