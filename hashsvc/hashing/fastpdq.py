@@ -198,7 +198,7 @@ def decode_reduced(
             pixels, studio_range = direct
             height, width = pixels.shape
             return Reduced(pixels, width, height, ((height, height), (width, width)),
-                           opened.format, studio_range)
+                           opened.format, studio_range=studio_range)
     side = reduction.jpeg_min_side
     layout = opened.jpeg
     if (side and reduction.dc_only and opened.format == "JPEG" and layout is not None
