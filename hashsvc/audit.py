@@ -20,10 +20,11 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hashsvc.matching.matcher import Match
-from hashsvc.scanner import ScanResult
+if TYPE_CHECKING:  # types only: the indexer's verbs write audit records without a matcher
+    from hashsvc.matching.matcher import Match
+    from hashsvc.scanner import ScanResult
 
 
 class AuditLog:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hashsvc.errors import ImageError
-from hashsvc.matching.matcher import Match
-from hashsvc.scanner import Scanner, ScanOptions, ScanResult
-from hashsvc.snapshot import load_current
 from indexer.commands.common import add_command, emit, home
 from indexer.folders import find_images
+
+if TYPE_CHECKING:
+    from hashsvc.matching.matcher import Match
+    from hashsvc.scanner import ScanResult
 
 
 def register(subcommands: Any) -> None:
@@ -29,6 +30,9 @@ def register(subcommands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from hashsvc.scanner import Scanner, ScanOptions  # here: FAISS is not every verb's cost
+    from hashsvc.snapshot import load_current
+
     scanner = Scanner(load_current(home(args).snapshots_dir))
     options = ScanOptions(banks=tuple(args.banks), dihedral=args.dihedral)
     matched = failed = 0

@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hashsvc.snapshot import publish
-from hashsvc.snapshot.repository import open_repository
 from indexer.commands.common import add_command, emit, home, open_store, say
 
 
@@ -45,6 +43,9 @@ def register(subcommands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from hashsvc.snapshot import publish  # here: FAISS is not every verb's import cost
+    from hashsvc.snapshot.repository import open_repository
+
     data_home = home(args)
     repository = open_repository(
         args.snapshots or data_home.snapshots_dir,

@@ -12,7 +12,6 @@ import argparse
 import json
 from typing import Any
 
-from hashsvc.snapshot import current_version, list_versions, read_manifest
 from indexer.commands.common import add_command, home, open_store
 
 
@@ -25,6 +24,9 @@ def register(subcommands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # here: FAISS is not every verb's import cost
+    from hashsvc.snapshot import current_version, list_versions, read_manifest
+
     data_home = home(args)
     with open_store(args) as store:
         stats = store.stats()

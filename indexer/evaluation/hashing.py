@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +20,6 @@ from PIL import Image
 from hashsvc.errors import HashsvcError, ImageError
 from hashsvc.hashing.algorithms import QUALITY_FLOOR, get_algorithm
 from hashsvc.hashing.imaging import DEFAULT_LIMITS, DecodeLimits, Upload
-from hashsvc.matching.matcher import Query
 from hashsvc.matching.strategies import (
     CORNER,
     CROP,
@@ -33,10 +33,12 @@ from hashsvc.matching.strategies import (
     MatchStrategies,
     variant_way,
 )
-from hashsvc.scanner import Scanner
 from indexer.evaluation.same_photo import SIDE, Thumbnail, thumbnail
 from indexer.evaluation.transforms import BY_NAME
 from indexer.folders import hash_file
+
+if TYPE_CHECKING:
+    from hashsvc.matching.matcher import Query
 
 Codes = npt.NDArray[np.uint8]  # (n, bytes): a set of hashes
 Ways = npt.NDArray[np.uint8]  # per hash: the ways of matching it involves, one bit each (WAY_BITS)
@@ -232,6 +234,8 @@ def query_hashes(
     its queries come plain first, then rotations, then trimmed, and each method keeps its part.
     PDQ queries below the quality floor are dropped, as a scan drops them.
     """
+    from hashsvc.scanner import Scanner  # here: FAISS is not every `indexer` verb's import cost
+
     computed: dict[tuple[str, bool], list[Query]] = {}
     found: dict[str, HashSet] = {}
     for method in methods:
