@@ -10,9 +10,9 @@ import sqlite3
 from pathlib import Path
 
 from hashsvc.errors import HashsvcError
-from hashsvc.store import exchange_sql
+from hashsvc.store import exchange_sql, flood
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _FRESH_SCHEMA = 4  # what _SCHEMA creates; later steps come from _upgrade
 _ENTRIES_V4 = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -107,6 +107,8 @@ def _upgrade(db: sqlite3.Connection, schema: int) -> None:
         4: exchange_sql.SQLITE_SCHEMA,
         # v6: how each exchange-backed bank's syncs went (metrics, alerts, `exchange status`)
         5: exchange_sql.SQLITE_HEALTH_SCHEMA,
+        # v7: the flood guard's per-bank thresholds and the analysts' releases (flood.py)
+        6: flood.SQLITE_SCHEMA,
     }
     for version in range(schema, SCHEMA_VERSION):
         db.executescript(
