@@ -67,6 +67,8 @@ class Match:
     hash_index: int = 0  # the `source` of the query that matched
     # The tail model's chance that an unrelated upload matches this close (calibration.py)
     false_match_probability: float | None = None
+    # The entry floods this server's matches: reported, not acted on (server/flood_guard.py)
+    quarantined: bool = False
 
 
 @dataclass

@@ -171,6 +171,8 @@ def match_to_proto(match: Match) -> types_pb2.Match:
         entry_variant=match.entry_variant,
         hash_index=match.hash_index,
         false_match_probability=match.false_match_probability,
+        status=(types_pb2.MATCH_STATUS_QUARANTINED if match.quarantined
+                else types_pb2.MATCH_STATUS_MATCHED),
     )
 
 

@@ -56,6 +56,11 @@ class AdminServiceStub:
     PublishSnapshot: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PublishSnapshotRequest, _admin_pb2.PublishSnapshotResponse]
     """Build a snapshot from the store, make it current, and serve it. No-op if unchanged."""
     GetIndexStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetIndexStatusRequest, _admin_pb2.GetIndexStatusResponse]
+    ReleaseEntry: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReleaseEntryRequest, _admin_pb2.ReleaseEntryResponse]
+    """Release an entry the flood guard quarantined (README "Flood guard"): recorded in the store,
+    it reaches every server like an entry change; each lifts the quarantine and takes the
+    entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -78,6 +83,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     PublishSnapshot: _aio.UnaryUnaryMultiCallable[_admin_pb2.PublishSnapshotRequest, _admin_pb2.PublishSnapshotResponse]  # type: ignore[assignment]
     """Build a snapshot from the store, make it current, and serve it. No-op if unchanged."""
     GetIndexStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetIndexStatusRequest, _admin_pb2.GetIndexStatusResponse]  # type: ignore[assignment]
+    ReleaseEntry: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReleaseEntryRequest, _admin_pb2.ReleaseEntryResponse]  # type: ignore[assignment]
+    """Release an entry the flood guard quarantined (README "Flood guard"): recorded in the store,
+    it reaches every server like an entry change; each lifts the quarantine and takes the
+    entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -163,5 +173,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetIndexStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetIndexStatusResponse, _abc.Awaitable[_admin_pb2.GetIndexStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReleaseEntry(
+        self,
+        request: _admin_pb2.ReleaseEntryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ReleaseEntryResponse, _abc.Awaitable[_admin_pb2.ReleaseEntryResponse]]:
+        """Release an entry the flood guard quarantined (README "Flood guard"): recorded in the store,
+        it reaches every server like an entry change; each lifts the quarantine and takes the
+        entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
