@@ -293,3 +293,16 @@ def test_a_release_resets_the_baseline_and_a_start_learns_released_entries() -> 
     assert other == [False] * 4 + [True]
     fresh.forget([2])
     assert fresh.quarantined() == {}
+
+
+def test_a_batch_of_lookups_counts_as_as_many_uploads() -> None:
+    """A ScanHashes call of unrelated lookups: its matches are a share of its hashes, not one
+    per call (one popular entry per batch would otherwise look like a flood)."""
+    guard = FloodGuard(window=100)
+    guard.configure({"b": FloodSettings(min_matches=5, factor=10)})
+    for _ in range(50):  # one match of entry 1 in each batch of 60 uploads: 1-2 per window
+        result = guard.screen(ScanResult("v", [], [_match(1)]), uploads=60)
+        assert not result.matches[0].quarantined
+    single = [q for _ in range(5) for q in _scan(guard, 2)]  # one upload per call
+    assert single == [False] * 4 + [True]
+

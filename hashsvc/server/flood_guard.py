@@ -85,10 +85,13 @@ class FloodGuard:
         """Each bank's thresholds (banks not named keep the defaults)."""
         self._settings = dict(settings)
 
-    def screen(self, result: ScanResult) -> ScanResult:
-        """Count one scan and its matches; the matches of quarantined entries come back with
+    def screen(self, result: ScanResult, uploads: int = 1) -> ScanResult:
+        """Count `uploads` scans (a ScanHashes batch of unrelated lookups stands for several)
+        and this result's matches; the matches of quarantined entries come back with
         `quarantined` set (so `result.matched` is false on those alone)."""
         scan = next(self._scans)
+        for _ in range(uploads - 1):
+            scan = next(self._scans)
         if not result.matches:
             return result
         new: list[Quarantine] = []
