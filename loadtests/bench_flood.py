@@ -4,9 +4,10 @@ what it costs a scan, side by side with the guard off, in one command.
     python loadtests/bench_flood.py --scans 30000 --window 10000 --rounds 2
 
 Builds a scratch home whose bank holds the PDQ hashes of `--known` real photos from
-$HASHSVC_SHARED_DATA/photos-cc0 (bank thresholds: the defaults), then replays one seeded stream
+$HASHSVC_SHARED_DATA/photos-cc0, then replays one seeded stream
 of ScanHashes calls against the real server (tests/server_process.py, one worker) from one
-client, in order, so that every run sees the same stream:
+client, in order, so that every run sees the same stream (the bank's thresholds:
+`--min-matches`, `--factor`, by default the product's defaults):
 
 - the normal part: `--known-share` of uploads are known photos, drawn with Zipf popularity (a
   few are common, most rare: the popular ones are what a guard could wrongly quarantine), the
@@ -49,6 +50,7 @@ from hashsvc.scanner import ScanResult
 from hashsvc.server.flood_guard import FloodGuard
 from hashsvc.snapshot import publish
 from hashsvc.store import NewEntry, SqliteStore
+from hashsvc.store.flood import DEFAULT_SETTINGS, FloodSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is not installed
 from tests.server_process import ServerProcess
@@ -186,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--known-share", type=float, default=0.05)
     parser.add_argument("--onset", type=float, default=2 / 3, help="where the flood starts")
     parser.add_argument("--hot-share", type=float, default=0.02)
+    parser.add_argument("--min-matches", type=int, default=DEFAULT_SETTINGS.min_matches,
+                        help="the bank's flood-guard min_matches")
+    parser.add_argument("--factor", type=float, default=DEFAULT_SETTINGS.factor,
+                        help="the bank's flood-guard factor")
     parser.add_argument("--rounds", type=int, default=1, help="on/off pairs, alternated")
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--json", action="store_true")
@@ -200,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         home = DataHome(Path(scratch))
         with SqliteStore(home.store_path) as store:
             store.create_bank(BANK)
+            store.set_flood_guard(BANK, FloodSettings(args.min_matches, args.factor))
             store.add_entries(BANK, [NewEntry("pdq", code, f"photo-{i}")
                                      for i, code in enumerate(known)])
             publish(store, home.snapshots_dir)

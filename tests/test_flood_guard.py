@@ -8,6 +8,8 @@ traffic, with an exact number of scans.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -305,4 +307,21 @@ def test_a_batch_of_lookups_counts_as_as_many_uploads() -> None:
         assert not result.matches[0].quarantined
     single = [q for _ in range(5) for q in _scan(guard, 2)]  # one upload per call
     assert single == [False] * 4 + [True]
+
+
+def test_bench_flood_smoke_quarantines_the_hot_entry_only() -> None:
+    """loadtests/bench_flood.py end to end on a short stream (its figures are in the README)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / "bench_flood.py"), "--scans", "400",
+         "--window", "100", "--known", "20", "--unknown", "20", "--onset", "0.5",
+         "--hot-share", "0.3", "--min-matches", "10", "--json"],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    hot = report["guard_on"]
+    # At the 10th match in the window: the hot photo is also a (rare) known upload before the
+    # flood, so up to 10 of them are since the onset.
+    assert 5 <= hot["hot_matches_until_quarantined"] <= 10 and hot["false_quarantines"] == []
+    assert report["busiest_normal_entry_in_a_window"] < 10
+    assert report["cpu_us_per_scan_on"] > 0 and report["guard_alone_us_per_scan"] > 0
 
