@@ -2,7 +2,8 @@
 
 Each record holds the time, request id, caller (the API key's *name*), method, the snapshot
 version, the hashes computed and every match (bank, entry id, external id, algorithm, distance,
-threshold, transform). Never image bytes, never a key.
+threshold, transform, status: matched or quarantined). The flood guard's quarantines and the
+releases that lift them are records of their own. Never image bytes, never a key.
 
 Safe under concurrency and rotation without a lock shared between processes:
 - the file is opened with O_APPEND and each record is written by a single `write()`, so records
@@ -58,7 +59,7 @@ class AuditLog:
     def scan(
         self, *, method: str, request_id: str, caller: str, result: ScanResult
     ) -> None:
-        if not (result.matched or self.all_scans):
+        if not (result.matches or self.all_scans):  # quarantined matches are audited too
             return
         self.write({
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
@@ -79,6 +80,12 @@ class AuditLog:
         self.write({"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
                     "event": event, "caller": caller, **fields})
 
+    def flood(self, event: str, **fields: Any) -> None:
+        """A flood-guard event (`flood_quarantine`, `flood_release`): ids, hashes and counts,
+        never an image."""
+        self.write({"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                    "event": event, **fields})
+
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
@@ -90,6 +97,7 @@ def _matches(matches: Sequence[Match]) -> list[dict[str, Any]]:
     return [
         {"bank": m.bank, "entry_id": m.entry_id, "external_id": m.external_id,
          "algorithm": m.algorithm, "distance": m.distance, "threshold": m.threshold,
-         "query_transform": m.query_transform}
+         "query_transform": m.query_transform,
+         "status": "quarantined" if m.quarantined else "matched"}
         for m in matches
     ]

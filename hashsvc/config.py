@@ -51,6 +51,7 @@ class ServerConfig:
     audit_all_scans: bool = False  # audit every scan, not only those that matched
     scan_fast_pdq: bool = True  # PDQ for scans via hashsvc.hashing.fastpdq (9-40x faster on JPEGs)
     reload_interval: float = 0.1  # seconds between checks for a new snapshot or store changes
+    flood_window: int = 10_000  # scans the flood guard counts an entry's matches over; 0 = off
     snapshots: str = ""  # snapshot repository: a directory or s3://bucket/prefix; default below
     snapshot_cache: Path | None = None  # default: <home>/snapshot-cache
     s3_endpoint_url: str = ""  # default: $AWS_ENDPOINT_URL, else AWS S3
@@ -142,6 +143,9 @@ HELP: dict[str, str] = {
     "the reference for 99.9%% of quality>=80 images, same recall in `indexer evaluate`); "
     "--no-scan-fast-pdq hashes scans with the reference pipeline",
     "reload_interval": "seconds between checks for a new snapshot or store changes",
+    "flood_window": "scans (of this process) over which the flood guard counts each entry's "
+    "matches, against its bank's thresholds (`indexer bank update --flood-min-matches`, "
+    "`--flood-factor`); 0 turns the guard off",
     "snapshots": "snapshot repository: a directory, or s3://bucket/prefix for an S3-compatible "
     "bucket (credentials from the standard AWS environment and config files); default "
     "<home>/snapshots",
@@ -172,7 +176,8 @@ HELP: dict[str, str] = {
 POSITIVE = frozenset({"max_concurrent_rpcs", "max_streams_per_key", "max_streams_per_connection",
                       "stream_window", "stream_buffer_bytes", "client_idle_timeout",
                       "snapshot_poll_interval"})
-NOT_NEGATIVE = frozenset({"max_snapshot_age", "max_connection_age", "exchange_sync_every"})
+NOT_NEGATIVE = frozenset({"max_snapshot_age", "max_connection_age", "exchange_sync_every",
+                          "flood_window"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -43,7 +43,19 @@ PDQ_QUALITY = Histogram(
     buckets=(10, 20, 30, 40, 50, 60, 70, 80, 90, 100),
 )
 MATCHES = Counter(
-    "hashsvc_matches_total", "Matches reported, by bank and algorithm", ["bank", "algorithm"]
+    "hashsvc_matches_total", "Matches reported (quarantined ones not counted), by bank and "
+    "algorithm", ["bank", "algorithm"]
+)
+# The flood guard (server/flood_guard.py): per serving process, on its own evidence.
+FLOOD_QUARANTINED_ENTRIES = Gauge(
+    "hashsvc_flood_quarantined_entries",
+    "Entries the flood guard holds quarantined (matched far beyond their own rate), by bank; "
+    "per worker, the most any one holds",
+    ["bank"], multiprocess_mode="livemax",
+)
+FLOOD_QUARANTINED_MATCHES = Counter(
+    "hashsvc_flood_quarantined_matches_total",
+    "Matches reported QUARANTINED (not making a scan matched), by bank", ["bank"],
 )
 IN_FLIGHT = Gauge(
     "hashsvc_requests_in_flight", "Scan and admin calls in progress", multiprocess_mode="livesum"

@@ -74,7 +74,9 @@ class ScanResult:
 
     @property
     def matched(self) -> bool:
-        return bool(self.matches)
+        """Whether any match stands: quarantined ones (server/flood_guard.py) are reported
+        for review, but a platform acting on `matched` must not act on a flood."""
+        return any(not match.quarantined for match in self.matches)
 
 
 class Scanner:

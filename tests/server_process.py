@@ -23,7 +23,9 @@ class ServerProcess:
                                                             "scanner": ["scan"]}).items():
             self.keys[name] = add_key(keys_file, name, roles)
         self._lines: list[str] = []
-        defaults = {"--workers": "1", "--metrics-listen": "127.0.0.1:0"}
+        # The flood guard off unless a test turns it on (--flood-window N): many tests scan one
+        # image hundreds of times, which is a flood to it (tests/test_flood_guard.py tests it).
+        defaults = {"--workers": "1", "--metrics-listen": "127.0.0.1:0", "--flood-window": "0"}
         extra = [item for flag, value in defaults.items() if flag not in flags
                  for item in (flag, value)]
         self._process = subprocess.Popen(

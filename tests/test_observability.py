@@ -202,6 +202,8 @@ def test_alerts_and_dashboard_use_only_metrics_that_exist(server: ServerProcess)
     # Families that need an event the healthy module server never has: declared, zero samples.
     exported |= {"hashsvc_snapshot_load_failures_total", "hashsvc_worker_restarts_total",
                  "hashsvc_rejected_requests_total"}
+    # Per quarantined entry's bank; the module server has none (test_flood_guard shows them).
+    exported |= {"hashsvc_flood_quarantined_entries", "hashsvc_flood_quarantined_matches_total"}
     # Per exchange-backed bank; the module server has none (test_exchange_health shows them).
     exported |= {"hashsvc_exchange_last_success_timestamp_seconds", "hashsvc_exchange_entries",
                  "hashsvc_exchange_sync_alert_after_seconds", "hashsvc_exchange_sync_failing",

@@ -70,6 +70,8 @@ class Match:
     false_match_probability: float | None = None
     # where an exchange-backed bank got the entry (exchange, upstream id, tags); () otherwise
     provenance: tuple[Provenance, ...] = ()
+    # The entry floods this server's matches: reported, not acted on (server/flood_guard.py)
+    quarantined: bool = False
 
 
 @dataclass

@@ -277,6 +277,23 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             ))
         return response
 
+    def ReleaseEntry(
+        self, request: admin_pb2.ReleaseEntryRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ReleaseEntryResponse:
+        try:
+            entry = self._store.get_entry(request.entry_id)
+            if not scope.visible(entry.bank):  # the very answer a missing entry gets
+                raise NotFoundError(f"no entry with id {request.entry_id}")
+            released = self._store.release_entry(entry.id, request.reason or None)
+        except HashsvcError as err:
+            abort(context, err)
+        self._runtime.follow_flood_guard()  # lifted on this worker before the call returns
+        self._audit("release_entry", entry_id=entry.id, bank=entry.bank,
+                    reason=loggable(request.reason))
+        return admin_pb2.ReleaseEntryResponse(entry_id=entry.id,
+                                              released_at=released.released_at,
+                                              store_revision=released.revision)
+
     def _audit(self, action: str, **fields: Any) -> None:
         log.info("admin", extra={"action": action, "caller": caller.get(), **fields})
 

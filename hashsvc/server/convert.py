@@ -177,6 +177,8 @@ def match_to_proto(match: Match) -> types_pb2.Match:
         hash_index=match.hash_index,
         false_match_probability=match.false_match_probability,
         provenance=provenance_to_proto(match.provenance),
+        status=(types_pb2.MATCH_STATUS_QUARANTINED if match.quarantined
+                else types_pb2.MATCH_STATUS_MATCHED),
     )
 
 

@@ -38,7 +38,10 @@ class ScanObserver:
             metrics.IMAGE_PIXELS.observe(result.image_pixels)
         _SEARCH.observe(timings.match_seconds)
         for match in result.matches:
-            metrics.MATCHES.labels(match.bank, match.algorithm).inc()
+            if match.quarantined:
+                metrics.FLOOD_QUARANTINED_MATCHES.labels(match.bank).inc()
+            else:
+                metrics.MATCHES.labels(match.bank, match.algorithm).inc()
         self.audit.scan(method=method, request_id=request_id, caller=caller, result=result)
 
     @staticmethod

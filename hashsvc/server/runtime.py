@@ -41,11 +41,13 @@ from hashsvc.errors import RepositoryUnavailableError, SnapshotError, SnapshotFe
 from hashsvc.matching.delta import Delta
 from hashsvc.scanner import Scanner
 from hashsvc.server.exchange_schedule import ExchangeScheduler
+from hashsvc.server.flood_guard import FloodGuard, Quarantine, StoreFollower
 from hashsvc.server.readiness import SERVICES_BY_ROLE, Readiness
 from hashsvc.snapshot import Snapshot, load
 from hashsvc.snapshot.cache import FetchStats
 from hashsvc.snapshot.repository import open_repository
 from hashsvc.store import open_store
+from hashsvc.store.flood import Release
 
 log = logging.getLogger("hashsvc.runtime")
 _MIN_TICK_GAP = 0.02  # seconds between watcher passes woken by store notifications
@@ -66,6 +68,13 @@ class Runtime:
         self.store = open_store(config.store_target, read_only=config.role == "scan")
         self.scanner = Scanner(limits=config.limits, fast_pdq=config.scan_fast_pdq)
         self.audit = AuditLog(config.resolved_audit_log, all_scans=config.audit_all_scans)
+        # The flood guard, on this process's own scans; None when `flood_window` is 0 or the
+        # process serves no scans.
+        self.flood_guard: FloodGuard | None = None
+        self.flood_follower: StoreFollower | None = None
+        if config.flood_window > 0 and config.role != "admin":
+            self.flood_guard = FloodGuard(config.flood_window, self._quarantined)
+            self.flood_follower = StoreFollower(self.flood_guard, self.store, self._released)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.failed_loads = 0
         self._refused: str | None = None
@@ -91,6 +100,10 @@ class Runtime:
     def start(self) -> None:
         """Load what is current (if anything: health stays NOT_SERVING until then); watch."""
         self.reload()
+        try:  # releases and thresholds before the first scan; else the first watcher pass
+            self.follow_flood_guard()
+        except Exception:
+            log.exception("flood guard: could not read the store; retrying every pass")
         self._watcher = threading.Thread(target=self._watch, name="snapshot-watcher", daemon=True)
         self._watcher.start()
         if self.repository.poll_interval > 0:
@@ -243,6 +256,28 @@ class Runtime:
             last = time.monotonic()
             self.tick()
 
+    def follow_flood_guard(self) -> None:
+        """Bring the flood guard up to the store (thresholds, releases, disabled entries)."""
+        if self.flood_follower is not None:
+            self.flood_follower()
+
+    def _quarantined(self, quarantine: Quarantine) -> None:
+        match = quarantine.match
+        fields = {"entry_id": match.entry_id, "bank": match.bank,
+                  "external_id": match.external_id, "algorithm": match.algorithm,
+                  "query_hash": quarantine.query_hash,
+                  "matches_in_window": quarantine.in_window, "window_scans": quarantine.window,
+                  "expected_in_window": round(quarantine.expected, 3)}
+        log.warning("flood guard quarantined an entry", extra=fields)
+        self.audit.flood("flood_quarantine", **fields)
+        if self.flood_follower is not None:
+            self.flood_follower.export()
+
+    def _released(self, release: Release) -> None:
+        fields = {"entry_id": release.entry_id, "store_revision": release.revision}
+        log.info("flood guard released an entry", extra=fields)
+        self.audit.flood("flood_release", **fields, reason=release.reason)
+
     def next_poll_wait(self) -> float:
         """Seconds until the poller next reads a bucket's pointer: jittered, so that replicas
         started together (a rollout) spread their reads instead of arriving as a herd."""
@@ -269,6 +304,7 @@ class Runtime:
             snapshot = self.scanner.snapshot
             if snapshot is not None:
                 metrics.SNAPSHOT_AGE.set(time.time() - snapshot.created_at)
+            self.follow_flood_guard()
             for update in self.store_gauge_updaters:
                 update()
         except Exception as err:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
@@ -26,6 +26,21 @@ from hashsvc.server.streams import ClientWatch, ReadAhead
 MAX_HASHES_PER_CALL = 10_000
 
 
+def _unscreened(result: ScanResult, uploads: int = 1) -> ScanResult:
+    return result
+
+
+def _uploads(hashes: Sequence[types_pb2.Hash]) -> int:
+    """The uploads a ScanHashes call stands for, to the flood guard, whose window counts
+    uploads: one per plain hash (a rotated or flipped variant belongs to an upload already
+    counted), at least one. An upload sent with several kinds (PDQ and MD5) counts once per
+    kind, which only makes each entry's share look smaller: never a false quarantine."""
+    return max(1, sum(1 for h in hashes if h.transform in _PLAIN))
+
+
+_PLAIN = (types_pb2.TRANSFORM_UNSPECIFIED, types_pb2.TRANSFORM_IDENTITY)
+
+
 def _request_id() -> str:
     """32 random hex digits, like uuid4().hex, without building a UUID object per call."""
     return secrets.token_hex(16)
@@ -38,6 +53,9 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     ) -> None:
         self._runtime = runtime
         self._scanner = runtime.scanner
+        guard = runtime.flood_guard
+        self._screen: Callable[[ScanResult, int], ScanResult] = (
+            guard.screen if guard is not None else _unscreened)
         self._observe = observer
         self._stream_pool = stream_pool
         self._watch = watch
@@ -49,7 +67,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             request_id = check_request_id(request.request_id, "request_id") or _request_id()
             options = convert.options_from_proto(request.options, scope.current())
             check_deadline(context, "decoding")
-            result = self._scanner.scan_image(request.image, options)
+            result = self._screen(self._scanner.scan_image(request.image, options), 1)
         except HashsvcError as err:
             self._observe.rejected(err)
             abort(context, err)
@@ -62,7 +80,9 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     ) -> scan_pb2.ScanHashesResponse:
         try:
             request_id = check_request_id(request.request_id, "request_id") or _request_id()
-            result = self._scan_hashes(request.hashes, request.options, scope.current())
+            result = self._screen(
+                self._scan_hashes(request.hashes, request.options, scope.current()),
+                _uploads(request.hashes))
         except HashsvcError as err:
             self._observe.rejected(err)
             abort(context, err)
@@ -186,6 +206,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
                 result = self._scan_hashes(request.hashes.hashes, options, banks)
             else:
                 raise HashsvcError(f"item {quote(request.id)}: send an image or hashes")
+            result = self._screen(result, _uploads(request.hashes.hashes) if item == "hashes"
+                                  else 1)
         except HashsvcError as err:
             self._observe.rejected(err)
             error = scan_pb2.ItemError(code=STATUS[err.code].value[0], message=err.message,

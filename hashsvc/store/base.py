@@ -31,6 +31,7 @@ from hashsvc.store.feedback_model import (
     OutboxHealth,
     OutboxItem,
 )
+from hashsvc.store.flood import FloodSettings, Release
 from hashsvc.store.listing import EntryPage, EntryQuery
 from hashsvc.store.model import (
     AddResult,
@@ -175,6 +176,24 @@ class Store(Protocol):
         ...
 
     def feedback_outbox_health(self, bank_name: str) -> OutboxHealth: ...
+
+    def set_flood_guard(self, bank_name: str, settings: FloodSettings) -> None:
+        """The bank's flood-guard thresholds (flood.py); bumps the revision, so servers apply
+        them within a reload interval."""
+        ...
+
+    def flood_guard_settings(self) -> dict[str, FloodSettings]:
+        """The thresholds of every bank that has its own, by bank name."""
+        ...
+
+    def release_entry(self, entry_id: int, reason: str | None = None) -> Release:
+        """Record that an analyst released a quarantined entry (`NotFoundError` if there is
+        no such entry); bumps the revision, like any entry change."""
+        ...
+
+    def flood_releases(self, since_revision: int = 0) -> list[Release]:
+        """The releases recorded after `since_revision`, oldest first."""
+        ...
 
     def writer_lock(self, name: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
         """Hold the single-writer lock `name` (e.g. "publish") across every process using this

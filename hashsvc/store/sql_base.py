@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
 from hashsvc.limits import check_tags, quote
 from hashsvc.matching.strategies import MatchStrategies
-from hashsvc.store import exchange_sql, feedback_sql
+from hashsvc.store import exchange_sql, feedback_sql, flood
 from hashsvc.store.exchange_model import (
     Credentials,
     ExchangeBinding,
@@ -35,6 +35,7 @@ from hashsvc.store.feedback_model import (
     OutboxHealth,
     OutboxItem,
 )
+from hashsvc.store.flood import FloodSettings, Release
 from hashsvc.store.listing import EntryPage, EntryQuery, page_of, query_sql
 from hashsvc.store.model import (
     AddResult,
@@ -311,6 +312,28 @@ class SqlStoreBase:
 
     def feedback_outbox_health(self, bank_name: str) -> OutboxHealth:
         return feedback_sql.health(self._read_runner(), self.get_bank(bank_name).id)
+
+    # ---- the flood guard (flood.py) ----------------------------------------------------------
+
+    def set_flood_guard(self, bank_name: str, settings: FloodSettings) -> None:
+        bank = self.get_bank(bank_name)
+        settings.checked(bank.name)
+        self._in_write(lambda conn: flood.set_settings(self._runner(conn), bank.id, settings))
+
+    def flood_guard_settings(self) -> dict[str, FloodSettings]:
+        return flood.settings(self._read_runner())
+
+    def release_entry(self, entry_id: int, reason: str | None = None) -> Release:
+        """One write; its result is a plain dict, which PostgreSQL's retry layer records (a
+        re-run after a lost connection answers with the first try's release)."""
+        def body(conn: Any) -> dict[str, Any]:
+            revision = int(conn.execute(f"SELECT {self.dialect.revision_sql}").fetchone()[0])
+            return asdict(flood.release(self._runner(conn), entry_id, revision, reason))
+
+        return Release(**self._in_write(body))
+
+    def flood_releases(self, since_revision: int = 0) -> list[Release]:
+        return flood.releases_since(self._read_runner(), since_revision)
 
 
 class Replayable(Generic[T]):

@@ -10,9 +10,9 @@ import sqlite3
 from pathlib import Path
 
 from hashsvc.errors import HashsvcError
-from hashsvc.store import exchange_sql, feedback_sql
+from hashsvc.store import exchange_sql, feedback_sql, flood
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 _FRESH_SCHEMA = 4  # what _SCHEMA creates; later steps come from _upgrade
 _ENTRIES_V4 = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -109,6 +109,8 @@ def _upgrade(db: sqlite3.Connection, schema: int) -> None:
         5: exchange_sql.SQLITE_HEALTH_SCHEMA,
         # v7: analysts' verdicts on matches, and the outbox that sends them upstream
         6: feedback_sql.SQLITE_SCHEMA,
+        # v8: the flood guard's per-bank thresholds and the analysts' releases (flood.py)
+        7: flood.SQLITE_SCHEMA,
     }
     for version in range(schema, SCHEMA_VERSION):
         db.executescript(

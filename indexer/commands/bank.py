@@ -9,7 +9,8 @@ from typing import Any
 
 from hashsvc.errors import HashsvcError
 from hashsvc.matching.strategies import WAYS, MatchStrategies, parse_crop_list, parse_margins
-from hashsvc.store import BANK_KINDS, Bank
+from hashsvc.store import BANK_KINDS, Bank, Store
+from hashsvc.store.flood import DEFAULT_SETTINGS, FloodSettings
 from indexer.commands.common import add_command, emit, open_store, say, when_served
 
 
@@ -68,6 +69,15 @@ def _bank_fields(parser: argparse.ArgumentParser) -> None:
                         help="label reported with every match (repeatable)")
     parser.add_argument("--threshold", action="append", dest="thresholds", metavar="ALGO=BITS",
                         help="per-algorithm distance threshold override (repeatable)")
+    flood = parser.add_argument_group(
+        "flood guard", "when an entry matching far more uploads than its own history is "
+        "quarantined (README: Flood guard); live within about a second")
+    flood.add_argument("--flood-min-matches", type=int, metavar="N",
+                       help="matches of one entry in a server's flood window (default "
+                       f"{DEFAULT_SETTINGS.min_matches}); 0 turns the guard off for this bank")
+    flood.add_argument("--flood-factor", type=float, metavar="X",
+                       help="... and at least X times its own rate before the window "
+                       f"(default {DEFAULT_SETTINGS.factor:g})")
     strategies = parser.add_argument_group(
         "matching strategies", "how hard to look for altered copies (README: Detection quality)")
     strategies.add_argument("--dihedral", action=argparse.BooleanOptionalAction, default=None,
@@ -117,6 +127,29 @@ def _strategies(args: argparse.Namespace, current: MatchStrategies) -> MatchStra
     )
 
 
+def _flood_settings(args: argparse.Namespace, bank: str,
+                    current: FloodSettings = DEFAULT_SETTINGS) -> FloodSettings | None:
+    """`current` with the flood-guard flags given applied (checked); None if none was."""
+    if args.flood_min_matches is None and args.flood_factor is None:
+        return None
+    return FloodSettings(
+        current.min_matches if args.flood_min_matches is None else args.flood_min_matches,
+        current.factor if args.flood_factor is None else args.flood_factor).checked(bank)
+
+
+def _set_flood_guard(store: Store, bank: str, args: argparse.Namespace) -> str:
+    """Store the flood-guard flags given (the others keep their value); what was set, or ""."""
+    settings = _flood_settings(args, bank,
+                               store.flood_guard_settings().get(bank, DEFAULT_SETTINGS))
+    if settings is None:
+        return ""
+    store.set_flood_guard(bank, settings)
+    if not settings.enabled:
+        return "flood guard off (live within about a second)"
+    return (f"flood guard: {settings.min_matches} matches and {settings.factor:g}x the entry's "
+            "own rate (live within about a second)")
+
+
 def _thresholds(values: list[str] | None) -> dict[str, int] | None:
     if values is None:
         return None
@@ -132,12 +165,14 @@ def _thresholds(values: list[str] | None) -> dict[str, int] | None:
 
 
 def _create(args: argparse.Namespace) -> int:
+    _flood_settings(args, args.name)  # refused before the bank is created, not after
     with open_store(args, create=True) as store:
         bank = store.create_bank(
             args.name, description=args.description or "", kind=args.kind or "match",
             tags=args.tags or (), thresholds=_thresholds(args.thresholds),
             strategies=_strategies(args, MatchStrategies()), enabled=not args.staged,
         )
+        _set_flood_guard(store, bank.name, args)
     say(f"created {bank.kind} bank {bank.name!r} ({bank.strategies.describe()})"
         + (f"; {when_served(bank)}" if args.staged else ""))
     return 0
@@ -191,9 +226,11 @@ def _update(args: argparse.Namespace) -> int:
             enabled=args.enabled, tags=args.tags, thresholds=_thresholds(args.thresholds),
             strategies=_strategies(args, store.get_bank(args.name).strategies),
         )
+        flood = _set_flood_guard(store, bank.name, args)
     settings = [args.rename, args.description, args.kind, args.tags, args.thresholds]
     later = any(v is not None for v in settings) or _strategies(args, bank.strategies) is not None
     say(f"updated bank {bank.name!r} ({bank.strategies.describe()})"
+        + (f"; {flood}" if flood else "")
         + (f"; {when_served(bank)}" if args.enabled is not None else "")
         + ("; name, kind, tags, thresholds and strategies apply from the next `indexer publish`"
            if later else ""))

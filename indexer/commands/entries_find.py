@@ -21,15 +21,16 @@ from hashsvc.errors import HashsvcError
 from hashsvc.hashing.algorithms import get_algorithm, parse_hash
 from hashsvc.limits import LIMITS
 from hashsvc.store import Entry, EntryQuery, Store, decode_page_token, encode_page_token
-from indexer.commands import entries_feedback
+from indexer.commands import entries_feedback, entries_release
 from indexer.commands.common import add_command, emit, open_store, say
 
 EXPORT_COLUMNS = ("algorithm", "hash", "external_id", "metadata")
 
 
 def register(subcommands: Any) -> None:
-    group = subcommands.add_parser("entries", help="list, show and export entries")
+    group = subcommands.add_parser("entries", help="list, show, export and release entries")
     verbs = group.add_subparsers(title="entries commands", metavar="VERB", required=True)
+    entries_release.register(verbs)
 
     listing = add_command(
         verbs, "list", "List entries by ascending id, one page at a time; filters combine.",

@@ -247,6 +247,12 @@ class Client:
         return self._call(self._admin.PublishSnapshot,
                           admin_pb2.PublishSnapshotRequest(force=force), self.admin_timeout)
 
+    def release_entry(self, entry_id: int, *, reason: str = "") -> admin_pb2.ReleaseEntryResponse:
+        """Release an entry the flood guard quarantined (its matches stand again)."""
+        return self._call(self._admin.ReleaseEntry,
+                          admin_pb2.ReleaseEntryRequest(entry_id=entry_id, reason=reason),
+                          self.timeout)
+
     def index_status(self) -> admin_pb2.GetIndexStatusResponse:
         return self._call(self._admin.GetIndexStatus, admin_pb2.GetIndexStatusRequest(),
                           self.timeout)

@@ -94,6 +94,11 @@ class AdminServiceStub:
                 request_serializer=hashsvc_dot_v1_dot_admin__pb2.ReportMatchFeedbackRequest.SerializeToString,
                 response_deserializer=hashsvc_dot_v1_dot_admin__pb2.ReportMatchFeedbackResponse.FromString,
                 _registered_method=True)
+        self.ReleaseEntry = channel.unary_unary(
+                '/hashsvc.v1.AdminService/ReleaseEntry',
+                request_serializer=hashsvc_dot_v1_dot_admin__pb2.ReleaseEntryRequest.SerializeToString,
+                response_deserializer=hashsvc_dot_v1_dot_admin__pb2.ReleaseEntryResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -183,6 +188,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseEntry(self, request, context):
+        """Release an entry the flood guard quarantined (README "Flood guard"): recorded in the store,
+        it reaches every server like an entry change; each lifts the quarantine and takes the
+        entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -245,6 +259,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReportMatchFeedback,
                     request_deserializer=hashsvc_dot_v1_dot_admin__pb2.ReportMatchFeedbackRequest.FromString,
                     response_serializer=hashsvc_dot_v1_dot_admin__pb2.ReportMatchFeedbackResponse.SerializeToString,
+            ),
+            'ReleaseEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseEntry,
+                    request_deserializer=hashsvc_dot_v1_dot_admin__pb2.ReleaseEntryRequest.FromString,
+                    response_serializer=hashsvc_dot_v1_dot_admin__pb2.ReleaseEntryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -571,6 +590,33 @@ class AdminService:
             '/hashsvc.v1.AdminService/ReportMatchFeedback',
             hashsvc_dot_v1_dot_admin__pb2.ReportMatchFeedbackRequest.SerializeToString,
             hashsvc_dot_v1_dot_admin__pb2.ReportMatchFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashsvc.v1.AdminService/ReleaseEntry',
+            hashsvc_dot_v1_dot_admin__pb2.ReleaseEntryRequest.SerializeToString,
+            hashsvc_dot_v1_dot_admin__pb2.ReleaseEntryResponse.FromString,
             options,
             channel_credentials,
             insecure,

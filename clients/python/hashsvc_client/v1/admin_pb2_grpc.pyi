@@ -64,6 +64,11 @@ class AdminServiceStub:
     that takes feedback (sent by the bank's next sync). NOT_FOUND for an unknown entry (or one
     in a bank the key may not see); INVALID_ARGUMENT for a false positive without a reason.
     """
+    ReleaseEntry: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReleaseEntryRequest, _admin_pb2.ReleaseEntryResponse]
+    """Release an entry the flood guard quarantined (README "Flood guard"): recorded in the store,
+    it reaches every server like an entry change; each lifts the quarantine and takes the
+    entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -93,6 +98,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     written to the audit log, and queued for the entry's exchange if its bank is bound to one
     that takes feedback (sent by the bank's next sync). NOT_FOUND for an unknown entry (or one
     in a bank the key may not see); INVALID_ARGUMENT for a false positive without a reason.
+    """
+    ReleaseEntry: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReleaseEntryRequest, _admin_pb2.ReleaseEntryResponse]  # type: ignore[assignment]
+    """Release an entry the flood guard quarantined (README "Flood guard"): recorded in the store,
+    it reaches every server like an entry change; each lifts the quarantine and takes the
+    entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -192,6 +202,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         written to the audit log, and queued for the entry's exchange if its bank is bound to one
         that takes feedback (sent by the bank's next sync). NOT_FOUND for an unknown entry (or one
         in a bank the key may not see); INVALID_ARGUMENT for a false positive without a reason.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseEntry(
+        self,
+        request: _admin_pb2.ReleaseEntryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ReleaseEntryResponse, _abc.Awaitable[_admin_pb2.ReleaseEntryResponse]]:
+        """Release an entry the flood guard quarantined (README "Flood guard"): recorded in the store,
+        it reaches every server like an entry change; each lifts the quarantine and takes the
+        entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

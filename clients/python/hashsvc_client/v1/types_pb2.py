@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hashsvc/v1/types.proto\x12\nhashsvc.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa3\x01\n\x04Hash\x12(\n\talgorithm\x18\x01 \x01(\x0e\x32\x15.hashsvc.v1.Algorithm\x12\r\n\x03hex\x18\x02 \x01(\tH\x00\x12\r\n\x03raw\x18\x03 \x01(\x0cH\x00\x12\x14\n\x07quality\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12(\n\ttransform\x18\x05 \x01(\x0e\x32\x15.hashsvc.v1.TransformB\x07\n\x05valueB\n\n\x08_quality\"|\n\x0c\x43omputedHash\x12(\n\talgorithm\x18\x01 \x01(\x0e\x32\x15.hashsvc.v1.Algorithm\x12\x0b\n\x03hex\x18\x02 \x01(\t\x12\x14\n\x07quality\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0blow_quality\x18\x04 \x01(\x08\x42\n\n\x08_quality\"\xd2\x03\n\x05Match\x12\x0c\n\x04\x62\x61nk\x18\x01 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x65xternal_id\x18\x03 \x01(\t\x12(\n\talgorithm\x18\x04 \x01(\x0e\x32\x15.hashsvc.v1.Algorithm\x12\x10\n\x08\x64istance\x18\x05 \x01(\x05\x12\x11\n\tthreshold\x18\x06 \x01(\x05\x12.\n\x0fquery_transform\x18\x07 \x01(\x0e\x32\x15.hashsvc.v1.Transform\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12)\n\x08metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\tbank_kind\x18\n \x01(\x0e\x32\x14.hashsvc.v1.BankKind\x12\x15\n\rquery_trimmed\x18\x0b \x01(\x08\x12\x15\n\rentry_variant\x18\x0c \x01(\t\x12\x12\n\nhash_index\x18\r \x01(\x05\x12$\n\x17\x66\x61lse_match_probability\x18\x0e \x01(\x01H\x00\x88\x01\x01\x12/\n\nprovenance\x18\x0f \x03(\x0b\x32\x1b.hashsvc.v1.EntryProvenanceB\x1a\n\x18_false_match_probability\"m\n\x0f\x45ntryProvenance\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x13\n\x0bupstream_id\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x12\n\nfirst_seen\x18\x04 \x01(\x01\x12\x11\n\tlast_seen\x18\x05 \x01(\x01\"Q\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x0f\n\x07hash_ms\x18\x02 \x01(\x01\x12\x10\n\x08match_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"\x8e\x02\n\nScanResult\x12\x0f\n\x07matched\x18\x01 \x01(\x08\x12\"\n\x07matches\x18\x02 \x03(\x0b\x32\x11.hashsvc.v1.Match\x12(\n\x06hashes\x18\x03 \x03(\x0b\x32\x18.hashsvc.v1.ComputedHash\x12\x18\n\x10snapshot_version\x18\x04 \x01(\t\x12$\n\x07timings\x18\x05 \x01(\x0b\x32\x13.hashsvc.v1.Timings\x12%\n\nsuppressed\x18\x06 \x03(\x0b\x32\x11.hashsvc.v1.Match\x12&\n\x0b\x61llowlisted\x18\x07 \x03(\x0b\x32\x11.hashsvc.v1.Match\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"|\n\x0bScanOptions\x12\r\n\x05\x62\x61nks\x18\x01 \x03(\t\x12)\n\nalgorithms\x18\x02 \x03(\x0e\x32\x15.hashsvc.v1.Algorithm\x12\x18\n\x10\x64isable_dihedral\x18\x03 \x01(\x08\x12\x19\n\x11match_low_quality\x18\x04 \x01(\x08\"\xc3\x02\n\x04\x42\x61nk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.hashsvc.v1.BankKind\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x34\n\nthresholds\x18\x06 \x03(\x0b\x32 .hashsvc.v1.Bank.ThresholdsEntry\x12\x13\n\x0b\x65ntry_count\x18\x07 \x01(\x03\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nupdated_at\x18\t \x01(\x01\x12/\n\nstrategies\x18\n \x01(\x0b\x32\x1b.hashsvc.v1.MatchStrategies\x1a\x31\n\x0fThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x87\x02\n\x0fMatchStrategies\x12\x13\n\x0bno_dihedral\x18\x01 \x01(\x08\x12\x14\n\x0ctrim_borders\x18\x02 \x01(\x08\x12\x15\n\rcrop_variants\x18\x03 \x03(\x05\x12\x16\n\x0evariant_margin\x18\x04 \x01(\x05\x12\x39\n\x07margins\x18\x05 \x03(\x0b\x32(.hashsvc.v1.MatchStrategies.MarginsEntry\x12\x19\n\x11rotation_variants\x18\x06 \x03(\x05\x12\x14\n\x0c\x63orner_crops\x18\x07 \x03(\x05\x1a.\n\x0cMarginsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01*\x8c\x01\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x11\n\rALGORITHM_PDQ\x10\x01\x12\x13\n\x0f\x41LGORITHM_PHASH\x10\x02\x12\x13\n\x0f\x41LGORITHM_DHASH\x10\x03\x12\x11\n\rALGORITHM_MD5\x10\x04\x12\x14\n\x10\x41LGORITHM_SHA256\x10\x05*\xee\x01\n\tTransform\x12\x19\n\x15TRANSFORM_UNSPECIFIED\x10\x00\x12\x16\n\x12TRANSFORM_IDENTITY\x10\x01\x12\x17\n\x13TRANSFORM_ROTATE_90\x10\x02\x12\x18\n\x14TRANSFORM_ROTATE_180\x10\x03\x12\x18\n\x14TRANSFORM_ROTATE_270\x10\x04\x12\x14\n\x10TRANSFORM_FLIP_X\x10\x05\x12\x14\n\x10TRANSFORM_FLIP_Y\x10\x06\x12\x19\n\x15TRANSFORM_FLIP_PLUS_1\x10\x07\x12\x1a\n\x16TRANSFORM_FLIP_MINUS_1\x10\x08*S\n\x08\x42\x61nkKind\x12\x19\n\x15\x42\x41NK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42\x41NK_KIND_MATCH\x10\x01\x12\x17\n\x13\x42\x41NK_KIND_ALLOWLIST\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hashsvc/v1/types.proto\x12\nhashsvc.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa3\x01\n\x04Hash\x12(\n\talgorithm\x18\x01 \x01(\x0e\x32\x15.hashsvc.v1.Algorithm\x12\r\n\x03hex\x18\x02 \x01(\tH\x00\x12\r\n\x03raw\x18\x03 \x01(\x0cH\x00\x12\x14\n\x07quality\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12(\n\ttransform\x18\x05 \x01(\x0e\x32\x15.hashsvc.v1.TransformB\x07\n\x05valueB\n\n\x08_quality\"|\n\x0c\x43omputedHash\x12(\n\talgorithm\x18\x01 \x01(\x0e\x32\x15.hashsvc.v1.Algorithm\x12\x0b\n\x03hex\x18\x02 \x01(\t\x12\x14\n\x07quality\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0blow_quality\x18\x04 \x01(\x08\x42\n\n\x08_quality\"\xfb\x03\n\x05Match\x12\x0c\n\x04\x62\x61nk\x18\x01 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x65xternal_id\x18\x03 \x01(\t\x12(\n\talgorithm\x18\x04 \x01(\x0e\x32\x15.hashsvc.v1.Algorithm\x12\x10\n\x08\x64istance\x18\x05 \x01(\x05\x12\x11\n\tthreshold\x18\x06 \x01(\x05\x12.\n\x0fquery_transform\x18\x07 \x01(\x0e\x32\x15.hashsvc.v1.Transform\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12)\n\x08metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\tbank_kind\x18\n \x01(\x0e\x32\x14.hashsvc.v1.BankKind\x12\x15\n\rquery_trimmed\x18\x0b \x01(\x08\x12\x15\n\rentry_variant\x18\x0c \x01(\t\x12\x12\n\nhash_index\x18\r \x01(\x05\x12$\n\x17\x66\x61lse_match_probability\x18\x0e \x01(\x01H\x00\x88\x01\x01\x12/\n\nprovenance\x18\x0f \x03(\x0b\x32\x1b.hashsvc.v1.EntryProvenance\x12\'\n\x06status\x18\x10 \x01(\x0e\x32\x17.hashsvc.v1.MatchStatusB\x1a\n\x18_false_match_probability\"m\n\x0f\x45ntryProvenance\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\x13\n\x0bupstream_id\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x12\n\nfirst_seen\x18\x04 \x01(\x01\x12\x11\n\tlast_seen\x18\x05 \x01(\x01\"Q\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x0f\n\x07hash_ms\x18\x02 \x01(\x01\x12\x10\n\x08match_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"\x8e\x02\n\nScanResult\x12\x0f\n\x07matched\x18\x01 \x01(\x08\x12\"\n\x07matches\x18\x02 \x03(\x0b\x32\x11.hashsvc.v1.Match\x12(\n\x06hashes\x18\x03 \x03(\x0b\x32\x18.hashsvc.v1.ComputedHash\x12\x18\n\x10snapshot_version\x18\x04 \x01(\t\x12$\n\x07timings\x18\x05 \x01(\x0b\x32\x13.hashsvc.v1.Timings\x12%\n\nsuppressed\x18\x06 \x03(\x0b\x32\x11.hashsvc.v1.Match\x12&\n\x0b\x61llowlisted\x18\x07 \x03(\x0b\x32\x11.hashsvc.v1.Match\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"|\n\x0bScanOptions\x12\r\n\x05\x62\x61nks\x18\x01 \x03(\t\x12)\n\nalgorithms\x18\x02 \x03(\x0e\x32\x15.hashsvc.v1.Algorithm\x12\x18\n\x10\x64isable_dihedral\x18\x03 \x01(\x08\x12\x19\n\x11match_low_quality\x18\x04 \x01(\x08\"\xc3\x02\n\x04\x42\x61nk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.hashsvc.v1.BankKind\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x34\n\nthresholds\x18\x06 \x03(\x0b\x32 .hashsvc.v1.Bank.ThresholdsEntry\x12\x13\n\x0b\x65ntry_count\x18\x07 \x01(\x03\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nupdated_at\x18\t \x01(\x01\x12/\n\nstrategies\x18\n \x01(\x0b\x32\x1b.hashsvc.v1.MatchStrategies\x1a\x31\n\x0fThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x87\x02\n\x0fMatchStrategies\x12\x13\n\x0bno_dihedral\x18\x01 \x01(\x08\x12\x14\n\x0ctrim_borders\x18\x02 \x01(\x08\x12\x15\n\rcrop_variants\x18\x03 \x03(\x05\x12\x16\n\x0evariant_margin\x18\x04 \x01(\x05\x12\x39\n\x07margins\x18\x05 \x03(\x0b\x32(.hashsvc.v1.MatchStrategies.MarginsEntry\x12\x19\n\x11rotation_variants\x18\x06 \x03(\x05\x12\x14\n\x0c\x63orner_crops\x18\x07 \x03(\x05\x1a.\n\x0cMarginsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01*\x8c\x01\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x11\n\rALGORITHM_PDQ\x10\x01\x12\x13\n\x0f\x41LGORITHM_PHASH\x10\x02\x12\x13\n\x0f\x41LGORITHM_DHASH\x10\x03\x12\x11\n\rALGORITHM_MD5\x10\x04\x12\x14\n\x10\x41LGORITHM_SHA256\x10\x05*\xee\x01\n\tTransform\x12\x19\n\x15TRANSFORM_UNSPECIFIED\x10\x00\x12\x16\n\x12TRANSFORM_IDENTITY\x10\x01\x12\x17\n\x13TRANSFORM_ROTATE_90\x10\x02\x12\x18\n\x14TRANSFORM_ROTATE_180\x10\x03\x12\x18\n\x14TRANSFORM_ROTATE_270\x10\x04\x12\x14\n\x10TRANSFORM_FLIP_X\x10\x05\x12\x14\n\x10TRANSFORM_FLIP_Y\x10\x06\x12\x19\n\x15TRANSFORM_FLIP_PLUS_1\x10\x07\x12\x1a\n\x16TRANSFORM_FLIP_MINUS_1\x10\x08*S\n\x08\x42\x61nkKind\x12\x19\n\x15\x42\x41NK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42\x41NK_KIND_MATCH\x10\x01\x12\x17\n\x13\x42\x41NK_KIND_ALLOWLIST\x10\x02*c\n\x0bMatchStatus\x12\x1c\n\x18MATCH_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14MATCH_STATUS_MATCHED\x10\x01\x12\x1c\n\x18MATCH_STATUS_QUARANTINED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,32 +36,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BANK_THRESHOLDSENTRY']._serialized_options = b'8\001'
   _globals['_MATCHSTRATEGIES_MARGINSENTRY']._loaded_options = None
   _globals['_MATCHSTRATEGIES_MARGINSENTRY']._serialized_options = b'8\001'
-  _globals['_ALGORITHM']._serialized_start=2015
-  _globals['_ALGORITHM']._serialized_end=2155
-  _globals['_TRANSFORM']._serialized_start=2158
-  _globals['_TRANSFORM']._serialized_end=2396
-  _globals['_BANKKIND']._serialized_start=2398
-  _globals['_BANKKIND']._serialized_end=2481
+  _globals['_ALGORITHM']._serialized_start=2056
+  _globals['_ALGORITHM']._serialized_end=2196
+  _globals['_TRANSFORM']._serialized_start=2199
+  _globals['_TRANSFORM']._serialized_end=2437
+  _globals['_BANKKIND']._serialized_start=2439
+  _globals['_BANKKIND']._serialized_end=2522
+  _globals['_MATCHSTATUS']._serialized_start=2524
+  _globals['_MATCHSTATUS']._serialized_end=2623
   _globals['_HASH']._serialized_start=69
   _globals['_HASH']._serialized_end=232
   _globals['_COMPUTEDHASH']._serialized_start=234
   _globals['_COMPUTEDHASH']._serialized_end=358
   _globals['_MATCH']._serialized_start=361
-  _globals['_MATCH']._serialized_end=827
-  _globals['_ENTRYPROVENANCE']._serialized_start=829
-  _globals['_ENTRYPROVENANCE']._serialized_end=938
-  _globals['_TIMINGS']._serialized_start=940
-  _globals['_TIMINGS']._serialized_end=1021
-  _globals['_SCANRESULT']._serialized_start=1024
-  _globals['_SCANRESULT']._serialized_end=1294
-  _globals['_SCANOPTIONS']._serialized_start=1296
-  _globals['_SCANOPTIONS']._serialized_end=1420
-  _globals['_BANK']._serialized_start=1423
-  _globals['_BANK']._serialized_end=1746
-  _globals['_BANK_THRESHOLDSENTRY']._serialized_start=1697
-  _globals['_BANK_THRESHOLDSENTRY']._serialized_end=1746
-  _globals['_MATCHSTRATEGIES']._serialized_start=1749
-  _globals['_MATCHSTRATEGIES']._serialized_end=2012
-  _globals['_MATCHSTRATEGIES_MARGINSENTRY']._serialized_start=1966
-  _globals['_MATCHSTRATEGIES_MARGINSENTRY']._serialized_end=2012
+  _globals['_MATCH']._serialized_end=868
+  _globals['_ENTRYPROVENANCE']._serialized_start=870
+  _globals['_ENTRYPROVENANCE']._serialized_end=979
+  _globals['_TIMINGS']._serialized_start=981
+  _globals['_TIMINGS']._serialized_end=1062
+  _globals['_SCANRESULT']._serialized_start=1065
+  _globals['_SCANRESULT']._serialized_end=1335
+  _globals['_SCANOPTIONS']._serialized_start=1337
+  _globals['_SCANOPTIONS']._serialized_end=1461
+  _globals['_BANK']._serialized_start=1464
+  _globals['_BANK']._serialized_end=1787
+  _globals['_BANK_THRESHOLDSENTRY']._serialized_start=1738
+  _globals['_BANK_THRESHOLDSENTRY']._serialized_end=1787
+  _globals['_MATCHSTRATEGIES']._serialized_start=1790
+  _globals['_MATCHSTRATEGIES']._serialized_end=2053
+  _globals['_MATCHSTRATEGIES_MARGINSENTRY']._serialized_start=2007
+  _globals['_MATCHSTRATEGIES_MARGINSENTRY']._serialized_end=2053
 # @@protoc_insertion_point(module_scope)

@@ -122,6 +122,27 @@ BANK_KIND_ALLOWLIST: BankKind.ValueType  # 2
 """entries are known-benign: a hit suppresses matches of its algorithm"""
 Global___BankKind: _TypeAlias = BankKind  # noqa: Y015
 
+class _MatchStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MatchStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MatchStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MATCH_STATUS_UNSPECIFIED: _MatchStatus.ValueType  # 0
+    MATCH_STATUS_MATCHED: _MatchStatus.ValueType  # 1
+    MATCH_STATUS_QUARANTINED: _MatchStatus.ValueType  # 2
+
+class MatchStatus(_MatchStatus, metaclass=_MatchStatusEnumTypeWrapper):
+    """Whether a match stands. QUARANTINED: the entry suddenly matches far more uploads than its own
+    history on this server (README "Flood guard"), so it is reported for review but does not make
+    ScanResult.matched true; an analyst releases (AdminService.ReleaseEntry) or disables it.
+    """
+
+MATCH_STATUS_UNSPECIFIED: MatchStatus.ValueType  # 0
+MATCH_STATUS_MATCHED: MatchStatus.ValueType  # 1
+MATCH_STATUS_QUARANTINED: MatchStatus.ValueType  # 2
+Global___MatchStatus: _TypeAlias = MatchStatus  # noqa: Y015
+
 @_typing.final
 class Hash(_message.Message):
     """A hash value. Give it as lowercase or uppercase hex, or as raw bytes (bits/8 long)."""
@@ -226,6 +247,7 @@ class Match(_message.Message):
     HASH_INDEX_FIELD_NUMBER: _builtins.int
     FALSE_MATCH_PROBABILITY_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     bank: _builtins.str
     entry_id: _builtins.int
     external_id: _builtins.str
@@ -256,6 +278,8 @@ class Match(_message.Message):
     than by raw distance. Not a posterior: it ignores how many uploads really are known
     images, and below ~1e-9 per comparison it is an extrapolation. Absent for MD5/SHA-256.
     """
+    status: Global___MatchStatus.ValueType
+    """MATCHED, or QUARANTINED by the flood guard"""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the bank's tags"""
@@ -290,10 +314,11 @@ class Match(_message.Message):
         hash_index: _builtins.int = ...,
         false_match_probability: _builtins.float | None = ...,
         provenance: _abc.Iterable[Global___EntryProvenance] | None = ...,
+        status: Global___MatchStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability", "false_match_probability", b"false_match_probability", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability", "algorithm", b"algorithm", "bank", b"bank", "bank_kind", b"bank_kind", "distance", b"distance", "entry_id", b"entry_id", "entry_variant", b"entry_variant", "external_id", b"external_id", "false_match_probability", b"false_match_probability", "hash_index", b"hash_index", "metadata", b"metadata", "provenance", b"provenance", "query_transform", b"query_transform", "query_trimmed", b"query_trimmed", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability", "algorithm", b"algorithm", "bank", b"bank", "bank_kind", b"bank_kind", "distance", b"distance", "entry_id", b"entry_id", "entry_variant", b"entry_variant", "external_id", b"external_id", "false_match_probability", b"false_match_probability", "hash_index", b"hash_index", "metadata", b"metadata", "provenance", b"provenance", "query_transform", b"query_transform", "query_trimmed", b"query_trimmed", "status", b"status", "tags", b"tags", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__false_match_probability: _TypeAlias = _typing.Literal["false_match_probability"]  # noqa: Y015
     _WhichOneofArgType__false_match_probability: _TypeAlias = _typing.Literal["_false_match_probability", b"_false_match_probability"]  # noqa: Y015
@@ -387,7 +412,7 @@ class ScanResult(_message.Message):
     ALLOWLISTED_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     matched: _builtins.bool
-    """true if `matches` is not empty"""
+    """true if `matches` holds one that is not QUARANTINED"""
     snapshot_version: _builtins.str
     """the snapshot that answered"""
     request_id: _builtins.str
