@@ -96,17 +96,18 @@ def test_pages_resume_after_a_truncated_page_and_apply_deletions(
     any_store: Store, ncmec_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NCMEC_CREDENTIALS", "esp-user:esp-pass")
-    # page 2: first rate-limited (the client waits as Retry-After says and asks again), then
-    # cut off mid-document, then whole
+    # page 2: first rate-limited (the client waits as Retry-After says and asks again), then a
+    # server error (asked again too), then cut off mid-document, then whole
     _StandIn.answers = {"0": [(200, FIRST)],
-                        "2": [(429, b""), (200, SECOND[: len(SECOND) // 2]), (200, SECOND)]}
+                        "2": [(429, b""), (503, b""), (200, SECOND[: len(SECOND) // 2]),
+                              (200, SECOND)]}
     any_store.create_bank("ncmec")
     any_store.bind_exchange("ncmec", "ncmec", {"base_url": ncmec_url},
                             Credentials("env", "NCMEC_CREDENTIALS"))
 
     with pytest.raises(HashsvcError, match=r"fetch failed \(ParseError.*next sync resumes"):
         sync_bank(any_store, "ncmec")
-    assert len(_StandIn.paths) == 3  # page 1, page 2 rate-limited, page 2 truncated
+    assert len(_StandIn.paths) == 4  # page 1; page 2 rate-limited, failing, truncated
     assert _entries(any_store) == {"42-e1:MD5": (MD5_1, ["A1"]), "42-e1:PDQ": (PDQ_1, ["A1"]),
                                    "42-e2:MD5": (MD5_2, ["A2"])}
     checkpoint = json.loads(any_store.exchange_bindings("ncmec")[0].checkpoint or "{}")
