@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
@@ -18,6 +16,7 @@ from hashsvc.errors import HashsvcError
 from hashsvc.store import EntryQuery, Store
 from hashsvc.store.exchange_model import Credentials
 from indexer.exchanges.sync import sync_bank
+from tests.stand_in import StandInHandler, serving
 
 MD5_1, PDQ_1, MD5_2 = "11" * 16, "ab" * 32, "22" * 16
 
@@ -42,7 +41,8 @@ SECOND = _page('<deletedImage><id>e2</id><member id="42">Example ESP</member></d
                + _image("e1", "B1", md5=MD5_1))
 
 
-class _StandIn(BaseHTTPRequestHandler):
+class _StandIn(StandInHandler):
+    content_type = "application/xml"
     """Answers by `start` (the page) from a queue per page: (status, body); the last answer
     of a queue repeats. Records every request's path."""
 
@@ -60,27 +60,13 @@ class _StandIn(BaseHTTPRequestHandler):
         status, body = queue.pop(0) if len(queue) > 1 else queue[0]
         self._answer(status, body)
 
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Retry-After", "0")
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
 def ncmec_url() -> Iterator[str]:
     _StandIn.paths = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hashsharing"
-    server.shutdown()
-    server.server_close()
+    with serving(_StandIn) as url:
+        yield f"{url}/hashsharing"
 
 
 def _entries(store: Store) -> dict[str, tuple[str, list[str]]]:

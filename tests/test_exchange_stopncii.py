@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
@@ -21,6 +19,7 @@ from hashsvc.store.exchange_model import Credentials
 from indexer.exchanges import open_exchange
 from indexer.exchanges.stopncii import StopNCIIExchange
 from indexer.exchanges.sync import sync_bank
+from tests.stand_in import StandInHandler, serving
 
 FETCH_KEY, SUBSCRIPTION_KEY, FEEDBACK_KEY = "fetch-k3y", "subscr1ption", "feedb4ck"
 PDQ_A, PDQ_B, PDQ_C = "a1" * 32, "b2" * 32, "c3" * 32
@@ -51,7 +50,7 @@ MALFORMED = SECOND.replace(b'"hashStatus": "Active", ', b"", 1)
 NOTHING_NEW = _page([], token=None, next_set=2000)
 
 
-class _StandIn(BaseHTTPRequestHandler):
+class _StandIn(StandInHandler):
     """FetchHashes answers by page (the token, else `start=TIMESTAMP`) from a queue per page:
     (status, body); the last answer of a queue repeats. Records every request."""
 
@@ -83,28 +82,14 @@ class _StandIn(BaseHTTPRequestHandler):
             status, answer = queue.pop(0) if len(queue) > 1 else queue[0]
             self._answer(status, answer)
 
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Retry-After", "0")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
 def stopncii_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     _StandIn.requests, _StandIn.answers, _StandIn.feedback_answer = [], {}, (200, b"{}")
     monkeypatch.setenv("STOPNCII_KEYS", f"{FETCH_KEY},{SUBSCRIPTION_KEY},{FEEDBACK_KEY}")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serving(_StandIn) as url:
+        yield f"{url}/v1"
 
 
 def _bind(store: Store, url: str) -> None:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
@@ -23,6 +21,7 @@ from hashsvc.store.exchange_model import Credentials
 from indexer.exchanges.sync import sync_bank
 from indexer.exchanges.tat import TATExchange
 from tests.conftest import run_indexer
+from tests.stand_in import StandInHandler, serving
 
 USER, PASSWORD, TOKEN = "analyst", "pa55word", "jwt-token-1"
 PDQ_1, MD5_2, MD5_VIDEO, PDQ_4 = "a1" * 32, "b2" * 16, "c3" * 16, "d4" * 32
@@ -50,7 +49,7 @@ BAD_ENTRY = SECOND.replace(PDQ_4.encode(), b"not-a-hash")
 AFTER_ALL = _page([], "", None)
 
 
-class _StandIn(BaseHTTPRequestHandler):
+class _StandIn(StandInHandler):
     """Signs in USER:PASSWORD; answers list pages by `after` from a queue per page: (status,
     body); the last answer of a queue repeats. Records every request: (method, path)."""
 
@@ -81,28 +80,14 @@ class _StandIn(BaseHTTPRequestHandler):
             status, body = queue.pop(0) if len(queue) > 1 else queue[0]
             self._answer(status, body)
 
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Retry-After", "0")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
 def tat_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     _StandIn.requests, _StandIn.answers = [], {}
     monkeypatch.setenv("TAT_CREDENTIALS", f"{USER}:{PASSWORD}")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_StandIn) as url:
+        yield f"{url}"
 
 
 def _bind(store: Store, url: str) -> None:

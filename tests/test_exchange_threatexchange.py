@@ -7,10 +7,8 @@ Retry-After, 5xx, a truncated page."""
 from __future__ import annotations
 
 import json
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
@@ -22,6 +20,7 @@ from hashsvc.store.exchange_model import Credentials
 from indexer.exchanges import open_exchange
 from indexer.exchanges.sync import sync_bank
 from tests.conftest import run_indexer
+from tests.stand_in import StandInHandler, serving
 
 APP_ID = "123456789"
 TOKEN = f"{APP_ID}|s3cretTokenNeverShown_0123"
@@ -59,7 +58,7 @@ SECOND = [
 ]
 
 
-class _StandIn(BaseHTTPRequestHandler):
+class _StandIn(StandInHandler):
     """threat_updates answers by `after` cursor from a queue per page: (status, body or a
     page's updates and next cursor); the last answer of a queue repeats. Records every
     request's path and every reaction."""
@@ -110,29 +109,17 @@ class _StandIn(BaseHTTPRequestHandler):
         return url, query
 
     def _answer(self, status: int, answer: Any) -> None:
-        body = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Retry-After", "0")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        super()._answer(status, answer if isinstance(answer, bytes)
+                        else json.dumps(answer).encode())
 
 
 @pytest.fixture
 def graph_url() -> Iterator[str]:
     _StandIn.paths, _StandIn.reactions = [], []
     _StandIn.reaction_answer = {"success": True}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _StandIn.base = f"http://127.0.0.1:{server.server_address[1]}/v26.0"
-    yield _StandIn.base
-    server.shutdown()
-    server.server_close()
+    with serving(_StandIn) as url:
+        _StandIn.base = f"{url}/v26.0"
+        yield _StandIn.base
 
 
 def _bind(store: Store, graph_url: str, monkeypatch: pytest.MonkeyPatch,

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,6 +19,7 @@ from hashsvc.store.exchange_model import Credentials
 from hashsvc.store.feedback_model import NewFeedback
 from indexer.exchanges.sync import sync_bank
 from tests.conftest import run_indexer
+from tests.stand_in import StandInHandler, serving
 from tests.test_exchange_ncmec import MD5_1, MD5_2, PDQ_1, _image, _page
 
 PAGE = _page(_image("e1", "A1", md5=MD5_1, pdq=PDQ_1) + _image("e2", "A2", md5=MD5_2))
@@ -31,7 +30,8 @@ REASONS = (b'<?xml version="1.0" encoding="UTF-8"?><feedbackReasons xmlns="https
            b"</availableFeedbackReasons></feedbackReasons>")
 
 
-class _StandIn(BaseHTTPRequestHandler):
+class _StandIn(StandInHandler):
+    content_type = "application/xml"
     """NCMEC's entries (one page), feedback reasons, and feedback PUTs, answered from
     `put_status` in turn (the last repeats). Records every PUT's path and body."""
 
@@ -58,27 +58,14 @@ class _StandIn(BaseHTTPRequestHandler):
         self._answer(401, b"<error>unauthorized</error>")
         return False
 
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
 def ncmec_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("NCMEC_CREDENTIALS", "esp-user:esp-pass")
     _StandIn.puts, _StandIn.put_status = [], [200]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hashsharing"
-    server.shutdown()
-    server.server_close()
+    with serving(_StandIn) as url:
+        yield f"{url}/hashsharing"
 
 
 def _entry_id(store: Store, bank: str, upstream_id: str) -> int:
