@@ -210,20 +210,24 @@ def test_cli_binds_and_syncs_tat_without_showing_the_password(
     assert PASSWORD.encode() not in home.store_path.read_bytes()
 
 
-def test_a_long_retry_after_is_waited_out_for_at_most_a_minute_by_both_clients() -> None:
-    """urllib3 would honour a Retry-After of 6 hours, holding the sync's writer lock (and so
-    every publish) that long; both web clients' sessions cap the wait."""
+def test_a_long_retry_after_is_waited_out_for_at_most_a_minute_by_every_client() -> None:
+    """urllib3 would honour a Retry-After of 6 hours, holding the sync's writer lock that
+    long; the StopNCII, TAT and NCMEC clients' sessions cap the wait."""
+    from threatexchange.exchanges.clients.ncmec import hash_api
     from threatexchange.exchanges.clients.stopncii import api as stopncii_api
     from threatexchange.exchanges.clients.techagainstterrorism import api as tat_api
     from urllib3 import HTTPResponse
 
+    from indexer.exchanges.ncmec import capped_client
     from indexer.exchanges.stopncii import _page_keeping_client
     from indexer.exchanges.tat import _quiet_client
     from indexer.exchanges.web_api import MAX_RETRY_AFTER_S
 
     throttled = HTTPResponse(status=429, headers={"Retry-After": str(6 * 3600)})
     stopncii = _page_keeping_client(stopncii_api)("subscription", "fetch")
-    sessions = [stopncii._get_session(stopncii_api.StopNCIIEndpoint.FetchHashes)]
+    ncmec = capped_client(hash_api)("user", "password", hash_api.NCMECEnvironment.Industry)
+    sessions = [stopncii._get_session(stopncii_api.StopNCIIEndpoint.FetchHashes),
+                ncmec._get_session()]
     with _quiet_client(tat_api)("user", "password")._get_session() as tat_session:
         sessions.append(tat_session)
         for session in sessions:

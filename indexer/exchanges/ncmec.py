@@ -30,6 +30,7 @@ from typing import Any
 
 from hashsvc.errors import HashsvcError
 from hashsvc.store.exchange_model import Credentials, ExchangePage, UpstreamEntry
+from indexer.exchanges.web_api import cap_retry_after
 
 # NCMEC's fingerprint element -> our algorithm (images only: video MD5s hash whole videos)
 FINGERPRINTS = {"md5": "md5", "pdq": "pdq"}
@@ -69,7 +70,7 @@ class NCMECExchange:
             if not sep or not user or not password:
                 raise HashsvcError(f"ncmec credentials ({self._credentials.source} "
                                    f"{self._credentials.name}) must be USER:PASSWORD")
-            self._client = self._hash_api.NCMECHashAPI(user, password, self._environment)
+            self._client = capped_client(self._hash_api)(user, password, self._environment)
             if self._base_url:  # a stand-in: the client has no parameter for it
                 self._client._base_url = self._base_url
         return self._client
@@ -165,3 +166,14 @@ def _checked_base_url(value: object) -> str:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def capped_client(hash_api: Any) -> Any:
+    """NCMECHashAPI whose sessions wait out at most MAX_RETRY_AFTER_S of a Retry-After
+    (web_api: a sync holds the writer lock all the while)."""
+
+    class CappedAPI(hash_api.NCMECHashAPI):  # type: ignore[misc]
+        def _get_session(self) -> Any:
+            return cap_retry_after(super()._get_session())
+
+    return CappedAPI
