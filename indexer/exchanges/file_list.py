@@ -25,13 +25,13 @@ from typing import Any
 
 from hashsvc.errors import HashsvcError, LineProblem
 from hashsvc.store.exchange_model import Credentials, ExchangePage, UpstreamEntry
+from indexer.exchanges.web_api import LOOPBACK
 from indexer.hashlists import detect_format, read_hash_list
 
 DEFAULT_PAGE_SIZE = 10_000
 FETCH_TIMEOUT = 60.0
 FETCH_ATTEMPTS = 4
 MAX_RETRY_WAIT = 30.0
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class FileListExchange:
@@ -94,7 +94,7 @@ class FileListExchange:
             from indexer.exchanges.s3_list import read_s3_list
 
             return read_s3_list(self.source, self.s3_endpoint_url, self.credentials)
-        if url.scheme != "https" and not (url.scheme == "http" and url.hostname in _LOOPBACK):
+        if url.scheme != "https" and not (url.scheme == "http" and url.hostname in LOOPBACK):
             raise HashsvcError(f"url exchange: {self.source!r} must be https:// or s3:// "
                                "(plain http only on loopback)")
         request = urllib.request.Request(self.source)

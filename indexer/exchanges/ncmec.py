@@ -25,16 +25,14 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.parse
 from typing import Any
 
 from hashsvc.errors import HashsvcError
 from hashsvc.store.exchange_model import Credentials, ExchangePage, UpstreamEntry
-from indexer.exchanges.web_api import cap_retry_after
+from indexer.exchanges.web_api import cap_retry_after, checked_base_url, first_line
 
 # NCMEC's fingerprint element -> our algorithm (images only: video MD5s hash whole videos)
 FINGERPRINTS = {"md5": "md5", "pdq": "pdq"}
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _TAG_CHARS = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
@@ -58,7 +56,7 @@ class NCMECExchange:
         self._hash_api = hash_api
         self._environment = env
         self._credentials = credentials
-        self._base_url = _checked_base_url(config.get("base_url"))
+        self._base_url = checked_base_url("ncmec", config.get("base_url"))
         self._client: Any = None
 
     def _api(self) -> Any:
@@ -88,7 +86,7 @@ class NCMECExchange:
         except HashsvcError:
             raise
         except Exception as err:  # requests' errors, and the bare Exception of a bad page
-            raise HashsvcError(f"ncmec exchange: fetch failed ({_first_line(err)}); "
+            raise HashsvcError(f"ncmec exchange: fetch failed ({first_line(err)}); "
                                "nothing applied, the next sync resumes") from None
         upserts: list[UpstreamEntry] = []
         deletions: list[str] = []
@@ -133,7 +131,7 @@ class NCMECExchange:
             raise
         except Exception as err:  # requests' errors, and the client's bare Exception
             raise HashsvcError(f"ncmec exchange: feedback on {upstream_id} not sent "
-                               f"({_first_line(err)}); kept for the next sync") from None
+                               f"({first_line(err)}); kept for the next sync") from None
 
     @staticmethod
     def _reason_guid(api: Any, fingerprint: Any, reason: str) -> str | None:
@@ -149,23 +147,6 @@ class NCMECExchange:
         raise HashsvcError(f"ncmec exchange: a downvote needs one of NCMEC's reasons for "
                            f"{fingerprint.value}, and {reason[:80]!r} names none: "
                            f"{', '.join(sorted(reasons.values()))}")
-
-
-def _checked_base_url(value: object) -> str:
-    if value is None:
-        return ""
-    url = urllib.parse.urlsplit(str(value))
-    if url.scheme != "https" and not (url.scheme == "http" and url.hostname in _LOOPBACK):
-        raise HashsvcError(f"ncmec base_url {value!r} must be https:// (plain http only on "
-                           "loopback)")
-    if url.password is not None:
-        raise HashsvcError("ncmec base_url must not hold a password: use the credentials")
-    return str(value).rstrip("/")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
 
 
 def capped_client(hash_api: Any) -> Any:

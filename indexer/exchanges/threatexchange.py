@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from hashsvc.errors import HashsvcError
 from hashsvc.store.exchange_model import Credentials, ExchangePage, UpstreamEntry
 from indexer.exchanges.file_list import FETCH_ATTEMPTS, _retry_after
+from indexer.exchanges.web_api import checked_base_url
 
 # ThreatExchange indicator type -> our algorithm (photo hashes only; a video's MD5 or SHA-256
 # is the same indicator type tagged media_type_video, as python-threatexchange reads it)
@@ -47,7 +48,6 @@ FIELDS = ("id", "indicator", "type", "last_updated", "should_delete",
 RATE_LIMITED = frozenset({4, 17, 32, 613})
 DEFAULT_PAGE_SIZE = 500
 MAX_TAGS = 32  # LIMITS.tags: past it, descriptor tags give way to the opinions
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _TAG_CHARS = re.compile(r"[^A-Za-z0-9_.:-]")
 _TOKEN_PARAM = re.compile(r"(access_token=)[^&\s'\"]+")
 T = TypeVar("T")
@@ -283,13 +283,9 @@ def _tag(text: object) -> str:
 
 
 def _checked_base_url(value: object) -> str:
-    if value is None:
-        return ""
-    url = urllib.parse.urlsplit(str(value))
-    if url.scheme != "https" and not (url.scheme == "http" and url.hostname in _LOOPBACK):
-        raise HashsvcError(f"fb_threatexchange base_url {str(value)[:80]!r} must be https:// "
-                           "(plain http only on loopback)")
-    if url.password is not None or "access_token" in url.query:
+    """`web_api.checked_base_url`, and no access token in the query: the Graph API takes the
+    token there, so a base URL carrying one would put the secret in the binding."""
+    if value is not None and "access_token" in urllib.parse.urlsplit(str(value)).query:
         raise HashsvcError("fb_threatexchange base_url must not hold a secret: use the "
                            "credentials")
-    return str(value).rstrip("/")
+    return checked_base_url("fb_threatexchange", value)
