@@ -23,6 +23,7 @@ ENV_PREFIX = "HASHSVC_"
 
 # What a process serves (README "Roles"): a scan replica, the admin service, or both at once.
 ROLES = ("scan", "admin", "all")
+DEFAULT_HTTP_LISTEN = "0.0.0.0:8080"
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class ServerConfig:
     max_connection_age: float = 0.0  # seconds before a client connection is closed; 0 = never
     exchange_sync: bool = True  # admin role: sync exchange-bound banks when they are due
     exchange_sync_every: float = 0.0  # seconds, for banks bound without --every; 0 = those not
+    http_listen: str = "auto"  # HTTP/JSON API and console; auto: 0.0.0.0:8080 unless role scan
     log_level: str = "INFO"
 
     @property
@@ -71,6 +73,16 @@ class ServerConfig:
     def store_target(self) -> str:
         """What `hashsvc.store.open_store` opens (may hold a password: never log it)."""
         return self.store or str(self.data_home.store_path)
+
+    @property
+    def resolved_http_listen(self) -> str:
+        """Where the HTTP/JSON API (and, with the admin role, the console) listens; "" = off.
+
+        Off by default on a scan replica: platforms there speak gRPC, and an extra open port is
+        one more thing to secure. On by default wherever AdminService runs, for the console."""
+        if self.http_listen == "auto":
+            return "" if self.role == "scan" else DEFAULT_HTTP_LISTEN
+        return "" if self.http_listen in ("", "off") else self.http_listen
 
     @property
     def resolved_keys_file(self) -> Path:
@@ -168,6 +180,8 @@ HELP: dict[str, str] = {
     "--no-exchange-sync leaves syncing to `indexer exchange sync` (cron)",
     "exchange_sync_every": "seconds between scheduled syncs of a bank bound without --every; "
     "0 = only banks bound with --every are synced on a schedule",
+    "http_listen": "host:port for the HTTP/JSON API (/v1) and, in the admin role, the web "
+    "console (/console); auto: 0.0.0.0:8080 unless --role scan; off: none; port 0: any",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 

@@ -80,6 +80,7 @@ def hashsvc_target(label: str, home: Path, extra: Sequence[str] = (),
     if source is not None:
         env["PYTHONPATH"] = f"{source}{os.pathsep}{source / 'clients' / 'python'}"
     return Target(label, [sys.executable, "-m", "hashsvc", "serve", "--home", str(home),
+                          "--http-listen", "off",
                           "--workers", "2", "--metrics-listen", "", *extra], env)
 
 

@@ -76,7 +76,8 @@ def serve_until_healthy(home: Path, timeout: float = 120) -> tuple[float, float]
     port = free_port()
     started = time.perf_counter()
     server = subprocess.Popen(
-        [sys.executable, "-m", "hashsvc", "serve", "--home", str(home), "--listen",
+        [sys.executable, "-m", "hashsvc", "serve", "--home", str(home),
+         "--http-listen", "off", "--listen",
          f"127.0.0.1:{port}", "--workers", "1", "--metrics-listen", "127.0.0.1:0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

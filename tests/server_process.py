@@ -25,7 +25,8 @@ class ServerProcess:
         self._lines: list[str] = []
         # The flood guard off unless a test turns it on (--flood-window N): many tests scan one
         # image hundreds of times, which is a flood to it (tests/test_flood_guard.py tests it).
-        defaults = {"--workers": "1", "--metrics-listen": "127.0.0.1:0", "--flood-window": "0"}
+        defaults = {"--workers": "1", "--metrics-listen": "127.0.0.1:0", "--flood-window": "0",
+                    "--http-listen": "127.0.0.1:0"}
         extra = [item for flag, value in defaults.items() if flag not in flags
                  for item in (flag, value)]
         self._process = subprocess.Popen(
@@ -39,6 +40,9 @@ class ServerProcess:
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_port = next((int(r["port"]) for r in self.records()
                                   if r.get("message") == "metrics"), None)
+        # The HTTP/JSON API's port; None when it is off (--http-listen off, or --role scan).
+        self.http_port: int | None = next((r.get("http_port") for r in self.records()
+                                           if r.get("message") == "serving"), None)
 
     @property
     def pid(self) -> int:

@@ -21,7 +21,8 @@ def test_serve_refuses_to_start_on_a_keys_file_that_does_not_load(tmp_path: Path
     home.mkdir()
     (home / "keys.toml").write_text(BROKEN)
     result = subprocess.run(
-        [sys.executable, "-m", "hashsvc", "serve", "--home", str(home), "--listen",
+        [sys.executable, "-m", "hashsvc", "serve", "--home", str(home),
+         "--http-listen", "off", "--listen",
          "127.0.0.1:0", "--workers", "2", "--metrics-listen", ""],
         capture_output=True, text=True, timeout=120,
     )

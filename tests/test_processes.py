@@ -35,6 +35,7 @@ def test_a_second_server_on_a_port_in_use_is_refused_in_one_line(
     other_home = tmp_path / "other"
     result = subprocess.run(
         [sys.executable, "-m", "hashsvc", "serve", "--home", str(other_home),
+         "--http-listen", "off",
          "--listen", running.target, "--workers", workers, "--metrics-listen", ""],
         capture_output=True, text=True, timeout=120,
     )

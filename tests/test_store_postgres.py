@@ -160,6 +160,7 @@ def test_serve_with_an_unreachable_store_exits_in_one_line_without_the_password(
 ) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "hashsvc", "serve", "--home", str(tmp_path / "home"),
+         "--http-listen", "off",
          "--listen", "127.0.0.1:0", "--metrics-listen", "", "--workers", "1",
          "--store", "postgresql://someone:hunter2@127.0.0.1:1/hashsvc"],
         capture_output=True, text=True, timeout=120)

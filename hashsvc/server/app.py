@@ -30,6 +30,8 @@ def serve(config: ServerConfig) -> int:
     log.info("starting hashsvc", extra={"version": __version__, "config": config.describe(),
                                         "workers": config.resolved_workers, "role": config.role})
     refuse_if_in_use(config.listen)  # before touching the home: a second server changes nothing
+    if config.resolved_http_listen:
+        refuse_if_in_use(config.resolved_http_listen)
     prepare(config)
     if config.resolved_workers > 1:
         from hashsvc.server.supervisor import supervise

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -68,8 +70,8 @@ def _supervise(config: ServerConfig, metrics_dir: str) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with reserve_port(config.listen) as (host, port):
-        worker_config = replace(config, listen=f"{host}:{port}")
+    with reserve_port(config.listen) as (host, port), _reserve_http(config) as http_listen:
+        worker_config = replace(config, listen=f"{host}:{port}", http_listen=http_listen)
         start_metrics_server(config.metrics_listen, multiprocess_dir=metrics_dir)
 
         ready: SimpleQueue[int] = context.SimpleQueue()
@@ -84,6 +86,7 @@ def _supervise(config: ServerConfig, metrics_dir: str) -> int:
         workers = {index: start(index) for index in range(count)}
         _await_ready(ready, workers, count)
         log.info("serving", extra={"listen": config.listen, "port": port, "workers": count,
+                                   "http_port": _port_of(http_listen),
                                    "pids": [p.pid for p in workers.values()],
                                    "tls": config.tls_cert is not None})
         crashes = dict.fromkeys(workers, 0)
@@ -114,6 +117,21 @@ def _supervise(config: ServerConfig, metrics_dir: str) -> int:
                 process.join()
     log.info("stopped", extra={"workers": count})
     return 0
+
+
+@contextlib.contextmanager
+def _reserve_http(config: ServerConfig) -> Iterator[str]:
+    """The HTTP port, reserved like the gRPC one, as the concrete `http_listen` of the workers
+    ("off" when the HTTP API is off)."""
+    if not config.resolved_http_listen:
+        yield "off"
+        return
+    with reserve_port(config.resolved_http_listen) as (host, port):
+        yield f"{host}:{port}"
+
+
+def _port_of(listen: str) -> int | None:
+    return int(listen.rpartition(":")[2]) if listen != "off" else None
 
 
 def _await_ready(ready: SimpleQueue[int], workers: dict[int, BaseProcess], count: int) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.queues import SimpleQueue
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import faiss
 import grpc
@@ -40,6 +41,9 @@ from hashsvc.server.readiness import ADMIN_SERVICE, SCAN_SERVICE, SERVICES_BY_RO
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.scan_service import ScanServicer
 from hashsvc.server.streams import ClientWatch
+
+if TYPE_CHECKING:
+    from hashsvc.http.server import HttpServer
 
 log = logging.getLogger("hashsvc.server")
 
@@ -103,6 +107,21 @@ def create_server(
     return server, port, stream_pool
 
 
+def _http_server(config: ServerConfig, server: grpc.Server, *,
+                 reuse_port: bool) -> HttpServer | None:
+    """The HTTP/JSON API and console, if on: calls reach this gRPC server over a Unix socket in
+    a private directory (hashsvc/http/gateway.py), added before the server starts."""
+    if not config.resolved_http_listen:
+        return None
+    from hashsvc.http.gateway import PrivateSocket
+    from hashsvc.http.server import HttpServer
+
+    private = PrivateSocket()
+    if server.add_insecure_port(private.target) == 0:
+        raise HashsvcError(f"cannot listen on {private.target} for the HTTP gateway")
+    return HttpServer(config, private.target, reuse_port=reuse_port, private=private)
+
+
 def _connection_age_options(seconds: float) -> list[tuple[str, int]]:
     """With a limit, each connection is closed (GOAWAY, calls in flight finish first) after
     about that long, so a client re-resolves its target and spreads calls over replicas added
@@ -137,8 +156,11 @@ def run_worker(
     runtime = Runtime(config, schedules_syncs=index == 0)
     runtime.start()
     server, port, stream_pool = create_server(config, runtime, reuse_port=reuse_port)
+    http = _http_server(config, server, reuse_port=reuse_port)
     server.start()
-    log.info("worker ready", extra={"worker": index, "pid": os.getpid(), "port": port})
+    http_port = http.start() if http is not None else None
+    log.info("worker ready", extra={"worker": index, "pid": os.getpid(), "port": port,
+                                    "http_port": http_port})
     if on_ready is not None:
         on_ready()
 
@@ -151,10 +173,13 @@ def run_worker(
     signal.signal(signal.SIGINT, on_signal)
     if not reuse_port:
         log.info("serving", extra={"listen": config.listen, "port": port, "workers": 1,
+                                   "http_port": http_port,
                                    "tls": config.tls_cert is not None,
                                    "mutual_tls": config.tls_client_ca is not None})
     stopping.wait()
     runtime.readiness.drain()
+    if http is not None:
+        http.stop()
     server.stop(grace=DRAIN_SECONDS).wait()
     stream_pool.shutdown(wait=False, cancel_futures=True)
     runtime.stop()

@@ -1,0 +1,107 @@
+"""One asyncio gRPC channel to this process's own gRPC server, for the HTTP side.
+
+The socket lives in a fresh 0700 directory (`private_socket`): only this user can connect, so
+the path cannot be used to reach the services past TLS or mutual TLS. Calls carry the HTTP
+caller's key as `authorization: Bearer`, so the interceptor authenticates them like any other.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+SERVICES = {"scan": "hashsvc.v1.ScanService", "admin": "hashsvc.v1.AdminService"}
+# The peer the gRPC server sees for calls that came in over HTTP (see interceptors.py).
+GATEWAY_PEER_PREFIX = "unix:"
+
+
+class PrivateSocket:
+    """A Unix socket path in a directory only this user can enter; removed by `close`."""
+
+    def __init__(self) -> None:
+        self._directory = Path(tempfile.mkdtemp(prefix="hashsvc-gateway-"))
+        self.target = f"unix:{self._directory / 'grpc.sock'}"
+
+    def close(self) -> None:
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class GatewayError(Exception):
+    """A call that ended with a gRPC status other than OK."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing: tuple[tuple[str, str | bytes], ...] = ()
+
+
+class Gateway:
+    """Unary and client-streaming calls to the local gRPC server, by method name.
+
+    Created inside the HTTP server's event loop (grpc.aio channels belong to the loop that made
+    them)."""
+
+    def __init__(self, target: str, *, max_message: int) -> None:
+        self._channel = grpc.aio.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", max_message),
+            ("grpc.max_receive_message_length", 64 << 20),
+        ])
+        self._unary: dict[str, Any] = {}
+        self._streams: dict[str, Any] = {}
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def call(self, service: str, method: str, request: Message, response_type: type[Message],
+                   key: str | None) -> Message:
+        path = f"/{SERVICES[service]}/{method}"
+        callable_ = self._unary.get(path)
+        if callable_ is None:
+            callable_ = self._unary[path] = self._channel.unary_unary(
+                path, request_serializer=_serialize,
+                response_deserializer=response_type.FromString)
+        try:
+            response: Message = await callable_(request, metadata=_metadata(key))
+        except grpc.aio.AioRpcError as err:
+            raise _error(err) from None
+        return response
+
+    async def stream(self, service: str, method: str, requests: Iterable[Message],
+                     response_type: type[Message], key: str | None) -> Message:
+        """A client-streaming call (AddEntries and friends): the requests, then one answer."""
+        path = f"/{SERVICES[service]}/{method}"
+        callable_ = self._streams.get(path)
+        if callable_ is None:
+            callable_ = self._streams[path] = self._channel.stream_unary(
+                path, request_serializer=_serialize,
+                response_deserializer=response_type.FromString)
+
+        async def each() -> AsyncIterator[Message]:
+            for request in requests:
+                yield request
+
+        try:
+            response: Message = await callable_(each(), metadata=_metadata(key))
+        except grpc.aio.AioRpcError as err:
+            raise _error(err) from None
+        return response
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def _metadata(key: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+def _error(err: grpc.aio.AioRpcError) -> GatewayError:
+    trailing = tuple((item.key, item.value) for item in (err.trailing_metadata() or ()))
+    return GatewayError(err.code(), err.details() or "", trailing)
