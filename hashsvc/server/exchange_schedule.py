@@ -17,6 +17,10 @@ A failed sync is recorded in the sync health (by `sync_bank`, for the metrics an
 written to the audit log and logged; it never ends the loop. A failing bank is tried again an
 interval later, not at once. Shutdown stops a sync between pages (every applied page is
 committed with its checkpoint, so the next sync resumes there).
+
+A "sync now" (AdminService.SyncExchange, exchange_admin.py) takes its turn through the same
+`sync_turn`: this process's own lock first (a SQLite store's "sync" lock is a no-op, and a
+manual sync and a scheduled round in one server must still take turns), then the store's.
 """
 
 from __future__ import annotations
@@ -26,16 +30,43 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from hashsvc.audit import AuditLog
 from hashsvc.errors import HashsvcError, WriterBusyError
 from hashsvc.store import Store
-from hashsvc.store.exchange_model import SyncHealth
+from hashsvc.store.exchange_model import ExchangeBinding, SyncHealth
 
 log = logging.getLogger("hashsvc.exchange_schedule")
 LOCK_NAME = "sync"  # indexer/exchanges/sync.py's: the CLI's syncs and these take turns
 CHECK_SECONDS = 1.0  # between looks at which banks are due (one small store read)
+_IN_PROCESS = threading.Lock()  # this process's syncs, scheduled or manual, take turns
+
+
+@contextlib.contextmanager
+def sync_turn(store: Store) -> Iterator[None]:
+    """The right to sync banks of `store` now: this process's sync lock, then the store's
+    "sync" lock (every process sharing the store). Neither is waited for: `WriterBusyError`
+    naming who holds it."""
+    if not _IN_PROCESS.acquire(blocking=False):
+        raise WriterBusyError("another exchange sync is running in this server (a scheduled "
+                              "round or a sync now): try again when it has finished")
+    try:
+        with store.writer_lock(LOCK_NAME):
+            yield
+    finally:
+        _IN_PROCESS.release()
+
+
+def next_due(binding: ExchangeBinding, health: SyncHealth, default_every: float) -> float | None:
+    """When the schedule syncs the bank next, in Unix seconds: an interval after its last
+    attempt (success or failure), at once if it has none; None if it is not on a schedule."""
+    every = binding.sync_every(default_every)
+    if every <= 0:
+        return None
+    last = _last_attempt(health)
+    return binding.bound_at if last is None else last + every
 
 
 class ExchangeScheduler:
@@ -60,7 +91,7 @@ class ExchangeScheduler:
                 return []
             with contextlib.ExitStack() as held:
                 try:
-                    held.enter_context(self._store.writer_lock(LOCK_NAME))
+                    held.enter_context(sync_turn(self._store))
                 except WriterBusyError:
                     log.debug("another server holds the sync lock: skipping this round")
                     return []
@@ -91,13 +122,12 @@ class ExchangeScheduler:
         health = {h.bank: h for h in self._store.exchange_health()}
         due: dict[str, float | None] = {}
         for binding in bindings:
-            every = binding.sync_every(self._default_every)
             state = health.get(binding.bank)
-            if every <= 0 or state is None:
+            if state is None:
                 continue
-            last = _last_attempt(state)
-            if last is None or now - last >= every:
-                due[binding.bank] = last
+            when = next_due(binding, state, self._default_every)
+            if when is not None and when <= now:
+                due[binding.bank] = _last_attempt(state)
         return due
 
     def _sync(self, bank: str, after: float | None) -> None:
@@ -105,7 +135,7 @@ class ExchangeScheduler:
 
         record: dict[str, Any] = {
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-            "event": "exchange_sync", "bank": bank,
+            "event": "exchange_sync", "bank": bank, "trigger": "scheduled",
             # the round this sync belongs to: the attempt before it (None: the first)
             "after": after,
         }
