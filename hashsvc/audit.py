@@ -2,8 +2,10 @@
 
 Each record holds the time, request id, caller (the API key's *name*), method, the snapshot
 version, the hashes computed and every match (bank, entry id, external id, algorithm, distance,
-threshold, transform, status: matched or quarantined). The flood guard's quarantines and the
-releases that lift them are records of their own. Never image bytes, never a key.
+threshold, how it matched: transform, trimmed, entry variant, which hash; status: matched or
+quarantined); AdminService.ListRecentMatches reads them back (audit_tail.py). The flood guard's
+quarantines and the releases that lift them are records of their own. Never image bytes, never
+a key.
 
 Safe under concurrency and rotation without a lock shared between processes:
 - the file is opened with O_APPEND and each record is written by a single `write()`, so records
@@ -97,7 +99,8 @@ def _matches(matches: Sequence[Match]) -> list[dict[str, Any]]:
     return [
         {"bank": m.bank, "entry_id": m.entry_id, "external_id": m.external_id,
          "algorithm": m.algorithm, "distance": m.distance, "threshold": m.threshold,
-         "query_transform": m.query_transform,
+         "query_transform": m.query_transform, "query_trimmed": m.query_trimmed,
+         "entry_variant": m.entry_variant, "hash_index": m.hash_index,
          "status": "quarantined" if m.quarantined else "matched"}
         for m in matches
     ]

@@ -35,6 +35,8 @@ class InputLimits:
     logged_chars: int = 200  # of free text (a disable reason) written to the server log
     request_id_chars: int = 128  # a scan's request/item id, echoed back and written to the audit
     page_entries: int = 1_000  # entries per ListEntries page: with metadata, far below 4 MB
+    recent_matches: int = 500  # per ListRecentMatches call (each read back from the audit)
+    sync_wait_seconds: int = 60  # SyncExchange's wait for the outcome: the sync goes on
 
 
 LIMITS = InputLimits()

@@ -53,4 +53,14 @@ ROUTES: tuple[Route, ...] = (
           summary="Hash an uploaded image, without matching."),
     Route("GET", "/v1/banks", "admin", "ListBanks", admin_pb2.ListBanksRequest,
           admin_pb2.ListBanksResponse, body="query", summary="Every bank, with its settings."),
+    # ---- h17-ops-a: exchange syncs and recent matches ----
+    Route("GET", "/v1/exchanges", "admin", "ListExchangeBindings",
+          admin_pb2.ListExchangeBindingsRequest, admin_pb2.ListExchangeBindingsResponse,
+          body="query", summary="Every exchange-bound bank: schedule, last syncs, outbox."),
+    Route("POST", "/v1/exchanges/{bank}/sync", "admin", "SyncExchange",
+          admin_pb2.SyncExchangeRequest, admin_pb2.SyncExchangeResponse,
+          summary="Sync a bank from its exchange now; waits for the outcome a bounded time."),
+    Route("GET", "/v1/matches/recent", "admin", "ListRecentMatches",
+          admin_pb2.ListRecentMatchesRequest, admin_pb2.ListRecentMatchesResponse,
+          body="query", summary="The latest matches in this server's audit trail."),
 )

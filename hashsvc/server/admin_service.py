@@ -10,12 +10,13 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
-from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc
+from hashsvc_client.v1 import admin_pb2
 
 from hashsvc.errors import HashsvcError, NotFoundError
 from hashsvc.limits import check_name, loggable, quote
 from hashsvc.metrics import MATCH_FEEDBACK
 from hashsvc.server import convert, scope
+from hashsvc.server.admin_activity import ActivityServicer
 from hashsvc.server.interceptors import caller
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.status import abort
@@ -30,8 +31,11 @@ PerEntry = TypeVar("PerEntry", Provenance, Feedback)
 UPDATABLE = ("name", "description", "kind", "enabled", "tags", "thresholds", "strategies")
 
 
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(ActivityServicer):
+    """Exchange syncs and recent matches are ActivityServicer's (admin_activity.py)."""
+
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
         self._runtime = runtime
         self._store = runtime.store
 

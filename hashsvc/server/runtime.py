@@ -117,6 +117,11 @@ class Runtime:
                                                daemon=True)
             self._scheduler.start()
 
+    @property
+    def stopping(self) -> threading.Event:
+        """Set once the server is stopping: long work (a sync now) ends between its steps."""
+        return self._stopping
+
     def stop(self) -> None:
         self._stopping.set()
         self.readiness.drain()

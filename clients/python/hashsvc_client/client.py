@@ -257,6 +257,27 @@ class Client:
         return self._call(self._admin.GetIndexStatus, admin_pb2.GetIndexStatusRequest(),
                           self.timeout)
 
+    def list_exchange_bindings(self, bank: str = "") -> list[admin_pb2.ExchangeBindingStatus]:
+        """Every exchange-bound bank (or `bank` only): schedule, last syncs, feedback outbox."""
+        return list(self._call(self._admin.ListExchangeBindings,
+                               admin_pb2.ListExchangeBindingsRequest(bank=bank),
+                               self.timeout).bindings)
+
+    def sync_exchange(self, bank: str, *, wait_seconds: float = 0.0
+                      ) -> admin_pb2.SyncExchangeResponse:
+        """Sync `bank` from its exchange now; waits for the outcome at most `wait_seconds`
+        (0: the server's 10 s), after which `finished` is false and the sync goes on."""
+        return self._call(self._admin.SyncExchange,
+                          admin_pb2.SyncExchangeRequest(bank=bank, wait_seconds=wait_seconds),
+                          self.admin_timeout)
+
+    def list_recent_matches(self, *, limit: int = 0, bank: str = ""
+                            ) -> admin_pb2.ListRecentMatchesResponse:
+        """The latest matches in the answering server's audit trail, newest first."""
+        return self._call(self._admin.ListRecentMatches,
+                          admin_pb2.ListRecentMatchesRequest(limit=limit, bank=bank),
+                          self.timeout)
+
 
 def _bank_kind(kind: str) -> types_pb2.BankKind.ValueType:
     return types_pb2.BankKind.Value(f"BANK_KIND_{kind.upper()}")

@@ -1014,3 +1014,435 @@ class ReleaseEntryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseEntryResponse: _TypeAlias = ReleaseEntryResponse  # noqa: Y015
+
+@_typing.final
+class ListExchangeBindingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BANK_FIELD_NUMBER: _builtins.int
+    bank: _builtins.str
+    """"": every bound bank; else that one (NOT_FOUND if unbound)"""
+    def __init__(
+        self,
+        *,
+        bank: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExchangeBindingsRequest: _TypeAlias = ListExchangeBindingsRequest  # noqa: Y015
+
+@_typing.final
+class ListExchangeBindingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bindings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExchangeBindingStatus]: ...
+    def __init__(
+        self,
+        *,
+        bindings: _abc.Iterable[Global___ExchangeBindingStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExchangeBindingsResponse: _TypeAlias = ListExchangeBindingsResponse  # noqa: Y015
+
+@_typing.final
+class ExchangeBindingStatus(_message.Message):
+    """One exchange-bound bank. Times are Unix seconds, 0 when there is none yet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BANK_FIELD_NUMBER: _builtins.int
+    EXCHANGE_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    CREDENTIALS_FIELD_NUMBER: _builtins.int
+    BOUND_AT_FIELD_NUMBER: _builtins.int
+    LAST_PAGE_AT_FIELD_NUMBER: _builtins.int
+    LAST_SUCCESS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_AT_FIELD_NUMBER: _builtins.int
+    FAILING_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    SYNC_EVERY_SECONDS_FIELD_NUMBER: _builtins.int
+    NEXT_DUE_AT_FIELD_NUMBER: _builtins.int
+    ALERT_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
+    FEEDBACK_FIELD_NUMBER: _builtins.int
+    LAST_RUN_FIELD_NUMBER: _builtins.int
+    bank: _builtins.str
+    exchange: _builtins.str
+    """the exchange type: file, url, ncmec, stopncii, tat, ..."""
+    credentials: _builtins.str
+    """where the credentials are ("env:VAR", "file:PATH"), never"""
+    bound_at: _builtins.float
+    """their value; "" if none"""
+    last_page_at: _builtins.float
+    """when a sync last applied a page of changes"""
+    last_success: _builtins.float
+    """the last sync that succeeded"""
+    last_error: _builtins.str
+    """the last failed sync's error ("" if none ever failed)"""
+    last_error_at: _builtins.float
+    failing: _builtins.bool
+    """the latest attempt failed"""
+    stale: _builtins.bool
+    """no success for longer than alert_after_seconds"""
+    errors: _builtins.int
+    """failed syncs since binding"""
+    sync_every_seconds: _builtins.float
+    """the schedule: 0 = not synced on a schedule by the server"""
+    next_due_at: _builtins.float
+    """when the schedule syncs it next (0: not scheduled)"""
+    alert_after_seconds: _builtins.float
+    @_builtins.property
+    def config(self) -> _struct_pb2.Struct:
+        """the binding's settings (source, format, every, ...)"""
+
+    @_builtins.property
+    def totals(self) -> Global___ExchangeSyncCounts:
+        """since binding"""
+
+    @_builtins.property
+    def feedback(self) -> Global___FeedbackOutboxStatus: ...
+    @_builtins.property
+    def last_run(self) -> Global___ExchangeSyncRun:
+        """The latest sync of this bank in this server's audit trail (scheduled or SyncExchange);
+        unset if this server has not synced it (`indexer exchange sync` and other servers keep
+        no record here: their syncs show in the fields above).
+        """
+
+    def __init__(
+        self,
+        *,
+        bank: _builtins.str = ...,
+        exchange: _builtins.str = ...,
+        config: _struct_pb2.Struct | None = ...,
+        credentials: _builtins.str = ...,
+        bound_at: _builtins.float = ...,
+        last_page_at: _builtins.float = ...,
+        last_success: _builtins.float = ...,
+        last_error: _builtins.str = ...,
+        last_error_at: _builtins.float = ...,
+        failing: _builtins.bool = ...,
+        stale: _builtins.bool = ...,
+        errors: _builtins.int = ...,
+        totals: Global___ExchangeSyncCounts | None = ...,
+        sync_every_seconds: _builtins.float = ...,
+        next_due_at: _builtins.float = ...,
+        alert_after_seconds: _builtins.float = ...,
+        feedback: Global___FeedbackOutboxStatus | None = ...,
+        last_run: Global___ExchangeSyncRun | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "feedback", b"feedback", "last_run", b"last_run", "totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_after_seconds", b"alert_after_seconds", "bank", b"bank", "bound_at", b"bound_at", "config", b"config", "credentials", b"credentials", "errors", b"errors", "exchange", b"exchange", "failing", b"failing", "feedback", b"feedback", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_page_at", b"last_page_at", "last_run", b"last_run", "last_success", b"last_success", "next_due_at", b"next_due_at", "stale", b"stale", "sync_every_seconds", b"sync_every_seconds", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeBindingStatus: _TypeAlias = ExchangeBindingStatus  # noqa: Y015
+
+@_typing.final
+class ExchangeSyncCounts(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FETCHED_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    fetched: _builtins.int
+    """upstream entries read (added, updated or unchanged)"""
+    added: _builtins.int
+    updated: _builtins.int
+    deleted: _builtins.int
+    unchanged: _builtins.int
+    """one sync's only (SyncExchange, last_run); 0 in totals"""
+    def __init__(
+        self,
+        *,
+        fetched: _builtins.int = ...,
+        added: _builtins.int = ...,
+        updated: _builtins.int = ...,
+        deleted: _builtins.int = ...,
+        unchanged: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "deleted", b"deleted", "fetched", b"fetched", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeSyncCounts: _TypeAlias = ExchangeSyncCounts  # noqa: Y015
+
+@_typing.final
+class FeedbackOutboxStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    FAILED_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_AT_FIELD_NUMBER: _builtins.int
+    pending: _builtins.int
+    """verdicts waiting to be sent by the next sync"""
+    sent: _builtins.int
+    failed_attempts: _builtins.int
+    last_error: _builtins.str
+    last_error_at: _builtins.float
+    def __init__(
+        self,
+        *,
+        pending: _builtins.int = ...,
+        sent: _builtins.int = ...,
+        failed_attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        last_error_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_attempts", b"failed_attempts", "last_error", b"last_error", "last_error_at", b"last_error_at", "pending", b"pending", "sent", b"sent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackOutboxStatus: _TypeAlias = FeedbackOutboxStatus  # noqa: Y015
+
+@_typing.final
+class ExchangeSyncRun(_message.Message):
+    """One sync: how it went and what it changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    PAGES_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    at: _builtins.float
+    """Unix seconds: when it ended (or, running, when it began)"""
+    trigger: _builtins.str
+    """"scheduled" or "manual" (SyncExchange)"""
+    outcome: _builtins.str
+    """"ok", "failed" or "running" """
+    error: _builtins.str
+    """for "failed" """
+    pages: _builtins.int
+    caller: _builtins.str
+    """the API key's name for a manual sync"""
+    @_builtins.property
+    def counts(self) -> Global___ExchangeSyncCounts: ...
+    def __init__(
+        self,
+        *,
+        at: _builtins.float = ...,
+        trigger: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        error: _builtins.str = ...,
+        pages: _builtins.int = ...,
+        counts: Global___ExchangeSyncCounts | None = ...,
+        caller: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "caller", b"caller", "counts", b"counts", "error", b"error", "outcome", b"outcome", "pages", b"pages", "trigger", b"trigger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeSyncRun: _TypeAlias = ExchangeSyncRun  # noqa: Y015
+
+@_typing.final
+class SyncExchangeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BANK_FIELD_NUMBER: _builtins.int
+    WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    bank: _builtins.str
+    """required: a bank bound to an exchange"""
+    wait_seconds: _builtins.float
+    """How long to wait for the outcome: 0 = 10 s; at most 60 (INVALID_ARGUMENT beyond). A sync
+    still running then is not stopped: the answer says `finished` false.
+    """
+    def __init__(
+        self,
+        *,
+        bank: _builtins.str = ...,
+        wait_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncExchangeRequest: _TypeAlias = SyncExchangeRequest  # noqa: Y015
+
+@_typing.final
+class SyncExchangeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BANK_FIELD_NUMBER: _builtins.int
+    EXCHANGE_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    FEEDBACK_SENT_FIELD_NUMBER: _builtins.int
+    FEEDBACK_FAILED_FIELD_NUMBER: _builtins.int
+    bank: _builtins.str
+    exchange: _builtins.str
+    finished: _builtins.bool
+    """false: still running after wait_seconds"""
+    feedback_sent: _builtins.int
+    """verdicts the sync sent to the exchange"""
+    feedback_failed: _builtins.int
+    """verdicts it could not send (kept for the next sync)"""
+    @_builtins.property
+    def run(self) -> Global___ExchangeSyncRun:
+        """outcome "ok" or "failed" (with the error), or "running" """
+
+    def __init__(
+        self,
+        *,
+        bank: _builtins.str = ...,
+        exchange: _builtins.str = ...,
+        finished: _builtins.bool = ...,
+        run: Global___ExchangeSyncRun | None = ...,
+        feedback_sent: _builtins.int = ...,
+        feedback_failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "exchange", b"exchange", "feedback_failed", b"feedback_failed", "feedback_sent", b"feedback_sent", "finished", b"finished", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncExchangeResponse: _TypeAlias = SyncExchangeResponse  # noqa: Y015
+
+@_typing.final
+class ListRecentMatchesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """0: 50; at most 500 (INVALID_ARGUMENT beyond)"""
+    bank: _builtins.str
+    """"": every bank the key may see; else only that bank"""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        bank: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecentMatchesRequest: _TypeAlias = ListRecentMatchesRequest  # noqa: Y015
+
+@_typing.final
+class ListRecentMatchesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHES_FIELD_NUMBER: _builtins.int
+    SCAN_BOUNDED_FIELD_NUMBER: _builtins.int
+    scan_bounded: _builtins.bool
+    """True if the search stopped at the size bound (64 MiB of the trail's tail) before
+    `limit` matches were found: older matches are in the file, not in this answer.
+    """
+    @_builtins.property
+    def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecentMatch]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        matches: _abc.Iterable[Global___RecentMatch] | None = ...,
+        scan_bounded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches", "scan_bounded", b"scan_bounded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecentMatchesResponse: _TypeAlias = ListRecentMatchesResponse  # noqa: Y015
+
+@_typing.final
+class RecentMatch(_message.Message):
+    """One match of one scan, as the audit trail recorded it, with the entry's state now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    HASHES_FIELD_NUMBER: _builtins.int
+    MATCH_FIELD_NUMBER: _builtins.int
+    ENTRY_DISABLED_FIELD_NUMBER: _builtins.int
+    ENTRY_DISABLED_REASON_FIELD_NUMBER: _builtins.int
+    ENTRY_REMOVED_FIELD_NUMBER: _builtins.int
+    FEEDBACK_FIELD_NUMBER: _builtins.int
+    time: _builtins.float
+    """Unix seconds of the scan"""
+    request_id: _builtins.str
+    method: _builtins.str
+    """ScanImage, ScanHashes, ScanImages, ..."""
+    caller: _builtins.str
+    """the scanning API key's name"""
+    snapshot_version: _builtins.str
+    entry_disabled: _builtins.bool
+    """the entry is disabled now (e.g. a false positive)"""
+    entry_disabled_reason: _builtins.str
+    entry_removed: _builtins.bool
+    """the entry is no longer in the store"""
+    @_builtins.property
+    def hashes(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Hash]:
+        """the upload's hashes (algorithm and hex), never the image"""
+
+    @_builtins.property
+    def match(self) -> _types_pb2.Match:
+        """The match: bank, entry_id, external_id, algorithm, distance, threshold, query_transform,
+        query_trimmed, entry_variant, hash_index and status (tags, metadata, provenance and
+        false_match_probability are not in the trail: GetEntry has the entry's).
+        """
+
+    @_builtins.property
+    def feedback(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntryFeedback]:
+        """every verdict given on the entry, oldest first"""
+
+    def __init__(
+        self,
+        *,
+        time: _builtins.float = ...,
+        request_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        caller: _builtins.str = ...,
+        snapshot_version: _builtins.str = ...,
+        hashes: _abc.Iterable[_types_pb2.Hash] | None = ...,
+        match: _types_pb2.Match | None = ...,
+        entry_disabled: _builtins.bool = ...,
+        entry_disabled_reason: _builtins.str = ...,
+        entry_removed: _builtins.bool = ...,
+        feedback: _abc.Iterable[Global___EntryFeedback] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["match", b"match"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "entry_disabled", b"entry_disabled", "entry_disabled_reason", b"entry_disabled_reason", "entry_removed", b"entry_removed", "feedback", b"feedback", "hashes", b"hashes", "match", b"match", "method", b"method", "request_id", b"request_id", "snapshot_version", b"snapshot_version", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecentMatch: _TypeAlias = RecentMatch  # noqa: Y015

@@ -99,6 +99,21 @@ class AdminServiceStub:
                 request_serializer=hashsvc_dot_v1_dot_admin__pb2.ReleaseEntryRequest.SerializeToString,
                 response_deserializer=hashsvc_dot_v1_dot_admin__pb2.ReleaseEntryResponse.FromString,
                 _registered_method=True)
+        self.ListExchangeBindings = channel.unary_unary(
+                '/hashsvc.v1.AdminService/ListExchangeBindings',
+                request_serializer=hashsvc_dot_v1_dot_admin__pb2.ListExchangeBindingsRequest.SerializeToString,
+                response_deserializer=hashsvc_dot_v1_dot_admin__pb2.ListExchangeBindingsResponse.FromString,
+                _registered_method=True)
+        self.SyncExchange = channel.unary_unary(
+                '/hashsvc.v1.AdminService/SyncExchange',
+                request_serializer=hashsvc_dot_v1_dot_admin__pb2.SyncExchangeRequest.SerializeToString,
+                response_deserializer=hashsvc_dot_v1_dot_admin__pb2.SyncExchangeResponse.FromString,
+                _registered_method=True)
+        self.ListRecentMatches = channel.unary_unary(
+                '/hashsvc.v1.AdminService/ListRecentMatches',
+                request_serializer=hashsvc_dot_v1_dot_admin__pb2.ListRecentMatchesRequest.SerializeToString,
+                response_deserializer=hashsvc_dot_v1_dot_admin__pb2.ListRecentMatchesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -197,6 +212,34 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListExchangeBindings(self, request, context):
+        """Every bank bound to an exchange (the caller's key may see): its exchange, schedule, next
+        due time, how its syncs went (as `indexer exchange status` shows) and its feedback outbox.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SyncExchange(self, request, context):
+        """"Sync now": one sync of a bound bank, under the store's `sync` lock that scheduled syncs
+        and `indexer exchange sync` take (FAILED_PRECONDITION, naming the holder, if another sync
+        holds it). Waits at most `wait_seconds` for the outcome; a sync still running then goes
+        on in the server (`finished` false) and ListExchangeBindings shows its outcome when done.
+        Recorded in the sync health and the audit log like a scheduled sync.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRecentMatches(self, request, context):
+        """The most recent matches in this server's audit trail, newest first: hashes and ids, never
+        an image. Only the trail of the server that answers (a scan replica elsewhere keeps its
+        own), and only banks the caller's key may see.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -264,6 +307,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReleaseEntry,
                     request_deserializer=hashsvc_dot_v1_dot_admin__pb2.ReleaseEntryRequest.FromString,
                     response_serializer=hashsvc_dot_v1_dot_admin__pb2.ReleaseEntryResponse.SerializeToString,
+            ),
+            'ListExchangeBindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExchangeBindings,
+                    request_deserializer=hashsvc_dot_v1_dot_admin__pb2.ListExchangeBindingsRequest.FromString,
+                    response_serializer=hashsvc_dot_v1_dot_admin__pb2.ListExchangeBindingsResponse.SerializeToString,
+            ),
+            'SyncExchange': grpc.unary_unary_rpc_method_handler(
+                    servicer.SyncExchange,
+                    request_deserializer=hashsvc_dot_v1_dot_admin__pb2.SyncExchangeRequest.FromString,
+                    response_serializer=hashsvc_dot_v1_dot_admin__pb2.SyncExchangeResponse.SerializeToString,
+            ),
+            'ListRecentMatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecentMatches,
+                    request_deserializer=hashsvc_dot_v1_dot_admin__pb2.ListRecentMatchesRequest.FromString,
+                    response_serializer=hashsvc_dot_v1_dot_admin__pb2.ListRecentMatchesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -617,6 +675,87 @@ class AdminService:
             '/hashsvc.v1.AdminService/ReleaseEntry',
             hashsvc_dot_v1_dot_admin__pb2.ReleaseEntryRequest.SerializeToString,
             hashsvc_dot_v1_dot_admin__pb2.ReleaseEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExchangeBindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashsvc.v1.AdminService/ListExchangeBindings',
+            hashsvc_dot_v1_dot_admin__pb2.ListExchangeBindingsRequest.SerializeToString,
+            hashsvc_dot_v1_dot_admin__pb2.ListExchangeBindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SyncExchange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashsvc.v1.AdminService/SyncExchange',
+            hashsvc_dot_v1_dot_admin__pb2.SyncExchangeRequest.SerializeToString,
+            hashsvc_dot_v1_dot_admin__pb2.SyncExchangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecentMatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashsvc.v1.AdminService/ListRecentMatches',
+            hashsvc_dot_v1_dot_admin__pb2.ListRecentMatchesRequest.SerializeToString,
+            hashsvc_dot_v1_dot_admin__pb2.ListRecentMatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,22 @@ class AdminServiceStub:
     it reaches every server like an entry change; each lifts the quarantine and takes the
     entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
     """
+    ListExchangeBindings: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListExchangeBindingsRequest, _admin_pb2.ListExchangeBindingsResponse]
+    """Every bank bound to an exchange (the caller's key may see): its exchange, schedule, next
+    due time, how its syncs went (as `indexer exchange status` shows) and its feedback outbox.
+    """
+    SyncExchange: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SyncExchangeRequest, _admin_pb2.SyncExchangeResponse]
+    """"Sync now": one sync of a bound bank, under the store's `sync` lock that scheduled syncs
+    and `indexer exchange sync` take (FAILED_PRECONDITION, naming the holder, if another sync
+    holds it). Waits at most `wait_seconds` for the outcome; a sync still running then goes
+    on in the server (`finished` false) and ListExchangeBindings shows its outcome when done.
+    Recorded in the sync health and the audit log like a scheduled sync.
+    """
+    ListRecentMatches: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListRecentMatchesRequest, _admin_pb2.ListRecentMatchesResponse]
+    """The most recent matches in this server's audit trail, newest first: hashes and ids, never
+    an image. Only the trail of the server that answers (a scan replica elsewhere keeps its
+    own), and only banks the caller's key may see.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -103,6 +119,22 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Release an entry the flood guard quarantined (README "Flood guard"): recorded in the store,
     it reaches every server like an entry change; each lifts the quarantine and takes the
     entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
+    """
+    ListExchangeBindings: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListExchangeBindingsRequest, _admin_pb2.ListExchangeBindingsResponse]  # type: ignore[assignment]
+    """Every bank bound to an exchange (the caller's key may see): its exchange, schedule, next
+    due time, how its syncs went (as `indexer exchange status` shows) and its feedback outbox.
+    """
+    SyncExchange: _aio.UnaryUnaryMultiCallable[_admin_pb2.SyncExchangeRequest, _admin_pb2.SyncExchangeResponse]  # type: ignore[assignment]
+    """"Sync now": one sync of a bound bank, under the store's `sync` lock that scheduled syncs
+    and `indexer exchange sync` take (FAILED_PRECONDITION, naming the holder, if another sync
+    holds it). Waits at most `wait_seconds` for the outcome; a sync still running then goes
+    on in the server (`finished` false) and ListExchangeBindings shows its outcome when done.
+    Recorded in the sync health and the audit log like a scheduled sync.
+    """
+    ListRecentMatches: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListRecentMatchesRequest, _admin_pb2.ListRecentMatchesResponse]  # type: ignore[assignment]
+    """The most recent matches in this server's audit trail, newest first: hashes and ids, never
+    an image. Only the trail of the server that answers (a scan replica elsewhere keeps its
+    own), and only banks the caller's key may see.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -213,6 +245,40 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Release an entry the flood guard quarantined (README "Flood guard"): recorded in the store,
         it reaches every server like an entry change; each lifts the quarantine and takes the
         entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
+        """
+
+    @_abc_1.abstractmethod
+    def ListExchangeBindings(
+        self,
+        request: _admin_pb2.ListExchangeBindingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListExchangeBindingsResponse, _abc.Awaitable[_admin_pb2.ListExchangeBindingsResponse]]:
+        """Every bank bound to an exchange (the caller's key may see): its exchange, schedule, next
+        due time, how its syncs went (as `indexer exchange status` shows) and its feedback outbox.
+        """
+
+    @_abc_1.abstractmethod
+    def SyncExchange(
+        self,
+        request: _admin_pb2.SyncExchangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SyncExchangeResponse, _abc.Awaitable[_admin_pb2.SyncExchangeResponse]]:
+        """"Sync now": one sync of a bound bank, under the store's `sync` lock that scheduled syncs
+        and `indexer exchange sync` take (FAILED_PRECONDITION, naming the holder, if another sync
+        holds it). Waits at most `wait_seconds` for the outcome; a sync still running then goes
+        on in the server (`finished` false) and ListExchangeBindings shows its outcome when done.
+        Recorded in the sync health and the audit log like a scheduled sync.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRecentMatches(
+        self,
+        request: _admin_pb2.ListRecentMatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListRecentMatchesResponse, _abc.Awaitable[_admin_pb2.ListRecentMatchesResponse]]:
+        """The most recent matches in this server's audit trail, newest first: hashes and ids, never
+        an image. Only the trail of the server that answers (a scan replica elsewhere keeps its
+        own), and only banks the caller's key may see.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
