@@ -63,6 +63,8 @@ class ServerConfig:
     exchange_sync: bool = True  # admin role: sync exchange-bound banks when they are due
     exchange_sync_every: float = 0.0  # seconds, for banks bound without --every; 0 = those not
     http_listen: str = "auto"  # HTTP/JSON API and console; auto: 0.0.0.0:8080 unless role scan
+    console_session_ttl: float = 3600.0  # seconds a web console sign-in lasts
+    console_secret_file: Path | None = None  # default: <home>/console-secret (0600)
     log_level: str = "INFO"
 
     @property
@@ -87,6 +89,10 @@ class ServerConfig:
     @property
     def resolved_keys_file(self) -> Path:
         return self.keys_file or self.home / "keys.toml"
+
+    @property
+    def resolved_console_secret_file(self) -> Path:
+        return self.console_secret_file or self.home / "console-secret"
 
     @property
     def resolved_audit_log(self) -> Path:
@@ -182,6 +188,11 @@ HELP: dict[str, str] = {
     "0 = only banks bound with --every are synced on a schedule",
     "http_listen": "host:port for the HTTP/JSON API (/v1) and, in the admin role, the web "
     "console (/console); auto: 0.0.0.0:8080 unless --role scan; off: none; port 0: any",
+    "console_session_ttl": "seconds a web console sign-in lasts before the analyst must sign in "
+    "again (the session ends earlier on sign-out, on every server sharing the store)",
+    "console_secret_file": "the web console's 32-byte secret, which encrypts session cookies "
+    "and signs CSRF tokens; created 0600 by the admin role at first start; give every admin "
+    "server behind one address the same file; default <home>/console-secret",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 
@@ -189,7 +200,7 @@ HELP: dict[str, str] = {
 # Admission and stream bounds: 0 would refuse every call, or end every stream at once.
 POSITIVE = frozenset({"max_concurrent_rpcs", "max_streams_per_key", "max_streams_per_connection",
                       "stream_window", "stream_buffer_bytes", "client_idle_timeout",
-                      "snapshot_poll_interval"})
+                      "snapshot_poll_interval", "console_session_ttl"})
 NOT_NEGATIVE = frozenset({"max_snapshot_age", "max_connection_age", "exchange_sync_every",
                           "flood_window"})
 

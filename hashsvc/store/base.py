@@ -89,6 +89,11 @@ class Store(Protocol):
     def get_bank(self, name: str) -> Bank: ...
     def list_banks(self) -> list[Bank]: ...
 
+    def entry_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """(enabled, disabled) entries by bank name, then algorithm; a bank with no entries
+        is absent. A pass over the entries, so asked for only where shown (ListBanks)."""
+        ...
+
     def update_bank(
         self, name: str, *, new_name: str | None = None, description: str | None = None,
         kind: str | None = None, enabled: bool | None = None, tags: Iterable[str] | None = None,
@@ -193,6 +198,19 @@ class Store(Protocol):
 
     def flood_releases(self, since_revision: int = 0) -> list[Release]:
         """The releases recorded after `since_revision`, oldest first."""
+        ...
+
+    def start_console_session(self, id_digest: str, expires_at: float) -> None:
+        """Record a web console session (by a digest of its id) until `expires_at`; forgets
+        expired ones. Does not bump the revision (console_sessions.py says why it is here)."""
+        ...
+
+    def console_session_active(self, id_digest: str) -> bool:
+        """True while the session was started, not ended, and has not expired."""
+        ...
+
+    def end_console_session(self, id_digest: str) -> bool:
+        """End the session for every server sharing this store; False if it was not live."""
         ...
 
     def writer_lock(self, name: str, *, wait: float = 0.0) -> AbstractContextManager[None]:

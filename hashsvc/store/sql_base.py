@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
 from hashsvc.limits import check_tags, quote
 from hashsvc.matching.strategies import MatchStrategies
-from hashsvc.store import exchange_sql, feedback_sql, flood
+from hashsvc.store import console_sessions, exchange_sql, feedback_sql, flood
 from hashsvc.store.exchange_model import (
     Credentials,
     ExchangeBinding,
@@ -133,6 +133,16 @@ class SqlStoreBase:
 
     def list_banks(self) -> list[Bank]:
         return self._query_banks("", ())
+
+    def entry_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
+        rows = self._rows(
+            "SELECT b.name, e.algorithm, COUNT(*),"
+            " COALESCE(SUM(CASE WHEN e.disabled THEN 1 ELSE 0 END), 0)"
+            " FROM entries e JOIN banks b ON b.id = e.bank_id GROUP BY b.name, e.algorithm")
+        counts: dict[str, dict[str, tuple[int, int]]] = {}
+        for bank, algorithm, total, disabled in rows:
+            counts.setdefault(bank, {})[algorithm] = (int(total) - int(disabled), int(disabled))
+        return counts
 
     def _query_banks(self, where: str, args: tuple[Any, ...]) -> list[Bank]:
         rows = self._rows(self._sql(
@@ -334,6 +344,19 @@ class SqlStoreBase:
 
     def flood_releases(self, since_revision: int = 0) -> list[Release]:
         return flood.releases_since(self._read_runner(), since_revision)
+
+    # ---- web console sessions (console_sessions.py) ------------------------------------------
+
+    def start_console_session(self, id_digest: str, expires_at: float) -> None:
+        self._in_side_write(lambda conn: console_sessions.start(
+            self._runner(conn), id_digest, expires_at))
+
+    def console_session_active(self, id_digest: str) -> bool:
+        return console_sessions.is_active(self._read_runner(), id_digest)
+
+    def end_console_session(self, id_digest: str) -> bool:
+        return self._in_side_write(lambda conn: console_sessions.end(
+            self._runner(conn), id_digest))
 
 
 class Replayable(Generic[T]):
