@@ -22,7 +22,10 @@ from hashsvc.server import convert, scope
 from hashsvc.store import Entry, EntrySelector, Store
 
 DEFAULT_LIMIT = 50
-_SCANS = b'"event":"scan"'  # the records that can hold matches (audit.AuditLog.scan)
+# Only the lines of scans with matches are parsed: AuditLog writes compact JSON, so a scan
+# record with a match has this, and one without (with --audit-all-scans) has `"matches":[]`.
+_WITH_MATCHES = b'"matches":[{'
+
 _TRANSFORMS = dict(types_pb2.Transform.items())
 
 
@@ -36,7 +39,7 @@ def recent_matches(store: Store, audit_path: Path, limit: int,
         if bank not in {b.name for b in store.list_banks()}:
             raise NotFoundError(f"no bank named {quote(bank)}")
     wanted = limit or DEFAULT_LIMIT
-    tail = Tail(audit_path, _SCANS)
+    tail = Tail(audit_path, _WITH_MATCHES)
     found: list[admin_pb2.RecentMatch] = []
     for record in tail:
         for match in _matches(record, bank):
@@ -52,7 +55,7 @@ def recent_matches(store: Store, audit_path: Path, limit: int,
 def _matches(record: dict[str, Any], bank: str) -> Iterator[admin_pb2.RecentMatch]:
     """The record's matches the caller may see (in `bank` if one is named)."""
     matches = record.get("matches")
-    if not isinstance(matches, list) or not matches:
+    if record.get("event") != "scan" or not isinstance(matches, list):
         return
     hashes = record.get("hashes")
     uploaded = [types_pb2.Hash(algorithm=convert.ALGORITHM_TO_PROTO[name], hex=str(value))
