@@ -17,6 +17,7 @@ from hashsvc_client import Client, FailedPrecondition, InvalidArgument, NotFound
 from hashsvc_client.v1 import admin_pb2
 
 from hashsvc.keys import add_key
+from hashsvc.server.exchange_schedule import sync_turn
 from hashsvc.store import open_store
 from tests.http_client import http
 from tests.postgres_server import PostgresServer
@@ -193,6 +194,17 @@ def test_bad_requests_get_a_precise_status_and_sync_nothing(server: ServerProces
             scoped.list_exchange_bindings("feed")
     with _client(server, "scanner") as scanner, pytest.raises(PermissionDenied):
         scanner.sync_exchange("feed")
+
+
+def test_on_sqlite_another_process_syncing_refuses_a_sync_now(server: ServerProcess) -> None:
+    """SQLite's store lock is a no-op: the lock file beside the store is what makes another
+    process (another worker of the server) wait its turn."""
+    with open_store(server.home / "store.sqlite") as store, _client(server) as admin:
+        # this test process is the other worker
+        with sync_turn(store), pytest.raises(FailedPrecondition,
+                                             match="another process is syncing"):
+            admin.sync_exchange("feed", wait_seconds=5)
+        assert admin.sync_exchange("feed", wait_seconds=60).run.outcome == "ok"
 
 
 def test_another_process_holding_the_sync_lock_refuses_a_sync_now(

@@ -19,23 +19,27 @@ interval later, not at once. Shutdown stops a sync between pages (every applied 
 committed with its checkpoint, so the next sync resumes there).
 
 A "sync now" (AdminService.SyncExchange, exchange_admin.py) takes its turn through the same
-`sync_turn`: this process's own lock first (a SQLite store's "sync" lock is a no-op, and a
-manual sync and a scheduled round in one server must still take turns), then the store's.
+`sync_turn`: this process's own lock first (a manual sync and a scheduled round in one worker
+take turns), then the store's; a SQLite store's "sync" lock is a no-op, so there a lock file
+beside the store makes a server's workers (any of which may answer a sync now) take turns.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from hashsvc.audit import AuditLog
 from hashsvc.errors import HashsvcError, WriterBusyError
-from hashsvc.store import Store
+from hashsvc.store import SqliteStore, Store
 from hashsvc.store.exchange_model import ExchangeBinding, SyncHealth
 
 log = logging.getLogger("hashsvc.exchange_schedule")
@@ -47,16 +51,37 @@ _IN_PROCESS = threading.Lock()  # this process's syncs, scheduled or manual, tak
 @contextlib.contextmanager
 def sync_turn(store: Store) -> Iterator[None]:
     """The right to sync banks of `store` now: this process's sync lock, then the store's
-    "sync" lock (every process sharing the store). Neither is waited for: `WriterBusyError`
-    naming who holds it."""
+    "sync" lock (every process sharing the store; for SQLite, whose store lock is a no-op, a
+    lock file beside it, so a server's workers take turns too). None is waited for:
+    `WriterBusyError` naming who holds it."""
     if not _IN_PROCESS.acquire(blocking=False):
         raise WriterBusyError("another exchange sync is running in this server (a scheduled "
                               "round or a sync now): try again when it has finished")
     try:
-        with store.writer_lock(LOCK_NAME):
+        with contextlib.ExitStack() as held:
+            if isinstance(store, SqliteStore):
+                held.enter_context(_file_lock(store.path))
+            held.enter_context(store.writer_lock(LOCK_NAME))
             yield
     finally:
         _IN_PROCESS.release()
+
+
+@contextlib.contextmanager
+def _file_lock(store_path: Path) -> Iterator[None]:
+    """An flock on `<store>.sync-lock`: released by the kernel when its holder exits."""
+    path = store_path.with_name(store_path.name + ".sync-lock")
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WriterBusyError(f"another process is syncing an exchange of {store_path} "
+                                  "(another worker of this server): try again when it has "
+                                  "finished") from None
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def next_due(binding: ExchangeBinding, health: SyncHealth, default_every: float) -> float | None:
