@@ -21,6 +21,7 @@ from tests.browser import chromium, screenshot
 from tests.console_client import ConsoleClient
 from tests.server_process import ServerProcess
 from tests.stand_in import serving
+from tests.test_console_pages import _accessible as accessible
 from tests.test_exchange_admin import ListHandler, hash_list
 
 WAIT = 60  # seconds: a hang guard for page loads, never a timing claim
@@ -91,6 +92,7 @@ def test_sync_now_shows_the_new_counts(server: ServerProcess, browser: webdriver
     _until_main_says(browser, "1 added, 0 updated, 2 deleted")
     totals = browser.find_element(By.CSS_SELECTOR, "#exchange-feed td.totals").text
     assert totals.startswith("5 added, 0 updated, 2 deleted")
+    accessible(browser)  # labels, buttons, th scope, title, main
     screenshot(browser, "exchanges")
     assert [(r["trigger"], r["caller"], r["added"]) for r in _syncs(server)] == [
         ("manual", "admin", 2), ("manual", "admin", 1)]

@@ -22,6 +22,7 @@ from tests.browser import chromium, screenshot
 from tests.conftest import PHOTOS, scan_until
 from tests.console_client import ConsoleClient
 from tests.server_process import ServerProcess
+from tests.test_console_pages import _accessible as accessible
 
 WAIT = 60  # seconds: a hang guard for page loads, never a timing claim
 LISTED, OTHER = (p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))[10:12])
@@ -83,6 +84,7 @@ def test_a_false_positive_from_the_page_makes_the_same_scan_stop_matching(
         assert _after_post(browser, "Match confirmed") == (
             f"Match confirmed for entry {match.entry_id}.")
         assert "confirmed by admin" in _row(browser, "upload-77").text
+        accessible(browser)  # labels, buttons, th scope, title, main
         screenshot(browser, "matches")
 
         form = _row(browser, "upload-77").find_element(By.CSS_SELECTOR, "form.false-positive")
@@ -96,6 +98,7 @@ def test_a_false_positive_from_the_page_makes_the_same_scan_stop_matching(
         row = _row(browser, "upload-77")
         assert "entry disabled" in row.text and "false positive by admin" in row.text
         assert not row.find_elements(By.CSS_SELECTOR, "form")  # no more verdict buttons
+        accessible(browser)  # labels, buttons, th scope, title, main
         screenshot(browser, "matches-false-positive")
 
         assert not scan_until(scanner, LISTED, matched=False).matched  # the same scan
