@@ -1,7 +1,7 @@
 """The console's Exchanges page in headless Chromium against the real server and a loopback
 stand-in exchange: "Sync now" applies the list and the page shows the new counts; a sync posted
-without its CSRF token, or for a bank that is not bound, is refused on the page and syncs
-nothing."""
+without its CSRF token, for a bank that is not bound, or while another sync runs, is refused on
+the page and syncs nothing."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from hashsvc.server.exchange_schedule import sync_turn
 from hashsvc.store import open_store
 from indexer.exchanges.sync import sync_bank
 from tests.browser import chromium, screenshot
@@ -112,4 +113,7 @@ def test_a_sync_without_its_csrf_token_or_for_an_unbound_bank_is_refused(
     unbound = client.post("/console/exchanges/manual/sync", {"csrf_token": token})
     assert unbound.status == 404 and b"is not bound to an exchange" in unbound.body.lower()
     assert b"<h1>Exchanges</h1>" in unbound.body and b"Traceback" not in unbound.body
+    with open_store(server.home / "store.sqlite") as store, sync_turn(store):  # another worker
+        busy = client.post("/console/exchanges/feed/sync", {"csrf_token": token})
+    assert busy.status == 409 and b"another process is syncing" in busy.body.lower()
     assert len(_syncs(server)) == before  # nothing ran
