@@ -21,7 +21,7 @@ from tests.conftest import PHOTOS
 from tests.http_client import http
 from tests.server_process import ServerProcess
 
-PHOTO_A, PHOTO_B, PHOTO_C = (p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))[:3])
+PHOTO_A, PHOTO_B, PHOTO_C, UNLISTED = (p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))[:4])
 
 
 def _sha256(image: bytes) -> bytes:
@@ -39,7 +39,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         store.add_entries("gifct", [NewEntry("sha256", _sha256(PHOTO_B), "g-b")])
         publish(store, home / "snapshots")
     scoped = add_key(home / "keys.toml", "gifct-admin", ["admin"], ["gifct"])
-    with ServerProcess(home) as process:
+    # every scan audited: the ones without a match must not come back as matches
+    with ServerProcess(home, "--audit-all-scans") as process:
         process.keys["gifct-admin"] = scoped
         yield process
 
@@ -53,7 +54,9 @@ def test_real_scans_come_back_newest_first_with_hashes_and_how_they_matched(
 ) -> None:
     with _client(server, "scanner") as scanner:
         first = scanner.scan_image(PHOTO_A, request_id="upload-1")
+        assert not scanner.scan_image(UNLISTED, request_id="no-match").matched
         second = scanner.scan_image(PHOTO_B, request_id="upload-2")
+        assert not scanner.scan_image(UNLISTED, request_id="no-match-2").matched
     assert first.matched and second.matched
     with _client(server) as admin:
         answer = admin.list_recent_matches(limit=2)
