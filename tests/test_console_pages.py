@@ -18,8 +18,10 @@ from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from hashsvc.home import DataHome
 from indexer.hashlists import read_hash_list
 from tests.browser import chromium, screenshot
+from tests.conftest import run_indexer
 from tests.console_client import ConsoleClient
 from tests.server_process import ServerProcess
 
@@ -225,6 +227,28 @@ def test_look_up_by_hash(browser: Chrome, server: ServerProcess) -> None:
     _submit(browser, "Search")
     rows = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
     assert len(rows) == 1 and "case-11" in rows[0].text
+
+
+def test_look_up_by_exchange_id(browser: Chrome, server: ServerProcess,
+                                tmp_path: Path) -> None:
+    home = DataHome(server.home)
+    feed = tmp_path / "feed.csv"
+    feed.write_text("algorithm,hash,external_id\n"
+                    + "".join(f"md5,{n:032x},feed-{n}\n" for n in range(100, 103)))
+    run_indexer(home, "bank", "create", "feed", check=True)
+    run_indexer(home, "exchange", "bind", "feed", "--type", "file", "--source", str(feed),
+                check=True)
+    run_indexer(home, "exchange", "sync", "feed", check=True)
+    browser.get(_base(server) + "/console/entries")
+    Select(browser.find_element(By.ID, "by")).select_by_visible_text("Exchange id")
+    browser.find_element(By.ID, "q").send_keys(f"md5:{101:032x}")
+    browser.find_element(By.ID, "exchange").send_keys("file")
+    _submit(browser, "Search")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert len(rows) == 1 and "feed-101" in rows[0].text
+    _navigate(browser, rows[0].find_element(By.TAG_NAME, "a").click)
+    provenance = browser.find_element(By.XPATH, "//h2[@id='provenance']/following::table[1]")
+    assert f"md5:{101:032x}" in provenance.text and "file" in provenance.text
 
 
 def test_disable_and_enable_an_entry(browser: Chrome, server: ServerProcess,
