@@ -11,9 +11,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from hashsvc.server.exchange_schedule import sync_turn
 from hashsvc.store import open_store
@@ -23,9 +21,8 @@ from tests.console_client import ConsoleClient
 from tests.server_process import ServerProcess
 from tests.stand_in import serving
 from tests.test_console_pages import _accessible as accessible
+from tests.test_console_pages import _navigate as navigate
 from tests.test_exchange_admin import ListHandler, hash_list
-
-WAIT = 60  # seconds: a hang guard for page loads, never a timing claim
 
 
 @pytest.fixture(scope="module")
@@ -49,19 +46,13 @@ def browser(server: ServerProcess) -> Iterator[webdriver.Chrome]:
     with chromium() as driver:
         driver.get(f"{_base(server)}/console/signin")
         driver.find_element(By.ID, "key").send_keys(server.keys["admin"])
-        driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
-        WebDriverWait(driver, WAIT).until(lambda d: d.current_url.endswith("/console/banks"))
+        navigate(driver, driver.find_element(By.CSS_SELECTOR, "main form button").click)
+        assert driver.current_url.endswith("/console/banks")
         yield driver
 
 
 def _base(server: ServerProcess) -> str:
     return f"http://127.0.0.1:{server.http_port}"
-
-
-def _until_main_says(browser: webdriver.Chrome, text: str) -> None:
-    """Until the page after a POST shows `text` (the old page's elements go stale meanwhile)."""
-    WebDriverWait(browser, WAIT, ignored_exceptions=(StaleElementReferenceException,)).until(
-        lambda d: text in d.find_element(By.TAG_NAME, "main").text)
 
 
 def _syncs(server: ServerProcess) -> list[dict[str, Any]]:
@@ -78,8 +69,7 @@ def test_sync_now_shows_the_new_counts(server: ServerProcess, browser: webdriver
     assert "every 6 h" in row.text
     assert browser.title == "Exchanges - hashsvc console"
 
-    row.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    _until_main_says(browser, "Synced feed")
+    navigate(browser, row.find_element(By.CSS_SELECTOR, "button[type=submit]").click)
     flash = browser.find_element(By.CSS_SELECTOR, "p.flash").text
     assert flash == ("Synced feed from url: 1 page(s), 2 added, 0 updated, 0 deleted, "
                      "2 unchanged.")
@@ -89,8 +79,10 @@ def test_sync_now_shows_the_new_counts(server: ServerProcess, browser: webdriver
     assert row.find_element(By.CSS_SELECTOR, "td.totals").text.startswith("4 added")
 
     ListHandler.body = hash_list([2, 3, 4])  # 0 and 1 gone upstream, 4 new
-    browser.find_element(By.CSS_SELECTOR, "#exchange-feed button[type=submit]").click()
-    _until_main_says(browser, "1 added, 0 updated, 2 deleted")
+    navigate(browser, browser.find_element(By.CSS_SELECTOR,
+                                           "#exchange-feed button[type=submit]").click)
+    assert "1 added, 0 updated, 2 deleted" in browser.find_element(By.CSS_SELECTOR,
+                                                                   "p.flash").text
     totals = browser.find_element(By.CSS_SELECTOR, "#exchange-feed td.totals").text
     assert totals.startswith("5 added, 0 updated, 2 deleted")
     accessible(browser)  # labels, buttons, th scope, title, main

@@ -12,9 +12,7 @@ import pytest
 from hashsvc_client import Client
 from hashsvc_client.v1 import admin_pb2
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from hashsvc.snapshot import publish
 from hashsvc.store import NewEntry, open_store
@@ -23,8 +21,8 @@ from tests.conftest import PHOTOS, scan_until
 from tests.console_client import ConsoleClient
 from tests.server_process import ServerProcess
 from tests.test_console_pages import _accessible as accessible
+from tests.test_console_pages import _navigate as navigate
 
-WAIT = 60  # seconds: a hang guard for page loads, never a timing claim
 LISTED, OTHER = (p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))[10:12])
 
 
@@ -46,8 +44,8 @@ def browser(server: ServerProcess) -> Iterator[webdriver.Chrome]:
     with chromium() as driver:
         driver.get(f"{_base(server)}/console/signin")
         driver.find_element(By.ID, "key").send_keys(server.keys["admin"])
-        driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
-        WebDriverWait(driver, WAIT).until(lambda d: d.current_url.endswith("/console/banks"))
+        navigate(driver, driver.find_element(By.CSS_SELECTOR, "main form button").click)
+        assert driver.current_url.endswith("/console/banks")
         yield driver
 
 
@@ -59,9 +57,7 @@ def _row(browser: webdriver.Chrome, request_id: str) -> webdriver.remote.webelem
     return browser.find_element(By.CSS_SELECTOR, f'tr.match[data-request="{request_id}"]')
 
 
-def _after_post(browser: webdriver.Chrome, text: str) -> str:
-    WebDriverWait(browser, WAIT, ignored_exceptions=(StaleElementReferenceException,)).until(
-        lambda d: text in d.find_element(By.TAG_NAME, "main").text)
+def _flash(browser: webdriver.Chrome) -> str:
     return str(browser.find_element(By.CSS_SELECTOR, "p.flash").text)
 
 
@@ -80,8 +76,8 @@ def test_a_false_positive_from_the_page_makes_the_same_scan_stop_matching(
         assert "sha256, distance 0 of 0" in row.text and "ScanImage by scanner" in row.text
         assert "matched" in row.find_element(By.CSS_SELECTOR, "td.status").text
 
-        row.find_element(By.CSS_SELECTOR, "button.secondary").click()  # Confirm
-        assert _after_post(browser, "Match confirmed") == (
+        navigate(browser, row.find_element(By.CSS_SELECTOR, "button.secondary").click)  # Confirm
+        assert _flash(browser) == (
             f"Match confirmed for entry {match.entry_id}.")
         assert "confirmed by admin" in _row(browser, "upload-77").text
         accessible(browser)  # labels, buttons, th scope, title, main
@@ -90,9 +86,8 @@ def test_a_false_positive_from_the_page_makes_the_same_scan_stop_matching(
         form = _row(browser, "upload-77").find_element(By.CSS_SELECTOR, "form.false-positive")
         form.find_element(By.NAME, "reason").send_keys("a jacket, not the listed image")
         form.find_element(By.NAME, "case_id").send_keys("T-12")
-        form.find_element(By.CSS_SELECTOR, "button.danger").click()
-        flash = _after_post(browser, "False positive recorded")
-        assert flash == (f"False positive recorded for entry {match.entry_id}: it is now "
+        navigate(browser, form.find_element(By.CSS_SELECTOR, "button.danger").click)
+        assert _flash(browser) == (f"False positive recorded for entry {match.entry_id}: it is now "
                          "disabled (false positive (case T-12): a jacket, not the listed "
                          "image).")
         row = _row(browser, "upload-77")
