@@ -69,6 +69,16 @@ class AdminServiceStub:
     it reaches every server like an entry change; each lifts the quarantine and takes the
     entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
     """
+    ListReplicas: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListReplicasRequest, _admin_pb2.ListReplicasResponse]
+    """h17-ops-b: replicas and the evaluation report.
+    What each replica serves: this server and every one `--replicas` names, asked in parallel
+    (ReplicaService.GetServingStatus, `--replica-timeout` each); one that does not answer is
+    listed as unreachable, the call still succeeds.
+    """
+    GetEvaluationReport: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetEvaluationReportRequest, _admin_pb2.GetEvaluationReportResponse]
+    """The latest `indexer evaluate --to-home` report (the `--evaluation-report` directory): its
+    figures, its Markdown and its plots. NOT_FOUND if none was made.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -103,6 +113,16 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Release an entry the flood guard quarantined (README "Flood guard"): recorded in the store,
     it reaches every server like an entry change; each lifts the quarantine and takes the
     entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
+    """
+    ListReplicas: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListReplicasRequest, _admin_pb2.ListReplicasResponse]  # type: ignore[assignment]
+    """h17-ops-b: replicas and the evaluation report.
+    What each replica serves: this server and every one `--replicas` names, asked in parallel
+    (ReplicaService.GetServingStatus, `--replica-timeout` each); one that does not answer is
+    listed as unreachable, the call still succeeds.
+    """
+    GetEvaluationReport: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetEvaluationReportRequest, _admin_pb2.GetEvaluationReportResponse]  # type: ignore[assignment]
+    """The latest `indexer evaluate --to-home` report (the `--evaluation-report` directory): its
+    figures, its Markdown and its plots. NOT_FOUND if none was made.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -213,6 +233,28 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Release an entry the flood guard quarantined (README "Flood guard"): recorded in the store,
         it reaches every server like an entry change; each lifts the quarantine and takes the
         entry's rate at the release as its normal. NOT_FOUND if there is no such entry.
+        """
+
+    @_abc_1.abstractmethod
+    def ListReplicas(
+        self,
+        request: _admin_pb2.ListReplicasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListReplicasResponse, _abc.Awaitable[_admin_pb2.ListReplicasResponse]]:
+        """h17-ops-b: replicas and the evaluation report.
+        What each replica serves: this server and every one `--replicas` names, asked in parallel
+        (ReplicaService.GetServingStatus, `--replica-timeout` each); one that does not answer is
+        listed as unreachable, the call still succeeds.
+        """
+
+    @_abc_1.abstractmethod
+    def GetEvaluationReport(
+        self,
+        request: _admin_pb2.GetEvaluationReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetEvaluationReportResponse, _abc.Awaitable[_admin_pb2.GetEvaluationReportResponse]]:
+        """The latest `indexer evaluate --to-home` report (the `--evaluation-report` directory): its
+        figures, its Markdown and its plots. NOT_FOUND if none was made.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
