@@ -8,15 +8,17 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from hashsvc_client import Client, PermissionDenied
+from hashsvc_client import Client, PermissionDenied, Tls
 from hashsvc_client.v1 import admin_pb2, replica_pb2
 
 from hashsvc.server.replicas import replica_addresses
 from tests.http_client import http
 from tests.server_process import ServerProcess
 from tests.test_server import BRIDGE_PDQ, _seed_bridge_bank
+from tests.tls_certs import make_pki
 
 HANG_GUARD = 60.0  # seconds; a guard against a hang, never a timing assertion
 
@@ -117,3 +119,20 @@ def test_a_dns_name_is_asked_at_each_of_its_addresses() -> None:
     expanded = replica_addresses("dns:///localhost:50051")
     assert "127.0.0.1:50051" in expanded and len(expanded) == len(set(expanded))
     assert replica_addresses("dns:///no-such-host.invalid:1") == ["no-such-host.invalid:1"]
+
+
+def test_replicas_serving_tls_are_asked_over_tls_verified_by_the_given_ca(
+        tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _seed_bridge_bank(home)
+    ca, server_pem, _ = make_pki(tmp_path)
+    tls = ("--tls-cert", str(server_pem.cert), "--tls-key", str(server_pem.key))
+    with ServerProcess(home, "--role", "scan", *tls) as replica, \
+            ServerProcess(home, "--role", "admin", *tls, "--http-listen", "off",
+                          "--replicas", replica.target, "--replica-tls-ca", str(ca.cert),
+                          keys={}) as admin, \
+            Client(admin.target, api_key=replica.keys["admin"],
+                   tls=Tls(ca_cert=ca.cert)) as client:
+        this, asked = client.list_replicas().replicas
+    assert asked.reachable, asked.error
+    assert asked.status.role == "scan" and asked.status.version == this.status.version
