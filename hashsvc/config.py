@@ -67,6 +67,8 @@ class ServerConfig:
     replica_timeout: float = 2.0  # seconds ListReplicas waits for each replica
     replica_tls_ca: Path | None = None  # PEM CA to verify replicas by; set: ask them over TLS
     evaluation_report: Path | None = None  # default: <home>/evaluation
+    console_session_ttl: float = 3600.0  # seconds a web console sign-in lasts
+    console_secret_file: Path | None = None  # default: <home>/console-secret (0600)
     log_level: str = "INFO"
 
     @property
@@ -91,6 +93,10 @@ class ServerConfig:
     @property
     def resolved_keys_file(self) -> Path:
         return self.keys_file or self.home / "keys.toml"
+
+    @property
+    def resolved_console_secret_file(self) -> Path:
+        return self.console_secret_file or self.home / "console-secret"
 
     @property
     def resolved_audit_log(self) -> Path:
@@ -201,6 +207,11 @@ HELP: dict[str, str] = {
     "roots unless this is set)",
     "evaluation_report": "where `indexer evaluate --to-home` writes its report for "
     "GetEvaluationReport and the console's Evaluation page; default <home>/evaluation",
+    "console_session_ttl": "seconds a web console sign-in lasts before the analyst must sign in "
+    "again (the session ends earlier on sign-out, on every server sharing the store)",
+    "console_secret_file": "the web console's 32-byte secret, which encrypts session cookies "
+    "and signs CSRF tokens; created 0600 by the admin role at first start; give every admin "
+    "server behind one address the same file; default <home>/console-secret",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 
@@ -208,7 +219,7 @@ HELP: dict[str, str] = {
 # Admission and stream bounds: 0 would refuse every call, or end every stream at once.
 POSITIVE = frozenset({"max_concurrent_rpcs", "max_streams_per_key", "max_streams_per_connection",
                       "stream_window", "stream_buffer_bytes", "client_idle_timeout",
-                      "snapshot_poll_interval", "replica_timeout"})
+                      "snapshot_poll_interval", "replica_timeout", "console_session_ttl"})
 NOT_NEGATIVE = frozenset({"max_snapshot_age", "max_connection_age", "exchange_sync_every",
                           "flood_window"})
 

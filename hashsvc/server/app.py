@@ -52,6 +52,10 @@ def prepare(config: ServerConfig) -> None:
     _ensure_keys(config)
     if config.role == "scan":
         return
+    if config.resolved_http_listen:
+        from hashsvc.http.console.sessions import ensure_secret
+
+        ensure_secret(config.resolved_console_secret_file)  # before the workers that read it
     snapshots = open_repository(
         config.resolved_snapshots, cache_dir=config.resolved_snapshot_cache,
         endpoint_url=config.s3_endpoint_url or None)

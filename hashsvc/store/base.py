@@ -195,6 +195,19 @@ class Store(Protocol):
         """The releases recorded after `since_revision`, oldest first."""
         ...
 
+    def start_console_session(self, id_digest: str, expires_at: float) -> None:
+        """Record a web console session (by a digest of its id) until `expires_at`; forgets
+        expired ones. Does not bump the revision (console_sessions.py says why it is here)."""
+        ...
+
+    def console_session_active(self, id_digest: str) -> bool:
+        """True while the session was started, not ended, and has not expired."""
+        ...
+
+    def end_console_session(self, id_digest: str) -> bool:
+        """End the session for every server sharing this store; False if it was not live."""
+        ...
+
     def writer_lock(self, name: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
         """Hold the single-writer lock `name` (e.g. "publish") across every process using this
         store; raise a `HashsvcError` naming the holder if it is not free within `wait` s."""

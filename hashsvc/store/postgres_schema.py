@@ -12,7 +12,7 @@ from __future__ import annotations
 import psycopg
 
 from hashsvc.errors import HashsvcError
-from hashsvc.store import exchange_sql, feedback_sql, flood
+from hashsvc.store import console_sessions, exchange_sql, feedback_sql, flood
 
 # MIGRATIONS[n] takes a database from schema n to n + 1. Append; never edit a released step.
 # Text that is compared or indexed is COLLATE "C" (bytes, as in SQLite): the same order on every
@@ -72,6 +72,8 @@ MIGRATIONS: tuple[str, ...] = (
     feedback_sql.POSTGRES_SCHEMA,
     # 7: the flood guard's per-bank thresholds and the analysts' releases (flood.py)
     flood.POSTGRES_SCHEMA,
+    # 8: the web console's live sessions, so signing out ends one everywhere (console_sessions)
+    console_sessions.POSTGRES_SCHEMA,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

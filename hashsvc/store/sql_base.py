@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from hashsvc.errors import AlreadyExistsError, HashsvcError, NotFoundError
 from hashsvc.limits import check_tags, quote
 from hashsvc.matching.strategies import MatchStrategies
-from hashsvc.store import exchange_sql, feedback_sql, flood
+from hashsvc.store import console_sessions, exchange_sql, feedback_sql, flood
 from hashsvc.store.exchange_model import (
     Credentials,
     ExchangeBinding,
@@ -334,6 +334,19 @@ class SqlStoreBase:
 
     def flood_releases(self, since_revision: int = 0) -> list[Release]:
         return flood.releases_since(self._read_runner(), since_revision)
+
+    # ---- web console sessions (console_sessions.py) ------------------------------------------
+
+    def start_console_session(self, id_digest: str, expires_at: float) -> None:
+        self._in_side_write(lambda conn: console_sessions.start(
+            self._runner(conn), id_digest, expires_at))
+
+    def console_session_active(self, id_digest: str) -> bool:
+        return console_sessions.is_active(self._read_runner(), id_digest)
+
+    def end_console_session(self, id_digest: str) -> bool:
+        return self._in_side_write(lambda conn: console_sessions.end(
+            self._runner(conn), id_digest))
 
 
 class Replayable(Generic[T]):

@@ -10,9 +10,9 @@ import sqlite3
 from pathlib import Path
 
 from hashsvc.errors import HashsvcError
-from hashsvc.store import exchange_sql, feedback_sql, flood
+from hashsvc.store import console_sessions, exchange_sql, feedback_sql, flood
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 _FRESH_SCHEMA = 4  # what _SCHEMA creates; later steps come from _upgrade
 _ENTRIES_V4 = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -111,6 +111,8 @@ def _upgrade(db: sqlite3.Connection, schema: int) -> None:
         6: feedback_sql.SQLITE_SCHEMA,
         # v8: the flood guard's per-bank thresholds and the analysts' releases (flood.py)
         7: flood.SQLITE_SCHEMA,
+        # v9: the web console's live sessions, so signing out ends one everywhere
+        8: console_sessions.SQLITE_SCHEMA,
     }
     for version in range(schema, SCHEMA_VERSION):
         db.executescript(

@@ -1,19 +1,43 @@
-"""The web console for trust-and-safety analysts (admin role), server-rendered."""
+"""The web console for trust-and-safety analysts (admin role), server-rendered.
+
+Structure (README "Web console"): each page is a module here, `<page>.py`, exposing
+`routes(ctx: Console) -> list[BaseRoute]` (paths relative to /console, e.g. "/banks"), with its
+templates under templates/<page>/ extending "base.html". `Console` (context.py) gives a page
+the gRPC call with the signed-in key, the session guard, CSRF checks and rendering. This module
+only assembles the pages, the sign-in routes and the static files, behind the security headers.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Router
+from starlette.staticfiles import StaticFiles
 
 from hashsvc.config import ServerConfig
+from hashsvc.http.console import (
+    auth,
+    banks,
+    check,
+    entries,
+    evaluation,
+    exchanges,
+    matches,
+    snapshot,
+)
+from hashsvc.http.console.context import Console
+from hashsvc.http.console.security import SecurityHeaders
 from hashsvc.http.gateway import Gateway
+
+STATIC = Path(__file__).resolve().parent / "static"
+PAGES = (auth, banks, entries, exchanges, matches, snapshot, check, evaluation)
 
 
 def routes(config: ServerConfig, gateway: Callable[[], Gateway]) -> list[BaseRoute]:
-    async def index(_request: Request) -> Response:
-        return HTMLResponse("<!doctype html><title>hashsvc</title><h1>hashsvc console</h1>")
-
-    return [Route("/", index)]
+    ctx = Console(config, gateway)
+    console: list[BaseRoute] = [Mount("/static", app=StaticFiles(directory=STATIC),
+                                      name="static")]
+    for page in PAGES:
+        console.extend(page.routes(ctx))
+    return [Mount("", app=SecurityHeaders(Router(routes=console)))]

@@ -1,0 +1,12 @@
+"""The console's "Entries" page (to be built by h17-console; a placeholder until then)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from hashsvc.http.console.context import Console
+from hashsvc.http.console.placeholder import placeholder_routes
+
+
+def routes(ctx: Console) -> list[BaseRoute]:
+    return placeholder_routes(ctx, "entries")
