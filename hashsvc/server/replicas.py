@@ -66,7 +66,7 @@ def list_replicas(runtime: Runtime) -> admin_pb2.ListReplicasResponse:
     revision = runtime.store.revision()
     current = runtime.current_in_repository() or ""
     addresses = replica_addresses(config.replicas)
-    answers = [_Asked(config.listen, serving_status(runtime))]
+    answers = [_Asked(socket.gethostname(), serving_status(runtime))]  # a pod's name, in k8s
     if addresses:
         credentials = _credentials(config)
         with ThreadPoolExecutor(max_workers=min(16, len(addresses)),

@@ -1075,7 +1075,7 @@ class Replica(_message.Message):
     PENDING_CHANGES_FIELD_NUMBER: _builtins.int
     CURRENT_FIELD_NUMBER: _builtins.int
     address: _builtins.str
-    """host:port asked (this server: its --listen)"""
+    """host:port asked (this server: its host name)"""
     this_server: _builtins.bool
     """the server that answered ListReplicas"""
     reachable: _builtins.bool

@@ -1,0 +1,108 @@
+"""The console's "Check an image" page in headless Chromium against the real server: a real
+photo that is in a bank shows its hashes and its match (distance against threshold, how it
+matched); a corrupt file and an oversized one get a clear message with status 422 / 413."""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+
+from hashsvc.hashing.algorithms import PDQ
+from hashsvc.hashing.imaging import Upload
+from hashsvc.snapshot import publish
+from hashsvc.store import NewEntry, SqliteStore
+from tests.browser import chromium, chromium_available, screenshot
+from tests.conftest import PHOTOS
+from tests.ops_console import base as console_base
+from tests.ops_console import button, cells, sign_in, signed_in_client, submit
+from tests.server_process import ServerProcess
+
+pytestmark = pytest.mark.skipif(not chromium_available(), reason="needs chromium + chromedriver")
+PHOTO = sorted(PHOTOS.iterdir())[0]
+MAX_IMAGE_BYTES = 4_000_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    home = tmp_path_factory.mktemp("console-check")
+    with SqliteStore(home / "store.sqlite") as store:
+        store.create_bank("known-photos")
+        pdq = PDQ.compute(Upload(PHOTO.read_bytes())).value
+        store.add_entries("known-photos", [NewEntry("pdq", pdq, "photo-1")])
+        publish(store, home / "snapshots")
+    with ServerProcess(home, "--max-image-bytes", str(MAX_IMAGE_BYTES)) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def driver(server: ServerProcess) -> Iterator[WebDriver]:
+    with chromium(height=1300) as browser:
+        sign_in(browser, server)
+        yield browser
+
+
+def _check(driver: WebDriver, server: ServerProcess, path: Path) -> None:
+    driver.get(console_base(server) + "/console/check")
+    driver.find_element(By.ID, "image").send_keys(str(path))
+    submit(driver, button(driver, "Check"))
+
+
+def test_a_photo_in_a_bank_shows_its_hashes_and_how_it_matched(
+        server: ServerProcess, driver: WebDriver, tmp_path: Path) -> None:
+    _check(driver, server, PHOTO)
+    assert driver.find_element(By.ID, "verdict").text == "Matched"
+    hashes = {row[0]: row[1] for row in cells(driver, "hashes")}
+    assert {"pdq", "md5", "sha256"} <= set(hashes) and len(hashes["pdq"]) == 64
+    (match,) = cells(driver, "matches")
+    outcome, bank, entry, algorithm, distance, how, _probability = match
+    assert (outcome, bank, algorithm, how) == ("match", "known-photos", "pdq", "as uploaded")
+    assert "photo-1" in entry
+    found, threshold = (int(part) for part in distance.split(" / "))
+    assert found <= threshold == 31
+    screenshot(driver, "check-an-image")
+    rotated = tmp_path / "rotated.jpg"
+    with Image.open(PHOTO) as photo:
+        photo.convert("RGB").rotate(90, expand=True).save(rotated, "JPEG", quality=92)
+    _check(driver, server, rotated)
+    (match,) = cells(driver, "matches")
+    # turned 90° counter-clockwise: the upload matches once turned 270° more
+    assert match[0] == "match" and match[5] == "rotated 270° counter-clockwise to match"
+
+
+def test_a_corrupt_file_shows_why_it_was_refused(server: ServerProcess, driver: WebDriver,
+                                                 tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(PHOTO.read_bytes()[:300])  # a JPEG cut off in its header
+    _check(driver, server, corrupt)
+    error = driver.find_element(By.CSS_SELECTOR, "p.flash-error").text
+    assert error.startswith("corrupt.jpg could not be checked: image: ")
+    assert not driver.find_elements(By.ID, "hashes")
+    screenshot(driver, "check-an-image-corrupt")
+    client = signed_in_client(server)
+    token = client.token("/console/check")
+    answer = client.post_multipart("/console/check", {"csrf_token": token},
+                                   {"image": ("corrupt.jpg", corrupt.read_bytes())})
+    assert answer.status == 422 and "Traceback" not in answer.body.decode()
+
+
+def test_an_oversized_upload_is_413_and_an_empty_one_422(server: ServerProcess) -> None:
+    client = signed_in_client(server)
+    token = client.token("/console/check")
+    big = io.BytesIO()
+    big.write(PHOTO.read_bytes())
+    big.write(b"\0" * (MAX_IMAGE_BYTES + 1 - big.tell()))
+    answer = client.post_multipart("/console/check", {"csrf_token": token},
+                                   {"image": ("big.jpg", big.getvalue())})
+    assert answer.status == 413
+    assert (f"over this server's limit of {MAX_IMAGE_BYTES:,} bytes"
+            in html.unescape(answer.body.decode()))
+    empty = client.post_multipart("/console/check", {"csrf_token": token},
+                                  {"image": ("empty.jpg", b"")})
+    assert empty.status == 422 and "Choose an image file" in empty.body.decode()

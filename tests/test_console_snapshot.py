@@ -1,0 +1,82 @@
+"""The console's Snapshot page in headless Chromium against the real server: each replica's
+served version and pending changes, an unreachable one marked, and Publish changing the version
+shown."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from hashsvc_client import Client
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+
+from tests.browser import chromium, chromium_available, screenshot
+from tests.ops_console import base, button, cells, sign_in, signed_in_client, submit
+from tests.server_process import ServerProcess
+from tests.test_replicas import _dead_address
+from tests.test_server import _seed_bridge_bank
+
+pytestmark = pytest.mark.skipif(not chromium_available(), reason="needs chromium + chromedriver")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    home = tmp_path_factory.mktemp("console-snapshot")
+    _seed_bridge_bank(home)
+    with ServerProcess(home, "--replicas", _dead_address()) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def driver(server: ServerProcess) -> Iterator[WebDriver]:
+    with chromium() as browser:
+        sign_in(browser, server)
+        yield browser
+
+
+def test_publish_changes_the_served_version_shown(server: ServerProcess,
+                                                  driver: WebDriver) -> None:
+    with Client(server.target, api_key=server.keys["admin"]) as admin:
+        before = admin.index_status().version
+        admin.add_entries("bridge", [(("pdq", bytes(32)), "zeros", None)])
+    driver.get(base(server) + "/console/snapshot")
+    assert driver.title.startswith("Snapshot")
+    this, dead = cells(driver, "replicas")
+    assert "(this server)" in this[0] and this[2] == before
+    assert this[5] == "1" and this[6] == "current"  # one change since the snapshot
+    assert dead[-1] == "unreachable" and "UNAVAILABLE" in dead[1]
+    screenshot(driver, "snapshot")
+    submit(driver, button(driver, "Publish snapshot"))
+    flash = driver.find_element(By.CSS_SELECTOR, "p.flash").text
+    assert flash.startswith("Published snapshot ")
+    this, _dead = cells(driver, "replicas")
+    assert this[2] != before and this[2] in flash and this[5] == "0"
+    screenshot(driver, "snapshot-published")
+    submit(driver, button(driver, "Publish snapshot"))
+    assert "Nothing to publish" in driver.find_element(By.CSS_SELECTOR, "p.flash").text
+
+
+def test_publish_without_the_csrf_token_is_refused_and_publishes_nothing(
+        server: ServerProcess) -> None:
+    client = signed_in_client(server)
+    with Client(server.target, api_key=server.keys["admin"]) as admin:
+        admin.add_entries("bridge", [(("pdq", bytes([1]) * 32), "ones", None)])
+        before = admin.index_status()
+        refused = client.post("/console/snapshot/publish", {"force": "on"})
+        assert refused.status == 403
+        assert admin.index_status().version == before.version and not before.up_to_date
+
+
+def test_an_opaque_origin_passes_only_when_the_browser_says_same_origin(
+        server: ServerProcess) -> None:
+    """Chromium sends `Origin: null` with the console's own posts (Referrer-Policy:
+    no-referrer); a null origin without `Sec-Fetch-Site: same-origin` is still refused."""
+    client = signed_in_client(server)
+    token = client.token("/console/snapshot")
+    refused = client.post("/console/snapshot/publish", {"csrf_token": token},
+                          headers={"Origin": "null"})
+    assert refused.status == 403
+    done = client.post("/console/snapshot/publish", {"csrf_token": token},
+                       headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"})
+    assert done.status == 303 and done.headers["location"] == "/console/snapshot"
