@@ -14,6 +14,7 @@ header names differ (NCMEC-style `MD5,ID`) is read with a column map, `hash=MD5,
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -76,12 +77,14 @@ def parse_column_map(text: str) -> dict[str, str]:
 
 def read_hash_list(
     path: Path, fmt: Format, default_algorithm: str | None = None,
-    columns: ColumnMap | None = None,
+    columns: ColumnMap | None = None, *, data: bytes | None = None,
 ) -> Iterator[Parsed]:
-    """Parse `path`, yielding one item per data line; `columns` renames the list's columns."""
+    """Parse `path`, yielding one item per data line; `columns` renames the list's columns.
+    With `data` (a list uploaded to the web console), those bytes are parsed instead, and
+    `path` only names the list in messages."""
     if default_algorithm is not None:
         default_algorithm = get_algorithm(default_algorithm).name
-    lines = _decoded_lines(path)
+    lines = _decoded_lines(path, data)
     if fmt == "txt":
         if columns:
             raise HashsvcError(f"{path}: a plain-text list has no columns to map; --columns is "
@@ -102,13 +105,14 @@ class _LineSource:
     """Yields a file's lines as text, remembering which (1-based) physical line was read last;
     a line that is not UTF-8 becomes a problem instead of aborting the file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, data: bytes | None = None) -> None:
         self.path = path
+        self.data = data
         self.number = 0
         self.bad: dict[int, str] = {}
 
     def __iter__(self) -> Iterator[str]:
-        with self.path.open("rb") as handle:
+        with self.path.open("rb") if self.data is None else io.BytesIO(self.data) as handle:
             for raw in handle:
                 self.number += 1
                 if self.number == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -120,10 +124,10 @@ class _LineSource:
                     yield "\n"
 
 
-def _decoded_lines(path: Path) -> _LineSource:
-    if not path.is_file():
+def _decoded_lines(path: Path, data: bytes | None = None) -> _LineSource:
+    if data is None and not path.is_file():
         raise HashsvcError(f"{path}: no such file")
-    return _LineSource(path)
+    return _LineSource(path, data)
 
 
 def _read_text(path: Path, lines: _LineSource, algorithm: str | None) -> Iterator[Parsed]:

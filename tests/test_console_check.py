@@ -82,7 +82,7 @@ def test_a_corrupt_file_shows_why_it_was_refused(server: ServerProcess, driver: 
     corrupt.write_bytes(PHOTO.read_bytes()[:300])  # a JPEG cut off in its header
     _check(driver, server, corrupt)
     error = driver.find_element(By.CSS_SELECTOR, "p.flash-error").text
-    assert error.startswith("corrupt.jpg could not be checked: image: ")
+    assert error.startswith("The file corrupt.jpg could not be checked: image: ")
     assert not driver.find_elements(By.ID, "hashes")
     screenshot(driver, "check-an-image-corrupt")
     client = signed_in_client(server)

@@ -40,7 +40,7 @@ def test_without_a_report_the_page_says_how_to_make_one(server: ServerProcess,
                                                          driver: WebDriver) -> None:
     driver.get(base(server) + "/console/evaluation")
     assert "no evaluation report has been made" in driver.find_element(
-        By.CSS_SELECTOR, "p.flash-error").text
+        By.CSS_SELECTOR, "p.flash-error").text.lower()
     assert not driver.find_elements(By.ID, "methods")
     assert signed_in_client(server).get("/console/evaluation").status == 404
 

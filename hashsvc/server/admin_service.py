@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
-from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc
+from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 from hashsvc.errors import HashsvcError, NotFoundError
 from hashsvc.limits import check_name, loggable, quote
@@ -56,10 +56,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def ListBanks(
         self, request: admin_pb2.ListBanksRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListBanksResponse:
-        return admin_pb2.ListBanksResponse(
-            banks=[convert.bank_to_proto(b) for b in self._store.list_banks()
-                   if scope.visible(b.name)]
-        )
+        banks = [convert.bank_to_proto(b) for b in self._store.list_banks()
+                 if scope.visible(b.name)]
+        if request.entry_counts:
+            counts = self._store.entry_counts()
+            for bank in banks:
+                for algorithm, (enabled, disabled) in counts.get(bank.name, {}).items():
+                    bank.entry_counts[algorithm].CopyFrom(
+                        types_pb2.EntryCounts(enabled=enabled, disabled=disabled))
+        return admin_pb2.ListBanksResponse(banks=banks)
 
     def UpdateBank(
         self, request: admin_pb2.UpdateBankRequest, context: grpc.ServicerContext

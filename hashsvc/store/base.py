@@ -89,6 +89,11 @@ class Store(Protocol):
     def get_bank(self, name: str) -> Bank: ...
     def list_banks(self) -> list[Bank]: ...
 
+    def entry_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """(enabled, disabled) entries by bank name, then algorithm; a bank with no entries
+        is absent. A pass over the entries, so asked for only where shown (ListBanks)."""
+        ...
+
     def update_bank(
         self, name: str, *, new_name: str | None = None, description: str | None = None,
         kind: str | None = None, enabled: bool | None = None, tags: Iterable[str] | None = None,

@@ -134,6 +134,16 @@ class SqlStoreBase:
     def list_banks(self) -> list[Bank]:
         return self._query_banks("", ())
 
+    def entry_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
+        rows = self._rows(
+            "SELECT b.name, e.algorithm, COUNT(*),"
+            " COALESCE(SUM(CASE WHEN e.disabled THEN 1 ELSE 0 END), 0)"
+            " FROM entries e JOIN banks b ON b.id = e.bank_id GROUP BY b.name, e.algorithm")
+        counts: dict[str, dict[str, tuple[int, int]]] = {}
+        for bank, algorithm, total, disabled in rows:
+            counts.setdefault(bank, {})[algorithm] = (int(total) - int(disabled), int(disabled))
+        return counts
+
     def _query_banks(self, where: str, args: tuple[Any, ...]) -> list[Bank]:
         rows = self._rows(self._sql(
             "SELECT b.id, b.name, b.description, b.kind, b.enabled, b.tags, b.thresholds,"

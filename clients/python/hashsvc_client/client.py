@@ -137,9 +137,11 @@ class Client:
         return self._call(self._admin.CreateBank, admin_pb2.CreateBankRequest(bank=bank),
                           self.admin_timeout).bank
 
-    def list_banks(self) -> list[types_pb2.Bank]:
-        return list(self._call(self._admin.ListBanks, admin_pb2.ListBanksRequest(),
-                               self.admin_timeout).banks)
+    def list_banks(self, *, entry_counts: bool = False) -> list[types_pb2.Bank]:
+        """Every bank; with `entry_counts`, each with its entries counted by algorithm,
+        enabled and disabled (`Bank.entry_counts`)."""
+        request = admin_pb2.ListBanksRequest(entry_counts=entry_counts)
+        return list(self._call(self._admin.ListBanks, request, self.admin_timeout).banks)
 
     def update_bank(self, name: str, **changes: Any) -> types_pb2.Bank:
         """Change only the given fields: new_name, description, kind, enabled, tags, thresholds,

@@ -83,7 +83,7 @@ def routes(ctx: Console) -> list[BaseRoute]:
                 err = GatewayError(err.code, "this server does not scan (it runs --role admin): "
                                    "check images on a server with --role all")
             elif err.code == grpc.StatusCode.INVALID_ARGUMENT:
-                err = GatewayError(err.code, f"{_filename(upload)} could not be checked: "
+                err = GatewayError(err.code, f"The file {_filename(upload)} could not be checked: "
                                    f"{err.details}")
             return ctx.gateway_error(request, err, template=TEMPLATE, title="Check an image")
         assert isinstance(hashed, scan_pb2.HashImageResponse)

@@ -10,7 +10,9 @@ message on an error page with the HTTP status of its gRPC status. Inside, a page
 - `await ctx.form(request)`: the posted form, uploads held in memory only (never on disk);
 - `ctx.render(request, "banks/list.html", status=200, **values)`: a page in the base layout;
 - `ctx.redirect(request, "/console/banks", flash="Bank created")`: post/redirect/get, with a
-  message shown once on the next page (`kind="error"` for a red one).
+  message shown once on the next page (`kind="error"` for a red one);
+- `describe(err)` (a `GatewayError` a page catches itself): the HTTP status and message to
+  render its form again with (`ctx.gateway_error` renders them on a template directly).
 """
 
 from __future__ import annotations
@@ -231,10 +233,7 @@ class Console:
         if err.code == grpc.StatusCode.UNAUTHENTICATED:
             return self.render(request, "auth/signin.html", status=401,
                                error="This key is no longer accepted: sign in again.")
-        status = HTTP_STATUS.get(err.code, 500)
-        message = err.details or err.code.name.replace("_", " ").lower()
-        if status >= 500:
-            message = f"the server could not do this ({err.code.name}): {message}"
+        status, message = describe(err)
         return self.render(request, template, status=status, error=message, **values)
 
     # ---- cookies ---------------------------------------------------------------------------
@@ -252,6 +251,16 @@ class Console:
                             samesite="strict", secure=request.url.scheme == "https")
 
 
+def describe(err: GatewayError) -> tuple[int, str]:
+    """The HTTP status for a failed call, and the message to show: the service's own words (as
+    a gRPC client would see them), never a trace."""
+    status = HTTP_STATUS.get(err.code, 500)
+    message = err.details or err.code.name.replace("_", " ").lower()
+    if status >= 500:
+        message = f"The server could not do this ({err.code.name}): {message}"
+    return status, message[:1].upper() + message[1:]
+
+
 def session_of(request: Request) -> Session:
     """The signed-in session of a request that went through `Console.page`."""
     session: Session = request.state.session
@@ -260,16 +269,16 @@ def session_of(request: Request) -> Session:
 
 def cross_origin(request: Request) -> str | None:
     """Why this POST is not from the console's own pages, if a browser said so: a
-    `Sec-Fetch-Site` other than same-origin, or an `Origin` other than this server's."""
+    `Sec-Fetch-Site` other than same-origin, or an `Origin` other than this server's.
+
+    `Origin: null` proves nothing either way: it is what a browser sends from the console's own
+    pages under `Referrer-Policy: no-referrer` (and from sandboxed frames, which current
+    browsers also mark `Sec-Fetch-Site: cross-site`). The CSRF token is checked regardless."""
     site = request.headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         return f"the form was posted from another site (Sec-Fetch-Site: {site[:20]})"
     origin = request.headers.get("origin")
-    # Under `Referrer-Policy: no-referrer` (security.py) Chromium sends `Origin: null` with the
-    # console's own form posts; Sec-Fetch-Site, checked above, still says they are same-origin.
-    if origin == "null" and site == "same-origin":
-        return None
-    if origin is not None:
+    if origin is not None and origin != "null":
         own = f"{request.url.scheme}://{request.url.netloc}"
         if origin != own:
             return "the form was posted from another origin"

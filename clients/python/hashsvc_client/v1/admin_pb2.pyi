@@ -97,12 +97,19 @@ Global___CreateBankResponse: _TypeAlias = CreateBankResponse  # noqa: Y015
 class ListBanksRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    ENTRY_COUNTS_FIELD_NUMBER: _builtins.int
+    entry_counts: _builtins.bool
+    """Also count each bank's entries by algorithm, enabled and disabled (Bank.entry_counts): a
+    pass over the entries table, so only when asked (the web console's bank list asks).
+    """
     def __init__(
         self,
+        *,
+        entry_counts: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_counts", b"entry_counts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

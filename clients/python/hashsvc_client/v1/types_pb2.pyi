@@ -513,6 +513,27 @@ class Bank(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class EntryCountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___EntryCounts: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___EntryCounts | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
@@ -523,6 +544,7 @@ class Bank(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     STRATEGIES_FIELD_NUMBER: _builtins.int
+    ENTRY_COUNTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-64 of [A-Za-z0-9_.:-]"""
     description: _builtins.str
@@ -547,6 +569,12 @@ class Bank(_message.Message):
     def strategies(self) -> Global___MatchStrategies:
         """unset on create: dihedral only"""
 
+    @_builtins.property
+    def entry_counts(self) -> _containers.MessageMap[_builtins.str, Global___EntryCounts]:
+        """Output only, from ListBanks with entry_counts: the bank's entries by algorithm ("pdq",
+        "md5", ...), strategy variants included (so the counts add up to entry_count).
+        """
+
     def __init__(
         self,
         *,
@@ -560,10 +588,11 @@ class Bank(_message.Message):
         created_at: _builtins.float = ...,
         updated_at: _builtins.float = ...,
         strategies: Global___MatchStrategies | None = ...,
+        entry_counts: _abc.Mapping[_builtins.str, Global___EntryCounts] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["strategies", b"strategies"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "enabled", b"enabled", "entry_count", b"entry_count", "kind", b"kind", "name", b"name", "strategies", b"strategies", "tags", b"tags", "thresholds", b"thresholds", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "enabled", b"enabled", "entry_count", b"entry_count", "entry_counts", b"entry_counts", "kind", b"kind", "name", b"name", "strategies", b"strategies", "tags", b"tags", "thresholds", b"thresholds", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -644,3 +673,27 @@ class MatchStrategies(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MatchStrategies: _TypeAlias = MatchStrategies  # noqa: Y015
+
+@_typing.final
+class EntryCounts(_message.Message):
+    """How many of a bank's entries of one algorithm are matched (enabled) and not (disabled)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    DISABLED_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.int
+    disabled: _builtins.int
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.int = ...,
+        disabled: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "enabled", b"enabled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntryCounts: _TypeAlias = EntryCounts  # noqa: Y015
