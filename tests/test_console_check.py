@@ -106,3 +106,29 @@ def test_an_oversized_upload_is_413_and_an_empty_one_422(server: ServerProcess) 
     empty = client.post_multipart("/console/check", {"csrf_token": token},
                                   {"image": ("empty.jpg", b"")})
     assert empty.status == 422 and "Choose an image file" in empty.body.decode()
+
+
+def test_the_upload_is_neither_stored_nor_logged(server: ServerProcess) -> None:
+    """After a check, no file in the server's home holds the image's bytes, and the server's
+    log does not name the file (the audit log holds its hashes, as for every scan)."""
+    client = signed_in_client(server)
+    token = client.token("/console/check")
+    image = PHOTO.read_bytes()
+    answer = client.post_multipart("/console/check", {"csrf_token": token},
+                                   {"image": ("private-upload-name.jpg", image)})
+    assert answer.status == 200 and b"private-upload-name.jpg" in answer.body
+    sample = image[len(image) // 2:len(image) // 2 + 64]  # entropy-coded data: unique
+    for path in server.home.rglob("*"):
+        if path.is_file():
+            assert sample not in path.read_bytes(), f"{path} holds the uploaded image"
+    assert "private-upload-name" not in server.log
+
+
+def test_a_server_that_does_not_scan_says_so(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "home", "--role", "admin") as admin_only:
+        client = signed_in_client(admin_only)
+        answer = client.post_multipart("/console/check",
+                                       {"csrf_token": client.token("/console/check")},
+                                       {"image": ("photo.jpg", PHOTO.read_bytes())})
+    assert answer.status == 501
+    assert "This server does not scan (it runs --role admin)" in answer.body.decode()

@@ -80,9 +80,10 @@ def routes(ctx: Console) -> list[BaseRoute]:
                                      scan_pb2.ScanImageResponse)
         except GatewayError as err:
             if err.code == grpc.StatusCode.UNIMPLEMENTED:
-                err = GatewayError(err.code, "this server does not scan (it runs --role admin): "
-                                   "check images on a server with --role all")
-            elif err.code == grpc.StatusCode.INVALID_ARGUMENT:
+                return ctx.render(request, TEMPLATE, status=501, title="Check an image",
+                                  error="This server does not scan (it runs --role admin): "
+                                        "check images on a server with --role all.")
+            if err.code == grpc.StatusCode.INVALID_ARGUMENT:
                 err = GatewayError(err.code, f"The file {_filename(upload)} could not be checked: "
                                    f"{err.details}")
             return ctx.gateway_error(request, err, template=TEMPLATE, title="Check an image")
