@@ -4,6 +4,7 @@ shown."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,17 +15,26 @@ from selenium.webdriver.common.by import By
 from tests.browser import chromium, chromium_available, screenshot
 from tests.ops_console import base, button, cells, sign_in, signed_in_client, submit
 from tests.server_process import ServerProcess
-from tests.test_replicas import _dead_address
+from tests.test_replicas import HANG_GUARD, _dead_address
 from tests.test_server import _seed_bridge_bank
 
 pytestmark = pytest.mark.skipif(not chromium_available(), reason="needs chromium + chromedriver")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A scan replica on the server's store and snapshots (it makes the keys file both use)."""
     home = tmp_path_factory.mktemp("console-snapshot")
     _seed_bridge_bank(home)
-    with ServerProcess(home, "--replicas", _dead_address()) as process:
+    with ServerProcess(home, "--role", "scan") as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def server(replica: ServerProcess) -> Iterator[ServerProcess]:
+    with ServerProcess(replica.home, "--replicas", f"{replica.target},{_dead_address()}",
+                       keys={}) as process:
+        process.keys = replica.keys
         yield process
 
 
@@ -35,23 +45,33 @@ def driver(server: ServerProcess) -> Iterator[WebDriver]:
         yield browser
 
 
-def test_publish_changes_the_served_version_shown(server: ServerProcess,
+def test_publish_changes_the_served_version_shown(server: ServerProcess, replica: ServerProcess,
                                                   driver: WebDriver) -> None:
     with Client(server.target, api_key=server.keys["admin"]) as admin:
         before = admin.index_status().version
         admin.add_entries("bridge", [(("pdq", bytes(32)), "zeros", None)])
     driver.get(base(server) + "/console/snapshot")
     assert driver.title.startswith("Snapshot")
-    this, dead = cells(driver, "replicas")
+    this, scan, dead = cells(driver, "replicas")
     assert "(this server)" in this[0] and this[2] == before
     assert this[5] == "1" and this[6] == "current"  # one change since the snapshot
+    assert scan[0] == replica.target and scan[1] == "scan" and scan[2] == before
+    assert scan[5] == "1"
     assert dead[-1] == "unreachable" and "UNAVAILABLE" in dead[1]
     screenshot(driver, "snapshot")
     submit(driver, button(driver, "Publish snapshot"))
     flash = driver.find_element(By.CSS_SELECTOR, "p.flash").text
     assert flash.startswith("Published snapshot ")
-    this, _dead = cells(driver, "replicas")
-    assert this[2] != before and this[2] in flash and this[5] == "0"
+    this, scan, _dead = cells(driver, "replicas")
+    published = this[2]
+    assert published != before and published in flash and this[5] == "0"
+    deadline = time.monotonic() + HANG_GUARD
+    while scan[2] != published:  # the replica loads it at its next look at the repository
+        assert time.monotonic() < deadline, "the replica never showed the published version"
+        time.sleep(0.2)
+        driver.refresh()
+        _this, scan, _dead = cells(driver, "replicas")
+    assert scan[5] == "0" and scan[6] == "current"
     screenshot(driver, "snapshot-published")
     submit(driver, button(driver, "Publish snapshot"))
     assert "Nothing to publish" in driver.find_element(By.CSS_SELECTOR, "p.flash").text
