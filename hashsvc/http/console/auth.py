@@ -40,9 +40,12 @@ def routes(ctx: Console) -> list[BaseRoute]:
             return refusal
         key = (await ctx.form(request)).get("key")
         key = key.strip() if isinstance(key, str) else ""
-        if not key or len(key) > MAX_KEY_CHARS:
+        if not key:
             return ctx.render(request, "auth/signin.html", status=400,
                               error="Enter an admin API key.")
+        if len(key) > MAX_KEY_CHARS or not (key.isascii() and key.isprintable()):  # no key is
+            return ctx.render(request, "auth/signin.html", status=401,
+                              error="This key is not known to the server.")
         denied = await ctx.check_key(key)
         if denied is not None:
             if denied.code == grpc.StatusCode.PERMISSION_DENIED:

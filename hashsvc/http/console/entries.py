@@ -79,6 +79,8 @@ def routes(ctx: Console) -> list[BaseRoute]:
 
     async def show(request: Request, *, status: int = 200, error: str = "") -> Response:
         entry_id = _entry_id(request.path_params["entry_id"])
+        if entry_id is None:
+            return _no_entry(ctx, request)
         answer = await ctx.call(request, "admin", "GetEntry",
                                 admin_pb2.GetEntryRequest(id=entry_id),
                                 admin_pb2.GetEntryResponse)
@@ -90,6 +92,8 @@ def routes(ctx: Console) -> list[BaseRoute]:
 
     async def set_disabled(request: Request) -> Response:
         entry_id = _entry_id(request.path_params["entry_id"])
+        if entry_id is None:
+            return _no_entry(ctx, request)
         form = await ctx.form(request)
         disabled = form.get("disabled") == "true"
         reason = str(form.get("reason") or "").strip()
@@ -186,8 +190,15 @@ def _query(params: dict[str, str]) -> admin_pb2.ListEntriesRequest:
     return query
 
 
-def _entry_id(text: str) -> int:
-    return int(text) if text.isdigit() and len(text) < 19 else 0  # 0: GetEntry's NOT_FOUND
+def _entry_id(text: str) -> int | None:
+    return int(text) if text.isdigit() and len(text) < 19 else None
+
+
+def _no_entry(ctx: Console, request: Request) -> Response:
+    text = request.path_params["entry_id"]
+    return ctx.render(request, "error.html", status=404, title="No such entry",
+                      error=f"There is no entry with id {text[:30]!r}: an entry id is a number.",
+                      back=f"{PREFIX}/entries")
 
 
 def _row(entry: admin_pb2.Entry) -> dict[str, Any]:

@@ -101,8 +101,16 @@ def _choice(options: dict[str, str], field: str, allowed: tuple[str, ...]) -> An
     return value
 
 
+# The parser speaks to `indexer import`'s user; here the same choices are fields of the form.
+_FLAGS_AS_FIELDS = (("pass --algorithm", "choose the algorithm"),
+                    ("; pass --format (csv, tsv, jsonl, txt)", ": choose the format"),
+                    ("--columns", "column map"))
+
+
 def _sentence(message: str) -> str:
-    return message[:1].upper() + message[1:] + ("" if message.endswith(".") else ".")
+    for flag, field in _FLAGS_AS_FIELDS:
+        message = message.replace(flag, field)
+    return message + ("" if message.endswith(".") else ".")
 
 
 def _new_entry(entry: NewEntry) -> admin_pb2.NewEntry:
