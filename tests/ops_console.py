@@ -9,8 +9,10 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
+from tests.browser import screenshot
 from tests.console_client import ConsoleClient
 from tests.server_process import ServerProcess
+from tests.test_console_pages import _accessible
 
 PAGE_LOAD_GUARD = 60  # seconds: a hang guard for a page to replace the last one, not a timing test
 
@@ -49,3 +51,10 @@ def cells(driver: WebDriver, table_id: str) -> list[list[str]]:
 
 def button(driver: WebDriver, label: str) -> WebElement:
     return driver.find_element(By.XPATH, f"//button[normalize-space()='{label}']")
+
+
+def page_shot(driver: WebDriver, name: str) -> None:
+    """The accessibility basics every console page must have (test_console_pages), then a
+    screenshot for test-artifacts/console/."""
+    _accessible(driver)
+    screenshot(driver, name)

@@ -18,10 +18,10 @@ from hashsvc.hashing.algorithms import PDQ
 from hashsvc.hashing.imaging import Upload
 from hashsvc.snapshot import publish
 from hashsvc.store import NewEntry, SqliteStore
-from tests.browser import chromium, chromium_available, screenshot
+from tests.browser import chromium, chromium_available
 from tests.conftest import PHOTOS
 from tests.ops_console import base as console_base
-from tests.ops_console import button, cells, sign_in, signed_in_client, submit
+from tests.ops_console import button, cells, page_shot, sign_in, signed_in_client, submit
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.skipif(not chromium_available(), reason="needs chromium + chromedriver")
@@ -66,7 +66,7 @@ def test_a_photo_in_a_bank_shows_its_hashes_and_how_it_matched(
     assert "photo-1" in entry
     found, threshold = (int(part) for part in distance.split(" / "))
     assert found <= threshold == 31
-    screenshot(driver, "check-an-image")
+    page_shot(driver, "check-an-image")
     rotated = tmp_path / "rotated.jpg"
     with Image.open(PHOTO) as photo:
         photo.convert("RGB").rotate(90, expand=True).save(rotated, "JPEG", quality=92)
@@ -84,7 +84,7 @@ def test_a_corrupt_file_shows_why_it_was_refused(server: ServerProcess, driver: 
     error = driver.find_element(By.CSS_SELECTOR, "p.flash-error").text
     assert error.startswith("The file corrupt.jpg could not be checked: image: ")
     assert not driver.find_elements(By.ID, "hashes")
-    screenshot(driver, "check-an-image-corrupt")
+    page_shot(driver, "check-an-image-corrupt")
     client = signed_in_client(server)
     token = client.token("/console/check")
     answer = client.post_multipart("/console/check", {"csrf_token": token},

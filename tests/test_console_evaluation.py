@@ -12,8 +12,8 @@ from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 
 from hashsvc.home import DataHome
-from tests.browser import chromium, chromium_available, screenshot
-from tests.ops_console import base, cells, sign_in, signed_in_client
+from tests.browser import chromium, chromium_available
+from tests.ops_console import base, cells, page_shot, sign_in, signed_in_client
 from tests.server_process import ServerProcess
 from tests.test_server import _seed_bridge_bank
 from tests.tiny_evaluation import PHOTO_COUNT, make_report
@@ -60,7 +60,7 @@ def test_the_latest_report_shows_its_figures_and_plots(server: ServerProcess, dr
         source = plot.get_attribute("src") or ""
         assert "/console/evaluation/plots/" in source and str(server.home) not in source
         assert driver.execute_script("return arguments[0].naturalWidth", plot) > 0  # it loaded
-    screenshot(driver, "evaluation")
+    page_shot(driver, "evaluation")
     client = signed_in_client(server)
     served = client.get("/console/evaluation/plots/recall_vs_fpr.png")
     assert served.status == 200 and served.headers["content-type"] == "image/png"

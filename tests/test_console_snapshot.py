@@ -12,8 +12,8 @@ from hashsvc_client import Client
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 
-from tests.browser import chromium, chromium_available, screenshot
-from tests.ops_console import base, button, cells, sign_in, signed_in_client, submit
+from tests.browser import chromium, chromium_available
+from tests.ops_console import base, button, cells, page_shot, sign_in, signed_in_client, submit
 from tests.server_process import ServerProcess
 from tests.test_replicas import HANG_GUARD, _dead_address
 from tests.test_server import _seed_bridge_bank
@@ -58,7 +58,7 @@ def test_publish_changes_the_served_version_shown(server: ServerProcess, replica
     assert scan[0] == replica.target and scan[1] == "scan" and scan[2] == before
     assert scan[5] == "1"
     assert dead[-1] == "unreachable" and "UNAVAILABLE" in dead[1]
-    screenshot(driver, "snapshot")
+    page_shot(driver, "snapshot")
     submit(driver, button(driver, "Publish snapshot"))
     flash = driver.find_element(By.CSS_SELECTOR, "p.flash").text
     assert flash.startswith("Published snapshot ")
@@ -72,7 +72,7 @@ def test_publish_changes_the_served_version_shown(server: ServerProcess, replica
         driver.refresh()
         _this, scan, _dead = cells(driver, "replicas")
     assert scan[5] == "0" and scan[6] == "current"
-    screenshot(driver, "snapshot-published")
+    page_shot(driver, "snapshot-published")
     submit(driver, button(driver, "Publish snapshot"))
     assert "Nothing to publish" in driver.find_element(By.CSS_SELECTOR, "p.flash").text
 
