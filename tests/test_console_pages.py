@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hashsvc_client import Client
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from hashsvc.home import DataHome
 from indexer.hashlists import read_hash_list
 from tests.browser import chromium, screenshot
+from tests.conftest import run_indexer
 from tests.console_client import ConsoleClient
 from tests.server_process import ServerProcess
 
@@ -51,17 +52,19 @@ def _base(server: ServerProcess) -> str:
 
 
 def _submit(driver: Chrome, button_text: str) -> None:
-    """Click the button and wait for the page it posts to (the old one going stale)."""
-    old = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.XPATH, f"//button[normalize-space()='{button_text}']").click()
-    WebDriverWait(driver, WAIT).until(lambda d: _stale(old))
+    """Click the button and wait for the page it posts to."""
+    _navigate(driver, lambda: driver.find_element(
+        By.XPATH, f"//button[normalize-space()='{button_text}']").click())
 
 
-def _stale(element: WebElement) -> bool:
-    try:
-        return not element.tag_name
-    except StaleElementReferenceException:
-        return True
+def _navigate(driver: Chrome, action: Callable[[], None]) -> None:
+    """Do `action`, then wait until a new document has replaced this one and has loaded (the
+    old one is marked; while the browser swaps them a script may fail, which means "not yet")."""
+    driver.execute_script("window.__consoleTestOldPage = true")
+    action()
+    WebDriverWait(driver, WAIT, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script(
+            "return !window.__consoleTestOldPage && document.readyState === 'complete'"))
 
 
 def _messages(driver: Chrome) -> list[str]:
@@ -211,9 +214,7 @@ def test_look_up_an_entry(browser: Chrome, server: ServerProcess) -> None:
     rows = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
     assert len(rows) == 1 and "case-7" in rows[0].text
     _page(browser, "entries")
-    old = browser.find_element(By.TAG_NAME, "html")
-    rows[0].find_element(By.TAG_NAME, "a").click()
-    WebDriverWait(browser, WAIT).until(lambda d: _stale(old))
+    _navigate(browser, rows[0].find_element(By.TAG_NAME, "a").click)
     main = browser.find_element(By.TAG_NAME, "main").text
     assert f"{7:032x}" in main and '"source": "test-exchange"' in main
 
@@ -226,6 +227,28 @@ def test_look_up_by_hash(browser: Chrome, server: ServerProcess) -> None:
     _submit(browser, "Search")
     rows = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
     assert len(rows) == 1 and "case-11" in rows[0].text
+
+
+def test_look_up_by_exchange_id(browser: Chrome, server: ServerProcess,
+                                tmp_path: Path) -> None:
+    home = DataHome(server.home)
+    feed = tmp_path / "feed.csv"
+    feed.write_text("algorithm,hash,external_id\n"
+                    + "".join(f"md5,{n:032x},feed-{n}\n" for n in range(100, 103)))
+    run_indexer(home, "bank", "create", "feed", check=True)
+    run_indexer(home, "exchange", "bind", "feed", "--type", "file", "--source", str(feed),
+                check=True)
+    run_indexer(home, "exchange", "sync", "feed", check=True)
+    browser.get(_base(server) + "/console/entries")
+    Select(browser.find_element(By.ID, "by")).select_by_visible_text("Exchange id")
+    browser.find_element(By.ID, "q").send_keys(f"md5:{101:032x}")
+    browser.find_element(By.ID, "exchange").send_keys("file")
+    _submit(browser, "Search")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert len(rows) == 1 and "feed-101" in rows[0].text
+    _navigate(browser, rows[0].find_element(By.TAG_NAME, "a").click)
+    provenance = browser.find_element(By.XPATH, "//h2[@id='provenance']/following::table[1]")
+    assert f"md5:{101:032x}" in provenance.text and "file" in provenance.text
 
 
 def test_disable_and_enable_an_entry(browser: Chrome, server: ServerProcess,

@@ -72,7 +72,8 @@ def routes(ctx: Console) -> list[BaseRoute]:
     async def update(request: Request) -> Response:
         name = request.path_params["name"]
         form = _fields(await ctx.form(request))
-        current = next((b for b in await _list(ctx, request) if b.name == name), None)
+        current = next((b for b in await _list(ctx, request, counts=False)
+                        if b.name == name), None)
         if current is None:
             return await detail(request)
         try:
@@ -134,9 +135,12 @@ def routes(ctx: Console) -> list[BaseRoute]:
     ]
 
 
-async def _list(ctx: Console, request: Request) -> list[types_pb2.Bank]:
+async def _list(ctx: Console, request: Request, *,
+                counts: bool = True) -> list[types_pb2.Bank]:
+    """Every bank the key may see; `counts`: with entries counted (a pass over them, so only
+    for the pages that show the counts)."""
     answer = await ctx.call(request, "admin", "ListBanks",
-                            admin_pb2.ListBanksRequest(entry_counts=True),
+                            admin_pb2.ListBanksRequest(entry_counts=counts),
                             admin_pb2.ListBanksResponse)
     return list(answer.banks)  # type: ignore[attr-defined]
 

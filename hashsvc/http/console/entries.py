@@ -54,7 +54,7 @@ def routes(ctx: Console) -> list[BaseRoute]:
             values["banks"] = await _bank_names(ctx, request)
             if params.get("by") == "id" and params.get("q"):
                 return await _by_id(ctx, request, params["q"])
-            if values["searched"] or params.get("bank"):
+            if values["searched"] or params.get("bank") or params.get("exchange"):
                 query = _query(params)
                 query.page_size = PAGE_SIZE
                 answer = await ctx.call(request, "admin", "ListEntries", query,
@@ -170,6 +170,8 @@ def _query(params: dict[str, str]) -> admin_pb2.ListEntriesRequest:
         raise SearchError(f"Unknown state {state[:20]!r}.")
     if STATES[state] is not None:
         query.disabled = bool(STATES[state])
+    if params.get("exchange", "").strip():
+        query.exchange = params["exchange"].strip()
     text = params.get("q", "").strip()
     by = params.get("by", "external_id")
     if by not in SEARCH_BY:
@@ -180,8 +182,6 @@ def _query(params: dict[str, str]) -> admin_pb2.ListEntriesRequest:
         query.external_id = text
     elif by == "upstream_id":
         query.upstream_id = text
-        if params.get("exchange"):
-            query.exchange = params["exchange"]
     elif by == "hash":
         algorithm = params.get("algorithm", "pdq")
         if algorithm not in ALGORITHM_TO_PROTO:
