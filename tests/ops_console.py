@@ -6,15 +6,11 @@ from __future__ import annotations
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.browser import screenshot
 from tests.console_client import ConsoleClient
 from tests.server_process import ServerProcess
-from tests.test_console_pages import _accessible
-
-PAGE_LOAD_GUARD = 60  # seconds: a hang guard for a page to replace the last one, not a timing test
+from tests.test_console_pages import _accessible, _navigate
 
 
 def base(server: ServerProcess) -> str:
@@ -23,10 +19,9 @@ def base(server: ServerProcess) -> str:
 
 
 def submit(driver: WebDriver, button: WebElement) -> None:
-    """Click a form's button and wait until the next page has replaced this one."""
-    page = driver.find_element(By.TAG_NAME, "html")
-    button.click()
-    WebDriverWait(driver, PAGE_LOAD_GUARD).until(expected_conditions.staleness_of(page))
+    """Click a form's button and wait until the next page has replaced this one and loaded
+    (test_console_pages' way: the old document is marked, not polled)."""
+    _navigate(driver, button.click)
 
 
 def sign_in(driver: WebDriver, server: ServerProcess) -> None:
