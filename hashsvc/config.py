@@ -63,6 +63,10 @@ class ServerConfig:
     exchange_sync: bool = True  # admin role: sync exchange-bound banks when they are due
     exchange_sync_every: float = 0.0  # seconds, for banks bound without --every; 0 = those not
     http_listen: str = "auto"  # HTTP/JSON API and console; auto: 0.0.0.0:8080 unless role scan
+    replicas: str = ""  # scan replicas ListReplicas asks: host:port,... or dns:///name:port
+    replica_timeout: float = 2.0  # seconds ListReplicas waits for each replica
+    replica_tls_ca: Path | None = None  # PEM CA to verify replicas by; set: ask them over TLS
+    evaluation_report: Path | None = None  # default: <home>/evaluation
     console_session_ttl: float = 3600.0  # seconds a web console sign-in lasts
     console_secret_file: Path | None = None  # default: <home>/console-secret (0600)
     log_level: str = "INFO"
@@ -105,6 +109,10 @@ class ServerConfig:
     @property
     def resolved_snapshot_cache(self) -> Path:
         return self.snapshot_cache or self.home / "snapshot-cache"
+
+    @property
+    def resolved_evaluation_report(self) -> Path:
+        return self.evaluation_report or self.data_home.evaluation_dir
 
     @property
     def resolved_workers(self) -> int:
@@ -188,6 +196,17 @@ HELP: dict[str, str] = {
     "0 = only banks bound with --every are synced on a schedule",
     "http_listen": "host:port for the HTTP/JSON API (/v1) and, in the admin role, the web "
     "console (/console); auto: 0.0.0.0:8080 unless --role scan; off: none; port 0: any",
+    "replicas": "the scan replicas the admin service reports on (AdminService.ListReplicas, the "
+    "console's Snapshot page): a comma-separated list of host:port, or dns:///name:port for every "
+    "address a DNS name has (a Kubernetes headless Service lists one per pod); empty: this "
+    "server only",
+    "replica_timeout": "seconds ListReplicas waits for each replica before listing it as "
+    "unreachable",
+    "replica_tls_ca": "PEM CA bundle to verify replicas' certificates by; replicas are asked "
+    "over TLS when this is set or this server serves TLS (--tls-cert; then with the system's "
+    "roots unless this is set)",
+    "evaluation_report": "where `indexer evaluate --to-home` writes its report for "
+    "GetEvaluationReport and the console's Evaluation page; default <home>/evaluation",
     "console_session_ttl": "seconds a web console sign-in lasts before the analyst must sign in "
     "again (the session ends earlier on sign-out, on every server sharing the store)",
     "console_secret_file": "the web console's 32-byte secret, which encrypts session cookies "
@@ -200,7 +219,7 @@ HELP: dict[str, str] = {
 # Admission and stream bounds: 0 would refuse every call, or end every stream at once.
 POSITIVE = frozenset({"max_concurrent_rpcs", "max_streams_per_key", "max_streams_per_connection",
                       "stream_window", "stream_buffer_bytes", "client_idle_timeout",
-                      "snapshot_poll_interval", "console_session_ttl"})
+                      "snapshot_poll_interval", "replica_timeout", "console_session_ttl"})
 NOT_NEGATIVE = frozenset({"max_snapshot_age", "max_connection_age", "exchange_sync_every",
                           "flood_window"})
 

@@ -136,6 +136,14 @@ class NotLoadedError(HashsvcError):
     reason = "not_loaded"
 
 
+class ReportUnreadableError(HashsvcError):
+    """An evaluation report is there but cannot be read (half-copied, or from another version):
+    refused with what is wrong, rather than shown with figures missing."""
+
+    code = ErrorCode.DATA_LOSS
+    reason = "report_unreadable"
+
+
 class ImportFileError(HashsvcError):
     """A hash-list file with bad lines; nothing from it was stored."""
 

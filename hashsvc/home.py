@@ -65,3 +65,8 @@ class DataHome:
     @property
     def snapshots_dir(self) -> Path:
         return self.root / "snapshots"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        """Where `indexer evaluate --to-home` writes the report the server shows."""
+        return self.root / "evaluation"

@@ -17,7 +17,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-SERVICES = {"scan": "hashsvc.v1.ScanService", "admin": "hashsvc.v1.AdminService"}
+SERVICES = {"scan": "hashsvc.v1.ScanService", "admin": "hashsvc.v1.AdminService",
+            "replica": "hashsvc.v1.ReplicaService"}
 # The peer the gRPC server sees for calls that came in over HTTP (see interceptors.py).
 GATEWAY_PEER_PREFIX = "unix:"
 

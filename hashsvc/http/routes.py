@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from google.protobuf.message import Message
-from hashsvc_client.v1 import admin_pb2, scan_pb2
+from hashsvc_client.v1 import admin_pb2, replica_pb2, scan_pb2
 
 Body = Literal["json", "image", "query"]
 
@@ -28,7 +28,7 @@ Body = Literal["json", "image", "query"]
 class Route:
     http_method: str
     path: str  # Starlette syntax: /v1/banks/{name}
-    service: Literal["scan", "admin"]
+    service: Literal["scan", "admin", "replica"]
     rpc: str  # the gRPC method's name
     request: type[Message]
     response: type[Message]
@@ -63,4 +63,14 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/matches/recent", "admin", "ListRecentMatches",
           admin_pb2.ListRecentMatchesRequest, admin_pb2.ListRecentMatchesResponse,
           body="query", summary="The latest matches in this server's audit trail."),
+    # h17-ops-b: replicas and the evaluation report
+    Route("GET", "/v1/serving-status", "replica", "GetServingStatus",
+          replica_pb2.GetServingStatusRequest, replica_pb2.ServingStatus, body="query",
+          summary="The snapshot this server serves (public: no key)."),
+    Route("GET", "/v1/replicas", "admin", "ListReplicas", admin_pb2.ListReplicasRequest,
+          admin_pb2.ListReplicasResponse, body="query",
+          summary="What this server and each of its --replicas serve; unreachable ones listed."),
+    Route("GET", "/v1/evaluation-report", "admin", "GetEvaluationReport",
+          admin_pb2.GetEvaluationReportRequest, admin_pb2.GetEvaluationReportResponse,
+          body="query", summary="The latest `indexer evaluate --to-home` report, with its plots."),
 )

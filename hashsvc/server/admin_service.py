@@ -17,7 +17,9 @@ from hashsvc.limits import check_name, loggable, quote
 from hashsvc.metrics import MATCH_FEEDBACK
 from hashsvc.server import convert, scope
 from hashsvc.server.admin_activity import ActivityServicer
+from hashsvc.server.evaluation_report import read_report
 from hashsvc.server.interceptors import caller
+from hashsvc.server.replicas import list_replicas
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.status import abort
 from hashsvc.snapshot import publish
@@ -302,6 +304,21 @@ class AdminServicer(ActivityServicer):
         return admin_pb2.ReleaseEntryResponse(entry_id=entry.id,
                                               released_at=released.released_at,
                                               store_revision=released.revision)
+
+    # ---- h17-ops-b: replicas and the evaluation report -----------------------------------------
+
+    def ListReplicas(
+        self, request: admin_pb2.ListReplicasRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListReplicasResponse:
+        return list_replicas(self._runtime)
+
+    def GetEvaluationReport(
+        self, request: admin_pb2.GetEvaluationReportRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.GetEvaluationReportResponse:
+        try:
+            return read_report(self._runtime.config.resolved_evaluation_report)
+        except HashsvcError as err:
+            abort(context, err)
 
     def _audit(self, action: str, **fields: Any) -> None:
         log.info("admin", extra={"action": action, "caller": caller.get(), **fields})

@@ -46,7 +46,8 @@ ROLE_BY_SERVICE = {
 
 
 def required_role(method: str) -> str | None:
-    """The role a method needs; None for health checks and reflection, which are public."""
+    """The role a method needs; None for health checks, reflection and ReplicaService, which
+    are public."""
     for prefix, role in ROLE_BY_SERVICE.items():
         if method.startswith(prefix):
             return role

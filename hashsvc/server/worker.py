@@ -26,7 +26,7 @@ import faiss
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from hashsvc_client.v1 import admin_pb2_grpc, scan_pb2_grpc
+from hashsvc_client.v1 import admin_pb2_grpc, replica_pb2_grpc, scan_pb2_grpc
 
 from hashsvc import logs
 from hashsvc.config import ServerConfig
@@ -38,6 +38,7 @@ from hashsvc.server.interceptors import CallInterceptor, KeyFile
 from hashsvc.server.observe import ScanObserver
 from hashsvc.server.ports import AddressInUseError
 from hashsvc.server.readiness import ADMIN_SERVICE, SCAN_SERVICE, SERVICES_BY_ROLE
+from hashsvc.server.replicas import REPLICA_SERVICE, ReplicaServicer
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.scan_service import ScanServicer
 from hashsvc.server.streams import ClientWatch
@@ -91,9 +92,11 @@ def create_server(
         )
     if ADMIN_SERVICE in services:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
+    # Every role: the admin service asks each replica what it serves (replicas.py).
+    replica_pb2_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(runtime), server)
     health_pb2_grpc.add_HealthServicer_to_server(runtime.health, server)
     reflection.enable_server_reflection((
-        *services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        *services, REPLICA_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ), server)
     try:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hashsvc.errors import HashsvcError
-from indexer.commands.common import add_command, say, show_progress
+from indexer.commands.common import add_command, home, say, show_progress
 from indexer.evaluation import operating, report
 from indexer.evaluation.hashing import METHODS
 from indexer.evaluation.run import Config, evaluate
@@ -35,8 +37,12 @@ def register(subcommands: Any) -> None:
     parser.add_argument("--negatives", type=Path, action="append", default=[],
                         help="a folder of images distinct from every original: more pairs "
                         "for the false-positive rate and the tail model (repeatable)")
-    parser.add_argument("--out", type=Path, default=Path("evaluation"),
+    parser.add_argument("--out", type=Path,
                         help="output folder (default ./evaluation)")
+    parser.add_argument("--to-home", action="store_true",
+                        help="write into <home>/evaluation instead, replacing the previous "
+                        "report as a whole, where `hashsvc serve` shows it (GetEvaluationReport, "
+                        "the console's Evaluation page)")
     parser.add_argument("--limit", type=int, help="use only the first N originals")
     parser.add_argument("--transformed", type=int, metavar="N",
                         help="apply the transform suite to the first N originals only "
@@ -72,6 +78,9 @@ def _run(args: argparse.Namespace) -> int:
     for folder in args.negatives:
         if not folder.exists():
             raise HashsvcError(f"--negatives {folder}: no such file or folder")
+    if args.to_home and args.out is not None:
+        raise HashsvcError("give --out or --to-home, not both")
+    out: Path = home(args).evaluation_dir if args.to_home else args.out or Path("evaluation")
     config = Config(
         originals=args.originals, negatives=tuple(args.negatives), limit=args.limit,
         list_size=args.list_size, target_per_upload=args.target_per_upload,
@@ -84,19 +93,23 @@ def _run(args: argparse.Namespace) -> int:
     if missing_plots := report.plots_unavailable():
         say(f"warning: plots will not be drawn: {missing_plots}")
     evaluation = evaluate(config)
-    args.out.mkdir(parents=True, exist_ok=True)
+    # To the home: written beside, then swapped in, so the server never reads half a report.
+    written = out.with_name(f"{out.name}.new-{os.getpid()}") if args.to_home else out
+    written.mkdir(parents=True, exist_ok=True)
     summary = report.summarise(evaluation, operating.analyse(evaluation))
-    report.write_json(summary, args.out / "results.json")
+    report.write_json(summary, written / "results.json")
     if args.write_calibration:
         command = "indexer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         data = operating.calibration(summary["operating_point"], evaluation.comparisons,
                                      evaluation.references, command)
         args.write_calibration.write_text(json.dumps(data, indent=1) + "\n")
         say(f"calibration written to {args.write_calibration}")
-    plots = report.plot(summary, args.out)
-    (args.out / "report.md").write_text(report.markdown(summary, plots))
+    plots = report.plot(summary, written)
+    (written / "report.md").write_text(report.markdown(summary, plots))
+    if written != out:
+        _swap_in(written, out)
     say(f"evaluated {summary['originals']:,} originals, {summary['copies']:,} copies, "
-        f"{summary['pairs']:,} pairs in {summary['seconds']:.0f} s: {args.out / 'report.md'}")
+        f"{summary['pairs']:,} pairs in {summary['seconds']:.0f} s: {out / 'report.md'}")
     point = summary["operating_point"]
     for name, method in summary["methods"].items():
         upload = point["methods"][name]
@@ -119,6 +132,16 @@ def _run(args: argparse.Namespace) -> int:
         say(f"{len(summary['errors'])} image(s) could not be evaluated (see the report)")
         return 3
     return 0
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Replace `final` with the folder `new`: two renames, so a reader sees the old report or
+    the new one, and for an instant none (it then answers NOT_FOUND), never a mix."""
+    old = final.with_name(f"{final.name}.old-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _pick(text: str | None, known: dict[str, T], what: str) -> tuple[T, ...]:

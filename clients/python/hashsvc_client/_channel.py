@@ -31,6 +31,9 @@ _SERVICE_CONFIG = json.dumps({
             {"service": "hashsvc.v1.AdminService", "method": "GetIndexStatus"},
             {"service": "hashsvc.v1.AdminService", "method": "ListEntries"},
             {"service": "hashsvc.v1.AdminService", "method": "GetEntry"},
+            {"service": "hashsvc.v1.AdminService", "method": "ListReplicas"},
+            {"service": "hashsvc.v1.AdminService", "method": "GetEvaluationReport"},
+            {"service": "hashsvc.v1.ReplicaService"},
         ],
         "retryPolicy": {
             "maxAttempts": 5,

@@ -16,7 +16,15 @@ from google.protobuf import field_mask_pb2, struct_pb2
 from hashsvc_client import _channel
 from hashsvc_client._channel import HashLike, Target, Tls
 from hashsvc_client.errors import map_rpc_error
-from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc, scan_pb2, scan_pb2_grpc, types_pb2
+from hashsvc_client.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    replica_pb2,
+    replica_pb2_grpc,
+    scan_pb2,
+    scan_pb2_grpc,
+    types_pb2,
+)
 
 T = TypeVar("T")
 ScanItem = tuple[str, bytes | Sequence[HashLike]]
@@ -46,6 +54,7 @@ class Client:
         self.admin_timeout = admin_timeout
         self._scan = scan_pb2_grpc.ScanServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._replica = replica_pb2_grpc.ReplicaServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -278,6 +287,21 @@ class Client:
         """The latest matches in the answering server's audit trail, newest first."""
         return self._call(self._admin.ListRecentMatches,
                           admin_pb2.ListRecentMatchesRequest(limit=limit, bank=bank),
+                          self.timeout)
+
+    def list_replicas(self) -> admin_pb2.ListReplicasResponse:
+        """What this server and each of its `--replicas` serve; unreachable ones are listed."""
+        return self._call(self._admin.ListReplicas, admin_pb2.ListReplicasRequest(),
+                          self.timeout)
+
+    def evaluation_report(self) -> admin_pb2.GetEvaluationReportResponse:
+        """The latest `indexer evaluate --to-home` report (NotFound if none was made)."""
+        return self._call(self._admin.GetEvaluationReport,
+                          admin_pb2.GetEvaluationReportRequest(), self.timeout)
+
+    def serving_status(self) -> replica_pb2.ServingStatus:
+        """The snapshot the server answering serves (public: no key needed)."""
+        return self._call(self._replica.GetServingStatus, replica_pb2.GetServingStatusRequest(),
                           self.timeout)
 
 

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from hashsvc.config import ServerConfig
-from hashsvc.http.console.sessions import Sealer, Session, load_secret
+from hashsvc.http.console.sessions import Sealer, Session, ensure_secret, load_secret
 from hashsvc.http.gateway import Gateway, GatewayError
 from hashsvc.http.problems import HTTP_STATUS
 from hashsvc.store import Store, open_store
@@ -63,7 +63,7 @@ class Console:
     def __init__(self, config: ServerConfig, gateway: Callable[[], Gateway]) -> None:
         self.config = config
         self._gateway = gateway
-        self.sealer = Sealer(load_secret(config.resolved_console_secret_file))
+        self._sealer: Sealer | None = None
         self.session_ttl = config.console_session_ttl
         # An upload (a hash list, an image) may be as large as the largest image accepted, and
         # at least 64 MiB (a million-line hash list); it is held in memory, never spooled.
@@ -74,6 +74,18 @@ class Console:
             trim_blocks=True, lstrip_blocks=True)
         self.templates.globals.update(prefix=PREFIX, nav=NAV,
                                       session_minutes=max(1, round(self.session_ttl / 60)))
+
+    @property
+    def sealer(self) -> Sealer:
+        """Made at the first request, not with the app: `hashsvc serve` creates the secret
+        before its workers start, but an app made elsewhere (a tool listing its routes) must
+        not need one."""
+        if self._sealer is None:
+            path = self.config.resolved_console_secret_file
+            if not path.exists():  # not made by `serve`: no other worker to race with
+                ensure_secret(path)
+            self._sealer = Sealer(load_secret(path))
+        return self._sealer
 
     # ---- calls -----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from hashsvc_client.v1 import replica_pb2 as _replica_pb2
 from hashsvc_client.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -1453,3 +1454,290 @@ class RecentMatch(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecentMatch: _TypeAlias = RecentMatch  # noqa: Y015
+
+@_typing.final
+class ListReplicasRequest(_message.Message):
+    """---- Replicas and the evaluation report ----"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReplicasRequest: _TypeAlias = ListReplicasRequest  # noqa: Y015
+
+@_typing.final
+class ListReplicasResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_REVISION_FIELD_NUMBER: _builtins.int
+    CURRENT_VERSION_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    store_revision: _builtins.int
+    """the store's revision now"""
+    current_version: _builtins.str
+    """the version the snapshot repository names as current"""
+    @_builtins.property
+    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Replica]:
+        """this server first, then each of --replicas in order"""
+
+    def __init__(
+        self,
+        *,
+        store_revision: _builtins.int = ...,
+        current_version: _builtins.str = ...,
+        replicas: _abc.Iterable[Global___Replica] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_version", b"current_version", "replicas", b"replicas", "store_revision", b"store_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReplicasResponse: _TypeAlias = ListReplicasResponse  # noqa: Y015
+
+@_typing.final
+class Replica(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    THIS_SERVER_FIELD_NUMBER: _builtins.int
+    REACHABLE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PENDING_CHANGES_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """host:port asked (this server: its host name)"""
+    this_server: _builtins.bool
+    """the server that answered ListReplicas"""
+    reachable: _builtins.bool
+    error: _builtins.str
+    """why it is unreachable ("" if reachable)"""
+    pending_changes: _builtins.int
+    """Store changes (revisions) its snapshot does not hold: they are served already through the
+    live delta; PublishSnapshot folds them into a new snapshot.
+    """
+    current: _builtins.bool
+    """serves the version the repository names as current"""
+    @_builtins.property
+    def status(self) -> _replica_pb2.ServingStatus:
+        """unset when unreachable"""
+
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        this_server: _builtins.bool = ...,
+        reachable: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        status: _replica_pb2.ServingStatus | None = ...,
+        pending_changes: _builtins.int = ...,
+        current: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "current", b"current", "error", b"error", "pending_changes", b"pending_changes", "reachable", b"reachable", "status", b"status", "this_server", b"this_server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Replica: _TypeAlias = Replica  # noqa: Y015
+
+@_typing.final
+class GetEvaluationReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEvaluationReportRequest: _TypeAlias = GetEvaluationReportRequest  # noqa: Y015
+
+@_typing.final
+class GetEvaluationReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    ORIGINALS_FIELD_NUMBER: _builtins.int
+    COPIES_FIELD_NUMBER: _builtins.int
+    PAIRS_FIELD_NUMBER: _builtins.int
+    TARGET_FPR_FIELD_NUMBER: _builtins.int
+    LIST_SIZE_FIELD_NUMBER: _builtins.int
+    TARGET_PER_UPLOAD_FIELD_NUMBER: _builtins.int
+    METHODS_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    MARKDOWN_FIELD_NUMBER: _builtins.int
+    PLOTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    created_at: _builtins.str
+    """when the evaluation ran (ISO 8601)"""
+    originals: _builtins.int
+    copies: _builtins.int
+    """transformed copies, for recall"""
+    pairs: _builtins.int
+    """ordered pairs of distinct images, for false positives"""
+    target_fpr: _builtins.float
+    """per pair"""
+    list_size: _builtins.int
+    """entries an upload is compared with, for per-upload figures"""
+    target_per_upload: _builtins.float
+    """expected false matches per upload"""
+    markdown: _builtins.str
+    """report.md, whole (its image links name the plots below)"""
+    errors: _builtins.int
+    """images that could not be evaluated"""
+    @_builtins.property
+    def methods(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationMethod]: ...
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationGroup]: ...
+    @_builtins.property
+    def plots(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationPlot]: ...
+    def __init__(
+        self,
+        *,
+        created_at: _builtins.str = ...,
+        originals: _builtins.int = ...,
+        copies: _builtins.int = ...,
+        pairs: _builtins.int = ...,
+        target_fpr: _builtins.float = ...,
+        list_size: _builtins.int = ...,
+        target_per_upload: _builtins.float = ...,
+        methods: _abc.Iterable[Global___EvaluationMethod] | None = ...,
+        groups: _abc.Iterable[Global___EvaluationGroup] | None = ...,
+        markdown: _builtins.str = ...,
+        plots: _abc.Iterable[Global___EvaluationPlot] | None = ...,
+        errors: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copies", b"copies", "created_at", b"created_at", "errors", b"errors", "groups", b"groups", "list_size", b"list_size", "markdown", b"markdown", "methods", b"methods", "originals", b"originals", "pairs", b"pairs", "plots", b"plots", "target_fpr", b"target_fpr", "target_per_upload", b"target_per_upload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEvaluationReportResponse: _TypeAlias = GetEvaluationReportResponse  # noqa: Y015
+
+@_typing.final
+class EvaluationMethod(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    DEFAULT_THRESHOLD_FIELD_NUMBER: _builtins.int
+    RECALL_AT_DEFAULT_FIELD_NUMBER: _builtins.int
+    FALSE_POSITIVE_RATE_AT_DEFAULT_FIELD_NUMBER: _builtins.int
+    FALSE_MATCHES_PER_UPLOAD_AT_DEFAULT_FIELD_NUMBER: _builtins.int
+    THRESHOLD_AT_UPLOAD_TARGET_FIELD_NUMBER: _builtins.int
+    RECALL_AT_UPLOAD_TARGET_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    algorithm: _builtins.str
+    description: _builtins.str
+    default_threshold: _builtins.int
+    recall_at_default: _builtins.float
+    """0-1, all copies"""
+    false_positive_rate_at_default: _builtins.float
+    """per pair"""
+    false_matches_per_upload_at_default: _builtins.float
+    threshold_at_upload_target: _builtins.int
+    """-1: no threshold meets the target"""
+    recall_at_upload_target: _builtins.float
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        algorithm: _builtins.str = ...,
+        description: _builtins.str = ...,
+        default_threshold: _builtins.int = ...,
+        recall_at_default: _builtins.float = ...,
+        false_positive_rate_at_default: _builtins.float = ...,
+        false_matches_per_upload_at_default: _builtins.float = ...,
+        threshold_at_upload_target: _builtins.int = ...,
+        recall_at_upload_target: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "default_threshold", b"default_threshold", "description", b"description", "false_matches_per_upload_at_default", b"false_matches_per_upload_at_default", "false_positive_rate_at_default", b"false_positive_rate_at_default", "name", b"name", "recall_at_default", b"recall_at_default", "recall_at_upload_target", b"recall_at_upload_target", "threshold_at_upload_target", b"threshold_at_upload_target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationMethod: _TypeAlias = EvaluationMethod  # noqa: Y015
+
+@_typing.final
+class EvaluationGroup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RecallAtDefaultEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RECALL_AT_DEFAULT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """a group of transforms (re-encode, crop, ...)"""
+    @_builtins.property
+    def recall_at_default(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """method name -> recall 0-1"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        recall_at_default: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "recall_at_default", b"recall_at_default"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationGroup: _TypeAlias = EvaluationGroup  # noqa: Y015
+
+@_typing.final
+class EvaluationPlot(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PNG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """the file name report.md links to, e.g. recall_vs_fpr.png"""
+    png: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        png: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "png", b"png"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationPlot: _TypeAlias = EvaluationPlot  # noqa: Y015

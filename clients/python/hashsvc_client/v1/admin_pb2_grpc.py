@@ -114,6 +114,16 @@ class AdminServiceStub:
                 request_serializer=hashsvc_dot_v1_dot_admin__pb2.ListRecentMatchesRequest.SerializeToString,
                 response_deserializer=hashsvc_dot_v1_dot_admin__pb2.ListRecentMatchesResponse.FromString,
                 _registered_method=True)
+        self.ListReplicas = channel.unary_unary(
+                '/hashsvc.v1.AdminService/ListReplicas',
+                request_serializer=hashsvc_dot_v1_dot_admin__pb2.ListReplicasRequest.SerializeToString,
+                response_deserializer=hashsvc_dot_v1_dot_admin__pb2.ListReplicasResponse.FromString,
+                _registered_method=True)
+        self.GetEvaluationReport = channel.unary_unary(
+                '/hashsvc.v1.AdminService/GetEvaluationReport',
+                request_serializer=hashsvc_dot_v1_dot_admin__pb2.GetEvaluationReportRequest.SerializeToString,
+                response_deserializer=hashsvc_dot_v1_dot_admin__pb2.GetEvaluationReportResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -240,6 +250,24 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReplicas(self, request, context):
+        """Replicas and the evaluation report.
+        What each replica serves: this server and every one `--replicas` names, asked in parallel
+        (ReplicaService.GetServingStatus, `--replica-timeout` each); one that does not answer is
+        listed as unreachable, the call still succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvaluationReport(self, request, context):
+        """The latest `indexer evaluate --to-home` report (the `--evaluation-report` directory): its
+        figures, its Markdown and its plots. NOT_FOUND if none was made.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -322,6 +350,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListRecentMatches,
                     request_deserializer=hashsvc_dot_v1_dot_admin__pb2.ListRecentMatchesRequest.FromString,
                     response_serializer=hashsvc_dot_v1_dot_admin__pb2.ListRecentMatchesResponse.SerializeToString,
+            ),
+            'ListReplicas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReplicas,
+                    request_deserializer=hashsvc_dot_v1_dot_admin__pb2.ListReplicasRequest.FromString,
+                    response_serializer=hashsvc_dot_v1_dot_admin__pb2.ListReplicasResponse.SerializeToString,
+            ),
+            'GetEvaluationReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvaluationReport,
+                    request_deserializer=hashsvc_dot_v1_dot_admin__pb2.GetEvaluationReportRequest.FromString,
+                    response_serializer=hashsvc_dot_v1_dot_admin__pb2.GetEvaluationReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -756,6 +794,60 @@ class AdminService:
             '/hashsvc.v1.AdminService/ListRecentMatches',
             hashsvc_dot_v1_dot_admin__pb2.ListRecentMatchesRequest.SerializeToString,
             hashsvc_dot_v1_dot_admin__pb2.ListRecentMatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReplicas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashsvc.v1.AdminService/ListReplicas',
+            hashsvc_dot_v1_dot_admin__pb2.ListReplicasRequest.SerializeToString,
+            hashsvc_dot_v1_dot_admin__pb2.ListReplicasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvaluationReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashsvc.v1.AdminService/GetEvaluationReport',
+            hashsvc_dot_v1_dot_admin__pb2.GetEvaluationReportRequest.SerializeToString,
+            hashsvc_dot_v1_dot_admin__pb2.GetEvaluationReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

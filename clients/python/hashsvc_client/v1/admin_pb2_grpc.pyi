@@ -85,6 +85,16 @@ class AdminServiceStub:
     an image. Only the trail of the server that answers (a scan replica elsewhere keeps its
     own), and only banks the caller's key may see.
     """
+    ListReplicas: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListReplicasRequest, _admin_pb2.ListReplicasResponse]
+    """Replicas and the evaluation report.
+    What each replica serves: this server and every one `--replicas` names, asked in parallel
+    (ReplicaService.GetServingStatus, `--replica-timeout` each); one that does not answer is
+    listed as unreachable, the call still succeeds.
+    """
+    GetEvaluationReport: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetEvaluationReportRequest, _admin_pb2.GetEvaluationReportResponse]
+    """The latest `indexer evaluate --to-home` report (the `--evaluation-report` directory): its
+    figures, its Markdown and its plots. NOT_FOUND if none was made.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -135,6 +145,16 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """The most recent matches in this server's audit trail, newest first: hashes and ids, never
     an image. Only the trail of the server that answers (a scan replica elsewhere keeps its
     own), and only banks the caller's key may see.
+    """
+    ListReplicas: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListReplicasRequest, _admin_pb2.ListReplicasResponse]  # type: ignore[assignment]
+    """Replicas and the evaluation report.
+    What each replica serves: this server and every one `--replicas` names, asked in parallel
+    (ReplicaService.GetServingStatus, `--replica-timeout` each); one that does not answer is
+    listed as unreachable, the call still succeeds.
+    """
+    GetEvaluationReport: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetEvaluationReportRequest, _admin_pb2.GetEvaluationReportResponse]  # type: ignore[assignment]
+    """The latest `indexer evaluate --to-home` report (the `--evaluation-report` directory): its
+    figures, its Markdown and its plots. NOT_FOUND if none was made.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -279,6 +299,28 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """The most recent matches in this server's audit trail, newest first: hashes and ids, never
         an image. Only the trail of the server that answers (a scan replica elsewhere keeps its
         own), and only banks the caller's key may see.
+        """
+
+    @_abc_1.abstractmethod
+    def ListReplicas(
+        self,
+        request: _admin_pb2.ListReplicasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListReplicasResponse, _abc.Awaitable[_admin_pb2.ListReplicasResponse]]:
+        """Replicas and the evaluation report.
+        What each replica serves: this server and every one `--replicas` names, asked in parallel
+        (ReplicaService.GetServingStatus, `--replica-timeout` each); one that does not answer is
+        listed as unreachable, the call still succeeds.
+        """
+
+    @_abc_1.abstractmethod
+    def GetEvaluationReport(
+        self,
+        request: _admin_pb2.GetEvaluationReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetEvaluationReportResponse, _abc.Awaitable[_admin_pb2.GetEvaluationReportResponse]]:
+        """The latest `indexer evaluate --to-home` report (the `--evaluation-report` directory): its
+        figures, its Markdown and its plots. NOT_FOUND if none was made.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
