@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from hashsvc.config import ServerConfig
 from hashsvc.http import console
 from hashsvc.http.api import api_routes
+from hashsvc.http.bodies import BodyLimits, Refused
 from hashsvc.http.gateway import Gateway
 from hashsvc.http.problems import problem
 
@@ -46,9 +47,10 @@ class _GatewayHolder:
 
 
 def create_app(config: ServerConfig, grpc_target: str) -> Starlette:
-    max_body = config.max_image_bytes + _BODY_OVERHEAD
-    gateway = _GatewayHolder(grpc_target, max_body)
-    routes: list[BaseRoute] = list(api_routes(gateway, max_body))
+    limits = BodyLimits(max_bytes=config.max_image_bytes + _BODY_OVERHEAD,
+                        idle_seconds=config.client_idle_timeout)
+    gateway = _GatewayHolder(grpc_target, limits.max_bytes)
+    routes: list[BaseRoute] = list(api_routes(gateway, limits))
     if config.role != "scan":
         routes.append(Mount("/console", routes=console.routes(config, gateway)))
         routes.append(Route("/", lambda _request: RedirectResponse("/console/"),
@@ -58,10 +60,21 @@ def create_app(config: ServerConfig, grpc_target: str) -> Starlette:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such path, a method the path does not have) as problem
+    documents, counted like the API's other refusals; a 405 keeps its `Allow` header."""
     assert isinstance(exc, HTTPException)
-    code = {404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED}.get(
-        exc.status_code, grpc.StatusCode.INVALID_ARGUMENT)
-    return problem(code, str(exc.detail), status=exc.status_code, instance=request.url.path)
+    if exc.status_code == 404:
+        response = Refused(404, f"no route {request.url.path}; the API is under /v1",
+                           "not_found").response(request.url.path)
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        response = Refused(405, f"{request.method} is not allowed on {request.url.path}; "
+                           f"allowed: {allowed}", "method").response(request.url.path)
+        response.headers["Allow"] = allowed
+    else:
+        response = problem(grpc.StatusCode.INVALID_ARGUMENT, str(exc.detail),
+                           status=exc.status_code, instance=request.url.path)
+    return response
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
