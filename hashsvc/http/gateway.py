@@ -64,7 +64,7 @@ class Gateway:
         await self._channel.close()
 
     async def call(self, service: str, method: str, request: Message, response_type: type[Message],
-                   key: str | None, peer: str) -> Message:
+                   key: str | None, peer: str = "") -> Message:
         path = f"/{SERVICES[service]}/{method}"
         callable_ = self._unary.get(path)
         if callable_ is None:
@@ -78,7 +78,7 @@ class Gateway:
         return response
 
     async def stream(self, service: str, method: str, requests: Iterable[Message],
-                     response_type: type[Message], key: str | None, peer: str) -> Message:
+                     response_type: type[Message], key: str | None, peer: str = "") -> Message:
         """A client-streaming call (AddEntries and friends): the requests, then one answer."""
         path = f"/{SERVICES[service]}/{method}"
         callable_ = self._streams.get(path)
@@ -103,7 +103,7 @@ def _serialize(message: Message) -> bytes:
 
 
 def _metadata(key: str | None, peer: str) -> tuple[tuple[str, str], ...]:
-    sent = ((HTTP_PEER_METADATA, peer),)
+    sent = ((HTTP_PEER_METADATA, peer),) if peer else ()
     return (("authorization", f"Bearer {key}"), *sent) if key else sent
 
 
