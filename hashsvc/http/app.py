@@ -10,9 +10,11 @@ from contextlib import asynccontextmanager
 import grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hashsvc.config import ServerConfig
 from hashsvc.http import console
@@ -46,6 +48,32 @@ class _GatewayHolder:
             await self._gateway.close()
 
 
+class _InFlightLimit:
+    """At most `limit` HTTP requests in progress in this worker; the next gets 429 at once.
+
+    Why: a request's body is read into memory before its gRPC call is admitted, so without a
+    cap many slow uploads could each hold up to the body limit. Twice `max_concurrent_rpcs`:
+    enough for the next bodies to arrive while admitted calls run. One event loop: no lock."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self._app, self._limit, self._in_flight = app, limit, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        if self._in_flight >= self._limit:
+            refused = Refused(429, f"{self._limit} HTTP requests in progress (twice "
+                              "max_concurrent_rpcs); retry with backoff", "busy")
+            await refused.response(scope["path"])(scope, receive, send)
+            return
+        self._in_flight += 1
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self._in_flight -= 1
+
+
 def create_app(config: ServerConfig, grpc_target: str) -> Starlette:
     limits = BodyLimits(max_bytes=config.max_image_bytes + _BODY_OVERHEAD,
                         idle_seconds=config.client_idle_timeout)
@@ -56,7 +84,8 @@ def create_app(config: ServerConfig, grpc_target: str) -> Starlette:
         routes.append(Route("/", lambda _request: RedirectResponse("/console/"),
                             include_in_schema=False))
     return Starlette(routes=routes, lifespan=gateway.lifespan, exception_handlers={
-        HTTPException: _http_error, Exception: _server_error})
+        HTTPException: _http_error, Exception: _server_error},
+        middleware=[Middleware(_InFlightLimit, limit=2 * config.max_concurrent_rpcs)])
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

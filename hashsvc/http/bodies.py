@@ -24,7 +24,8 @@ JSON_TYPES = ("application/json",)
 IMAGE_TYPES_HINT = "image/* or application/octet-stream, or multipart/form-data"
 _MAX_FORM_FIELDS = 32
 _CODES = {404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED,
-          408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED}
+          408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+          429: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 class Refused(Exception):

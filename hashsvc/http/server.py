@@ -2,12 +2,19 @@
 
 With several workers each binds the HTTP port with SO_REUSEPORT, like the gRPC port, and the
 supervisor reserves it first so that port 0 means one port for all (see server/ports.py).
+
+Same transport security as the gRPC port: with --tls-cert/--tls-key it serves HTTPS with that
+certificate, and with --tls-client-ca it requires a client certificate signed by that CA.
+Slow clients are bounded: an idle keep-alive connection is closed after 5 s, a body that stops
+arriving for --client-idle-timeout gets 408 (bodies.py), and requests in progress are capped
+(app.py). `stop` drains: the port closes at once, requests in progress get `grace` seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 
@@ -25,14 +32,19 @@ START_TIMEOUT = 60.0
 
 class HttpServer:
     def __init__(self, config: ServerConfig, grpc_target: str, *, reuse_port: bool,
-                 private: PrivateSocket | None = None) -> None:
+                 private: PrivateSocket | None = None, grace: float = 20.0) -> None:
         self._private = private
         self._listen = config.resolved_http_listen
         self._socket = _bind(self._listen, reuse_port=reuse_port)
         self.port = int(self._socket.getsockname()[1])
+        self._grace = grace
         self._server = uvicorn.Server(uvicorn.Config(
             create_app(config, grpc_target), log_config=None, access_log=False,
-            server_header=False, timeout_graceful_shutdown=5, lifespan="on"))
+            server_header=False, timeout_graceful_shutdown=int(grace), lifespan="on",
+            timeout_keep_alive=5, ssl_certfile=_tls(config),
+            ssl_keyfile=str(config.tls_key) if config.tls_key else None,
+            ssl_ca_certs=str(config.tls_client_ca) if config.tls_client_ca else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if config.tls_client_ca else ssl.CERT_NONE))
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
 
     def start(self) -> int:
@@ -46,13 +58,22 @@ class HttpServer:
 
     def stop(self) -> None:
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=self._grace + 5)
         self._socket.close()
         if self._private is not None:
             self._private.close()
 
     def _run(self) -> None:
         self._server.run(sockets=[self._socket])
+
+
+def _tls(config: ServerConfig) -> str | None:
+    """The certificate file, if TLS is on (checked as for the gRPC port)."""
+    if config.tls_cert is None:
+        return None
+    if config.tls_key is None:
+        raise HashsvcError("--tls-cert needs --tls-key")
+    return str(config.tls_cert)
 
 
 def _bind(listen: str, *, reuse_port: bool) -> socket.socket:
