@@ -141,6 +141,8 @@ def _json_documents(route: Route, raw: bytes) -> list[dict[str, Any]]:
         document: Any = json.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError) as err:
         raise Refused(400, f"the body is not JSON: {err}", "bad_request") from None
+    except RecursionError:
+        raise Refused(400, "the body's JSON is nested too deeply", "bad_request") from None
     items = document if route.streaming and isinstance(document, list) else [document]
     if not items:
         raise Refused(400, "the body is an empty array: give at least one item", "bad_request")
@@ -166,6 +168,8 @@ def _parse(route: Route, document: dict[str, Any], position: int, count: int) ->
     except json_format.ParseError as err:
         where = f"item {position}: " if count > 1 else ""
         raise Refused(400, f"{where}{_readable(str(err))}", "bad_request") from None
+    except RecursionError:
+        raise Refused(400, "the body's JSON is nested too deeply", "bad_request") from None
     return message
 
 
