@@ -7,14 +7,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import queue
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from hashsvc_client import Client
+from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc
 from PIL import Image
 
+from hashsvc.http.gateway import HTTP_PEER_METADATA
 from tests.http_client import http
 from tests.server_process import ServerProcess
 from tests.test_admission import HeldStream
@@ -146,3 +150,41 @@ def test_dashboards_group_the_request_metrics_by_protocol() -> None:
                    if "hashsvc_request" in target["expr"]
                    and "in_flight" not in target["expr"]]
     assert expressions and all("protocol" in expression for expression in expressions)
+
+
+def test_stream_limits_count_each_http_client_not_the_gateways_one_connection(
+        tmp_path: Path) -> None:
+    """Streams opened through the gateway's socket as three HTTP clients would be: with one
+    stream per connection and two per key, the one refused is refused for the key. Were every
+    HTTP client one connection (the gateway's), the second stream counted would be refused
+    for the connection instead."""
+    home = tmp_path / "home"
+    _seed_bridge_bank(home)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(tmp_path))
+        server = ServerProcess(home, "--max-streams-per-key", "2",
+                               "--max-streams-per-connection", "1")
+    with server:
+        (socket_path,) = tmp_path.glob("hashsvc-gateway-*/grpc.sock")
+        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            outboxes: list[queue.Queue[admin_pb2.AddEntriesRequest | None]] = []
+            calls = []
+            for client in range(3):
+                outbox: queue.Queue[admin_pb2.AddEntriesRequest | None] = queue.Queue()
+                outbox.put(admin_pb2.AddEntriesRequest(bank="bridge"))
+                outboxes.append(outbox)
+                calls.append(stub.AddEntries.future(
+                    iter(outbox.get, None), timeout=120, metadata=(
+                        ("authorization", f"Bearer {server.keys['admin']}"),
+                        (HTTP_PEER_METADATA, f"192.0.2.{client}:4000"))))
+            deadline = time.monotonic() + 60  # a hang guard: a refusal comes at once
+            while not any(call.done() for call in calls):
+                assert time.monotonic() < deadline, "no stream was refused"
+                time.sleep(0.05)
+            for refused in [call for call in calls if call.done()]:
+                assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "max_streams_per_key" in refused.details(), refused.details()
+            for outbox in outboxes:
+                outbox.put(None)
+            assert [call.code() for call in calls].count(grpc.StatusCode.OK) == 2
