@@ -89,51 +89,63 @@ def _peer(request: Request) -> str:
 async def request_messages(route: Route, request: Request, limits: BodyLimits) -> list[Message]:
     """The request as the gRPC call's message(s): one, or a stream's items in order."""
     descriptor = cast(Descriptor, route.request.DESCRIPTOR)
-    media = media_type(request)
-    path = {route.field_of(name): value for name, value in request.path_params.items()}
+    image: bytes | None = None
     if route.body == "json":
         if request.query_params:
             name = next(iter(request.query_params))
             raise Refused(400, f"unknown query parameter {name!r}: this route takes a JSON body",
                           "bad_request")
+        media = media_type(request)
         if media and not is_json(media):
             raise unsupported(media, "application/json")
         documents = _json_documents(route, await read_body(request, limits))
     else:
         params = list(request.query_params.multi_items())
-        image: bytes | None = None
         if route.body == "image":
-            body = await read_body(request, limits)
-            if media == "multipart/form-data":
-                image, fields = form_parts(body, request.headers["content-type"], IMAGE_FIELD)
-                if image is None:
-                    raise Refused(400, f"the form has no field {IMAGE_FIELD!r} with the image",
-                                  "bad_request")
-                params += fields
-            elif is_image(media):
-                image = body
-            else:
-                raise unsupported(media, IMAGE_TYPES_HINT)
+            image, fields = await _image(request, limits)
+            params += fields
         document = params_to_json(descriptor, params)
         if image is not None and IMAGE_FIELD in document:
             raise Refused(400, f"{IMAGE_FIELD!r} is the body, not a parameter", "bad_request")
         documents = [document]
+    _set_path_params(route, request, descriptor, documents[0])
+    messages = [_parse(route, document, n, len(documents)) for n, document in
+                enumerate(documents)]
+    if image is not None:
+        messages[0].image = image  # type: ignore[attr-defined]
+    return messages
+
+
+async def _image(request: Request, limits: BodyLimits) -> tuple[bytes, list[tuple[str, str]]]:
+    """An image route's image, and the form's other fields (none for a raw body)."""
+    media = media_type(request)
+    if media != "multipart/form-data" and not is_image(media):
+        raise unsupported(media, IMAGE_TYPES_HINT)  # before a byte of the body is read
+    body = await read_body(request, limits)
+    if media != "multipart/form-data":
+        return body, []
+    image, fields = form_parts(body, request.headers["content-type"], IMAGE_FIELD)
+    if image is None:
+        raise Refused(400, f"the form has no field {IMAGE_FIELD!r} with the image",
+                      "bad_request")
+    return image, fields
+
+
+def _set_path_params(route: Route, request: Request, descriptor: Descriptor,
+                     document: dict[str, Any]) -> None:
+    """Each path parameter into the field it names (on a stream's first item); a malformed
+    one, or one the request gives again, is refused naming it."""
     for param, value in request.path_params.items():
+        name = route.field_of(param)
         try:
-            json_format.ParseDict({route.field_of(param): value}, route.request())
+            json_format.ParseDict({name: value}, route.request())
         except json_format.ParseError as err:
             raise Refused(400, f"path parameter {param!r}: {_readable(str(err))}",
                           "bad_request") from None
-    for name, value in path.items():
-        if name in documents[0] or descriptor.fields_by_name[name].json_name in documents[0]:
+        if name in document or descriptor.fields_by_name[name].json_name in document:
             raise Refused(400, f"{name!r} is given by the path; leave it out of the request",
                           "bad_request")
-        documents[0][name] = value
-    messages = [_parse(route, document, n, len(documents)) for n, document in
-                enumerate(documents)]
-    if route.body == "image":
-        messages[0].image = image  # type: ignore[attr-defined]
-    return messages
+        document[name] = value
 
 
 def _json_documents(route: Route, raw: bytes) -> list[dict[str, Any]]:
