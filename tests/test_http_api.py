@@ -255,3 +255,18 @@ def test_the_http_api_is_off_on_scan_replicas_unless_asked(
         tmp_path: Path, role: str, flag: str, expected: str) -> None:
     config = ServerConfig(home=tmp_path, role=role, http_listen=flag)
     assert config.resolved_http_listen == expected
+
+
+def test_a_scan_replica_asked_for_http_scans_and_has_no_admin_routes_or_console(
+        tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _seed_bridge_bank(home)
+    with ServerProcess(home, "--role", "scan") as replica:
+        base = _base(replica)
+        answer = http(base, "POST", "/v1/scan/hashes", key=replica.keys["scanner"],
+                      json_body={"hashes": [{"algorithm": "ALGORITHM_PDQ", "hex": BRIDGE_HEX}]})
+        assert answer.status == 200 and answer.json()["result"]["matched"] is True
+        # The admin routes exist in the table, but no AdminService answers them here.
+        _problem(http(base, "GET", "/v1/banks", key=replica.keys["admin"]), 404,
+                 "UNIMPLEMENTED")
+        _problem(http(base, "GET", "/console/"), 404, "NOT_FOUND")
