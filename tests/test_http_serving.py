@@ -80,6 +80,17 @@ def test_a_body_that_stops_arriving_gets_408(server: ServerProcess) -> None:
     assert "--client-idle-timeout" in json.loads(body)["detail"]
 
 
+@pytest.mark.parametrize("sent", [b"", b"POST /v1/scan/hashes HTTP/1.1\r\nHost: te"])
+def test_a_connection_whose_headers_do_not_arrive_is_closed(server: ServerProcess,
+                                                            sent: bytes) -> None:
+    """Nothing, or headers that stop half-way (slowloris): closed after --client-idle-timeout
+    (1 s here), without an answer. The socket timeout is only a hang guard."""
+    assert server.http_port is not None
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=60) as connection:
+        connection.sendall(sent)
+        assert connection.recv(1024) == b""  # closed by the server
+
+
 def test_requests_in_progress_are_capped_at_twice_the_admission_slots(
         server: ServerProcess) -> None:
     assert server.http_port is not None
