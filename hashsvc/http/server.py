@@ -72,6 +72,18 @@ class HttpServer:
         self._server.run(sockets=[self._socket])
 
 
+class _NoColourCodes(logging.Filter):
+    """uvicorn puts a copy of each message with ANSI colour codes in `color_message`; in the
+    JSON log lines (hashsvc/logs.py) that is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True
+
+
+logging.getLogger("uvicorn.error").addFilter(_NoColourCodes())
+
+
 class _HeaderDeadline(H11Protocol):
     """uvicorn's HTTP/1.1 protocol, with a deadline for each request's headers.
 
