@@ -66,11 +66,12 @@ HTTP_REFUSED = Counter(
     "HTTP requests the HTTP/JSON API refused itself, before any gRPC call (those are counted in "
     "hashsvc_requests_total): bad_request (400: not JSON, unknown field, wrong type), not_found "
     "(404: no such path), method (405), timeout (408: the body stopped arriving), too_large "
-    "(413), media_type (415: wrong Content-Type), busy (429: too many HTTP requests in progress)",
+    "(413), media_type (415: wrong Content-Type), busy (429: too many HTTP requests in "
+    "progress), disconnected (the client went away while sending its body)",
     ["reason"],
 )
 for _reason in ("bad_request", "not_found", "method", "timeout", "too_large", "media_type",
-                "busy"):
+                "busy", "disconnected"):
     HTTP_REFUSED.labels(_reason)  # exported as 0 from the start
 IN_FLIGHT = Gauge(
     "hashsvc_requests_in_flight", "Scan and admin calls in progress", multiprocess_mode="livesum"

@@ -80,6 +80,23 @@ def test_a_body_that_stops_arriving_gets_408(server: ServerProcess) -> None:
     assert "--client-idle-timeout" in json.loads(body)["detail"]
 
 
+def test_a_client_gone_mid_body_is_counted_not_logged_as_an_error(server: ServerProcess) -> None:
+    assert server.http_port is not None
+    before = _value(_samples(server.scrape()), "hashsvc_http_refused_total",
+                    reason="disconnected")
+    held = HeldRequest(server.http_port, server.keys["scanner"])
+    held.sock.sendall(SCAN[:10])
+    held.reader.close()
+    held.sock.close()
+    deadline = time.monotonic() + 60  # a hang guard: the server notices at once
+    while _value(_samples(server.scrape()), "hashsvc_http_refused_total",
+                 reason="disconnected") == before:
+        assert time.monotonic() < deadline, "the disconnect was never counted"
+        time.sleep(0.05)
+    assert "HTTP request failed" not in server.log
+    assert "Traceback" not in server.log
+
+
 @pytest.mark.parametrize("sent", [b"", b"POST /v1/scan/hashes HTTP/1.1\r\nHost: te"])
 def test_a_connection_whose_headers_do_not_arrive_is_closed(server: ServerProcess,
                                                             sent: bytes) -> None:

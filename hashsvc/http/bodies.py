@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from hashsvc import metrics
@@ -25,7 +25,7 @@ IMAGE_TYPES_HINT = "image/* or application/octet-stream, or multipart/form-data"
 _MAX_FORM_FIELDS = 32
 _CODES = {404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED,
           408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-          429: grpc.StatusCode.RESOURCE_EXHAUSTED}
+          429: grpc.StatusCode.RESOURCE_EXHAUSTED, 499: grpc.StatusCode.CANCELLED}
 
 
 class Refused(Exception):
@@ -77,6 +77,9 @@ async def read_body(request: Request, limits: BodyLimits) -> bytes:
         except TimeoutError:
             raise Refused(408, f"the request body stopped arriving for {limits.idle_seconds:g} s "
                           "(--client-idle-timeout)", "timeout") from None
+        except ClientDisconnect:  # an everyday event, not a server error to log with a trace
+            raise Refused(499, "the client went away before its body arrived",
+                          "disconnected") from None
         if chunk is None:
             return b"".join(chunks)
         size += len(chunk)
