@@ -42,7 +42,10 @@ def api_routes(gateway: Callable[[], Gateway], limits: BodyLimits) -> list[Starl
     gateway is made inside the serving event loop, after the app)."""
     by_path: dict[str, dict[str, Route]] = {}
     for route in ROUTES:
-        by_path.setdefault(route.path, {})[route.http_method] = route
+        methods = by_path.setdefault(route.path, {})
+        if route.http_method in methods:
+            raise ValueError(f"two routes for {route.http_method} {route.path}")
+        methods[route.http_method] = route
     return [StarletteRoute(path, _endpoint(methods, gateway, limits), methods=list(methods),
                            name=" ".join(route.operation_id for route in methods.values()))
             for path, methods in by_path.items()]
