@@ -374,8 +374,7 @@ class _Recorder:
     def __init__(self, method: str) -> None:
         self.method = method
         self.short = method.rsplit("/", 1)[-1]
-        self.seconds = {name: metrics.REQUEST_SECONDS.labels(self.short, name)
-                        for name in ("grpc", "http")}
+        self.seconds: dict[str, Any] = {}  # protocol -> labelled histogram
         self.counters: dict[tuple[str, str], Any] = {}  # (code name, protocol) -> counter
 
     def __call__(
@@ -393,7 +392,10 @@ class _Recorder:
             counter = self.counters[code_name, over] = metrics.REQUESTS.labels(
                 self.short, code_name, over)
         counter.inc()
-        self.seconds[over].observe(seconds)
+        histogram = self.seconds.get(over)
+        if histogram is None:
+            histogram = self.seconds[over] = metrics.REQUEST_SECONDS.labels(self.short, over)
+        histogram.observe(seconds)
         if code is grpc.StatusCode.UNKNOWN:
             level = logging.ERROR
         elif code is grpc.StatusCode.OK:
