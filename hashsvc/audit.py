@@ -59,10 +59,14 @@ class AuditLog:
             os.write(self._fd, line)
 
     def scan(
-        self, *, method: str, request_id: str, caller: str, result: ScanResult
+        self, *, method: str, request_id: str, caller: str, result: ScanResult,
+        protocol: str = "grpc",
     ) -> None:
+        """`protocol` "http": the scan came through the HTTP/JSON API, and the record says so
+        (records of gRPC scans are unchanged)."""
         if not (result.matches or self.all_scans):  # quarantined matches are audited too
             return
+        over = {"protocol": protocol} if protocol != "grpc" else {}
         self.write({
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
             "event": "scan",
@@ -74,6 +78,7 @@ class AuditLog:
             "hashes": {c.hash.algorithm: c.hash.hex for c in result.hashes},
             "matches": _matches(result.matches),
             "suppressed_by_allowlist": _matches(result.suppressed),
+            **over,
         })
 
     def event(self, event: str, *, caller: str, **fields: Any) -> None:

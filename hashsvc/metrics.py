@@ -19,12 +19,16 @@ from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+# `protocol`: "grpc", or "http" for the calls the HTTP/JSON API makes on its clients' behalf.
 REQUESTS = Counter(
-    "hashsvc_requests_total", "gRPC calls handled, by method and status code", ["method", "code"]
+    "hashsvc_requests_total",
+    "Scan and admin calls handled, by gRPC method, status code and protocol (grpc, http)",
+    ["method", "code", "protocol"],
 )
 REQUEST_SECONDS = Histogram(
-    "hashsvc_request_duration_seconds", "Whole-call latency, by method", ["method"],
-    buckets=_LATENCY,
+    "hashsvc_request_duration_seconds",
+    "Whole-call latency, by gRPC method and protocol (grpc, http: the gRPC call the HTTP request "
+    "became, not the HTTP request's own)", ["method", "protocol"], buckets=_LATENCY,
 )
 STAGE_SECONDS = Histogram(
     "hashsvc_stage_duration_seconds", "Time in each scan stage: decode, hash, search", ["stage"],
@@ -57,6 +61,18 @@ FLOOD_QUARANTINED_MATCHES = Counter(
     "hashsvc_flood_quarantined_matches_total",
     "Matches reported QUARANTINED (not making a scan matched), by bank", ["bank"],
 )
+HTTP_REFUSED = Counter(
+    "hashsvc_http_refused_total",
+    "HTTP requests the HTTP/JSON API refused itself, before any gRPC call (those are counted in "
+    "hashsvc_requests_total): bad_request (400: not JSON, unknown field, wrong type), not_found "
+    "(404: no such path), method (405), timeout (408: the body stopped arriving), too_large "
+    "(413), media_type (415: wrong Content-Type), busy (429: too many HTTP requests in "
+    "progress), disconnected (the client went away while sending its body)",
+    ["reason"],
+)
+for _reason in ("bad_request", "not_found", "method", "timeout", "too_large", "media_type",
+                "busy", "disconnected"):
+    HTTP_REFUSED.labels(_reason)  # exported as 0 from the start
 IN_FLIGHT = Gauge(
     "hashsvc_requests_in_flight", "Scan and admin calls in progress", multiprocess_mode="livesum"
 )

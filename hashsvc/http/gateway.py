@@ -21,6 +21,10 @@ SERVICES = {"scan": "hashsvc.v1.ScanService", "admin": "hashsvc.v1.AdminService"
             "replica": "hashsvc.v1.ReplicaService"}
 # The peer the gRPC server sees for calls that came in over HTTP (see interceptors.py).
 GATEWAY_PEER_PREFIX = "unix:"
+# The HTTP client's address, sent with each call so that limits per connection apply to each
+# HTTP client rather than to the gateway's one channel. Trusted only from GATEWAY_PEER_PREFIX
+# peers: only this process can connect there.
+HTTP_PEER_METADATA = "x-hashsvc-http-peer"
 
 
 class PrivateSocket:
@@ -61,7 +65,7 @@ class Gateway:
         await self._channel.close()
 
     async def call(self, service: str, method: str, request: Message, response_type: type[Message],
-                   key: str | None) -> Message:
+                   key: str | None, peer: str = "") -> Message:
         path = f"/{SERVICES[service]}/{method}"
         callable_ = self._unary.get(path)
         if callable_ is None:
@@ -69,13 +73,13 @@ class Gateway:
                 path, request_serializer=_serialize,
                 response_deserializer=response_type.FromString)
         try:
-            response: Message = await callable_(request, metadata=_metadata(key))
+            response: Message = await callable_(request, metadata=_metadata(key, peer))
         except grpc.aio.AioRpcError as err:
             raise _error(err) from None
         return response
 
     async def stream(self, service: str, method: str, requests: Iterable[Message],
-                     response_type: type[Message], key: str | None) -> Message:
+                     response_type: type[Message], key: str | None, peer: str = "") -> Message:
         """A client-streaming call (AddEntries and friends): the requests, then one answer."""
         path = f"/{SERVICES[service]}/{method}"
         callable_ = self._streams.get(path)
@@ -89,7 +93,7 @@ class Gateway:
                 yield request
 
         try:
-            response: Message = await callable_(each(), metadata=_metadata(key))
+            response: Message = await callable_(each(), metadata=_metadata(key, peer))
         except grpc.aio.AioRpcError as err:
             raise _error(err) from None
         return response
@@ -99,8 +103,9 @@ def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
-def _metadata(key: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {key}"),) if key else ()
+def _metadata(key: str | None, peer: str) -> tuple[tuple[str, str], ...]:
+    sent = ((HTTP_PEER_METADATA, peer),) if peer else ()
+    return (("authorization", f"Bearer {key}"), *sent) if key else sent
 
 
 def _error(err: grpc.aio.AioRpcError) -> GatewayError:

@@ -37,7 +37,7 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 TITLES: dict[int, str] = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
+    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
     415: "Unsupported Media Type", 422: "Unprocessable Content", 429: "Too Many Requests",
     499: "Client Closed Request", 500: "Internal Server Error", 503: "Service Unavailable",
     504: "Gateway Timeout",

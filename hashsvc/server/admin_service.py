@@ -305,7 +305,7 @@ class AdminServicer(ActivityServicer):
                                               released_at=released.released_at,
                                               store_revision=released.revision)
 
-    # ---- h17-ops-b: replicas and the evaluation report -----------------------------------------
+    # ---- replicas and the evaluation report -----------------------------------------------
 
     def ListReplicas(
         self, request: admin_pb2.ListReplicasRequest, context: grpc.ServicerContext

@@ -29,6 +29,7 @@ import grpc
 
 from hashsvc import metrics
 from hashsvc.errors import HashsvcError
+from hashsvc.http.gateway import GATEWAY_PEER_PREFIX, HTTP_PEER_METADATA
 from hashsvc.keys import KeyRing
 from hashsvc.server.admission import AdmissionPool, StreamLimits
 from hashsvc.server.keyfile import file_signature, load_keys
@@ -37,6 +38,14 @@ from hashsvc.server.streams import ClientWatch
 
 log = logging.getLogger("hashsvc.rpc")
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="-")
+# "http" for a call the HTTP/JSON API made on a client's behalf (through its gateway), else
+# "grpc": the label of the request metrics, and said in the audit records of HTTP scans.
+protocol: contextvars.ContextVar[str] = contextvars.ContextVar("protocol", default="grpc")
+
+
+def protocol_of(context: grpc.ServicerContext) -> str:
+    """Calls from the HTTP gateway arrive over its Unix socket, the only one of that kind."""
+    return "http" if context.peer().startswith(GATEWAY_PEER_PREFIX) else "grpc"
 
 _REFLECTION = "/grpc.reflection."
 ROLE_BY_SERVICE = {
@@ -168,7 +177,7 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     def _open_stream(self, context: grpc.ServicerContext, name: str) -> tuple[str, str]:
-        connection = context.peer()
+        connection = _connection(context)
         refused = self._streams.open(name, connection)
         if refused is not None:
             metrics.REJECTED.labels("streams").inc()
@@ -289,6 +298,18 @@ def _on_pool(handler: Any, pool: ThreadPoolExecutor) -> Any:
     return handler
 
 
+def _connection(context: grpc.ServicerContext) -> str:
+    """The client connection a stream counts against. Every HTTP client shares the gateway's
+    one channel, so for its calls it is the HTTP client's own address, which the gateway sends
+    (trusted: only this process can reach the gateway's socket)."""
+    peer: str = context.peer()
+    if peer.startswith(GATEWAY_PEER_PREFIX):
+        for key, value in context.invocation_metadata() or ():
+            if key == HTTP_PEER_METADATA:
+                return f"http:{value}"
+    return peer
+
+
 def _bearer_token(metadata: Any) -> str | None:
     for key, value in metadata:
         if key == "authorization" and isinstance(value, str):
@@ -303,8 +324,8 @@ class _Call:
     uncount and record on exit, whatever happened. A class rather than @contextmanager because
     it runs on every call, and a generator-based one costs more."""
 
-    __slots__ = ("_banks", "_banks_token", "_context", "_name", "_owner", "_record", "_started",
-                 "_stream", "_token")
+    __slots__ = ("_banks", "_banks_token", "_context", "_name", "_owner", "_protocol_token",
+                 "_record", "_started", "_stream", "_token")
 
     def __init__(self, owner: CallInterceptor, context: grpc.ServicerContext, role: str,
                  method: str, record: _Recorder, stream: bool) -> None:
@@ -315,6 +336,7 @@ class _Call:
         self._stream: tuple[str, str] | None = None
         self._token: contextvars.Token[str] | None = None
         self._banks_token: contextvars.Token[frozenset[str] | None] | None = None
+        self._protocol_token: contextvars.Token[str] | None = None
         try:
             self._name, self._banks = owner._caller(context, role, method)
             if stream:
@@ -326,6 +348,7 @@ class _Call:
     def __enter__(self) -> None:
         self._token = caller.set(self._name)
         self._banks_token = caller_banks.set(self._banks)
+        self._protocol_token = protocol.set(protocol_of(self._context))
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: object) -> None:
@@ -333,6 +356,8 @@ class _Call:
             caller.reset(self._token)
         if self._banks_token is not None:
             caller_banks.reset(self._banks_token)
+        if self._protocol_token is not None:
+            protocol.reset(self._protocol_token)
         if self._stream is not None:
             self._owner._streams.close(*self._stream)
         self._record(self._context, self._name, self._started, error)
@@ -350,8 +375,8 @@ class _Recorder:
     def __init__(self, method: str) -> None:
         self.method = method
         self.short = method.rsplit("/", 1)[-1]
-        self.seconds = metrics.REQUEST_SECONDS.labels(self.short)
-        self.counters: dict[str, Any] = {}  # status code name -> labelled counter
+        self.seconds: dict[str, Any] = {}  # protocol -> labelled histogram
+        self.counters: dict[tuple[str, str], Any] = {}  # (code name, protocol) -> counter
 
     def __call__(
         self, context: grpc.ServicerContext, name: str, started: float,
@@ -362,11 +387,16 @@ class _Recorder:
         if code is None:
             code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
         code_name = getattr(code, "name", str(code))
-        counter = self.counters.get(code_name)
+        over = protocol_of(context)
+        counter = self.counters.get((code_name, over))
         if counter is None:
-            counter = self.counters[code_name] = metrics.REQUESTS.labels(self.short, code_name)
+            counter = self.counters[code_name, over] = metrics.REQUESTS.labels(
+                self.short, code_name, over)
         counter.inc()
-        self.seconds.observe(seconds)
+        histogram = self.seconds.get(over)
+        if histogram is None:
+            histogram = self.seconds[over] = metrics.REQUEST_SECONDS.labels(self.short, over)
+        histogram.observe(seconds)
         if code is grpc.StatusCode.UNKNOWN:
             level = logging.ERROR
         elif code is grpc.StatusCode.OK:
@@ -375,6 +405,6 @@ class _Recorder:
             level = logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "rpc", extra={
-                "method": self.method, "code": code_name, "caller": name,
+                "method": self.method, "code": code_name, "caller": name, "protocol": over,
                 "ms": round(seconds * 1000, 3),
             }, exc_info=error if level == logging.ERROR else None)

@@ -22,7 +22,7 @@ class ScanObserver:
 
     def scanned(
         self, *, method: str, request_id: str, caller: str, result: ScanResult,
-        image_bytes: int = 0,
+        image_bytes: int = 0, protocol: str = "grpc",
     ) -> None:
         timings = result.timings
         if image_bytes:
@@ -42,7 +42,8 @@ class ScanObserver:
                 metrics.FLOOD_QUARANTINED_MATCHES.labels(match.bank).inc()
             else:
                 metrics.MATCHES.labels(match.bank, match.algorithm).inc()
-        self.audit.scan(method=method, request_id=request_id, caller=caller, result=result)
+        self.audit.scan(method=method, request_id=request_id, caller=caller, result=result,
+                        protocol=protocol)
 
     @staticmethod
     def rejected(error: HashsvcError) -> None:

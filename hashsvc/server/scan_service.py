@@ -17,7 +17,7 @@ from hashsvc.hashing.imaging import Upload
 from hashsvc.limits import LIMITS, check_request_id, quote
 from hashsvc.scanner import ComputedHash, ScanResult
 from hashsvc.server import convert, scope
-from hashsvc.server.interceptors import caller
+from hashsvc.server.interceptors import caller, protocol
 from hashsvc.server.observe import ScanObserver
 from hashsvc.server.runtime import Runtime
 from hashsvc.server.status import STATUS, abort, check_deadline
@@ -72,7 +72,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             self._observe.rejected(err)
             abort(context, err)
         self._observe.scanned(method="ScanImage", request_id=request_id, caller=caller.get(),
-                              result=result, image_bytes=len(request.image))
+                              result=result, image_bytes=len(request.image),
+                              protocol=protocol.get())
         return scan_pb2.ScanImageResponse(result=convert.result_to_proto(result, request_id))
 
     def ScanHashes(
@@ -87,7 +88,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             self._observe.rejected(err)
             abort(context, err)
         self._observe.scanned(method="ScanHashes", request_id=request_id, caller=caller.get(),
-                              result=result)
+                              result=result, protocol=protocol.get())
         return scan_pb2.ScanHashesResponse(result=convert.result_to_proto(result, request_id))
 
     def _scan_hashes(

@@ -122,7 +122,8 @@ def _http_server(config: ServerConfig, server: grpc.Server, *,
     private = PrivateSocket()
     if server.add_insecure_port(private.target) == 0:
         raise HashsvcError(f"cannot listen on {private.target} for the HTTP gateway")
-    return HttpServer(config, private.target, reuse_port=reuse_port, private=private)
+    return HttpServer(config, private.target, reuse_port=reuse_port, private=private,
+                      grace=DRAIN_SECONDS)
 
 
 def _connection_age_options(seconds: float) -> list[tuple[str, int]]:
