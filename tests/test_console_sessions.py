@@ -42,6 +42,8 @@ def test_an_admin_key_signs_in_with_a_strict_httponly_cookie_holding_no_key(
     assert server.keys["admin"] not in session_header  # sealed, not readable
     page = client.get("/console/banks")
     assert page.status == 200 and b"Sign out" in page.body
+    # The secret that seals cookies was made by `serve`, readable by its user only.
+    assert (server.home / "console-secret").stat().st_mode & 0o777 == 0o600
     # Neither the key nor the cookie ever reaches the log.
     assert server.keys["admin"] not in server.log
     assert client.cookies["hashsvc_console"] not in server.log
