@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from hashsvc.config import ServerConfig
+from hashsvc.errors import HashsvcError
 from hashsvc.http.console.sessions import Sealer, Session, ensure_secret, load_secret
 from hashsvc.http.gateway import Gateway, GatewayError
 from hashsvc.http.problems import HTTP_STATUS
@@ -113,8 +114,16 @@ class Console:
     # ---- sessions in the store -------------------------------------------------------------
 
     async def store_call(self, body: Callable[[Store], Any]) -> Any:
-        """`body(store)` on a worker thread: the store's calls block."""
-        return await to_thread.run_sync(lambda: body(self._opened_store()))
+        """`body(store)` on a worker thread (the store's calls block). A store that cannot be
+        reached is a `GatewayError` UNAVAILABLE, shown as a 503 page like any failed call."""
+        try:
+            return await to_thread.run_sync(lambda: body(self._opened_store()))
+        except HashsvcError as err:
+            log.error("console: the store could not be reached for a session",
+                      extra={"error": err.message})
+            raise GatewayError(grpc.StatusCode.UNAVAILABLE,
+                               "the store cannot be reached to check the session; try again "
+                               "shortly") from None
 
     def _opened_store(self) -> Store:
         if self._store is None:
@@ -133,7 +142,10 @@ class Console:
     def page(self, endpoint: Endpoint) -> Endpoint:
         """`endpoint`, for signed-in analysts only, with every POST checked (module docstring)."""
         async def guarded(request: Request) -> Response:
-            session = await self.session_of_cookie(request)
+            try:
+                session = await self.session_of_cookie(request)
+            except GatewayError as err:
+                return self.gateway_error(request, err)
             if session is None:
                 if request.method in ("GET", "HEAD"):
                     return RedirectResponse(f"{PREFIX}/signin", status_code=303)
