@@ -18,6 +18,7 @@ message on an error page with the HTTP status of its gRPC status. Inside, a page
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import grpc
 from anyio import to_thread
 from google.protobuf.message import Message
+from hashsvc_client.v1 import admin_pb2
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
@@ -70,6 +72,7 @@ class Console:
         # at least 64 MiB (a million-line hash list); it is held in memory, never spooled.
         self.upload_limit = max(config.max_image_bytes, 64 << 20)
         self._store: Store | None = None
+        self._store_lock = threading.Lock()  # store calls run on several threads at once
         self.templates = Environment(
             loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True),
             trim_blocks=True, lstrip_blocks=True)
@@ -102,8 +105,6 @@ class Console:
 
     async def check_key(self, key: str) -> GatewayError | None:
         """None if `key` may administer (a ListBanks call with it succeeds), else why not."""
-        from hashsvc_client.v1 import admin_pb2
-
         try:
             await self._gateway().call("admin", "ListBanks", admin_pb2.ListBanksRequest(),
                                        admin_pb2.ListBanksResponse, key)
@@ -126,9 +127,10 @@ class Console:
                                "shortly") from None
 
     def _opened_store(self) -> Store:
-        if self._store is None:
-            self._store = open_store(self.config.store_target)
-        return self._store
+        with self._store_lock:
+            if self._store is None:
+                self._store = open_store(self.config.store_target)
+            return self._store
 
     async def session_of_cookie(self, request: Request) -> Session | None:
         session = self.sealer.open_session(request.cookies.get(SESSION_COOKIE))
