@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from starlette.requests import Request
 
+from hashsvc.config import ServerConfig
+from hashsvc.http.console.context import Console
 from tests.console_client import ConsoleClient, set_cookie_attributes
 from tests.server_process import ServerProcess
 
@@ -42,6 +46,8 @@ def test_an_admin_key_signs_in_with_a_strict_httponly_cookie_holding_no_key(
     assert server.keys["admin"] not in session_header  # sealed, not readable
     page = client.get("/console/banks")
     assert page.status == 200 and b"Sign out" in page.body
+    # The secret that seals cookies was made by `serve`, readable by its user only.
+    assert (server.home / "console-secret").stat().st_mode & 0o777 == 0o600
     # Neither the key nor the cookie ever reaches the log.
     assert server.keys["admin"] not in server.log
     assert client.cookies["hashsvc_console"] not in server.log
@@ -133,3 +139,19 @@ def test_an_expired_session_is_refused(tmp_path_factory: pytest.TempPathFactory)
         time.sleep(1.5)  # past the TTL whatever the load: expiry is by the clock, not a race
         assert client.get("/console/banks").status == 303
         assert client.post("/console/signout", {"csrf_token": "x"}).status == 401
+
+
+@pytest.mark.parametrize(("scheme", "secure"), [("https", True), ("http", False)])
+def test_cookies_are_secure_whenever_the_console_is_reached_over_https(
+        tmp_path: Path, scheme: str, secure: bool) -> None:
+    """The console app's own rendering, for a request as uvicorn describes one that came over
+    TLS (or through a trusted proxy that says so) and one that did not."""
+    console = Console(ServerConfig(home=tmp_path), lambda: None)  # type: ignore[arg-type,return-value]
+    request = Request({"type": "http", "scheme": scheme, "method": "GET", "path": "/console/signin",
+                       "root_path": "", "query_string": b"", "headers": [],
+                       "server": ("console.example", 443 if secure else 80)})
+    response = console.render(request, "auth/signin.html")
+    [cookie] = [value.decode() for name, value in response.raw_headers if name == b"set-cookie"]
+    assert cookie.startswith("hashsvc_console_pre=")
+    assert ("secure" in set_cookie_attributes(cookie)) is secure
+    assert (tmp_path / "console-secret").stat().st_mode & 0o777 == 0o600

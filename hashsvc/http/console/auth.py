@@ -21,6 +21,7 @@ from hashsvc.http.console.context import (
     Console,
     session_of,
 )
+from hashsvc.http.gateway import GatewayError
 
 MAX_KEY_CHARS = 256
 
@@ -30,8 +31,11 @@ def routes(ctx: Console) -> list[BaseRoute]:
         return RedirectResponse(f"{PREFIX}/banks", status_code=303)
 
     async def signin_form(request: Request) -> Response:
-        if await ctx.session_of_cookie(request) is not None:
-            return RedirectResponse(f"{PREFIX}/banks", status_code=303)
+        try:
+            if await ctx.session_of_cookie(request) is not None:
+                return RedirectResponse(f"{PREFIX}/banks", status_code=303)
+        except GatewayError as err:
+            return ctx.gateway_error(request, err, template="auth/signin.html")
         return ctx.render(request, "auth/signin.html")
 
     async def signin(request: Request) -> Response:
@@ -57,8 +61,11 @@ def routes(ctx: Console) -> list[BaseRoute]:
                                   error="This key is not known to the server.")
             return ctx.gateway_error(request, denied, template="auth/signin.html")
         session = ctx.sealer.new_session(key, ctx.session_ttl)
-        await ctx.store_call(lambda store: store.start_console_session(
-            session.digest, session.expires_at))
+        try:
+            await ctx.store_call(lambda store: store.start_console_session(
+                session.digest, session.expires_at))
+        except GatewayError as err:
+            return ctx.gateway_error(request, err, template="auth/signin.html")
         response = ctx.redirect(request, f"{PREFIX}/banks", flash="Signed in.")
         ctx.set_session_cookie(request, response, session)
         return response

@@ -18,6 +18,7 @@ message on an error page with the HTTP status of its gRPC status. Inside, a page
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import grpc
 from anyio import to_thread
 from google.protobuf.message import Message
+from hashsvc_client.v1 import admin_pb2
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
@@ -32,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from hashsvc.config import ServerConfig
+from hashsvc.errors import HashsvcError
 from hashsvc.http.console.sessions import Sealer, Session, ensure_secret, load_secret
 from hashsvc.http.gateway import Gateway, GatewayError
 from hashsvc.http.problems import HTTP_STATUS
@@ -69,6 +72,7 @@ class Console:
         # at least 64 MiB (a million-line hash list); it is held in memory, never spooled.
         self.upload_limit = max(config.max_image_bytes, 64 << 20)
         self._store: Store | None = None
+        self._store_lock = threading.Lock()  # store calls run on several threads at once
         self.templates = Environment(
             loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True),
             trim_blocks=True, lstrip_blocks=True)
@@ -101,8 +105,6 @@ class Console:
 
     async def check_key(self, key: str) -> GatewayError | None:
         """None if `key` may administer (a ListBanks call with it succeeds), else why not."""
-        from hashsvc_client.v1 import admin_pb2
-
         try:
             await self._gateway().call("admin", "ListBanks", admin_pb2.ListBanksRequest(),
                                        admin_pb2.ListBanksResponse, key)
@@ -113,13 +115,22 @@ class Console:
     # ---- sessions in the store -------------------------------------------------------------
 
     async def store_call(self, body: Callable[[Store], Any]) -> Any:
-        """`body(store)` on a worker thread: the store's calls block."""
-        return await to_thread.run_sync(lambda: body(self._opened_store()))
+        """`body(store)` on a worker thread (the store's calls block). A store that cannot be
+        reached is a `GatewayError` UNAVAILABLE, shown as a 503 page like any failed call."""
+        try:
+            return await to_thread.run_sync(lambda: body(self._opened_store()))
+        except HashsvcError as err:
+            log.error("console: the store could not be reached for a session",
+                      extra={"error": err.message})
+            raise GatewayError(grpc.StatusCode.UNAVAILABLE,
+                               "the store cannot be reached to check the session; try again "
+                               "shortly") from None
 
     def _opened_store(self) -> Store:
-        if self._store is None:
-            self._store = open_store(self.config.store_target)
-        return self._store
+        with self._store_lock:
+            if self._store is None:
+                self._store = open_store(self.config.store_target)
+            return self._store
 
     async def session_of_cookie(self, request: Request) -> Session | None:
         session = self.sealer.open_session(request.cookies.get(SESSION_COOKIE))
@@ -133,7 +144,10 @@ class Console:
     def page(self, endpoint: Endpoint) -> Endpoint:
         """`endpoint`, for signed-in analysts only, with every POST checked (module docstring)."""
         async def guarded(request: Request) -> Response:
-            session = await self.session_of_cookie(request)
+            try:
+                session = await self.session_of_cookie(request)
+            except GatewayError as err:
+                return self.gateway_error(request, err)
             if session is None:
                 if request.method in ("GET", "HEAD"):
                     return RedirectResponse(f"{PREFIX}/signin", status_code=303)

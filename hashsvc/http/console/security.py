@@ -37,7 +37,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        static = "/static/" in scope.get("path", "")
+        static = scope.get("path", "").startswith("/console/static/")
         started = False
 
         async def with_headers(message: Message) -> None:
