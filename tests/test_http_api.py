@@ -275,14 +275,14 @@ def test_a_scan_replica_asked_for_http_scans_and_has_no_admin_routes_or_console(
 def test_every_rpc_but_the_bidirectional_stream_has_exactly_one_route_of_its_types() -> None:
     """The table matches the services: a new RPC without a route, or a row whose types or
     streaming differ from the proto's, fails here."""
-    from hashsvc_client.v1 import admin_pb2, scan_pb2
+    from hashsvc_client.v1 import admin_pb2, replica_pb2, scan_pb2
 
     from hashsvc.http.routes import ROUTES, Route
 
     by_rpc: dict[tuple[str, str], Route] = {(route.service, route.rpc): route for route in ROUTES}
     assert len(by_rpc) == len(ROUTES), "an RPC has two routes"
     expected = set()
-    for service, module in (("scan", scan_pb2), ("admin", admin_pb2)):
+    for service, module in (("scan", scan_pb2), ("admin", admin_pb2), ("replica", replica_pb2)):
         for method in module.DESCRIPTOR.services_by_name[
                 f"{service.capitalize()}Service"].methods:
             if method.client_streaming and method.server_streaming:
