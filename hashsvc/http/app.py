@@ -18,6 +18,7 @@ from hashsvc.config import ServerConfig
 from hashsvc.http import console
 from hashsvc.http.api import api_routes
 from hashsvc.http.gateway import Gateway
+from hashsvc.http.openapi import openapi_route
 from hashsvc.http.problems import problem
 
 log = logging.getLogger("hashsvc.http")
@@ -48,7 +49,7 @@ class _GatewayHolder:
 def create_app(config: ServerConfig, grpc_target: str) -> Starlette:
     max_body = config.max_image_bytes + _BODY_OVERHEAD
     gateway = _GatewayHolder(grpc_target, max_body)
-    routes: list[BaseRoute] = list(api_routes(gateway, max_body))
+    routes: list[BaseRoute] = [*api_routes(gateway, max_body), openapi_route()]
     if config.role != "scan":
         routes.append(Mount("/console", routes=console.routes(config, gateway)))
         routes.append(Route("/", lambda _request: RedirectResponse("/console/"),
