@@ -133,7 +133,9 @@ def test_schemas_follow_protobufs_json_mapping() -> None:
     routes = [Route("PATCH", "/v1/banks/{name}", "admin", "UpdateBank",
                     admin_pb2.UpdateBankRequest, admin_pb2.UpdateBankResponse),
               Route("POST", "/v1/scan/hashes", "scan", "ScanHashes", scan_pb2.ScanHashesRequest,
-                    scan_pb2.ScanHashesResponse)]
+                    scan_pb2.ScanHashesResponse),
+              Route("GET", "/v1/entries", "admin", "ListEntries", admin_pb2.ListEntriesRequest,
+                    admin_pb2.ListEntriesResponse, body="query")]
     document = openapi.build_document(routes, {})
     validate(document)
     schemas = document["components"]["schemas"]
@@ -161,6 +163,12 @@ def test_schemas_follow_protobufs_json_mapping() -> None:
     (parameter,) = document["paths"]["/v1/banks/{name}"]["patch"]["parameters"]
     assert parameter == {"name": "name", "in": "path", "required": True,
                          "schema": {"type": "string"}}
+    # Query parameters: a nested field by its dotted path, a repeated one as an array.
+    query = {p["name"]: p for p in document["paths"]["/v1/entries"]["get"]["parameters"]}
+    assert query["banks"]["schema"] == {"type": "array", "items": {"type": "string"}}
+    assert query["hash.hex"]["schema"] == {"type": "string"}
+    assert query["pageSize"]["in"] == "query" and not query["pageSize"]["required"]
+    assert "requestBody" not in document["paths"]["/v1/entries"]["get"]
     # Checked by JSON Schema itself: both hex and raw is refused, one of them is fine.
     hashes = _validator(document, {"$ref": "#/components/schemas/hashsvc.v1.Hash"})
     assert hashes.is_valid({"algorithm": "ALGORITHM_PDQ", "hex": "ab"})

@@ -33,7 +33,7 @@ from starlette.routing import Route as StarletteRoute
 
 from hashsvc.http.gateway import SERVICES
 from hashsvc.http.problems import MEDIA_TYPE, PROBLEM_TYPE_PREFIX, RETRY_AFTER_SECONDS, TITLES
-from hashsvc.http.proto_schema import COMPONENTS, Schema, SchemaSet
+from hashsvc.http.proto_schema import COMPONENTS, WELL_KNOWN, Schema, SchemaSet
 from hashsvc.http.routes import ROUTES, Route
 
 DOCUMENT = Path(__file__).with_name("openapi.json")
@@ -100,14 +100,13 @@ def _operation(route: Route, service: str, schemas: SchemaSet,
         operation["summary"] = route.summary
     operation["description"] = description
     descriptor = _descriptor(route.request)
-    path_names = _PATH_PARAM.findall(route.path)
-    parameters = [_parameter(descriptor, name, "path", schemas) for name in path_names]
+    # A path parameter sets the request field of its name, or the one the route renames it to.
+    renamed = dict(getattr(route, "path_fields", ()))
+    path_fields = {name: renamed.get(name, name) for name in _PATH_PARAM.findall(route.path)}
+    parameters = [_parameter(descriptor, name, field, "path", schemas)
+                  for name, field in path_fields.items()]
     if route.body in ("query", "image"):
-        skip = {*path_names, "image"}
-        parameters += [_parameter(descriptor, field.json_name, "query", schemas)
-                       for field in descriptor.fields
-                       if field.name not in skip and field.json_name not in skip
-                       and _fits_a_query(field)]
+        parameters += _query_parameters(descriptor, {*path_fields.values(), "image"}, schemas)
     if parameters:
         operation["parameters"] = parameters
     if route.body != "query":
@@ -129,15 +128,34 @@ def _descriptor(message: type[Message]) -> Descriptor:
     return cast(Descriptor, message.DESCRIPTOR)  # the upb and Python descriptors alike
 
 
-def _fits_a_query(field: FieldDescriptor) -> bool:
-    """A query parameter sets one scalar or enum field (`api._set_fields`)."""
-    return not field.is_repeated and field.type not in (FieldDescriptor.TYPE_MESSAGE,
-                                                        FieldDescriptor.TYPE_GROUP)
+def _query_parameters(descriptor: Descriptor, skip: set[str], schemas: SchemaSet,
+                      prefix: str = "") -> list[dict[str, Any]]:
+    """The request's fields as query parameters: a nested one by its dotted path
+    (`options.banks`), a repeated one as an array (repeat the parameter: `banks=a&banks=b`).
+    Maps, and messages whose JSON is not a string (Struct), cannot be written in a query."""
+    parameters: list[dict[str, Any]] = []
+    for field in descriptor.fields:
+        if field.name in skip or field.json_name in skip:
+            continue
+        nested = field.message_type if field.type == FieldDescriptor.TYPE_MESSAGE else None
+        if nested is not None and (nested.GetOptions().map_entry or field.is_repeated
+                                   or nested.full_name in WELL_KNOWN):
+            if WELL_KNOWN.get(nested.full_name, {}).get("type") == "string":
+                parameters.append(_parameter(descriptor, prefix + field.json_name, field.name,
+                                             "query", schemas))
+        elif nested is not None:
+            if prefix.count(".") < 3:  # deep enough for any request, and no endless recursion
+                parameters += _query_parameters(nested, set(), schemas,
+                                                f"{prefix}{field.json_name}.")
+        else:
+            parameters.append(_parameter(descriptor, prefix + field.json_name, field.name,
+                                         "query", schemas))
+    return parameters
 
 
-def _parameter(descriptor: Descriptor, name: str, where: str,
+def _parameter(descriptor: Descriptor, name: str, field_name: str, where: str,
                schemas: SchemaSet) -> dict[str, Any]:
-    field = next((f for f in descriptor.fields if name in (f.name, f.json_name)), None)
+    field = next((f for f in descriptor.fields if field_name in (f.name, f.json_name)), None)
     parameter: dict[str, Any] = {"name": name, "in": where, "required": where == "path",
                                  "schema": schemas.field(field) if field else {"type": "string"}}
     comment = schemas.comments.get(f"{descriptor.full_name}.{field.name}") if field else None
@@ -164,9 +182,11 @@ def _request_body(route: Route, schemas: SchemaSet) -> dict[str, Any]:
                         "encoding": {"image": {"contentType": "image/*, "
                                                               "application/octet-stream"}}}}}
     if route.streaming:  # a client-streaming RPC: the body lists the stream's requests
-        return {"required": True, "description": "The stream's requests, in order.",
-                "content": {"application/json": {"schema": {"type": "array",
-                                                            "items": message}}}}
+        return {"required": True,
+                "description": "The stream's requests in order, as an array, sent as one call, "
+                               "as over gRPC; one object is a one-item stream.",
+                "content": {"application/json": {"schema": {"oneOf": [
+                    {"type": "array", "items": message}, message]}}}}
     return {"required": False, "description": "An empty body is the empty message.",
             "content": {"application/json": {"schema": message}}}
 
