@@ -252,9 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     known = args.home / KNOWN_FILE
     key = os.environ.get("HASHSVC_API_KEY")
     key_file = args.home / "bootstrap-admin.key"
-    if not known.exists() or not (key or key_file.exists()):
+    if not known.exists():
         raise SystemExit(f"{args.home} is not a make_snapshot.py home: run\n  python "
                          f"loadtests/make_snapshot.py --home {args.home} --entries 1000000")
+    if not (key or key_file.exists()):
+        raise SystemExit(f"no key: set HASHSVC_API_KEY to a scan key of {args.home} (`hashsvc "
+                         f"keys add NAME --role scan --home {args.home}`), or start `hashsvc "
+                         f"serve --home {args.home}` once: it writes bootstrap-admin.key")
     megapixels, quality = float(IMAGE[1]), int(IMAGE[3])
     workload = Workload(key or key_file.read_text().strip(),
                         make_jpeg(default_photo(), megapixels, quality).data,

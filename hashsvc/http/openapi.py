@@ -84,7 +84,7 @@ def build_document(routes: Sequence[Route] = ROUTES,
                           for status in ERROR_STATUSES},
             "securitySchemes": {BEARER: {
                 "type": "http", "scheme": "bearer",
-                "description": "An API key (`indexer keys add NAME --role scan|admin`), sent as "
+                "description": "An API key (`hashsvc keys add NAME --role scan|admin`), sent as "
                                "`Authorization: Bearer KEY`; the method's role is required."}},
         },
     }
