@@ -8,6 +8,7 @@ import copy
 import json
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,20 @@ def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
     broken["paths"]["/v1/scan/image"]["post"]["responses"]["200"] = {"content": {}}
     with pytest.raises(Exception, match="description"):
         validate(broken)  # the validator does catch a broken document
+
+
+def test_a_route_that_is_not_its_rpc_is_refused() -> None:
+    with pytest.raises(ValueError, match="ScanHashes is"):
+        openapi.build_document([Route("POST", "/v1/x", "scan", "ScanHashes",
+                                      scan_pb2.ScanImageRequest, scan_pb2.ScanHashesResponse)])
+    with pytest.raises(ValueError, match="has no method Nothing"):
+        openapi.build_document([Route("POST", "/v1/x", "admin", "Nothing",
+                                      scan_pb2.ScanImageRequest, scan_pb2.ScanHashesResponse)])
+
+
+def test_the_document_has_the_projects_version(document: dict[str, Any]) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert document["info"]["version"] == project["version"]
 
 
 def test_every_route_is_an_operation_with_its_messages(document: dict[str, Any]) -> None:

@@ -65,6 +65,7 @@ def build_document(routes: Sequence[Route] = ROUTES,
     tags: dict[str, str] = {}
     for route in routes:
         service = descriptor_pool.Default().FindServiceByName(SERVICES[route.service])
+        _check(route, service.methods_by_name.get(route.rpc))
         tags[service.name] = comments.get(service.full_name, "")
         openapi_path = _PATH_PARAM.sub(r"{\1}", route.path)
         paths.setdefault(openapi_path, {})[route.http_method.lower()] = _operation(
@@ -88,6 +89,21 @@ def build_document(routes: Sequence[Route] = ROUTES,
                                "`Authorization: Bearer KEY`; the method's role is required."}},
         },
     }
+
+
+def _check(route: Route, method: Any) -> None:
+    """A route must be its RPC as the proto declares it: a wrong row would document (and serve)
+    messages the method does not take."""
+    where = f"route {route.http_method} {route.path}"
+    if method is None:
+        raise ValueError(f"{where}: {SERVICES[route.service]} has no method {route.rpc}")
+    declared = (method.input_type.full_name, method.output_type.full_name,
+                method.client_streaming)
+    given = (_descriptor(route.request).full_name, _descriptor(route.response).full_name,
+             route.streaming)
+    if declared != given or method.server_streaming:
+        raise ValueError(f"{where}: {route.rpc} is {declared} (server streaming: "
+                         f"{method.server_streaming}), the route says {given}")
 
 
 def _operation(route: Route, service: str, schemas: SchemaSet,
