@@ -118,9 +118,13 @@ class Workload:
             headers["Content-Type"] = "application/json"
 
         def call() -> tuple[bool, str, bool]:
-            connection.request("POST", path, body=body, headers=headers)
-            response = connection.getresponse()
-            text = response.read()  # read whole: the connection is then reused (keep-alive)
+            try:
+                connection.request("POST", path, body=body, headers=headers)
+                response = connection.getresponse()
+                text = response.read()  # read whole: the connection is then reused
+            except (OSError, http.client.HTTPException) as err:
+                connection.close()  # the next call connects again
+                return False, type(err).__name__, False
             if response.status != 200:
                 return False, str(response.status), False
             return True, "OK", bool(json.loads(text)["result"].get("matched"))
