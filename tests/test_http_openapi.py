@@ -134,6 +134,8 @@ def test_every_route_is_an_operation_with_its_messages(document: dict[str, Any])
 def test_descriptions_are_the_proto_comments(document: dict[str, Any]) -> None:
     schemas = document["components"]["schemas"]
     assert "never stored or logged" in document["paths"]["/v1/scan/image"]["post"]["description"]
+    tags = {tag["name"]: tag["description"] for tag in document["tags"]}
+    assert "Role required: `scan`" in tags["ScanService"]  # the comment opening scan.proto
     assert schemas["hashsvc.v1.Match"]["properties"]["distance"]["description"] == \
         "Hamming distance in bits; 0 for exact kinds"
     assert "- `ALGORITHM_PDQ`: Meta's PDQ" in schemas["hashsvc.v1.Algorithm"]["description"]

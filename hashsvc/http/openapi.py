@@ -45,6 +45,7 @@ BEARER = "bearerKey"
 # HTTP side itself); 413 and 415 only where the request has a body.
 ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 _BODY_ONLY = {413, 415}
+_SYNTAX = 12  # FileDescriptorProto.syntax: its source-info location holds the file's header
 _PATH_PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?}")
 _ABOUT = """\
 Every operation is one gRPC method of hashsvc.v1 (named in its description), called through
@@ -261,6 +262,11 @@ def proto_comments(proto_root: Path = PROTO_ROOT) -> dict[str, str]:
         named = _names(file)
         text = _attached(file, dict(named), (proto_root / file.name).read_text().splitlines())
         comments.update((name, text[path]) for path, name in named if text.get(path))
+        # A file of one service opens with its description (the comment over `syntax`).
+        header = [_clean(loc.leading_comments) for loc in file.source_code_info.location
+                  if list(loc.path) == [_SYNTAX]]
+        if len(file.service) == 1 and header and header[0]:
+            comments.setdefault(f"{file.package}.{file.service[0].name}", header[0])
     return comments
 
 
