@@ -184,10 +184,14 @@ def _parameter(descriptor: Descriptor, name: str, field_name: str, where: str,
 def _request_body(route: Route, schemas: SchemaSet) -> dict[str, Any]:
     message = schemas.message(_descriptor(route.request))
     if route.body == "image":
+        # The form's other fields set what query parameters set, by the same names.
+        form = {parameter["name"]: parameter["schema"] for parameter in
+                _query_parameters(_descriptor(route.request), {"image"}, schemas)}
         return {"required": True,
                 "description": "The image: its bytes as the body (any image type), or a "
-                               "multipart form with the file in the field `image`. It is "
-                               "decoded in memory and never stored or logged.",
+                               "multipart form with the file in the field `image` (its other "
+                               "fields as the query parameters). It is decoded in memory and "
+                               "never stored or logged.",
                 "content": {
                     "image/*": {"schema": {"type": "string", "contentMediaType": "image/*"}},
                     "application/octet-stream": {"schema": {
@@ -195,7 +199,8 @@ def _request_body(route: Route, schemas: SchemaSet) -> dict[str, Any]:
                     "multipart/form-data": {
                         "schema": {"type": "object", "required": ["image"],
                                    "properties": {"image": {"type": "string",
-                                                            "contentMediaType": "image/*"}}},
+                                                            "contentMediaType": "image/*"},
+                                                  **form}},
                         "encoding": {"image": {"contentType": "image/*, "
                                                               "application/octet-stream"}}}}}
     if route.streaming:  # a client-streaming RPC: the body lists the stream's requests
