@@ -38,7 +38,8 @@ def test_bench_http_reports_http_beside_grpc_with_every_call_matched(tmp_path: P
             # and its hash), over each protocol.
             assert (row["calls"], row["ok"], row["matched"], row["errors"]) == (
                 2 * CALLS, 2 * CALLS, 2 * CALLS, 0), (name, protocol, row)
-            assert row["calls_per_second"] > 0 and row["server_cpu_ms_per_call"] > 0
+            # CPU is read from /proc in clock ticks (10 ms): a few cheap calls may show none.
+            assert row["calls_per_second"] > 0 and row["server_cpu_ms_per_call"] >= 0
             assert 0 < row["p50_ms"] <= row["p99_ms"]
-        assert figure["ratio"] > 0 and figure["server_cpu_ratio"] > 0
+        assert figure["ratio"] > 0 and figure["server_cpu_ratio"] >= 0
         assert "ratio HTTP / gRPC" in result.stdout
