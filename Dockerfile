@@ -1,6 +1,6 @@
 # hashsvc: the gRPC hash-matching server.
 #   docker build -t hashsvc .
-#   docker run -p 50051:50051 -p 9090:9090 -v hashsvc-data:/var/lib/hashsvc hashsvc
+#   docker run -p 50051:50051 -p 8080:8080 -p 9090:9090 -v hashsvc-data:/var/lib/hashsvc hashsvc
 # tests/test_container.py lints this file with hadolint and builds and runs the builder's install
 # outside Docker, so a change here is checked without a Docker engine.
 
@@ -52,8 +52,9 @@ WORKDIR /var/lib/hashsvc
 VOLUME /var/lib/hashsvc
 USER 10001:10001
 
-# gRPC (scan, admin, health, reflection) and Prometheus metrics.
-EXPOSE 50051 9090
+# gRPC (scan, admin, health, reflection), the HTTP/JSON API and web console, and Prometheus
+# metrics. HTTP is on 8080 by default (HASHSVC_HTTP_LISTEN=auto) except in `serve --role scan`.
+EXPOSE 50051 8080 9090
 
 # grpc.health.v1 on $HASHSVC_LISTEN: SERVING once a snapshot is loaded, NOT_SERVING while draining.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import tomllib
+import urllib.request
 import venv
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -205,10 +206,14 @@ def test_entrypoint_healthcheck_ports_and_volume() -> None:
     assert {o.partition("=")[0] for o in options.split()} == \
         {"--interval", "--timeout", "--start-period", "--retries"}
     exposed = {port.partition("/")[0] for args in args_of(FINAL, "EXPOSE") for port in args.split()}
-    assert exposed == {"50051", "9090"}
+    assert exposed == {"50051", "8080", "9090"}
     env = env_of(FINAL)
-    assert {env["HASHSVC_LISTEN"].rpartition(":")[2],
-            env["HASHSVC_METRICS_LISTEN"].rpartition(":")[2]} == exposed
+    # The HTTP port is the setting's own default (`auto`, the image's role being `all`).
+    image = ServerConfig(home=Path(env["HASHSVC_HOME"]), listen=env["HASHSVC_LISTEN"],
+                         metrics_listen=env["HASHSVC_METRICS_LISTEN"])
+    assert "HASHSVC_HTTP_LISTEN" not in env and image.role == "all"
+    assert {image.listen.rpartition(":")[2], image.metrics_listen.rpartition(":")[2],
+            image.resolved_http_listen.rpartition(":")[2]} == exposed
     assert env["HASHSVC_HOME"] == "/var/lib/hashsvc"
     assert "/var/lib/hashsvc" in " ".join(args_of(FINAL, "VOLUME"))
     assert env["PYTHONUNBUFFERED"] == env["PYTHONDONTWRITEBYTECODE"] == "1"
@@ -322,10 +327,11 @@ def test_the_builders_install_serves_and_passes_its_healthcheck(tmp_path: Path) 
 
     home = tmp_path / "var-lib-hashsvc"
     home.mkdir()
+    http_port = free_port()
     env = {**os.environ, **env_of(FINAL),
            "PATH": f"{environment / 'bin'}{os.pathsep}{os.environ['PATH']}",
            "HASHSVC_HOME": str(home), "HASHSVC_LISTEN": f"127.0.0.1:{free_port()}",
-           "HASHSVC_METRICS_LISTEN": "127.0.0.1:0"}
+           "HASHSVC_METRICS_LISTEN": "127.0.0.1:0", "HASHSVC_HTTP_LISTEN": f"127.0.0.1:{http_port}"}
     entrypoint = exec_form(args_of(FINAL, "ENTRYPOINT")[-1])
     serve = [str(environment / "bin" / entrypoint[0]), *entrypoint[1:],
              *exec_form(args_of(FINAL, "CMD")[-1]), "--insecure-no-auth"]
@@ -346,6 +352,10 @@ def test_the_builders_install_serves_and_passes_its_healthcheck(tmp_path: Path) 
             assert time.monotonic() < deadline, f"never healthy: {status.stderr}\n{''.join(lines)}"
             time.sleep(0.5)
         assert "SERVING" in status.stdout
+        # The HTTP side is installed too, with its package data: the OpenAPI document.
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/openapi.json",
+                                    timeout=30) as answer:
+            assert json.loads(answer.read())["openapi"].startswith("3.1")
 
         nothing = subprocess.run(probe, env={**env, "HASHSVC_LISTEN": f"127.0.0.1:{free_port()}"},
                                  capture_output=True, text=True, timeout=30)

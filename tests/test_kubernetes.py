@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES / "base"
 OVERLAY = KUBERNETES / "overlays" / "example"
+HTTP_PORT = 8080  # the HTTP/JSON API and console: `--http-listen auto` in the admin role
 # gRPC probes are GA (on by default) from 1.27; the newest release the package knows.
 VERSIONS = ("1.27", "1.37")
 
@@ -135,6 +136,10 @@ def test_services_budgets_and_autoscaler_find_their_pods(rendered: list[Object])
             service["metadata"]["name"]]
     # Headless for the scan replicas: one DNS record per ready pod, for client-side balancing.
     assert services["hashsvc-scan"]["spec"]["clusterIP"] == "None"
+    # The admin Service reaches the HTTP API and console by the container port's name.
+    assert {p["name"]: p["targetPort"] for p in services["hashsvc-admin"]["spec"]["ports"]}[
+        "http"] == "http"
+    assert "http" not in {p["name"] for p in services["hashsvc-scan"]["spec"]["ports"]}
     assert "clusterIP" not in services["hashsvc-admin"]["spec"]
     budget = _by_kind(rendered, "PodDisruptionBudget")["hashsvc-scan"]
     assert _selects(budget["spec"]["selector"]["matchLabels"], pods["hashsvc-scan"])
@@ -183,14 +188,19 @@ def test_pods_run_the_image_as_it_is_built_and_the_server_as_configured(
         assert pod["securityContext"]["runAsUser"] == user
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
-        assert {p["containerPort"] for p in container["ports"]} == ports
-
         settings: ServerConfig = config.load(parser.parse_args([]),
                                              _environment(rendered, container))
         assert settings.role == name.removeprefix("hashsvc-")  # hashsvc-scan: --role scan
         assert str(settings.home) == image_home
-        assert {int(settings.listen.rsplit(":", 1)[1]),
-                int(settings.metrics_listen.rsplit(":", 1)[1])} == ports
+        # The ports the server listens on are the container's, all of them the image's: gRPC
+        # and metrics everywhere, HTTP (API and console) in the admin role only.
+        listening = {int(address.rsplit(":", 1)[1]) for address in (
+            settings.listen, settings.metrics_listen, settings.resolved_http_listen) if address}
+        assert {p["containerPort"] for p in container["ports"]} == listening
+        assert listening <= ports
+        assert (settings.resolved_http_listen != "") == (settings.role == "admin")
+        named = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert named.get("http") == (HTTP_PORT if settings.role == "admin" else None)
 
         # With a read-only root, everything the server writes is on a mounted volume.
         volumes = {v["name"]: v for v in pod["volumes"]}

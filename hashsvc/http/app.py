@@ -21,6 +21,7 @@ from hashsvc.http import console
 from hashsvc.http.api import api_routes
 from hashsvc.http.bodies import BodyLimits, Refused
 from hashsvc.http.gateway import Gateway
+from hashsvc.http.openapi import openapi_route
 from hashsvc.http.problems import problem
 
 log = logging.getLogger("hashsvc.http")
@@ -78,7 +79,7 @@ def create_app(config: ServerConfig, grpc_target: str) -> Starlette:
     limits = BodyLimits(max_bytes=config.max_image_bytes + _BODY_OVERHEAD,
                         idle_seconds=config.client_idle_timeout)
     gateway = _GatewayHolder(grpc_target, limits.max_bytes)
-    routes: list[BaseRoute] = list(api_routes(gateway, limits))
+    routes: list[BaseRoute] = [*api_routes(gateway, limits), openapi_route()]
     if config.role != "scan":
         routes.append(Mount("/console", routes=console.routes(config, gateway)))
         routes.append(Route("/", lambda _request: RedirectResponse("/console/"),
