@@ -296,3 +296,13 @@ def test_every_rpc_but_the_bidirectional_stream_has_exactly_one_route_of_its_typ
             for param in route.path_params:
                 assert route.field_of(param) in route.request.DESCRIPTOR.fields_by_name
     assert set(by_rpc) == expected
+
+
+@pytest.mark.parametrize("key", ["k\u00e9y", "a\x01b"])
+def test_a_key_with_characters_no_key_has_is_a_401_not_a_500(server: ServerProcess,
+                                                             key: str) -> None:
+    """gRPC refuses such metadata in the client: before the check this was a 500."""
+    answer = http(_base(server), "GET", "/v1/banks", headers={"Authorization": f"Bearer {key}"})
+    assert answer.status == 401, answer.body
+    assert answer.json()["type"].endswith("/UNAUTHENTICATED")
+    assert key not in answer.body.decode("utf-8", "replace")

@@ -104,6 +104,12 @@ def _serialize(message: Message) -> bytes:
 
 
 def _metadata(key: str | None, peer: str) -> tuple[tuple[str, str], ...]:
+    """Why the key is checked here: gRPC refuses metadata outside printable ASCII by raising
+    in the client, which would surface as a 500; a key never holds such characters, so the
+    caller gets the UNAUTHENTICATED a wrong key gets (the key itself is never echoed)."""
+    if key is not None and not all("!" <= char <= "~" for char in key):
+        raise GatewayError(grpc.StatusCode.UNAUTHENTICATED,
+                           "the API key holds characters no key has (keys are printable ASCII)")
     sent = ((HTTP_PEER_METADATA, peer),) if peer else ()
     return (("authorization", f"Bearer {key}"), *sent) if key else sent
 
