@@ -45,11 +45,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, ImageFile, ImageOps, JpegImagePlugin
 
-from hashsvc.hashing import _pdqfast, decode_png, decode_webp
+from hashsvc.hashing import _pdqfast, decode_png, decode_turbojpeg, decode_webp
 from hashsvc.hashing.algorithms.base import HashValue
 from hashsvc.hashing.algorithms.pdq import Pdq
 from hashsvc.hashing.decode_budget import Lease
-from hashsvc.hashing.decode_small_jpeg import luma_scans_only
+from hashsvc.hashing.decode_small_jpeg import luma_scan_bytes, luma_scans_only
 from hashsvc.hashing.imaging import (
     DEFAULT_LIMITS,
     DecodeLimits,
@@ -88,6 +88,8 @@ class Reduction:
     `dc_only`: a progressive JPEG decoded at 1/8 scale is decoded without its later AC scans.
     `luma_scans`: any other progressive YCbCr JPEG decoded as its Y plane is decoded without
     its chroma AC scans (`decode_small_jpeg`: the same Y pixels, less entropy decoding).
+    `turbojpeg` (with `jpeg_luma`): JPEGs whose Y plane is their luma are decoded by
+    TurboJPEG (`decode_turbojpeg`) instead of Pillow, where it is installed.
     `direct_luma` (with `byte_luma`): PNGs and lossy WebPs go to their own decoders
     (`decode_png`, `decode_webp`) for 8-bit luma, where those apply.
     """
@@ -102,12 +104,13 @@ class Reduction:
     dc_only: bool = True
     luma_scans: bool = True
     direct_luma: bool = True
+    turbojpeg: bool = True
 
 
 SCAN = Reduction()  # the scan policy, chosen by measurement (module docstring)
 # The reference's pixels:
 EXACT = Reduction(jpeg_min_side=None, work_side=None, jpeg_luma=False, byte_luma=False,
-                  alias_bits=None, rounding_bits=None, direct_luma=False)
+                  alias_bits=None, rounding_bits=None, direct_luma=False, turbojpeg=False)
 _DIRECT_DECODERS = {"PNG": decode_png, "WEBP": decode_webp}  # luma without Pillow's decode
 
 
@@ -244,6 +247,17 @@ def _decode_small(
                            opened.format, studio_range=studio_range)
     side = reduction.jpeg_min_side
     layout = opened.jpeg
+    if (side and reduction.jpeg_luma and reduction.turbojpeg and opened.format == "JPEG"
+            and layout is not None and decode_turbojpeg.available()):
+        turbo, admitted = _turbo_luma(data, opened, limits, name, side, reduction,
+                                      apply_orientation, lease)
+        if turbo is not None:
+            reduced, scale = turbo
+            return _unless_scale_sensitive(reduced, scale, data, limits, name,
+                                           apply_orientation, reduction, lease)
+        opened = open_checked(data, limits, name)  # `draft` is once per image: start again
+        if admitted:  # the same decode's budget is held already: not twice
+            lease = None
     if (side and reduction.dc_only and opened.format == "JPEG" and layout is not None
             and layout.progressive and min(opened.image.size) // side >= 8):
         # Decoded at 1/8 scale (Pillow's `draft` rule below), a block is its DC coefficient:
@@ -297,15 +311,69 @@ def _decode_small(
         blue *= _LUMA[2]
         luma = red + green + blue
     ratios = ((small.height, decoded[1] * dct_scale), (small.width, decoded[0] * dct_scale))
-    reduced = Reduced(luma, width, height, ratios, fmt)
-    if (dct_scale > 1 and reduction.alias_bits is not None
-            and reduced.pixels <= limits.max_full_decode_pixels):
-        value, coefficients = _hash(reduced)
-        reduced = replace(reduced, scan_hash=value, coefficients=coefficients)
-        if _scale_sensitive(reduced, reduction.alias_bits):
-            return _decode_small(data, limits, name=name, apply_orientation=apply_orientation,
-                                 reduction=replace(reduction, jpeg_min_side=None), lease=lease)
+    return _unless_scale_sensitive(Reduced(luma, width, height, ratios, fmt), dct_scale, data,
+                                   limits, name, apply_orientation, reduction, lease)
+
+
+def _unless_scale_sensitive(reduced: Reduced, dct_scale: int, data: bytes,
+                            limits: DecodeLimits, name: str, apply_orientation: bool,
+                            reduction: Reduction, lease: Lease | None) -> Reduced:
+    """`reduced` (decoded at 1/`dct_scale`), or where that DCT-scaled decode moves the hash
+    (`_scale_sensitive`) and `DecodeLimits.max_full_decode_pixels` allows, the upload decoded
+    again at full size."""
+    if (dct_scale == 1 or reduction.alias_bits is None
+            or reduced.pixels > limits.max_full_decode_pixels):
+        return reduced
+    value, coefficients = _hash(reduced)
+    reduced = replace(reduced, scan_hash=value, coefficients=coefficients)
+    if _scale_sensitive(reduced, reduction.alias_bits):
+        return _decode_small(data, limits, name=name, apply_orientation=apply_orientation,
+                             reduction=replace(reduction, jpeg_min_side=None), lease=lease)
     return reduced
+
+
+_TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}  # EXIF orientation: `ImageOps.exif_transpose`'s
+
+
+def _turbo_luma(data: bytes, opened: Opened, limits: DecodeLimits, name: str, side: int,
+                reduction: Reduction, apply_orientation: bool,
+                lease: Lease | None) -> tuple[tuple[Reduced, int] | None, bool]:
+    """A JPEG's Y plane from TurboJPEG (`decode_turbojpeg`) at the DCT scale Pillow's `draft`
+    picks (and that scale), under `load_checked`'s caps and budget, oriented as the Pillow
+    path orients it; None where that decoder does not apply or refuses (`opened` is then
+    drafted: reopen it). Second: whether the decode was admitted (its budget reserved).
+
+    Its input is what the Pillow path would decode: without the AC scans of a progressive
+    file decoded at 1/8, or else without its chroma AC scans (`decode_small_jpeg`)."""
+    image = opened.image
+    width, height = image.size
+    with decoder_errors(name, opened.format):
+        drafted = image.draft("L", (side, side))
+        if drafted is None or image.mode != "L":
+            return None, False
+        scale = round(width / drafted[1][2])
+        source: bytes | None = None
+        layout = opened.jpeg
+        if layout is not None and layout.progressive:
+            if scale == 8 and reduction.dc_only:
+                source = without_ac_scans(data)
+            elif reduction.luma_scans:
+                source = luma_scan_bytes(opened, data)
+        admit_decode(opened, limits, name, full=False, lease=lease)
+        plane = decode_turbojpeg.luma(source or data, width, height, scale)
+        if plane is None:
+            return None, True
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1) if apply_orientation else 1
+    if orientation in _TRANSPOSES:
+        plane = np.asarray(Image.fromarray(plane).transpose(_TRANSPOSES[orientation]))
+        if orientation in (5, 6, 7, 8):  # these swap the axes
+            width, height = height, width
+    rows, cols = plane.shape
+    return (Reduced(plane, width, height, ((rows, rows * scale), (cols, cols * scale)),
+                    opened.format), scale), True
 
 
 def _direct_luma(data: bytes, opened: Opened, limits: DecodeLimits, name: str,
