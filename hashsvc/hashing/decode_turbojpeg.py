@@ -18,10 +18,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+from PIL import ExifTags, Image
+
+from hashsvc.hashing.decode_budget import Lease
+from hashsvc.hashing.decode_small_jpeg import luma_scan_bytes
+from hashsvc.hashing.imaging import DecodeLimits, Opened, admit_decode, decoder_errors
+from hashsvc.hashing.jpeg_layout import without_ac_scans
 
 _PIXEL_GRAY = 6  # TJPF_GRAY
 _STOP_ON_WARNING = 8192  # TJFLAG_STOPONWARNING
@@ -90,3 +96,55 @@ def luma(data: bytes, width: int, height: int, scale: int) -> npt.NDArray[np.uin
                               _PIXEL_GRAY, _FLAGS) != 0:
         return None
     return plane
+
+
+class Plane(NamedTuple):
+    """A JPEG's Y plane as `y_plane` decoded it, with the original's size after orientation."""
+
+    plane: npt.NDArray[np.uint8]
+    width: int
+    height: int
+    scale: int  # decoded at 1/scale
+
+
+_TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}  # EXIF orientation: `ImageOps.exif_transpose`'s
+
+
+def y_plane(data: bytes, opened: Opened, limits: DecodeLimits, name: str, side: int, *,
+            dc_only: bool, luma_scans: bool, apply_orientation: bool,
+            lease: Lease | None) -> tuple[Plane | None, bool]:
+    """The scan path's decode of an opened JPEG, from TurboJPEG: its Y plane at the DCT scale
+    Pillow's `draft` picks for `side`, under `load_checked`'s caps and budget, oriented as the
+    Pillow path orients it; None where `luma` does not apply or refuses (`opened` is then
+    drafted: reopen it). Second: whether the decode was admitted (its budget reserved).
+
+    Its input is what the Pillow path would decode: without the AC scans of a progressive
+    file decoded at 1/8 (`dc_only`), or else without its chroma AC scans (`luma_scans`,
+    `decode_small_jpeg`)."""
+    image = opened.image
+    width, height = image.size
+    with decoder_errors(name, opened.format):
+        drafted = image.draft("L", (side, side))
+        if drafted is None or image.mode != "L":
+            return None, False
+        scale = round(width / drafted[1][2])
+        source: bytes | None = None
+        layout = opened.jpeg
+        if layout is not None and layout.progressive:
+            if scale == 8 and dc_only:
+                source = without_ac_scans(data)
+            elif luma_scans:
+                source = luma_scan_bytes(opened, data)
+        admit_decode(opened, limits, name, full=False, lease=lease)
+        plane = luma(source or data, width, height, scale)
+        if plane is None:
+            return None, True
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1) if apply_orientation else 1
+    if orientation in _TRANSPOSES:
+        plane = np.asarray(Image.fromarray(plane).transpose(_TRANSPOSES[orientation]))
+        if orientation in (5, 6, 7, 8):  # these swap the axes
+            width, height = height, width
+    return Plane(plane, width, height, scale), True

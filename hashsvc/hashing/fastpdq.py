@@ -49,7 +49,7 @@ from hashsvc.hashing import _pdqfast, decode_png, decode_turbojpeg, decode_webp
 from hashsvc.hashing.algorithms.base import HashValue
 from hashsvc.hashing.algorithms.pdq import Pdq
 from hashsvc.hashing.decode_budget import Lease
-from hashsvc.hashing.decode_small_jpeg import luma_scan_bytes, luma_scans_only
+from hashsvc.hashing.decode_small_jpeg import luma_scans_only
 from hashsvc.hashing.imaging import (
     DEFAULT_LIMITS,
     DecodeLimits,
@@ -249,11 +249,14 @@ def _decode_small(
     layout = opened.jpeg
     if (side and reduction.jpeg_luma and reduction.turbojpeg and opened.format == "JPEG"
             and layout is not None and decode_turbojpeg.available()):
-        turbo, admitted = _turbo_luma(data, opened, limits, name, side, reduction,
-                                      apply_orientation, lease)
+        turbo, admitted = decode_turbojpeg.y_plane(
+            data, opened, limits, name, side, dc_only=reduction.dc_only,
+            luma_scans=reduction.luma_scans, apply_orientation=apply_orientation, lease=lease)
         if turbo is not None:
-            reduced, scale = turbo
-            return _unless_scale_sensitive(reduced, scale, data, limits, name,
+            rows, cols = turbo.plane.shape
+            ratios = ((rows, rows * turbo.scale), (cols, cols * turbo.scale))
+            reduced = Reduced(turbo.plane, turbo.width, turbo.height, ratios, opened.format)
+            return _unless_scale_sensitive(reduced, turbo.scale, data, limits, name,
                                            apply_orientation, reduction, lease)
         opened = open_checked(data, limits, name)  # `draft` is once per image: start again
         if admitted:  # the same decode's budget is held already: not twice
@@ -330,50 +333,6 @@ def _unless_scale_sensitive(reduced: Reduced, dct_scale: int, data: bytes,
         return _decode_small(data, limits, name=name, apply_orientation=apply_orientation,
                              reduction=replace(reduction, jpeg_min_side=None), lease=lease)
     return reduced
-
-
-_TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-               8: Image.Transpose.ROTATE_90}  # EXIF orientation: `ImageOps.exif_transpose`'s
-
-
-def _turbo_luma(data: bytes, opened: Opened, limits: DecodeLimits, name: str, side: int,
-                reduction: Reduction, apply_orientation: bool,
-                lease: Lease | None) -> tuple[tuple[Reduced, int] | None, bool]:
-    """A JPEG's Y plane from TurboJPEG (`decode_turbojpeg`) at the DCT scale Pillow's `draft`
-    picks (and that scale), under `load_checked`'s caps and budget, oriented as the Pillow
-    path orients it; None where that decoder does not apply or refuses (`opened` is then
-    drafted: reopen it). Second: whether the decode was admitted (its budget reserved).
-
-    Its input is what the Pillow path would decode: without the AC scans of a progressive
-    file decoded at 1/8, or else without its chroma AC scans (`decode_small_jpeg`)."""
-    image = opened.image
-    width, height = image.size
-    with decoder_errors(name, opened.format):
-        drafted = image.draft("L", (side, side))
-        if drafted is None or image.mode != "L":
-            return None, False
-        scale = round(width / drafted[1][2])
-        source: bytes | None = None
-        layout = opened.jpeg
-        if layout is not None and layout.progressive:
-            if scale == 8 and reduction.dc_only:
-                source = without_ac_scans(data)
-            elif reduction.luma_scans:
-                source = luma_scan_bytes(opened, data)
-        admit_decode(opened, limits, name, full=False, lease=lease)
-        plane = decode_turbojpeg.luma(source or data, width, height, scale)
-        if plane is None:
-            return None, True
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1) if apply_orientation else 1
-    if orientation in _TRANSPOSES:
-        plane = np.asarray(Image.fromarray(plane).transpose(_TRANSPOSES[orientation]))
-        if orientation in (5, 6, 7, 8):  # these swap the axes
-            width, height = height, width
-    rows, cols = plane.shape
-    return (Reduced(plane, width, height, ((rows, rows * scale), (cols, cols * scale)),
-                    opened.format), scale), True
 
 
 def _direct_luma(data: bytes, opened: Opened, limits: DecodeLimits, name: str,
