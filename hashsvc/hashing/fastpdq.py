@@ -5,7 +5,8 @@ its time on full-size pixels that PDQ only averages down to 64×64. Here:
 
 1. a JPEG is decoded at the smallest libjpeg DCT scale (1/2, 1/4, 1/8; Pillow's `draft`) that
    keeps both sides >= `SCAN.jpeg_min_side` = 192 px, i.e. >= 3 decoded pixels per PDQ cell,
-   and (YCbCr JPEGs) as its Y plane only, which is PDQ's luma;
+   and (YCbCr JPEGs) as its Y plane only, which is PDQ's luma (by TurboJPEG where installed:
+   `decode_turbojpeg`, the same pixels as Pillow's decode for less overhead);
 2. an image the decoder did not scale (PNG, WebP, every other format, JPEGs under 384 px) is
    converted to 8-bit luma and not reduced at all;
 3. PDQ's blur-and-decimate (two Jarosz box passes with windows sized from the *original*
