@@ -185,12 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="processes for the agreement pass (it is not timed)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
-    parser.add_argument("--without", nargs="+", default=[], metavar="STEP",
-                        choices=[f.name for f in fields(Reduction) if f.type == "bool"],
-                        help="scan-policy steps (fastpdq.Reduction's flags) to switch off in the "
-                             "fast path, e.g. turbojpeg: a before/after in the same conditions")
+    steps = {f.name: (False if f.type == "bool" else None) for f in fields(Reduction)
+             if f.type in ("bool", "int | None")}
+    parser.add_argument("--without", nargs="+", default=[], metavar="STEP", choices=list(steps),
+                        help="scan-policy steps (fastpdq.Reduction's flags and checks) to switch "
+                             "off in the fast path, e.g. turbojpeg or rounding_bits: a "
+                             "before/after in the same conditions")
     args = parser.parse_args(argv)
-    switched_off: dict[str, Any] = dict.fromkeys(args.without, False)
+    switched_off: dict[str, Any] = {name: steps[name] for name in args.without}
     reduction = replace(SCAN, **switched_off)
     rows = read_manifest(args.corpus)[: args.limit]
     load_before = round(os.getloadavg()[0], 2)
