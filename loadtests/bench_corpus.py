@@ -32,6 +32,8 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,9 @@ if str(_ROOT) not in sys.path:  # run as `python loadtests/bench_corpus.py`: fin
 import numpy as np  # noqa: E402
 
 from hashsvc.hashing.algorithms import PDQ  # noqa: E402
-from hashsvc.hashing.fastpdq import pdq_fast  # noqa: E402
+from hashsvc.hashing.fastpdq import SCAN, Reduction, pdq_fast  # noqa: E402
 from hashsvc.hashing.imaging import Upload  # noqa: E402
-from loadtests.bench_hashing import LIMITS, baseline, fast  # noqa: E402
+from loadtests.bench_hashing import LIMITS, baseline  # noqa: E402
 from loadtests.upload_corpus import read_manifest  # noqa: E402
 
 QUALITY_BAR = 80
@@ -76,7 +78,9 @@ def _seconds(function: Any, data: bytes) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def speed(corpus: Path, rows: list[dict[str, Any]], rounds: int) -> list[dict[str, Any]]:
+def speed(corpus: Path, rows: list[dict[str, Any]], rounds: int,
+          reduction: Reduction = SCAN) -> list[dict[str, Any]]:
+    fast = _fast if reduction == SCAN else partial(_fast, reduction=reduction)
     images = [(corpus / row["file"]).read_bytes() for row in rows]
     for first in {group(row): i for i, row in reversed(list(enumerate(rows)))}.values():
         baseline(images[first])  # warm up each decoder's import and first-touch allocations
@@ -102,20 +106,27 @@ def speed(corpus: Path, rows: list[dict[str, Any]], rounds: int) -> list[dict[st
     return results
 
 
-def _distance(path: Path) -> tuple[int, int]:
+def _fast(data: bytes, reduction: Reduction = SCAN) -> None:
+    """`bench_hashing.fast`, with a scan policy of choice (`--without`)."""
+    pdq_fast(data, LIMITS, reduction=reduction)
+
+
+def _distance(path: Path, reduction: Reduction = SCAN) -> tuple[int, int]:
     data = path.read_bytes()
     reference = PDQ.compute(Upload(data, name=path.name, limits=LIMITS))
-    got = pdq_fast(data, LIMITS, name=path.name)
+    got = pdq_fast(data, LIMITS, name=path.name, reduction=reduction)
     distance = int.from_bytes(reference.value, "big") ^ int.from_bytes(got.value, "big")
     return reference.quality or 0, distance.bit_count()
 
 
-def agreement(corpus: Path, rows: list[dict[str, Any]], jobs: int) -> list[tuple[int, int]]:
+def agreement(corpus: Path, rows: list[dict[str, Any]], jobs: int,
+              reduction: Reduction = SCAN) -> list[tuple[int, int]]:
     paths = [corpus / row["file"] for row in rows]
+    distance = partial(_distance, reduction=reduction)
     if jobs <= 1:
-        return [_distance(p) for p in paths]
+        return [distance(p) for p in paths]
     with multiprocessing.get_context("forkserver").Pool(jobs) as pool:
-        return pool.map(_distance, paths, chunksize=4)
+        return pool.map(distance, paths, chunksize=4)
 
 
 def summarize(files: list[str], timed: list[dict[str, Any]],
@@ -174,11 +185,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="processes for the agreement pass (it is not timed)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    steps = {f.name: (False if f.type == "bool" else None) for f in fields(Reduction)
+             if f.type in ("bool", "int | None")}
+    parser.add_argument("--without", nargs="+", default=[], metavar="STEP", choices=list(steps),
+                        help="scan-policy steps (fastpdq.Reduction's flags and checks) to switch "
+                             "off in the fast path, e.g. turbojpeg or rounding_bits: a "
+                             "before/after in the same conditions")
     args = parser.parse_args(argv)
+    switched_off: dict[str, Any] = {name: steps[name] for name in args.without}
+    reduction = replace(SCAN, **switched_off)
     rows = read_manifest(args.corpus)[: args.limit]
     load_before = round(os.getloadavg()[0], 2)
-    timed = speed(args.corpus, rows, args.rounds)
-    agreed = agreement(args.corpus, rows, args.jobs)
+    timed = speed(args.corpus, rows, args.rounds, reduction)
+    agreed = agreement(args.corpus, rows, args.jobs, reduction)
     groups: dict[str, dict[str, Any]] = {}
     for name in (*GROUPS, "all"):
         picked = [i for i, t in enumerate(timed) if name in ("all", t["group"])]
@@ -186,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             groups[name] = summarize([rows[i]["file"] for i in picked],
                                      [timed[i] for i in picked], [agreed[i] for i in picked])
     result = {"benchmark": "pdq-corpus", "corpus": str(args.corpus), "images": len(rows),
+              "without": args.without,
               "rounds": args.rounds, "load_before": load_before,
               "load_after": round(os.getloadavg()[0], 2), "groups": groups,
               "images_detail": [{**t, "quality": q, "distance": d}

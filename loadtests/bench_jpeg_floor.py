@@ -9,8 +9,9 @@ three calls back to back in each round, the order reversed every other round, CP
 
 - reference: `bench_hashing.baseline` (Pillow full decode, `convert("RGB")`, `pdqhash`);
 - fast: `bench_hashing.fast` (`fastpdq.pdq_fast`);
-- floor: only what the fast path decodes: `open_checked`, the chroma-AC-scan cut
-  (`decode_small_jpeg.luma_scans_only`), `draft("L", 192 px)` and the decode, nothing after.
+- floor: only what the fast path decodes: `open_checked`, the chroma-AC-scan cut, the DCT scale
+  (`draft("L", 192 px)`) and the decode (TurboJPEG's where installed, as the scan path does;
+  else Pillow's), nothing after.
 
 Printed: medians over images of reference/fast and reference/floor (each image's median over
 rounds), and the fast path's median overhead over its floor in ms.
@@ -32,6 +33,7 @@ if str(_ROOT) not in sys.path:  # run as `python loadtests/bench_jpeg_floor.py`:
 
 from PIL import ImageFile  # noqa: E402
 
+from hashsvc.hashing import decode_turbojpeg  # noqa: E402
 from hashsvc.hashing.decode_small_jpeg import luma_scans_only  # noqa: E402
 from hashsvc.hashing.fastpdq import SCAN  # noqa: E402
 from hashsvc.hashing.imaging import open_checked  # noqa: E402
@@ -41,9 +43,17 @@ from loadtests.upload_corpus import read_manifest  # noqa: E402
 
 
 def floor(data: bytes) -> None:
-    """The fast path's decode of a JPEG and nothing else: its lower bound."""
-    image = luma_scans_only(open_checked(data, LIMITS, "floor"), data, "floor").image
+    """The fast path's decode of a JPEG and nothing else: its lower bound. That is TurboJPEG's
+    where installed (`decode_turbojpeg.y_plane`, which the scan path uses), else Pillow's."""
+    opened = open_checked(data, LIMITS, "floor")
     side = SCAN.jpeg_min_side or 1
+    if decode_turbojpeg.available():
+        plane, _ = decode_turbojpeg.y_plane(data, opened, LIMITS, "floor", side, dc_only=True,
+                                            luma_scans=True, apply_orientation=True, lease=None)
+        if plane is not None:
+            return
+        opened = open_checked(data, LIMITS, "floor")  # drafted already: start again
+    image = luma_scans_only(opened, data, "floor").image
     image.draft("L", (side, side))
     if isinstance(image, ImageFile.ImageFile):  # as the fast path: one decoder call
         image.decodermaxblock = max(len(data), ImageFile.MAXBLOCK)

@@ -34,7 +34,7 @@ STAGES = {
     "open_checked": "open: header, limits, JPEG markers",
     "draft": "JPEG draft (pick DCT scale)",
     "load_checked": "decode (Pillow/libjpeg/libpng/libwebp)",
-    "luma": "direct decode (libspng for PNG, libwebp's Y plane for WebP)",
+    "luma": "direct decode (TurboJPEG's Y plane for JPEG, libspng for PNG, libwebp's for WebP)",
     "getexif": "EXIF read",
     "exif_transpose": "EXIF orientation",
     "to_rgb": "convert to RGB",

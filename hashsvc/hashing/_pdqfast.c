@@ -16,6 +16,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,20 +149,44 @@ static int quality(const float *block) {
     return (int)(q < 100 ? q : 100);
 }
 
+
+/* The k-th smallest of values[0..n) (n <= 256), as sorting would give it: quickselect on a
+ * copy, ~10x faster than qsort's ~2,000 comparison calls (the hash needs the
+ * median of 256 coefficients once per image, fastpdq's rounding check four more times). */
+static float kth_smallest(const float *values, int n, int k) {
+    float a[256];
+    memcpy(a, values, sizeof(float) * (size_t)n);
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float pivot = a[(lo + hi) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < pivot) i++;
+            while (a[j] > pivot) j--;
+            if (i <= j) {
+                float t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else break;
+    }
+    return a[k];
+}
+
 /* dct64To16, then pdqBuffer16x16ToBits, of the 64x64 `block`, as fastpdq's NumPy did them:
  * in double with the DCT matrix `dct` (16x64, the float-rounded one fastpdq builds), each
  * coefficient rounded to float, bit i*16+j set when it exceeds the torben median (the lower
  * of the two middle values), bits stored big-endian (bit k in byte 31 - k/8, at k%8). */
-static int compare_floats(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
-static void hash_bits(const float *block, const double *dct, unsigned char *bits) {
+static void hash_bits(const float *block, const double *dct, unsigned char *bits,
+                      float *coefficients) {
     /* Loops ordered so the innermost runs over independent sums (vectorised), each sum still
      * taken in index order: a dot product per coefficient was a ~4x slower dependency chain. */
     double partial[16 * CELLS] = {0}, dct_t[CELLS * 16], sums[256] = {0};
-    float coefficients[256], sorted[256];
     for (int i = 0; i < 16; i++)
         for (int k = 0; k < CELLS; k++) {
             double w = dct[i * CELLS + k];
@@ -179,17 +204,17 @@ static void hash_bits(const float *block, const double *dct, unsigned char *bits
             for (int j = 0; j < 16; j++) out[j] += p * column[j];
         }
     for (int k = 0; k < 256; k++) coefficients[k] = (float)sums[k];
-    memcpy(sorted, coefficients, sizeof sorted);
-    qsort(sorted, 256, sizeof(float), compare_floats);
-    float median = sorted[127];
+    float median = kth_smallest(coefficients, 256, 127);
     memset(bits, 0, 32);
     for (int k = 0; k < 256; k++)
         if (coefficients[k] > median) bits[31 - k / 8] |= (unsigned char)(1u << (k % 8));
 }
 
 /* Both entry points: the 64x64 block (and quality) of the pixels in `args`, and with `with_dct`
- * the hash bits too (`bits`, 32 bytes). Returns the block as bytes, or NULL with an error set. */
-static PyObject *run(PyObject *args, int with_dct, int *q, unsigned char *bits) {
+ * the hash bits too (`bits`, 32 bytes) and the 16x16 coefficients they came from. Returns the
+ * block as bytes, or NULL with an error set. */
+static PyObject *run(PyObject *args, int with_dct, int *q, unsigned char *bits,
+                     float *coefficients) {
     Py_buffer view, dct = {0};
     Py_ssize_t rows, cols, full_rows, full_cols;
     int channels, is_float;
@@ -221,7 +246,8 @@ static PyObject *run(PyObject *args, int with_dct, int *q, unsigned char *bits) 
                         (float *)PyBytes_AS_STRING(block));
     if (!failed) {
         *q = quality((const float *)PyBytes_AS_STRING(block));
-        if (with_dct) hash_bits((const float *)PyBytes_AS_STRING(block), dct.buf, bits);
+        if (with_dct)
+            hash_bits((const float *)PyBytes_AS_STRING(block), dct.buf, bits, coefficients);
     }
     Py_END_ALLOW_THREADS
     if (failed) {
@@ -239,29 +265,71 @@ done:
 static PyObject *py_downsample(PyObject *self, PyObject *args) {
     (void)self;
     int q = 0;
-    PyObject *block = run(args, 0, &q, NULL);
+    PyObject *block = run(args, 0, &q, NULL, NULL);
     return block ? Py_BuildValue("(Ni)", block, q) : NULL;
 }
 
 /* The whole hash in one call: a scan's small upload otherwise pays more for ~10 NumPy calls
- * (DCT, median, bits: ~0.1 ms) than for this arithmetic (~0.02 ms). */
+ * (DCT, median, bits: ~0.1 ms) than for this arithmetic (~0.02 ms). The coefficients come
+ * back too: the dihedral hashes are re-signings of them, and fastpdq checks how many sit on
+ * the median (bits decided by rounding alone). */
 static PyObject *py_pdq(PyObject *self, PyObject *args) {
     (void)self;
     int q = 0;
     unsigned char bits[32];
-    PyObject *block = run(args, 1, &q, bits);
+    float coefficients[256];
+    PyObject *block = run(args, 1, &q, bits, coefficients);
     if (!block) return NULL;
     Py_DECREF(block);
-    return Py_BuildValue("(y#i)", (const char *)bits, (Py_ssize_t)32, q);
+    return Py_BuildValue("(y#iy#)", (const char *)bits, (Py_ssize_t)32, q,
+                         (const char *)coefficients, (Py_ssize_t)sizeof coefficients);
+}
+
+/* The most of 256 coefficients (float32 bytes, row-major 16x16) within `margin` of their median
+ * (the lower middle value, as hash_bits takes it), under each sign pattern the dihedral hashes
+ * give them: as they are, odd columns kept and even ones negated, the same for rows, and the
+ * checkerboard (even i + j kept). fastpdq's check for bits that rounding alone decides. */
+static PyObject *py_near_median(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    double margin;
+    if (!PyArg_ParseTuple(args, "y*d", &view, &margin)) return NULL;
+    if (view.len != (Py_ssize_t)(sizeof(float) * 256)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "near_median: 256 float32 coefficients expected");
+        return NULL;
+    }
+    const float *c = view.buf;
+    float signed_values[256];
+    int most = 0;
+    for (int pattern = 0; pattern < 4; pattern++) {
+        for (int i = 0; i < 16; i++)
+            for (int j = 0; j < 16; j++) {
+                int keep = pattern == 0 ? 1 : pattern == 1 ? j % 2 : pattern == 2 ? i % 2
+                                                              : (i + j) % 2 == 0;
+                signed_values[i * 16 + j] = keep ? c[i * 16 + j] : -c[i * 16 + j];
+            }
+        float median = kth_smallest(signed_values, 256, 127);
+        int near = 0;
+        for (int k = 0; k < 256; k++)
+            near += fabs((double)signed_values[k] - (double)median) <= margin;
+        if (near > most) most = near;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(most);
 }
 
 static PyMethodDef methods[] = {
+    {"near_median", py_near_median, METH_VARARGS,
+     "near_median(coefficients, margin) -> the most of 256 float32 coefficients within margin "
+     "of their median, over the 4 dihedral sign patterns"},
     {"downsample", py_downsample, METH_VARARGS,
      "downsample(pixels, rows, cols, channels, is_float, full_rows, full_cols, (num, den), "
      "(num, den)) -> (64x64 float32 bytes, quality)"},
     {"pdq", py_pdq, METH_VARARGS,
      "pdq(pixels, rows, cols, channels, is_float, full_rows, full_cols, (num, den), (num, den), "
-     "dct) -> (32-byte PDQ hash, quality); dct: the 16x64 float64 DCT matrix"},
+     "dct) -> (32-byte PDQ hash, quality, 16x16 float32 coefficients as bytes); dct: the 16x64 "
+     "float64 DCT matrix"},
     {NULL, NULL, 0, NULL},
 };
 

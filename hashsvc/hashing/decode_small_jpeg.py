@@ -25,7 +25,17 @@ from hashsvc.hashing.jpeg_layout import without_chroma_ac_scans
 
 def luma_scans_only(opened: Opened, data: bytes, name: str) -> Opened:
     """`opened` reopened without its chroma AC scans, when it is a progressive JPEG whose
-    Y plane is its luma; otherwise `opened` as it is.
+    Y plane is its luma; otherwise `opened` as it is."""
+    cut = luma_scan_bytes(opened, data)
+    if cut is None:
+        return opened
+    with decoder_errors(name, opened.format):
+        return opened._replace(image=Image.open(io.BytesIO(cut), formats=("JPEG",)))
+
+
+def luma_scan_bytes(opened: Opened, data: bytes) -> bytes | None:
+    """`data` without its chroma AC scans, when it is a progressive JPEG whose Y plane is its
+    luma; otherwise None.
 
     The Y plane is PDQ's luma only in a YCbCr file, and libjpeg computes grey from every
     component of an RGB-coded one; so the cut is made only where libjpeg itself reads YCbCr:
@@ -34,12 +44,8 @@ def luma_scans_only(opened: Opened, data: bytes, name: str) -> Opened:
     layout, image = opened.jpeg, opened.image
     if (layout is None or not layout.progressive or len(layout.sampling) != 3
             or image.mode != "RGB"):
-        return opened
+        return None
     adobe = image.info.get("adobe_transform") if "adobe" in image.info else None
     if not (adobe == 1 or (adobe is None and "jfif" in image.info)):
-        return opened
-    cut = without_chroma_ac_scans(data)
-    if cut is None:
-        return opened
-    with decoder_errors(name, opened.format):
-        return opened._replace(image=Image.open(io.BytesIO(cut), formats=("JPEG",)))
+        return None
+    return without_chroma_ac_scans(data)
