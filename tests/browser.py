@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "console"
+MISSING = "headless Chromium not installed: apt-get install -y chromium chromium-driver"
 
 
 def chromium_available() -> bool:
@@ -25,6 +27,11 @@ def chromium_available() -> bool:
 
 @contextmanager
 def chromium(width: int = 1280, height: int = 900) -> Iterator[webdriver.Chrome]:
+    """A headless Chromium; without Debian's packages, the test that asked for one (through a
+    fixture) skips, naming them, as the upload-corpus tests do for their encoders. Only the
+    browser tests skip: a module's urllib tests run without it."""
+    if not chromium_available():
+        pytest.skip(MISSING)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "chromium"
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",

@@ -18,13 +18,12 @@ from hashsvc.hashing.algorithms import PDQ
 from hashsvc.hashing.imaging import Upload
 from hashsvc.snapshot import publish
 from hashsvc.store import NewEntry, SqliteStore
-from tests.browser import chromium, chromium_available
+from tests.browser import chromium
 from tests.conftest import PHOTOS
 from tests.ops_console import base as console_base
 from tests.ops_console import button, cells, page_shot, sign_in, signed_in_client, submit
 from tests.server_process import ServerProcess
 
-pytestmark = pytest.mark.skipif(not chromium_available(), reason="needs chromium + chromedriver")
 PHOTO = sorted(PHOTOS.iterdir())[0]
 MAX_IMAGE_BYTES = 4_000_000
 

@@ -12,13 +12,11 @@ from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 
 from hashsvc.home import DataHome
-from tests.browser import chromium, chromium_available
+from tests.browser import chromium
 from tests.ops_console import base, cells, page_shot, sign_in, signed_in_client
 from tests.server_process import ServerProcess
 from tests.test_server import _seed_bridge_bank
 from tests.tiny_evaluation import PHOTO_COUNT, make_report
-
-pytestmark = pytest.mark.skipif(not chromium_available(), reason="needs chromium + chromedriver")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,11 @@ from hashsvc_client import Client
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 
-from tests.browser import chromium, chromium_available
+from tests.browser import chromium
 from tests.ops_console import base, button, cells, page_shot, sign_in, signed_in_client, submit
 from tests.server_process import ServerProcess
 from tests.test_replicas import HANG_GUARD, _dead_address
 from tests.test_server import _seed_bridge_bank
-
-pytestmark = pytest.mark.skipif(not chromium_available(), reason="needs chromium + chromedriver")
 
 
 @pytest.fixture(scope="module")
