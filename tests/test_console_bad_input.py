@@ -108,6 +108,8 @@ def test_a_post_that_is_not_a_form_is_a_415(client: ConsoleClient) -> None:
 
 @pytest.mark.parametrize(("path", "status", "message"), [
     ("/console/entries/abc", 404, "There is no entry with id 'abc': an entry id is a number."),
+    ("/console/entries/%C2%B2", 404,
+     "There is no entry with id '\u00b2': an entry id is a number."),
     ("/console/entries/987654", 404, "No entry with id 987654"),
     ("/console/banks/%3Cscript%3E", 404, "There is no bank named '&lt;script&gt;'."),
     ("/console/entries?by=hash&q=zz&algorithm=md5", 422,
@@ -126,6 +128,13 @@ def test_a_bad_lookup_is_a_page_with_its_status(client: ConsoleClient, path: str
     ({"threshold_pdq": "999"}, "Invalid pdq threshold 999: must be 0..256"),
     ({"variant_margin": "x"}, "The variant margin must be a whole number of bits."),
     ({"crop_variants": "5, ten"}, "Crop variants must be whole numbers separated by commas."),
+    # Digits `str.isdigit` accepts and `int` refuses, and numbers no int32 holds: were 500s.
+    ({"threshold_pdq": "\u00b2"}, "The pdq threshold must be a whole number of bits, or blank "
+                                  "for the default (got '\u00b2')."),
+    ({"threshold_pdq": "99999999999"}, "The pdq threshold must be a whole number of bits, or "
+                                       "blank for the default (got '99999999999')."),
+    ({"variant_margin": "9" * 5000}, "The variant margin must be a whole number of bits."),
+    ({"corner_crops": "5, \u00b2"}, "Corner crops must be whole numbers separated by commas."),
 ])
 def test_bad_bank_settings_change_nothing(server: ServerProcess, client: ConsoleClient,
                                           fields: dict[str, str], message: str) -> None:
@@ -135,3 +144,14 @@ def test_bad_bank_settings_change_nothing(server: ServerProcess, client: Console
     with Client(server.target, api_key=server.keys["admin"]) as admin:
         bank = next(b for b in admin.list_banks() if b.name == BANK)
     assert bank.description == "" and not bank.thresholds
+    assert "Traceback" not in server.log
+
+
+@pytest.mark.parametrize("entry_id", ["\u00b2", "9" * 30])
+def test_a_verdict_on_an_entry_id_that_is_no_number_is_refused_not_a_500(
+        server: ServerProcess, client: ConsoleClient, entry_id: str) -> None:
+    form = {"csrf_token": client.token("/console/matches"), "entry_id": entry_id,
+            "verdict": "confirmed"}
+    assert _refusal(client.post("/console/matches/feedback", form)) == (
+        422, "Name the entry: entry_id (a match's entry_id), or bank and hash")
+    assert "Traceback" not in server.log

@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from hashsvc.http.console.context import PREFIX, Console, describe
 from hashsvc.http.console.hashlist_upload import ALGORITHMS
+from hashsvc.http.console.numbers import INT64_MAX, whole_number
 from hashsvc.http.gateway import GatewayError
 from hashsvc.server.convert import ALGORITHM_TO_PROTO, PROTO_TO_ALGORITHM
 
@@ -191,7 +192,7 @@ def _query(params: dict[str, str]) -> admin_pb2.ListEntriesRequest:
 
 
 def _entry_id(text: str) -> int | None:
-    return int(text) if text.isdigit() and len(text) < 19 else None
+    return whole_number(text, INT64_MAX)
 
 
 def _no_entry(ctx: Console, request: Request) -> Response:
