@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 from hashsvc import metrics
-from hashsvc.http.gateway import GATEWAY_PEER_PREFIX, HTTP_PEER_METADATA
+from hashsvc.http.gateway import HTTP_PEER_METADATA, from_gateway
 from hashsvc.server.admission import AdmissionPool, StreamLimits
 from hashsvc.server.live_keys import KeyFile
 from hashsvc.server.scope import caller_banks
@@ -40,8 +40,8 @@ protocol: contextvars.ContextVar[str] = contextvars.ContextVar("protocol", defau
 
 
 def protocol_of(context: grpc.ServicerContext) -> str:
-    """Calls from the HTTP gateway arrive over its Unix socket, the only one of that kind."""
-    return "http" if context.peer().startswith(GATEWAY_PEER_PREFIX) else "grpc"
+    """Calls from the HTTP gateway arrive over its Unix socket with its mark (gateway.py)."""
+    return "http" if from_gateway(context.peer(), context.invocation_metadata()) else "grpc"
 
 _REFLECTION = "/grpc.reflection."
 ROLE_BY_SERVICE = {
@@ -251,9 +251,9 @@ def _on_pool(handler: Any, pool: ThreadPoolExecutor) -> Any:
 def _connection(context: grpc.ServicerContext) -> str:
     """The client connection a stream counts against. Every HTTP client shares the gateway's
     one channel, so for its calls it is the HTTP client's own address, which the gateway sends
-    (trusted: only this process can reach the gateway's socket)."""
+    (trusted on the gateway's calls only: see gateway.py)."""
     peer: str = context.peer()
-    if peer.startswith(GATEWAY_PEER_PREFIX):
+    if from_gateway(peer, context.invocation_metadata()):
         for key, value in context.invocation_metadata() or ():
             if key == HTTP_PEER_METADATA:
                 return f"http:{value}"
