@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +15,7 @@ from hashsvc_client import Client
 from tests.console_client import ConsoleClient
 from tests.http_client import HttpAnswer
 from tests.server_process import ServerProcess
+from tests.test_observability import _samples, _value
 
 BANK = "inputs"
 
@@ -154,4 +157,29 @@ def test_a_verdict_on_an_entry_id_that_is_no_number_is_refused_not_a_500(
             "verdict": "confirmed"}
     assert _refusal(client.post("/console/matches/feedback", form)) == (
         422, "Name the entry: entry_id (a match's entry_id), or bank and hash")
+    assert "Traceback" not in server.log
+
+
+@pytest.mark.parametrize(("content_type", "start"), [
+    ("application/x-www-form-urlencoded", "key=abc"),
+    ("multipart/form-data; boundary=cut-short",
+     '--cut-short\r\nContent-Disposition: form-data; name="key"\r\n\r\nabc'),
+])
+def test_a_form_cut_short_by_its_browser_is_counted_not_logged_with_a_trace(
+        server: ServerProcess, content_type: str, start: str) -> None:
+    """A browser that goes away mid-upload (closed tab, lost network) is an everyday event, as
+    for the API: counted as `disconnected`, and no "Traceback" in the log."""
+    def disconnected() -> float:
+        return _value(_samples(server.scrape()), "hashsvc_http_refused_total",
+                      reason="disconnected")
+
+    before = disconnected()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=60) as connection:
+        connection.sendall(f"POST /console/signin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           f"Content-Type: {content_type}\r\nContent-Length: 1000\r\n\r\n"
+                           f"{start}".encode())
+    deadline = time.monotonic() + 60  # a hang guard: the server sees the close at once
+    while disconnected() == before:
+        assert time.monotonic() < deadline, "the cut-short form was never counted"
+        time.sleep(0.05)
     assert "Traceback" not in server.log
