@@ -150,6 +150,21 @@ def test_bad_bank_settings_change_nothing(server: ServerProcess, client: Console
     assert "Traceback" not in server.log
 
 
+def test_a_crafted_bank_kind_or_enabled_value_is_refused_not_taken_for_a_default(
+        server: ServerProcess, client: ConsoleClient) -> None:
+    token = client.token("/console/banks")
+    created = client.post("/console/banks", {"csrf_token": token, "name": "odd-kind",
+                                             "kind": "blocklist"})
+    assert _refusal(created) == (422, "Unknown bank kind 'blocklist': one of match, allowlist.")
+    switched = client.post(f"/console/banks/{BANK}/enabled", {"csrf_token": token,
+                                                               "enabled": "maybe"})
+    assert _refusal(switched) == (422, "Say whether to enable the bank: enabled=true or "
+                                       "enabled=false.")
+    with Client(server.target, api_key=server.keys["admin"]) as admin:
+        banks = {b.name: b for b in admin.list_banks()}
+    assert "odd-kind" not in banks and banks[BANK].enabled
+
+
 @pytest.mark.parametrize("entry_id", ["\u00b2", "9" * 30])
 def test_a_verdict_on_an_entry_id_that_is_no_number_is_refused_not_a_500(
         server: ServerProcess, client: ConsoleClient, entry_id: str) -> None:

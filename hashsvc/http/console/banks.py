@@ -44,7 +44,7 @@ def routes(ctx: Console) -> list[BaseRoute]:
         try:
             bank = types_pb2.Bank(
                 name=form.get("name", "").strip(), description=form.get("description", ""),
-                kind=KINDS.get(form.get("kind", "match"), types_pb2.BANK_KIND_UNSPECIFIED),
+                kind=_kind(form.get("kind", "match")),
                 tags=_tags(form.get("tags", "")), thresholds=_thresholds(form),
                 strategies=_strategies(form, types_pb2.MatchStrategies()))
         except FormError as err:
@@ -98,7 +98,10 @@ def routes(ctx: Console) -> list[BaseRoute]:
     async def set_enabled(request: Request) -> Response:
         name = request.path_params["name"]
         form = _fields(await ctx.form(request))
-        enabled = form.get("enabled") == "true"
+        if form.get("enabled") not in ("true", "false"):  # a crafted post: change nothing
+            return await detail(request, status=422, error="Say whether to enable the bank: "
+                                "enabled=true or enabled=false.")
+        enabled = form["enabled"] == "true"
         try:
             await _update(ctx, request, name, types_pb2.Bank(enabled=enabled), ["enabled"])
         except GatewayError as err:
@@ -164,6 +167,14 @@ def _fields(form: Any) -> dict[str, str]:
 
 def _tags(text: str) -> list[str]:
     return [tag.strip() for tag in text.split(",") if tag.strip()]
+
+
+def _kind(text: str) -> types_pb2.BankKind.ValueType:
+    """The chosen kind; anything else (only a crafted post sends it) is refused, rather than
+    made the server's default kind."""
+    if text not in KINDS:
+        raise FormError(f"Unknown bank kind {text[:20]!r}: one of {', '.join(KINDS)}.")
+    return KINDS[text]
 
 
 def _thresholds(form: dict[str, str]) -> dict[str, int]:
