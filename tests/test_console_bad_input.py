@@ -150,7 +150,7 @@ def test_bad_bank_settings_change_nothing(server: ServerProcess, client: Console
     assert "Traceback" not in server.log
 
 
-def test_a_crafted_bank_kind_or_enabled_value_is_refused_not_taken_for_a_default(
+def test_a_crafted_kind_enabled_or_disabled_value_is_refused_not_taken_for_a_default(
         server: ServerProcess, client: ConsoleClient) -> None:
     token = client.token("/console/banks")
     created = client.post("/console/banks", {"csrf_token": token, "name": "odd-kind",
@@ -162,7 +162,13 @@ def test_a_crafted_bank_kind_or_enabled_value_is_refused_not_taken_for_a_default
                                        "enabled=false.")
     with Client(server.target, api_key=server.keys["admin"]) as admin:
         banks = {b.name: b for b in admin.list_banks()}
+        [entry] = admin.list_entries(banks=[BANK], external_id="kept-0").entries
     assert "odd-kind" not in banks and banks[BANK].enabled
+    flipped = client.post(f"/console/entries/{entry.id}/disabled", {
+        "csrf_token": token, "disabled": "yes", "reason": "crafted"})
+    assert _refusal(flipped) == (422, "Say whether to disable the entry: disabled=true or "
+                                      "disabled=false.")
+    assert _entry_count(server) == 3
 
 
 @pytest.mark.parametrize("entry_id", ["\u00b2", "9" * 30])

@@ -96,6 +96,9 @@ def routes(ctx: Console) -> list[BaseRoute]:
         if entry_id is None:
             return _no_entry(ctx, request)
         form = await ctx.form(request)
+        if form.get("disabled") not in ("true", "false"):  # a crafted post: change nothing
+            return await show(request, status=422, error="Say whether to disable the entry: "
+                              "disabled=true or disabled=false.")
         disabled = form.get("disabled") == "true"
         reason = str(form.get("reason") or "").strip()
         if disabled and not reason:
