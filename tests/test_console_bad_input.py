@@ -3,7 +3,9 @@ naming what was wrong, nothing is stored half-way, and no trace reaches the brow
 
 from __future__ import annotations
 
+import csv
 import http.client
+import io
 import re
 import socket
 import time
@@ -204,3 +206,22 @@ def test_a_form_cut_short_by_its_browser_is_counted_not_logged_with_a_trace(
         assert time.monotonic() < deadline, "the cut-short form was never counted"
         time.sleep(0.05)
     assert "Traceback" not in server.log
+
+
+def test_a_spreadsheet_export_never_holds_a_formula_and_the_import_export_is_exact(
+        server: ServerProcess, client: ConsoleClient) -> None:
+    """An external id from an exchange such as '=HYPERLINK(...)' would run in a spreadsheet."""
+    formula = '=HYPERLINK("http://example.invalid/","open")'
+    with Client(server.target, api_key=server.keys["admin"]) as admin:
+        admin.create_bank("formulas")
+        admin.add_entries("formulas", [(("md5", "f" * 32), formula, None),
+                                       (("md5", "e" * 32), "@SUM(A1)", None),
+                                       (("md5", "d" * 32), "plain-id", None)])
+    export = "/console/entries/export?bank=formulas&q=&format="
+    sheet = client.get(export + "csv")
+    assert sheet.status == 200
+    shown = {row["external_id"] for row in csv.DictReader(io.StringIO(sheet.body.decode()))}
+    assert shown == {"'" + formula, "'@SUM(A1)", "plain-id"}
+    exact = client.get(export + "import")
+    kept = {row["external_id"] for row in csv.DictReader(io.StringIO(exact.body.decode()))}
+    assert kept == {formula, "@SUM(A1)", "plain-id"}

@@ -244,12 +244,20 @@ async def _export_rows(ctx: Console, request: Request, query: admin_pb2.ListEntr
             row = _row(entry)
             row["added_at"] = f"{row['added_at_raw']:.3f}"
             row["disabled"] = "true" if row["disabled"] else "false"
-            yield _csv_line(tuple(str(row[c]) for c in columns))
+            cells = tuple(str(row[c]) for c in columns)
+            yield _csv_line(cells if shape == "import" else tuple(map(_inert, cells)))
         if not page.next_page_token:
             return
         query.page_token = page.next_page_token
         page = await ctx.call(request, "admin", "ListEntries", query,
                               admin_pb2.ListEntriesResponse)
+
+
+def _inert(cell: str) -> str:
+    """A cell a spreadsheet shows as text, never runs: external ids and reasons come from
+    exchanges and other people, and "=HYPERLINK(...)" opened in a spreadsheet would be a
+    formula (OWASP "CSV injection"). The import format is for `indexer import`, and is exact."""
+    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
 def _csv_line(values: tuple[str, ...]) -> str:
