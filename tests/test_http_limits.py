@@ -169,18 +169,7 @@ def test_stream_limits_count_each_http_client_not_the_gateways_one_connection(
         (socket_path,) = tmp_path.glob("hashsvc-gateway-*/grpc.sock")
         mark = (socket_path.parent / "mark").read_text()  # as the gateway, which is trusted
         with grpc.insecure_channel(f"unix:{socket_path}") as channel:
-            stub = admin_pb2_grpc.AdminServiceStub(channel)
-            outboxes: list[queue.Queue[admin_pb2.AddEntriesRequest | None]] = []
-            calls = []
-            for client in range(3):
-                outbox: queue.Queue[admin_pb2.AddEntriesRequest | None] = queue.Queue()
-                outbox.put(admin_pb2.AddEntriesRequest(bank="bridge"))
-                outboxes.append(outbox)
-                calls.append(stub.AddEntries.future(
-                    iter(outbox.get, None), timeout=120, metadata=(
-                        ("authorization", f"Bearer {server.keys['admin']}"),
-                        (GATEWAY_MARK_METADATA, mark),
-                        (HTTP_PEER_METADATA, f"192.0.2.{client}:4000"))))
+            calls, outboxes = _streams_as_http_clients(channel, server.keys["admin"], mark, 3)
             _one_refused_then_the_rest_done(calls, outboxes, "max_streams_per_key")
 
 
@@ -195,21 +184,28 @@ def test_a_grpc_client_on_a_unix_listen_socket_does_not_pass_for_the_http_gatewa
     with ServerProcess(home, "--listen", f"unix:{listen}", "--max-streams-per-key", "3",
                        "--max-streams-per-connection", "1") as server, \
             grpc.insecure_channel(f"unix:{listen}") as channel:
-        stub = admin_pb2_grpc.AdminServiceStub(channel)
-        outboxes: list[queue.Queue[admin_pb2.AddEntriesRequest | None]] = []
-        calls = []
-        for client in range(2):
-            outbox: queue.Queue[admin_pb2.AddEntriesRequest | None] = queue.Queue()
-            outbox.put(admin_pb2.AddEntriesRequest(bank="bridge"))
-            outboxes.append(outbox)
-            calls.append(stub.AddEntries.future(iter(outbox.get, None), timeout=120, metadata=(
-                ("authorization", f"Bearer {server.keys['admin']}"),
-                (GATEWAY_MARK_METADATA, "a-guess"),
-                (HTTP_PEER_METADATA, f"192.0.2.{client}:4000"))))
+        calls, outboxes = _streams_as_http_clients(channel, server.keys["admin"], "a-guess", 2)
         _one_refused_then_the_rest_done(calls, outboxes, "max_streams_per_connection")
         samples = _samples(server.scrape())
         assert _value(samples, "hashsvc_requests_total", method="AddEntries", protocol="grpc") == 2
         assert _value(samples, "hashsvc_requests_total", method="AddEntries", protocol="http") == 0
+
+
+def _streams_as_http_clients(channel: grpc.Channel, key: str, mark: str,
+                             count: int) -> tuple[list[Any], list[Any]]:
+    """`count` AddEntries streams held open (until None is put in their outboxes), each sent
+    with `mark` as the gateway's and claiming a different HTTP client address."""
+    stub = admin_pb2_grpc.AdminServiceStub(channel)
+    outboxes: list[queue.Queue[admin_pb2.AddEntriesRequest | None]] = []
+    calls = []
+    for client in range(count):
+        outbox: queue.Queue[admin_pb2.AddEntriesRequest | None] = queue.Queue()
+        outbox.put(admin_pb2.AddEntriesRequest(bank="bridge"))
+        outboxes.append(outbox)
+        calls.append(stub.AddEntries.future(iter(outbox.get, None), timeout=120, metadata=(
+            ("authorization", f"Bearer {key}"), (GATEWAY_MARK_METADATA, mark),
+            (HTTP_PEER_METADATA, f"192.0.2.{client}:4000"))))
+    return calls, outboxes
 
 
 def _one_refused_then_the_rest_done(calls: list[Any], outboxes: list[Any], limit: str) -> None:
