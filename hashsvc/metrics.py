@@ -67,7 +67,7 @@ HTTP_REFUSED = Counter(
     "hashsvc_requests_total): bad_request (400: not JSON, unknown field, wrong type), not_found "
     "(404: no such path), method (405), timeout (408: the body stopped arriving), too_large "
     "(413), media_type (415: wrong Content-Type), busy (429: too many HTTP requests in "
-    "progress), disconnected (the client went away while sending its body)",
+    "progress), disconnected (the client went away while sending its body, or a console form)",
     ["reason"],
 )
 for _reason in ("bad_request", "not_found", "method", "timeout", "too_large", "media_type",

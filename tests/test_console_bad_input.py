@@ -3,8 +3,12 @@ naming what was wrong, nothing is stored half-way, and no trace reaches the brow
 
 from __future__ import annotations
 
+import csv
 import http.client
+import io
 import re
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +17,7 @@ from hashsvc_client import Client
 from tests.console_client import ConsoleClient
 from tests.http_client import HttpAnswer
 from tests.server_process import ServerProcess
+from tests.test_observability import _samples, _value
 
 BANK = "inputs"
 
@@ -108,6 +113,8 @@ def test_a_post_that_is_not_a_form_is_a_415(client: ConsoleClient) -> None:
 
 @pytest.mark.parametrize(("path", "status", "message"), [
     ("/console/entries/abc", 404, "There is no entry with id 'abc': an entry id is a number."),
+    ("/console/entries/%C2%B2", 404,
+     "There is no entry with id '\u00b2': an entry id is a number."),
     ("/console/entries/987654", 404, "No entry with id 987654"),
     ("/console/banks/%3Cscript%3E", 404, "There is no bank named '&lt;script&gt;'."),
     ("/console/entries?by=hash&q=zz&algorithm=md5", 422,
@@ -126,6 +133,13 @@ def test_a_bad_lookup_is_a_page_with_its_status(client: ConsoleClient, path: str
     ({"threshold_pdq": "999"}, "Invalid pdq threshold 999: must be 0..256"),
     ({"variant_margin": "x"}, "The variant margin must be a whole number of bits."),
     ({"crop_variants": "5, ten"}, "Crop variants must be whole numbers separated by commas."),
+    # Digits `str.isdigit` accepts and `int` refuses, and numbers no int32 holds: were 500s.
+    ({"threshold_pdq": "\u00b2"}, "The pdq threshold must be a whole number of bits, or blank "
+                                  "for the default (got '\u00b2')."),
+    ({"threshold_pdq": "99999999999"}, "The pdq threshold must be a whole number of bits, or "
+                                       "blank for the default (got '99999999999')."),
+    ({"variant_margin": "9" * 5000}, "The variant margin must be a whole number of bits."),
+    ({"corner_crops": "5, \u00b2"}, "Corner crops must be whole numbers separated by commas."),
 ])
 def test_bad_bank_settings_change_nothing(server: ServerProcess, client: ConsoleClient,
                                           fields: dict[str, str], message: str) -> None:
@@ -135,3 +149,79 @@ def test_bad_bank_settings_change_nothing(server: ServerProcess, client: Console
     with Client(server.target, api_key=server.keys["admin"]) as admin:
         bank = next(b for b in admin.list_banks() if b.name == BANK)
     assert bank.description == "" and not bank.thresholds
+    assert "Traceback" not in server.log
+
+
+def test_a_crafted_kind_enabled_or_disabled_value_is_refused_not_taken_for_a_default(
+        server: ServerProcess, client: ConsoleClient) -> None:
+    token = client.token("/console/banks")
+    created = client.post("/console/banks", {"csrf_token": token, "name": "odd-kind",
+                                             "kind": "blocklist"})
+    assert _refusal(created) == (422, "Unknown bank kind 'blocklist': one of match, allowlist.")
+    switched = client.post(f"/console/banks/{BANK}/enabled", {"csrf_token": token,
+                                                               "enabled": "maybe"})
+    assert _refusal(switched) == (422, "Say whether to enable the bank: enabled=true or "
+                                       "enabled=false.")
+    with Client(server.target, api_key=server.keys["admin"]) as admin:
+        banks = {b.name: b for b in admin.list_banks()}
+        [entry] = admin.list_entries(banks=[BANK], external_id="kept-0").entries
+    assert "odd-kind" not in banks and banks[BANK].enabled
+    flipped = client.post(f"/console/entries/{entry.id}/disabled", {
+        "csrf_token": token, "disabled": "yes", "reason": "crafted"})
+    assert _refusal(flipped) == (422, "Say whether to disable the entry: disabled=true or "
+                                      "disabled=false.")
+    assert _entry_count(server) == 3
+
+
+@pytest.mark.parametrize("entry_id", ["\u00b2", "9" * 30])
+def test_a_verdict_on_an_entry_id_that_is_no_number_is_refused_not_a_500(
+        server: ServerProcess, client: ConsoleClient, entry_id: str) -> None:
+    form = {"csrf_token": client.token("/console/matches"), "entry_id": entry_id,
+            "verdict": "confirmed"}
+    assert _refusal(client.post("/console/matches/feedback", form)) == (
+        422, "Name the entry: entry_id (a match's entry_id), or bank and hash")
+    assert "Traceback" not in server.log
+
+
+@pytest.mark.parametrize(("content_type", "start"), [
+    ("application/x-www-form-urlencoded", "key=abc"),
+    ("multipart/form-data; boundary=cut-short",
+     '--cut-short\r\nContent-Disposition: form-data; name="key"\r\n\r\nabc'),
+])
+def test_a_form_cut_short_by_its_browser_is_counted_not_logged_with_a_trace(
+        server: ServerProcess, content_type: str, start: str) -> None:
+    """A browser that goes away mid-upload (closed tab, lost network) is an everyday event, as
+    for the API: counted as `disconnected`, and no "Traceback" in the log."""
+    def disconnected() -> float:
+        return _value(_samples(server.scrape()), "hashsvc_http_refused_total",
+                      reason="disconnected")
+
+    before = disconnected()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=60) as connection:
+        connection.sendall(f"POST /console/signin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           f"Content-Type: {content_type}\r\nContent-Length: 1000\r\n\r\n"
+                           f"{start}".encode())
+    deadline = time.monotonic() + 60  # a hang guard: the server sees the close at once
+    while disconnected() == before:
+        assert time.monotonic() < deadline, "the cut-short form was never counted"
+        time.sleep(0.05)
+    assert "Traceback" not in server.log
+
+
+def test_a_spreadsheet_export_never_holds_a_formula_and_the_import_export_is_exact(
+        server: ServerProcess, client: ConsoleClient) -> None:
+    """An external id from an exchange such as '=HYPERLINK(...)' would run in a spreadsheet."""
+    formula = '=HYPERLINK("http://example.invalid/","open")'
+    with Client(server.target, api_key=server.keys["admin"]) as admin:
+        admin.create_bank("formulas")
+        admin.add_entries("formulas", [(("md5", "f" * 32), formula, None),
+                                       (("md5", "e" * 32), "@SUM(A1)", None),
+                                       (("md5", "d" * 32), "plain-id", None)])
+    export = "/console/entries/export?bank=formulas&q=&format="
+    sheet = client.get(export + "csv")
+    assert sheet.status == 200
+    shown = {row["external_id"] for row in csv.DictReader(io.StringIO(sheet.body.decode()))}
+    assert shown == {"'" + formula, "'@SUM(A1)", "plain-id"}
+    exact = client.get(export + "import")
+    kept = {row["external_id"] for row in csv.DictReader(io.StringIO(exact.body.decode()))}
+    assert kept == {formula, "@SUM(A1)", "plain-id"}

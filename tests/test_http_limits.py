@@ -11,6 +11,7 @@ import queue
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,7 +19,7 @@ from hashsvc_client import Client
 from hashsvc_client.v1 import admin_pb2, admin_pb2_grpc
 from PIL import Image
 
-from hashsvc.http.gateway import HTTP_PEER_METADATA
+from hashsvc.http.gateway import GATEWAY_MARK_METADATA, HTTP_PEER_METADATA
 from tests.http_client import http
 from tests.server_process import ServerProcess
 from tests.test_admission import HeldStream
@@ -137,9 +138,9 @@ def test_an_image_refused_for_its_pixels_is_422_and_leaves_nothing_behind(
     assert "too-many-pixels" not in [record["request_id"] for record in _audit(server)]
     home_after = sorted(path for path in server.home.rglob("*") if path.is_file())
     assert home_after == home_before
-    # The only thing of the server's in its temporary directory: the gateway's socket.
+    # The only things of the server's in its temporary directory: the gateway's socket and mark.
     left = [path for path in tmpdir_of_server.rglob("*") if not path.is_dir()]
-    assert all(path.name == "grpc.sock" for path in left), left
+    assert all(path.name in ("grpc.sock", "mark") for path in left), left
     assert all(image not in path.read_bytes() for path in server.home.rglob("*")
                if path.is_file() and os.access(path, os.R_OK))
 
@@ -166,25 +167,57 @@ def test_stream_limits_count_each_http_client_not_the_gateways_one_connection(
                                "--max-streams-per-connection", "1")
     with server:
         (socket_path,) = tmp_path.glob("hashsvc-gateway-*/grpc.sock")
+        mark = (socket_path.parent / "mark").read_text()  # as the gateway, which is trusted
         with grpc.insecure_channel(f"unix:{socket_path}") as channel:
-            stub = admin_pb2_grpc.AdminServiceStub(channel)
-            outboxes: list[queue.Queue[admin_pb2.AddEntriesRequest | None]] = []
-            calls = []
-            for client in range(3):
-                outbox: queue.Queue[admin_pb2.AddEntriesRequest | None] = queue.Queue()
-                outbox.put(admin_pb2.AddEntriesRequest(bank="bridge"))
-                outboxes.append(outbox)
-                calls.append(stub.AddEntries.future(
-                    iter(outbox.get, None), timeout=120, metadata=(
-                        ("authorization", f"Bearer {server.keys['admin']}"),
-                        (HTTP_PEER_METADATA, f"192.0.2.{client}:4000"))))
-            deadline = time.monotonic() + 60  # a hang guard: a refusal comes at once
-            while not any(call.done() for call in calls):
-                assert time.monotonic() < deadline, "no stream was refused"
-                time.sleep(0.05)
-            for refused in [call for call in calls if call.done()]:
-                assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                assert "max_streams_per_key" in refused.details(), refused.details()
-            for outbox in outboxes:
-                outbox.put(None)
-            assert [call.code() for call in calls].count(grpc.StatusCode.OK) == 2
+            calls, outboxes = _streams_as_http_clients(channel, server.keys["admin"], mark, 3)
+            _one_refused_then_the_rest_done(calls, outboxes, "max_streams_per_key")
+
+
+def test_a_grpc_client_on_a_unix_listen_socket_does_not_pass_for_the_http_gateway(
+        tmp_path: Path) -> None:
+    """With --listen unix:PATH every local client reaches the gRPC port over a Unix socket, as
+    the gateway does. Without the gateway's mark, such a client's calls are gRPC calls, and the
+    HTTP client addresses it claims are ignored: its streams share its one connection's limit."""
+    home = tmp_path / "home"
+    _seed_bridge_bank(home)
+    listen = tmp_path / "grpc.sock"
+    with ServerProcess(home, "--listen", f"unix:{listen}", "--max-streams-per-key", "3",
+                       "--max-streams-per-connection", "1") as server, \
+            grpc.insecure_channel(f"unix:{listen}") as channel:
+        calls, outboxes = _streams_as_http_clients(channel, server.keys["admin"], "a-guess", 2)
+        _one_refused_then_the_rest_done(calls, outboxes, "max_streams_per_connection")
+        samples = _samples(server.scrape())
+        assert _value(samples, "hashsvc_requests_total", method="AddEntries", protocol="grpc") == 2
+        assert _value(samples, "hashsvc_requests_total", method="AddEntries", protocol="http") == 0
+
+
+def _streams_as_http_clients(channel: grpc.Channel, key: str, mark: str,
+                             count: int) -> tuple[list[Any], list[Any]]:
+    """`count` AddEntries streams held open (until None is put in their outboxes), each sent
+    with `mark` as the gateway's and claiming a different HTTP client address."""
+    stub = admin_pb2_grpc.AdminServiceStub(channel)
+    outboxes: list[queue.Queue[admin_pb2.AddEntriesRequest | None]] = []
+    calls = []
+    for client in range(count):
+        outbox: queue.Queue[admin_pb2.AddEntriesRequest | None] = queue.Queue()
+        outbox.put(admin_pb2.AddEntriesRequest(bank="bridge"))
+        outboxes.append(outbox)
+        calls.append(stub.AddEntries.future(iter(outbox.get, None), timeout=120, metadata=(
+            ("authorization", f"Bearer {key}"), (GATEWAY_MARK_METADATA, mark),
+            (HTTP_PEER_METADATA, f"192.0.2.{client}:4000"))))
+    return calls, outboxes
+
+
+def _one_refused_then_the_rest_done(calls: list[Any], outboxes: list[Any], limit: str) -> None:
+    """Wait for one stream of `calls` to be refused naming `limit`; then end the others, OK."""
+    deadline = time.monotonic() + 60  # a hang guard: a refusal comes at once
+    while not any(call.done() for call in calls):
+        assert time.monotonic() < deadline, "no stream was refused"
+        time.sleep(0.05)
+    refused = [call for call in calls if call.done()]
+    for call in refused:
+        assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert limit in call.details(), call.details()
+    for outbox in outboxes:
+        outbox.put(None)
+    assert [call.code() for call in calls].count(grpc.StatusCode.OK) == len(calls) - 1

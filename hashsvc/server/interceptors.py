@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from hashsvc import metrics
-from hashsvc.errors import HashsvcError
-from hashsvc.http.gateway import GATEWAY_PEER_PREFIX, HTTP_PEER_METADATA
-from hashsvc.keys import KeyRing
+from hashsvc.http.gateway import HTTP_PEER_METADATA, from_gateway
 from hashsvc.server.admission import AdmissionPool, StreamLimits
-from hashsvc.server.keyfile import file_signature, load_keys
+from hashsvc.server.live_keys import KeyFile
 from hashsvc.server.scope import caller_banks
 from hashsvc.server.streams import ClientWatch
 
@@ -44,8 +40,8 @@ protocol: contextvars.ContextVar[str] = contextvars.ContextVar("protocol", defau
 
 
 def protocol_of(context: grpc.ServicerContext) -> str:
-    """Calls from the HTTP gateway arrive over its Unix socket, the only one of that kind."""
-    return "http" if context.peer().startswith(GATEWAY_PEER_PREFIX) else "grpc"
+    """Calls from the HTTP gateway arrive over its Unix socket with its mark (gateway.py)."""
+    return "http" if from_gateway(context.peer(), context.invocation_metadata()) else "grpc"
 
 _REFLECTION = "/grpc.reflection."
 ROLE_BY_SERVICE = {
@@ -61,52 +57,6 @@ def required_role(method: str) -> str | None:
         if method.startswith(prefix):
             return role
     return None
-
-
-class KeyFile:
-    """The keys file, re-read when it changes (checked at most once a second), so keys can be
-    added or revoked without a restart.
-
-    A file that does not load (a typo mid-edit, a half-copied file) must not turn every call
-    into UNKNOWN: the last good keys keep serving, the error is logged once per change of the
-    file (it names the file and the line, never key material: the file holds only hashes), and
-    `hashsvc_keys_file_valid` drops to 0 so an alert fires. At start-up there are no good keys
-    to keep, so the error is raised (serve refuses to start).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._checked = 0.0
-        self._signature: tuple[int, int, int] | None = None
-        self._ring = load_keys(path)
-        self._signature = file_signature(path)
-        metrics.KEYS_FILE_VALID.set(1)
-        log.info("loaded API keys", extra={"keys": len(self._ring), "file": str(path)})
-
-    def refresh(self) -> KeyRing:
-        now = time.monotonic()
-        if now - self._checked < 1.0:
-            return self._ring
-        with self._lock:
-            self._checked = now
-            signature = file_signature(self.path)
-            if signature == self._signature:
-                return self._ring
-            self._signature = signature  # tried once per change, whatever the outcome
-            try:
-                self._ring = load_keys(self.path)
-            except HashsvcError as err:
-                metrics.KEYS_RELOAD_FAILURES.inc()
-                metrics.KEYS_FILE_VALID.set(0)
-                log.error("keys file not loaded; the previous keys stay in effect",
-                          extra={"file": str(self.path), "error": err.message,
-                                 "keys": len(self._ring)})
-            else:
-                metrics.KEYS_FILE_VALID.set(1)
-                log.info("loaded API keys", extra={"keys": len(self._ring),
-                                                   "file": str(self.path)})
-        return self._ring
 
 
 class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -301,9 +251,9 @@ def _on_pool(handler: Any, pool: ThreadPoolExecutor) -> Any:
 def _connection(context: grpc.ServicerContext) -> str:
     """The client connection a stream counts against. Every HTTP client shares the gateway's
     one channel, so for its calls it is the HTTP client's own address, which the gateway sends
-    (trusted: only this process can reach the gateway's socket)."""
+    (trusted on the gateway's calls only: see gateway.py)."""
     peer: str = context.peer()
-    if peer.startswith(GATEWAY_PEER_PREFIX):
+    if from_gateway(peer, context.invocation_metadata()):
         for key, value in context.invocation_metadata() or ():
             if key == HTTP_PEER_METADATA:
                 return f"http:{value}"

@@ -34,7 +34,8 @@ from hashsvc.errors import HashsvcError
 from hashsvc.server.admin_service import AdminServicer
 from hashsvc.server.admission import AdmissionPool, StreamLimits
 from hashsvc.server.exchange_gauges import ExchangeGauges
-from hashsvc.server.interceptors import CallInterceptor, KeyFile
+from hashsvc.server.interceptors import CallInterceptor
+from hashsvc.server.live_keys import KeyFile
 from hashsvc.server.observe import ScanObserver
 from hashsvc.server.ports import AddressInUseError
 from hashsvc.server.readiness import ADMIN_SERVICE, SCAN_SERVICE, SERVICES_BY_ROLE

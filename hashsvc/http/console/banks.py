@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from hashsvc.http.console import hashlist_upload
 from hashsvc.http.console.context import PREFIX, Console, describe
+from hashsvc.http.console.numbers import INT32_MAX, whole_number
 from hashsvc.http.gateway import GatewayError
 
 PERCEPTUAL = ("pdq", "phash", "dhash")  # the algorithms with a threshold
@@ -43,7 +44,7 @@ def routes(ctx: Console) -> list[BaseRoute]:
         try:
             bank = types_pb2.Bank(
                 name=form.get("name", "").strip(), description=form.get("description", ""),
-                kind=KINDS.get(form.get("kind", "match"), types_pb2.BANK_KIND_UNSPECIFIED),
+                kind=_kind(form.get("kind", "match")),
                 tags=_tags(form.get("tags", "")), thresholds=_thresholds(form),
                 strategies=_strategies(form, types_pb2.MatchStrategies()))
         except FormError as err:
@@ -97,7 +98,10 @@ def routes(ctx: Console) -> list[BaseRoute]:
     async def set_enabled(request: Request) -> Response:
         name = request.path_params["name"]
         form = _fields(await ctx.form(request))
-        enabled = form.get("enabled") == "true"
+        if form.get("enabled") not in ("true", "false"):  # a crafted post: change nothing
+            return await detail(request, status=422, error="Say whether to enable the bank: "
+                                "enabled=true or enabled=false.")
+        enabled = form["enabled"] == "true"
         try:
             await _update(ctx, request, name, types_pb2.Bank(enabled=enabled), ["enabled"])
         except GatewayError as err:
@@ -165,38 +169,48 @@ def _tags(text: str) -> list[str]:
     return [tag.strip() for tag in text.split(",") if tag.strip()]
 
 
+def _kind(text: str) -> types_pb2.BankKind.ValueType:
+    """The chosen kind; anything else (only a crafted post sends it) is refused, rather than
+    made the server's default kind."""
+    if text not in KINDS:
+        raise FormError(f"Unknown bank kind {text[:20]!r}: one of {', '.join(KINDS)}.")
+    return KINDS[text]
+
+
 def _thresholds(form: dict[str, str]) -> dict[str, int]:
     """The per-algorithm overrides filled in (blank: the algorithm's default)."""
     thresholds: dict[str, int] = {}
     for algorithm in PERCEPTUAL:
         text = form.get(f"threshold_{algorithm}", "").strip()
         if text:
-            if not text.isdigit():
+            value = whole_number(text, INT32_MAX)
+            if value is None:
                 raise FormError(f"The {algorithm} threshold must be a whole number of bits, "
                                 f"or blank for the default (got {text[:20]!r}).")
-            thresholds[algorithm] = int(text)
+            thresholds[algorithm] = value
     return thresholds
 
 
 def _numbers(form: dict[str, str], field: str, label: str) -> list[int]:
-    text = form.get(field, "").replace(",", " ").split()
-    if not all(item.isdigit() for item in text):
+    numbers = [whole_number(item, INT32_MAX) for item in
+               form.get(field, "").replace(",", " ").split()]
+    if None in numbers:
         raise FormError(f"{label} must be whole numbers separated by commas.")
-    return [int(item) for item in text]
+    return [number for number in numbers if number is not None]
 
 
 def _strategies(form: dict[str, str],
                 current: types_pb2.MatchStrategies) -> types_pb2.MatchStrategies:
     """The form's strategies over `current` (what the form does not show, e.g. per-way margins,
     is kept as it is)."""
-    margin = form.get("variant_margin", "").strip() or "0"
-    if not margin.isdigit():
+    margin = whole_number(form.get("variant_margin", "").strip() or "0", INT32_MAX)
+    if margin is None:
         raise FormError("The variant margin must be a whole number of bits.")
     strategies = types_pb2.MatchStrategies()
     strategies.CopyFrom(current)
     strategies.no_dihedral = form.get("dihedral") != "on"
     strategies.trim_borders = form.get("trim_borders") == "on"
-    strategies.variant_margin = int(margin)
+    strategies.variant_margin = margin
     for field, label in (("crop_variants", "Crop variants"),
                          ("rotation_variants", "Rotation variants"),
                          ("corner_crops", "Corner crops")):

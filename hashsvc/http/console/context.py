@@ -30,9 +30,10 @@ from hashsvc_client.v1 import admin_pb2
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from hashsvc import metrics
 from hashsvc.config import ServerConfig
 from hashsvc.errors import HashsvcError
 from hashsvc.http.console.sessions import Sealer, Session, ensure_secret, load_secret
@@ -215,6 +216,9 @@ class Console:
                                         f"or multipart/form-data, not {kind or 'no content type'}")
         except MultiPartException as err:
             raise _FormRefused(400, f"the form could not be read: {err.message}") from None
+        except ClientDisconnect:  # an everyday event, as for the API (bodies.py): no trace
+            metrics.HTTP_REFUSED.labels("disconnected").inc()
+            raise _FormRefused(400, "the browser went away before the form arrived") from None
         request.state.form = form
         return form
 

@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from hashsvc.http.console.context import PREFIX, Console, describe
 from hashsvc.http.console.hashlist_upload import ALGORITHMS
+from hashsvc.http.console.numbers import INT64_MAX, whole_number
 from hashsvc.http.gateway import GatewayError
 from hashsvc.server.convert import ALGORITHM_TO_PROTO, PROTO_TO_ALGORITHM
 
@@ -95,6 +96,9 @@ def routes(ctx: Console) -> list[BaseRoute]:
         if entry_id is None:
             return _no_entry(ctx, request)
         form = await ctx.form(request)
+        if form.get("disabled") not in ("true", "false"):  # a crafted post: change nothing
+            return await show(request, status=422, error="Say whether to disable the entry: "
+                              "disabled=true or disabled=false.")
         disabled = form.get("disabled") == "true"
         reason = str(form.get("reason") or "").strip()
         if disabled and not reason:
@@ -191,7 +195,7 @@ def _query(params: dict[str, str]) -> admin_pb2.ListEntriesRequest:
 
 
 def _entry_id(text: str) -> int | None:
-    return int(text) if text.isdigit() and len(text) < 19 else None
+    return whole_number(text, INT64_MAX)
 
 
 def _no_entry(ctx: Console, request: Request) -> Response:
@@ -240,12 +244,20 @@ async def _export_rows(ctx: Console, request: Request, query: admin_pb2.ListEntr
             row = _row(entry)
             row["added_at"] = f"{row['added_at_raw']:.3f}"
             row["disabled"] = "true" if row["disabled"] else "false"
-            yield _csv_line(tuple(str(row[c]) for c in columns))
+            cells = tuple(str(row[c]) for c in columns)
+            yield _csv_line(cells if shape == "import" else tuple(map(_inert, cells)))
         if not page.next_page_token:
             return
         query.page_token = page.next_page_token
         page = await ctx.call(request, "admin", "ListEntries", query,
                               admin_pb2.ListEntriesResponse)
+
+
+def _inert(cell: str) -> str:
+    """A cell a spreadsheet shows as text, never runs: external ids and reasons come from
+    exchanges and other people, and "=HYPERLINK(...)" opened in a spreadsheet would be a
+    formula (OWASP "CSV injection"). The import format is for `indexer import`, and is exact."""
+    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
 def _csv_line(values: tuple[str, ...]) -> str:

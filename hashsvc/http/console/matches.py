@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from hashsvc.http.console.context import PREFIX, Console
 from hashsvc.http.console.exchanges import when
+from hashsvc.http.console.numbers import INT64_MAX, whole_number
 from hashsvc.http.gateway import GatewayError
 
 PAGE = f"{PREFIX}/matches"
@@ -59,8 +60,9 @@ def routes(ctx: Console) -> list[BaseRoute]:
         message = admin_pb2.ReportMatchFeedbackRequest(
             verdict=VERDICTS.get(fields["verdict"], admin_pb2.FEEDBACK_VERDICT_UNSPECIFIED),
             reason=fields["reason"], case_id=fields["case_id"], upload_id=fields["upload_id"])
-        if fields["entry_id"].isdigit():
-            message.entry_id = int(fields["entry_id"])
+        entry_id = whole_number(fields["entry_id"], INT64_MAX)
+        if entry_id is not None:
+            message.entry_id = entry_id
         algorithm, _, hex_value = fields["scanned_hash"].partition(":")
         if algorithm and hex_value:
             message.scanned_hash.CopyFrom(types_pb2.Hash(
