@@ -299,10 +299,11 @@ def test_healthcheck_fails_fast_when_nothing_serves() -> None:
     with socket.socket() as silent:  # accepts connections but never speaks HTTP/2
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        started = time.monotonic()
+        # DEADLINE_EXCEEDED is the proof that --timeout ended the wait (a hang would instead
+        # reach healthcheck()'s subprocess timeout); no wall-clock bound, which a busy machine
+        # could break.
         hung = healthcheck("--target", f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", "1")
         assert hung.returncode == 1 and "DEADLINE_EXCEEDED" in hung.stderr
-        assert time.monotonic() - started < 20
 
 
 # --- The builder's install in a fresh virtual environment, then ENTRYPOINT + CMD ---------------
@@ -345,7 +346,7 @@ def test_the_builders_install_serves_and_passes_its_healthcheck(tmp_path: Path) 
     reader = threading.Thread(target=lambda: lines.extend(server.stderr or ()), daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a hang guard only
         while (status := subprocess.run(probe, env=env, capture_output=True, text=True,
                                         timeout=30)).returncode != 0:
             assert server.poll() is None, f"server exited {server.returncode}:\n{''.join(lines)}"
