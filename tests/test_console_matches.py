@@ -19,6 +19,7 @@ from hashsvc.store import NewEntry, open_store
 from tests.browser import chromium, screenshot
 from tests.conftest import PHOTOS, scan_until
 from tests.console_client import ConsoleClient
+from tests.ops_console import sign_in
 from tests.server_process import ServerProcess
 from tests.test_console_pages import _accessible as accessible
 from tests.test_console_pages import _navigate as navigate
@@ -42,9 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module")
 def browser(server: ServerProcess) -> Iterator[webdriver.Chrome]:
     with chromium() as driver:
-        driver.get(f"{_base(server)}/console/signin")
-        driver.find_element(By.ID, "key").send_keys(server.keys["admin"])
-        navigate(driver, driver.find_element(By.CSS_SELECTOR, "main form button").click)
+        sign_in(driver, server)
         assert driver.current_url.endswith("/console/banks")
         yield driver
 
