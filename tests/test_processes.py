@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,3 +76,23 @@ def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
         while not all(_gone(pid) for pid in pids):
             assert time.monotonic() < deadline, "workers outlived their supervisor"
             time.sleep(0.1)
+
+
+def test_a_taken_http_port_is_refused_in_one_line_naming_the_setting(tmp_path: Path) -> None:
+    """The HTTP port is on by default (8080): a user whose 8080 is taken must learn which
+    setting to change, without a traceback and before the home is touched."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "hashsvc", "serve", "--home", str(tmp_path / "home"),
+             "--listen", "127.0.0.1:0", "--http-listen", f"127.0.0.1:{port}",
+             "--workers", "1", "--metrics-listen", ""],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"cannot listen on 127.0.0.1:{port}" in last and "--http-listen off" in last, last
+    assert not (tmp_path / "home" / "store.sqlite").exists()

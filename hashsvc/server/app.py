@@ -15,7 +15,7 @@ from hashsvc.config import ServerConfig
 from hashsvc.errors import HashsvcError, RepositoryUnavailableError
 from hashsvc.keys import add_key
 from hashsvc.server.keyfile import load_keys
-from hashsvc.server.ports import refuse_if_in_use
+from hashsvc.server.ports import AddressInUseError, refuse_if_in_use
 from hashsvc.snapshot import publish
 from hashsvc.snapshot.repository import open_repository
 from hashsvc.store import open_store
@@ -31,7 +31,11 @@ def serve(config: ServerConfig) -> int:
                                         "workers": config.resolved_workers, "role": config.role})
     refuse_if_in_use(config.listen)  # before touching the home: a second server changes nothing
     if config.resolved_http_listen:
-        refuse_if_in_use(config.resolved_http_listen)
+        try:
+            refuse_if_in_use(config.resolved_http_listen)
+        except AddressInUseError as err:  # port 8080 is on by default: say which setting
+            raise AddressInUseError(f"{err.message}; it is the HTTP/JSON API's port: choose "
+                                    "another with --http-listen, or --http-listen off") from None
     prepare(config)
     if config.resolved_workers > 1:
         from hashsvc.server.supervisor import supervise
