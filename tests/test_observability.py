@@ -6,6 +6,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -321,3 +323,15 @@ def test_admin_changes_reach_every_worker_without_a_publish(tmp_path: Path) -> N
         assert summary["rounds"] == 3
         assert summary["add_visible"]["max_ms"] > 0 and summary["disable_visible"]["max_ms"] > 0
     assert (home / "snapshots" / "current").read_text() == current  # no publish happened
+
+
+def test_serve_imports_no_prometheus_client_before_it_chooses_several_workers() -> None:
+    """With several workers the supervisor sets PROMETHEUS_MULTIPROC_DIR first; a module that
+    `serve` imports earlier and that pulls in prometheus_client makes the supervisor's own
+    counters (worker restarts) vanish from /metrics. The console secret's module once did."""
+    probe = ("import sys, hashsvc.cli, hashsvc.server.app, hashsvc.http.console.sessions; "
+             "print('prometheus_client' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
