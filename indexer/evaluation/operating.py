@@ -191,10 +191,12 @@ def markdown(summary: dict[str, Any]) -> list[str]:
             _pct(row["recall_at_upload_target"][n]) for n in names) + " |")
     lines += ["", "## Tail model", "",
               "Per algorithm and way of matching: every comparison of a query hash with a "
-              "stored hash of a distinct image (negatives are queries only). Two beta-binomial "
-              "fits compete on a held-out check: fitted on the comparisons within one random "
-              "half of the images, each predicts the count within the other half at the six "
-              "smallest thresholds where that half has at least 5; the one with the smaller "
+              "stored hash of a distinct image (negatives are queries only). Three model families "
+              "(a beta-binomial by moments, a beta-binomial fitted to the lower tail, and a "
+              "log-linear lower tail) compete on a held-out check: fitted on the comparisons "
+              "within one random half of the images, each predicts the count within the other "
+              "half at the six smallest thresholds where that half has at least 5; the one with "
+              "the smaller "
               "mean |log10(predicted/observed)| is used, fitted again on every comparison. "
               "Below the smallest rate the data resolves (about 1/comparisons) the figures are "
               "an extrapolation of that family: trust them as an order of magnitude, with the "
